@@ -1,0 +1,103 @@
+/*
+ * g4a_shim.h - the one C ABI that every gpt4all-loader backend library exports.
+ *
+ * Each backend is one shared object: a pinned llama.cpp/ggml tree linked statically together with
+ * our shim (g4a_shim.cpp).  The shim hides every per-era llama.cpp API difference behind this header,
+ * so Python never mirrors a llama.cpp struct.  Python reads the declarations between the CDEF markers
+ * with cffi (ABI mode), so that part must stay plain C declarations that cffi can parse: no macros,
+ * no preprocessor lines.
+ *
+ * Conventions: every function is thread-compatible (one model per thread at a time; Python
+ * serializes calls per model).  Functions that can fail return a negative number or NULL, and
+ * g4a_last_error() then returns a message for the calling thread.
+ */
+#ifndef G4A_SHIM_H
+#define G4A_SHIM_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF-BEGIN */
+/* Bump when any declaration below changes; Python refuses a library whose version differs. */
+enum { G4A_ABI_VERSION = 1 };
+
+typedef struct g4a_model g4a_model;
+
+/* Our own parameter block: stable across eras, unlike llama_context_params. */
+typedef struct g4a_load_params {
+    int32_t n_ctx;          /* 0: the file's training context (capped by the era's own default) */
+    int32_t n_threads;      /* <= 0: number of cores */
+    int32_t n_gpu_layers;   /* 0 on CPU variants; -1: all layers */
+    int32_t vocab_only;     /* load only the vocabulary (no weights) */
+    int32_t embeddings;     /* request embedding output where the era has it */
+    int32_t n_gqa;          /* ggjt v3 LLaMA-2-70B files: grouped-query factor (0: file/default) */
+    float   rms_norm_eps;   /* ggjt files carry no epsilon (0: the era's default) */
+    uint32_t seed;
+} g4a_load_params;
+
+typedef struct g4a_sampling {
+    float    temperature;    /* <= 0: greedy (argmax) */
+    int32_t  top_k;          /* <= 0: whole vocabulary */
+    float    top_p;          /* >= 1: disabled */
+    float    min_p;          /* <= 0: disabled */
+    float    repeat_penalty; /* 1: disabled */
+    int32_t  repeat_last_n;  /* how many of the most recent tokens the penalty looks at */
+} g4a_sampling;
+
+int32_t     g4a_abi_version(void);
+/* One line: "<backend name> llama.cpp <commit> api=<gen> variant=<variant> | <llama_print_system_info>". */
+const char *g4a_backend_info(void);
+/* Message of the last failed call made by this thread ("" when none). */
+const char *g4a_last_error(void);
+/* 1 when this build offloads to a GPU (CUDA variant), else 0. */
+int32_t     g4a_gpu_build(void);
+
+g4a_model  *g4a_load(const char *path, const g4a_load_params *params);
+void        g4a_free(g4a_model *model);
+
+int32_t     g4a_n_vocab(const g4a_model *model);
+int32_t     g4a_n_ctx(const g4a_model *model);         /* the context actually allocated */
+int32_t     g4a_n_ctx_train(const g4a_model *model);   /* from the file (0 when the era does not know) */
+int32_t     g4a_n_embd(const g4a_model *model);
+int32_t     g4a_token_bos(const g4a_model *model);
+int32_t     g4a_token_eos(const g4a_model *model);
+int32_t     g4a_is_eog(const g4a_model *model, int32_t token);
+int32_t     g4a_n_gpu_layers(const g4a_model *model);  /* layers really offloaded */
+
+/* Tokenize text (text_len bytes).  Returns the count written, or -(count needed) when cap is too small. */
+int32_t     g4a_tokenize(g4a_model *model, const char *text, int32_t text_len, int32_t add_bos,
+                         int32_t *tokens, int32_t cap);
+/* Raw bytes of one token (may be part of a UTF-8 character).  Returns the length, or -(length needed). */
+int32_t     g4a_token_to_piece(g4a_model *model, int32_t token, char *buf, int32_t cap);
+
+/* Evaluate tokens after the current position (n_past).  0 on success. */
+int32_t     g4a_eval(g4a_model *model, const int32_t *tokens, int32_t n_tokens);
+int32_t     g4a_n_past(const g4a_model *model);
+/* Forget the evaluated tokens (clears the KV cache).  0 on success. */
+int32_t     g4a_reset(g4a_model *model);
+/* Logits of the last evaluated position: n_vocab floats, valid until the next eval/reset/free. */
+const float *g4a_logits(g4a_model *model);
+/* Embedding of the last evaluation (n_embd floats), or NULL with an error where the era has none. */
+const float *g4a_embeddings(g4a_model *model);
+
+/* Pick the next token from the current logits.  history/n_history: recent tokens for the repeat
+ * penalty.  rng_state: caller-owned 64-bit state (seeded by the caller) so runs are reproducible. */
+int32_t     g4a_sample(g4a_model *model, const g4a_sampling *params,
+                       const int32_t *history, int32_t n_history, uint64_t *rng_state);
+
+/* Quantize a model file with this era's own quantizer.  ftype: the era's llama_ftype number. */
+int32_t     g4a_quantize(const char *path_in, const char *path_out, int32_t ftype, int32_t n_threads);
+/* Convert n values of a ggml tensor type (this era's numbering and block layout) to float32.
+ * Returns 0, or -1 when the era has no such type or n is not a whole number of blocks. */
+int32_t     g4a_dequantize(int32_t ggml_type, const void *src, float *dst, int64_t n);
+/* CDEF-END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* G4A_SHIM_H */

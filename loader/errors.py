@@ -1,0 +1,33 @@
+"""The few exception types the project raises.
+
+Each derives from a standard base class so callers can catch broadly, and each message names the
+file, what it is, why it cannot be used, and what would work instead.
+"""
+from __future__ import annotations
+
+
+class FormatError(ValueError):
+    """A file is not a model file we understand, or its structure is malformed or truncated.
+
+    The message gives the path, the byte offset and field, and what was expected.
+    """
+
+
+class UnsupportedModelError(ValueError):
+    """A well-formed model file that none of the built backends can load (message says which would)."""
+
+
+class BackendError(RuntimeError):
+    """A backend library is missing, corrupt, of the wrong ABI, or failed inside native code."""
+
+
+class BuildError(RuntimeError):
+    """Fetching, verifying or compiling a backend failed."""
+
+
+class DeviceError(RuntimeError):
+    """The requested device (e.g. ``cuda``) cannot be used; never silently replaced by another."""
+
+
+class ModelClosedError(RuntimeError):
+    """A Model was used after close()."""

@@ -1,0 +1,65 @@
+"""What the reader found out about one file: plain data, no judgement.
+
+The reader (``reader.py`` and its per-family modules) fills a :class:`FileFacts`; the catalog
+matches it against the backend manifest; the probe prints it.  Keeping the facts free of verdicts
+means every consumer sees the same truth about the file.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TensorTypeStat:
+    """How many tensors of one ggml type a file holds, and their bytes on disk."""
+
+    count: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class FileFacts:
+    path: str
+    size: int
+    #: container: "ggml", "ggmf", "ggjt", "ggmm", "gguf", "ggla"; or a non-model kind such as
+    #: "safetensors", "pytorch-zip", "html", "whisper", "rwkv" (never None once identified)
+    format: str
+    #: 0 for the unversioned "ggml" container; None where the container has no version
+    format_version: int | None = None
+    #: "model", "lora", "vocab-only", "not-a-model", "unsupported-ggml" (a ggml file of a kind we name
+    #: but no backend of ours runs, e.g. whisper)
+    kind: str = "model"
+    #: one line a person can read, e.g. "ggjt v1 LLaMA, mostly Q4_0 (pre-May-2023 quant layout)"
+    description: str = ""
+    endianness: str = "little"
+    architecture: str | None = None
+    #: n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ctx_train, n_rot, n_mult, n_ff, rope_freq_base,
+    #: expert_count ... whatever the file states (absent keys: unknown)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    #: the header ftype (legacy) or general.file_type (GGUF), and its name
+    file_type: int | None = None
+    file_type_name: str | None = None
+    #: legacy quant-block layout of the file: "pre-1405" (ggml/ggmf/ggjt v1), "pr1405" (ggjt v2),
+    #: "pr1508" (ggjt v3 and GGUF); for GPT-J/MPT files "qnt0" (pre-May-2023) or "qnt2"
+    quant_layout: str | None = None
+    #: ggml type name ("F32", "Q4_0", ...) -> count and bytes
+    tensor_types: dict[str, TensorTypeStat] = field(default_factory=dict)
+    n_tensors: int = 0
+    n_params: int = 0
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    vocab_only: bool = False
+    #: legacy MoE files with one tensor per expert (blk.N.ffn_gate.E.weight)
+    split_experts: bool = False
+    #: bytes the header says the tensor data needs, from the data start, versus the file size
+    data_offset: int | None = None
+    data_bytes_expected: int | None = None
+    truncated: bool = False
+    #: GGUF key/values (only when asked for: large arrays are summarized unless requested)
+    kv: dict[str, Any] | None = None
+    #: further remarks the reader wants a person to see
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
