@@ -1,0 +1,114 @@
+"""The backend manifest (``backends/manifest.toml``) as typed, read-only data.
+
+Both the build (``build_backends.py``) and the catalog read the manifest through this module, so
+what is built and what is promised can never disagree.
+"""
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cache import repo_root
+from .errors import BuildError
+
+
+@dataclass(frozen=True)
+class AcceptRule:
+    """One kind of file a backend loads: every listed condition must hold."""
+
+    formats: tuple[tuple[str, int], ...]          # (container, version); "ggml" has version 0
+    architectures: tuple[str, ...]
+    tensor_types: frozenset[str]
+    header_ftypes: frozenset[int] | None = None   # legacy header ftype gate of the era's loader
+    tokenizers: tuple[str, ...] | None = None     # GGUF tokenizer.ggml.model values understood
+    split_experts: bool | None = None             # legacy per-expert MoE tensors allowed?
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    cmake: tuple[str, ...]
+    cpu_features: tuple[str, ...]     # CPU flags the variant needs at run time
+    gpu: str | None = None            # "cuda" for GPU variants
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    era: str
+    summary: str
+    sdist: str
+    sha256: str
+    llama_cpp: str
+    api: int
+    api_defines: tuple[str, ...]
+    archives: tuple[str, ...]
+    cmake: tuple[str, ...]
+    priority: int
+    variants: dict[str, Variant]
+    accepts: tuple[AcceptRule, ...]
+    layout: str = "vendor"
+    shim_sources: tuple[str, ...] = ("backends/shim/g4a_shim.cpp",)
+    patches: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.sdist.partition("==")[2]
+
+    @property
+    def package(self) -> str:
+        return self.sdist.partition("==")[0]
+
+
+def manifest_path() -> Path:
+    root = repo_root()
+    if root is None:
+        raise BuildError("backends/manifest.toml not found: gpt4all_loader must run from its source tree")
+    return root / "backends" / "manifest.toml"
+
+
+def _parse_format(text: str) -> tuple[str, int]:
+    name, _, ver = text.partition(":")
+    return name, int(ver or 0)
+
+
+@functools.lru_cache(maxsize=4)
+def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
+    """All declared backends, by name, in manifest order."""
+    path = path or manifest_path()
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    features = data.get("cpu_features", {})
+    specs: dict[str, BackendSpec] = {}
+    known = {f.name for f in BackendSpec.__dataclass_fields__.values()} | {"variants"}
+    for name, b in data.get("backends", {}).items():
+        variants = {
+            vname: Variant(vname, tuple(v.get("cmake", ())),
+                           tuple(v.get("cpu_features", features.get(vname, ()))), v.get("gpu"))
+            for vname, v in b.get("variants", {}).items()
+        }
+        accepts = tuple(
+            AcceptRule(
+                formats=tuple(_parse_format(s) for s in r["formats"]),
+                architectures=tuple(r["architectures"]),
+                tensor_types=frozenset(r["tensor_types"]),
+                header_ftypes=frozenset(r["header_ftypes"]) if "header_ftypes" in r else None,
+                tokenizers=tuple(r["tokenizers"]) if "tokenizers" in r else None,
+                split_experts=r.get("split_experts"),
+            )
+            for r in b.get("accepts", ())
+        )
+        specs[name] = BackendSpec(
+            name=name, era=b["era"], summary=b.get("summary", ""), sdist=b["sdist"], sha256=b["sha256"],
+            llama_cpp=b.get("llama_cpp", ""), api=int(b["api"]), api_defines=tuple(b.get("api_defines", ())),
+            archives=tuple(b.get("archives", ())), cmake=tuple(b.get("cmake", ())),
+            priority=int(b.get("priority", 0)), variants=variants, accepts=accepts,
+            layout=b.get("layout", "vendor"),
+            shim_sources=tuple(b.get("shim_sources", ("backends/shim/g4a_shim.cpp",))),
+            patches=tuple(b.get("patches", ())),
+            extra={k: v for k, v in b.items() if k not in known},
+        )
+    return specs
