@@ -24,6 +24,7 @@ class AcceptRule:
     header_ftypes: frozenset[int] | None = None   # legacy header ftype gate of the era's loader
     tokenizers: tuple[str, ...] | None = None     # GGUF tokenizer.ggml.model values understood
     split_experts: bool | None = None             # legacy per-expert MoE tensors allowed?
+    quant_layouts: tuple[str, ...] | None = None  # FileFacts.quant_layout values (GPT-J/MPT: qnt0, qnt2)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
                 header_ftypes=frozenset(r["header_ftypes"]) if "header_ftypes" in r else None,
                 tokenizers=tuple(r["tokenizers"]) if "tokenizers" in r else None,
                 split_experts=r.get("split_experts"),
+                quant_layouts=tuple(r["quant_layouts"]) if "quant_layouts" in r else None,
             )
             for r in b.get("accepts", ())
         )

@@ -36,7 +36,7 @@ def fetch(requirement: str, sha256: str, *, binary: bool = False, dest: Path | N
     dest.mkdir(parents=True, exist_ok=True)
     norm = name.replace("-", "_").lower()
     for cand in sorted(dest.glob(f"*{version}*")):
-        if cand.name.replace("-", "_").lower().startswith(f"{norm}-{version}") and cand.is_file():
+        if cand.name.replace("-", "_").lower().startswith(f"{norm}_{version}") and cand.is_file():
             _verify(cand, sha256, requirement)
             return cand
     with tempfile.TemporaryDirectory(dir=dest) as tmp:

@@ -68,9 +68,11 @@ int32_t     g4a_token_eos(const g4a_model *model);
 int32_t     g4a_is_eog(const g4a_model *model, int32_t token);
 int32_t     g4a_n_gpu_layers(const g4a_model *model);  /* layers really offloaded */
 
-/* Tokenize text (text_len bytes).  Returns the count written, or -(count needed) when cap is too small. */
+/* Tokenize text (text_len bytes; eras before GGUF stop at a NUL byte).  parse_special: read control
+ * tokens such as "<|im_start|>" written in the text (GGUF eras only).  Returns the count written,
+ * or -(count needed) when cap is too small. */
 int32_t     g4a_tokenize(g4a_model *model, const char *text, int32_t text_len, int32_t add_bos,
-                         int32_t *tokens, int32_t cap);
+                         int32_t parse_special, int32_t *tokens, int32_t cap);
 /* Raw bytes of one token (may be part of a UTF-8 character).  Returns the length, or -(length needed). */
 int32_t     g4a_token_to_piece(g4a_model *model, int32_t token, char *buf, int32_t cap);
 

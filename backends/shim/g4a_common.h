@@ -1,0 +1,172 @@
+// g4a_common.h - what every implementation of g4a_shim.h shares: per-thread errors, capture of an
+// engine's stderr during a load, and token sampling.  Header-only so that each backend library
+// carries its own private copy (nothing is shared between libraries at run time).
+#ifndef G4A_COMMON_H
+#define G4A_COMMON_H
+
+#include "g4a_shim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+// ---------------------------------------------------------------------------------------------
+// errors: one message per thread, plus the engine's own log lines captured during a load
+
+static thread_local std::string t_error;  // NOLINT: one per library, per thread
+
+static void set_error(const std::string &msg) { t_error = msg; }
+
+// The 2023 eras print their diagnostics ("bad magic", "unknown tensor type") with fprintf(stderr)
+// and only return NULL.  During a load we point fd 2 at a temporary file and keep what was written
+// so the Python side can show the engine's own reason.  Set G4A_VERBOSE=1 to let it through.
+struct stderr_capture {
+    int saved = -1;
+    FILE *tmp = nullptr;
+    std::string text;
+    bool active = false;
+
+    void begin() {
+        const char *v = getenv("G4A_VERBOSE");
+        if (v && *v && strcmp(v, "0") != 0) return;
+        fflush(stderr);
+        tmp = tmpfile();
+        if (!tmp) return;
+        saved = dup(2);
+        if (saved < 0) { fclose(tmp); tmp = nullptr; return; }
+        dup2(fileno(tmp), 2);
+        active = true;
+    }
+    void end() {
+        if (!active) return;
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        long n = ftell(tmp);
+        if (n > 0) {
+            long keep = std::min(n, 4096L);
+            fseek(tmp, n - keep, SEEK_SET);
+            text.resize((size_t)keep);
+            size_t got = fread(&text[0], 1, (size_t)keep, tmp);
+            text.resize(got);
+        }
+        fclose(tmp);
+        active = false;
+    }
+};
+
+static std::string last_lines(const std::string &text, int n) {
+    // the last n non-empty lines, joined with " | "
+    std::vector<std::string> lines;
+    size_t start = 0;
+    while (start < text.size()) {
+        size_t end = text.find('\n', start);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(start, end - start);
+        while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+        if (!line.empty() && line.find_first_not_of('.') != std::string::npos) lines.push_back(line);
+        start = end + 1;
+    }
+    std::string out;
+    int first = std::max(0, (int)lines.size() - n);
+    for (int i = first; i < (int)lines.size(); ++i) {
+        if (!out.empty()) out += " | ";
+        out += lines[i];
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sampling, shared by every era (so every era samples identically for the same seed)
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Pick a token from nv logits: repeat penalty, then greedy (temperature <= 0) or
+// top-k -> softmax(temperature) -> min-p -> top-p -> one draw from the caller's splitmix64 state.
+// l and idx are caller-owned work space (reused across calls to avoid allocations per token).
+static inline int32_t g4a_sample_logits(const float *logits, int32_t nv, const g4a_sampling *sp,
+                                        const int32_t *history, int32_t n_history, uint64_t *rng_state,
+                                        std::vector<float> &l, std::vector<int32_t> &idx) {
+    l.assign(logits, logits + nv);
+
+    // repeat penalty over the most recent tokens (each distinct token once)
+    if (sp->repeat_penalty != 1.0f && sp->repeat_penalty > 0 && history && n_history > 0) {
+        int32_t last_n = sp->repeat_last_n > 0 ? std::min(sp->repeat_last_n, n_history) : n_history;
+        std::vector<char> seen((size_t)nv, 0);
+        for (int32_t i = n_history - last_n; i < n_history; ++i) {
+            int32_t t = history[i];
+            if (t < 0 || t >= nv || seen[(size_t)t]) continue;
+            seen[(size_t)t] = 1;
+            l[(size_t)t] = l[(size_t)t] > 0 ? l[(size_t)t] / sp->repeat_penalty : l[(size_t)t] * sp->repeat_penalty;
+        }
+    }
+
+    if (!(sp->temperature > 0)) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < nv; ++i) if (l[(size_t)i] > l[(size_t)best]) best = i;
+        return best;
+    }
+    if (!rng_state) { set_error("g4a_sample: rng_state is required when temperature > 0"); return -1; }
+
+    idx.resize((size_t)nv);
+    for (int32_t i = 0; i < nv; ++i) idx[(size_t)i] = i;
+    int32_t k = (sp->top_k > 0 && sp->top_k < nv) ? sp->top_k : nv;
+    auto by_logit = [&](int32_t a, int32_t b) {
+        return l[(size_t)a] > l[(size_t)b] || (l[(size_t)a] == l[(size_t)b] && a < b);
+    };
+    if (k < nv) {
+        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
+    } else {
+        std::sort(idx.begin(), idx.end(), by_logit);
+    }
+    idx.resize((size_t)k);
+
+    // softmax over the kept candidates at the given temperature
+    std::vector<double> prob((size_t)k);
+    double maxl = l[(size_t)idx[0]] / sp->temperature, sum = 0;
+    for (int32_t i = 0; i < k; ++i) {
+        prob[(size_t)i] = std::exp(l[(size_t)idx[(size_t)i]] / sp->temperature - maxl);
+        sum += prob[(size_t)i];
+    }
+    for (double &x : prob) x /= sum;
+
+    int32_t keep = k;
+    if (sp->min_p > 0) {
+        double floor = prob[0] * sp->min_p;
+        int32_t j = 1;
+        while (j < keep && prob[(size_t)j] >= floor) ++j;
+        keep = j;
+    }
+    if (sp->top_p > 0 && sp->top_p < 1) {
+        double cum = 0;
+        int32_t j = 0;
+        while (j < keep) {
+            cum += prob[(size_t)j];
+            ++j;
+            if (cum >= sp->top_p) break;
+        }
+        keep = std::max<int32_t>(1, j);
+    }
+    double total = 0;
+    for (int32_t i = 0; i < keep; ++i) total += prob[(size_t)i];
+    double r = (double)(splitmix64(rng_state) >> 11) * (1.0 / 9007199254740992.0) * total;
+    double acc = 0;
+    for (int32_t i = 0; i < keep; ++i) {
+        acc += prob[(size_t)i];
+        if (r < acc) return idx[(size_t)i];
+    }
+    return idx[(size_t)(keep - 1)];
+}
+
+
+#endif  // G4A_COMMON_H

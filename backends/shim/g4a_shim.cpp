@@ -1,0 +1,564 @@
+// g4a_shim.cpp - the implementation of g4a_shim.h over one pinned llama.cpp tree.
+//
+// Compiled once per backend variant, against that backend's own llama.h, with:
+//   G4A_API_GEN       the llama.cpp API generation (1, 2, 4 or 6; see backends/manifest.toml)
+//   G4A_*             finer per-era differences listed in the manifest's api_defines
+//   G4A_BACKEND_NAME, G4A_VARIANT, G4A_LLAMA_COMMIT   strings for g4a_backend_info()
+//   G4A_GPU           1 in GPU variants
+// Everything that differs between eras is confined to the small "compat_" functions; sampling,
+// buffers and error handling are shared, so every era behaves the same from Python.
+
+#include "g4a_common.h"
+
+#include "llama.h"
+#include "ggml.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#ifndef G4A_API_GEN
+#error "G4A_API_GEN must be defined by the build"
+#endif
+#ifndef G4A_BACKEND_NAME
+#define G4A_BACKEND_NAME "unknown"
+#endif
+#ifndef G4A_VARIANT
+#define G4A_VARIANT "cpu"
+#endif
+#ifndef G4A_LLAMA_COMMIT
+#define G4A_LLAMA_COMMIT "unknown"
+#endif
+#ifndef G4A_GPU
+#define G4A_GPU 0
+#endif
+
+#define G4A_EXPORT extern "C" __attribute__((visibility("default")))
+
+// ---------------------------------------------------------------------------------------------
+// the model handle
+
+struct g4a_model {
+    llama_context *ctx = nullptr;
+#if G4A_API_GEN >= 2
+    llama_model *model = nullptr;
+#endif
+#if G4A_API_GEN >= 6
+    const llama_vocab *vocab = nullptr;
+#endif
+    int32_t n_past = 0;
+    int32_t n_ctx = 0;
+    int32_t n_batch = 512;
+    int32_t n_threads = 1;
+    int32_t n_vocab = 0;
+    int32_t n_gpu_layers = 0;
+    bool embeddings = false;
+    bool has_logits = false;
+    std::vector<float> scratch;   // sampling work space
+    std::vector<int32_t> order;
+    std::string piece;
+};
+
+static int32_t default_threads() {
+    unsigned n = std::thread::hardware_concurrency();
+    return n ? (int32_t)n : 1;
+}
+
+static void backend_init_once() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+#if defined(G4A_NO_BACKEND_INIT)
+        // 2023-04/05 eras: nothing to initialise (ggml sets itself up on first use)
+#elif defined(G4A_BACKEND_INIT_NUMA)
+        llama_backend_init(false);
+#else
+        llama_backend_init();
+#endif
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// compat layer: the only per-era code
+
+static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p) {
+#if G4A_API_GEN == 1
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = m->n_ctx;
+    cp.seed = (int)p->seed;
+    cp.f16_kv = true;
+    cp.vocab_only = p->vocab_only != 0;
+    cp.embedding = p->embeddings != 0;
+    cp.use_mmap = true;
+#if defined(G4A_HAS_N_PARTS)
+    cp.n_parts = -1;
+#endif
+#if defined(G4A_HAS_N_GPU_LAYERS_CTX)
+    cp.n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
+#endif
+    m->ctx = llama_init_from_file(path, cp);
+    return m->ctx != nullptr;
+#elif G4A_API_GEN == 2
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = m->n_ctx;
+    cp.n_batch = m->n_batch;
+    cp.seed = p->seed;
+    cp.f16_kv = true;
+    cp.vocab_only = p->vocab_only != 0;
+    cp.embedding = p->embeddings != 0;
+    cp.use_mmap = true;
+#if defined(G4A_HAS_GQA_EPS)
+    if (p->n_gqa > 0) cp.n_gqa = p->n_gqa;
+    if (p->rms_norm_eps > 0) cp.rms_norm_eps = p->rms_norm_eps;
+#endif
+    cp.n_gpu_layers = G4A_GPU ? (p->n_gpu_layers < 0 ? 999 : p->n_gpu_layers) : 0;
+    m->model = llama_load_model_from_file(path, cp);
+    if (!m->model) return false;
+    m->ctx = llama_new_context_with_model(m->model, cp);
+    return m->ctx != nullptr;
+#else
+    llama_model_params mp = llama_model_default_params();
+    mp.vocab_only = p->vocab_only != 0;
+    mp.n_gpu_layers = G4A_GPU ? (p->n_gpu_layers < 0 ? 999 : p->n_gpu_layers) : 0;
+#if G4A_API_GEN >= 6
+    m->model = llama_model_load_from_file(path, mp);
+#else
+    m->model = llama_load_model_from_file(path, mp);
+#endif
+    if (!m->model) return false;
+#if G4A_API_GEN >= 6
+    m->vocab = llama_model_get_vocab(m->model);
+#endif
+    if (p->vocab_only) return true;   // no context needed for tokenization
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)m->n_ctx;
+    cp.n_batch = (uint32_t)m->n_batch;
+#if G4A_API_GEN >= 6
+    cp.n_ubatch = (uint32_t)m->n_batch;
+    cp.n_seq_max = 1;
+#else
+    cp.seed = p->seed;
+#endif
+    cp.n_threads = m->n_threads;
+    cp.n_threads_batch = m->n_threads;
+#if G4A_API_GEN >= 6
+    cp.embeddings = p->embeddings != 0;
+#else
+    cp.embedding = p->embeddings != 0;
+#endif
+#if G4A_API_GEN >= 6
+    m->ctx = llama_init_from_model(m->model, cp);
+#else
+    m->ctx = llama_new_context_with_model(m->model, cp);
+#endif
+    return m->ctx != nullptr;
+#endif
+}
+
+static void compat_free(g4a_model *m) {
+    if (m->ctx) llama_free(m->ctx);
+#if G4A_API_GEN >= 6
+    if (m->model) llama_model_free(m->model);
+#elif G4A_API_GEN >= 2
+    if (m->model) llama_free_model(m->model);
+#endif
+}
+
+static void compat_query(g4a_model *m) {
+#if G4A_API_GEN <= 2
+    m->n_vocab = llama_n_vocab(m->ctx);
+    if (m->ctx) m->n_ctx = llama_n_ctx(m->ctx);
+#elif G4A_API_GEN == 4
+    m->n_vocab = llama_n_vocab(m->model);
+    if (m->ctx) m->n_ctx = (int32_t)llama_n_ctx(m->ctx);
+#else
+    m->n_vocab = llama_vocab_n_tokens(m->vocab);
+    if (m->ctx) m->n_ctx = (int32_t)llama_n_ctx(m->ctx);
+#endif
+}
+
+static int32_t compat_n_ctx_train(const g4a_model *m) {
+#if G4A_API_GEN <= 2
+    (void)m;
+    return 0;   // ggml-era files do not record it
+#elif G4A_API_GEN == 4
+    return llama_n_ctx_train(m->model);
+#else
+    return llama_model_n_ctx_train(m->model);
+#endif
+}
+
+static int32_t compat_n_embd(const g4a_model *m) {
+#if G4A_API_GEN == 1
+#if defined(G4A_NO_N_EMBD)
+    (void)m;
+    return 0;
+#else
+    return llama_n_embd(m->ctx);
+#endif
+#elif G4A_API_GEN == 2
+    return llama_n_embd(m->ctx);
+#elif G4A_API_GEN == 4
+    return llama_n_embd(m->model);
+#else
+    return llama_model_n_embd(m->model);
+#endif
+}
+
+static int32_t compat_bos(const g4a_model *m) {
+#if G4A_API_GEN <= 2
+    (void)m;
+    return llama_token_bos();
+#elif G4A_API_GEN == 4
+    return llama_token_bos(m->model);
+#else
+    return llama_vocab_bos(m->vocab);
+#endif
+}
+
+static int32_t compat_eos(const g4a_model *m) {
+#if G4A_API_GEN <= 2
+    (void)m;
+    return llama_token_eos();
+#elif G4A_API_GEN == 4
+    return llama_token_eos(m->model);
+#else
+    return llama_vocab_eos(m->vocab);
+#endif
+}
+
+static bool compat_is_eog(const g4a_model *m, int32_t tok) {
+#if G4A_API_GEN >= 6
+    return llama_vocab_is_eog(m->vocab, tok);
+#else
+    return tok == compat_eos(m);
+#endif
+}
+
+static int32_t compat_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
+                               int32_t *out, int32_t cap) {
+#if G4A_API_GEN <= 2
+    (void)special;
+    return llama_tokenize(m->ctx, text.c_str(), out, cap, add_bos);
+#elif G4A_API_GEN == 4
+    return llama_tokenize(m->model, text.data(), (int)text.size(), out, cap, add_bos, special);
+#else
+    return llama_tokenize(m->vocab, text.data(), (int32_t)text.size(), out, cap, add_bos, special);
+#endif
+}
+
+static int32_t compat_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
+#if G4A_API_GEN <= 2
+    const char *s = llama_token_to_str(m->ctx, tok);
+    int32_t n = s ? (int32_t)strlen(s) : 0;
+    if (n > cap) return -n;
+    if (n) memcpy(buf, s, (size_t)n);
+    return n;
+#elif G4A_API_GEN == 4
+    return llama_token_to_piece(m->model, tok, buf, cap);
+#else
+    return llama_token_to_piece(m->vocab, tok, buf, cap, 0, false);
+#endif
+}
+
+static int compat_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
+#if G4A_API_GEN <= 2
+    return llama_eval(m->ctx, tokens, n, m->n_past, m->n_threads);
+#elif G4A_API_GEN == 4
+    return llama_decode(m->ctx, llama_batch_get_one(const_cast<int32_t *>(tokens), n, m->n_past, 0));
+#else
+    return llama_decode(m->ctx, llama_batch_get_one(const_cast<int32_t *>(tokens), n));
+#endif
+}
+
+static void compat_reset(g4a_model *m) {
+#if G4A_API_GEN <= 2
+    (void)m;   // the next eval at n_past = 0 overwrites the cache
+#elif G4A_API_GEN == 4
+    llama_kv_cache_clear(m->ctx);
+#else
+    llama_memory_clear(llama_get_memory(m->ctx), true);
+#endif
+}
+
+static const float *compat_logits(g4a_model *m) {
+#if G4A_API_GEN >= 6
+    return llama_get_logits_ith(m->ctx, -1);
+#else
+    return llama_get_logits(m->ctx);
+#endif
+}
+
+static const float *compat_embeddings(g4a_model *m) {
+#if G4A_API_GEN >= 6
+    const float *e = llama_get_embeddings_seq(m->ctx, 0);
+    if (!e) e = llama_get_embeddings_ith(m->ctx, -1);
+    return e;
+#else
+    return llama_get_embeddings(m->ctx);
+#endif
+}
+
+static int compat_quantize(const char *in, const char *out, int32_t ftype, int32_t nthread) {
+#if defined(G4A_QUANTIZE_NTHREAD)
+    return llama_model_quantize(in, out, (enum llama_ftype)ftype, nthread);
+#else
+    llama_model_quantize_params qp = llama_model_quantize_default_params();
+    qp.ftype = (enum llama_ftype)ftype;
+    qp.nthread = nthread;
+    return (int)llama_model_quantize(in, out, &qp);
+#endif
+}
+
+static int compat_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
+    if (type < 0 || type >= (int32_t)GGML_TYPE_COUNT) return -1;
+    enum ggml_type t = (enum ggml_type)type;
+    if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return 0; }
+    if (t == GGML_TYPE_F16) {
+        const ggml_fp16_t *h = (const ggml_fp16_t *)src;
+        for (int64_t i = 0; i < n; ++i) dst[i] = ggml_fp16_to_fp32(h[i]);
+        return 0;
+    }
+    int64_t blck = ggml_blck_size(t);
+    if (blck <= 0 || n % blck != 0) return -1;
+#if defined(G4A_GGML_QUANTIZE_FNS)
+    quantize_fns_t fns = ggml_internal_get_quantize_fn((size_t)t);
+    if (!fns.dequantize_row_q) return -1;
+    fns.dequantize_row_q(src, dst, (int)n);
+#elif defined(G4A_GGML_TYPE_TRAITS)
+    ggml_type_traits_t tr = ggml_internal_get_type_traits(t);
+    if (!tr.to_float) return -1;
+    tr.to_float(src, dst, (int)n);
+#else
+    const struct ggml_type_traits *tr = ggml_get_type_traits(t);
+    if (!tr || !tr->to_float) return -1;
+    tr->to_float(src, dst, n);
+#endif
+    return 0;
+}
+
+static std::string compat_system_info() {
+    const char *s = llama_print_system_info();
+    return s ? std::string(s) : std::string();
+}
+
+// ---------------------------------------------------------------------------------------------
+// exported ABI
+
+G4A_EXPORT int32_t g4a_abi_version(void) { return G4A_ABI_VERSION; }
+
+G4A_EXPORT const char *g4a_backend_info(void) {
+    static std::string info;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        info = std::string(G4A_BACKEND_NAME) + " llama.cpp " + G4A_LLAMA_COMMIT +
+               " api=" + std::to_string(G4A_API_GEN) + " variant=" + G4A_VARIANT + " | " +
+               compat_system_info();
+        while (!info.empty() && (info.back() == ' ' || info.back() == '|')) info.pop_back();
+    });
+    return info.c_str();
+}
+
+G4A_EXPORT const char *g4a_last_error(void) { return t_error.c_str(); }
+
+G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
+
+G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
+    t_error.clear();
+    if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
+    if (access(path, R_OK) != 0) {
+        set_error(std::string(path) + ": cannot read: " + strerror(errno));
+        return nullptr;
+    }
+    backend_init_once();
+    g4a_model *m = new (std::nothrow) g4a_model();
+    if (!m) { set_error("out of memory"); return nullptr; }
+    m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
+    m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+    m->n_batch = std::min<int32_t>(512, m->n_ctx);
+    m->embeddings = p->embeddings != 0;
+    stderr_capture cap;
+    cap.begin();
+    bool ok = false;
+    try {
+        ok = compat_load(m, path, p);
+    } catch (const std::exception &e) {
+        cap.end();
+        set_error(std::string("the engine failed to load ") + path + ": " + e.what());
+        compat_free(m);
+        delete m;
+        return nullptr;
+    }
+    cap.end();
+    if (!ok) {
+        std::string why = last_lines(cap.text, 3);
+        set_error(std::string("the engine refused ") + path +
+                  (why.empty() ? std::string(" (it gave no reason)") : ": " + why));
+        compat_free(m);
+        delete m;
+        return nullptr;
+    }
+    compat_query(m);
+    if (!m->ctx) m->n_ctx = 0;   // vocab-only GGUF loads have no context
+    m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
+    return m;
+}
+
+G4A_EXPORT void g4a_free(g4a_model *m) {
+    if (!m) return;
+    compat_free(m);
+    delete m;
+}
+
+G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
+G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m ? m->n_ctx : 0; }
+G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { return m ? compat_n_ctx_train(m) : 0; }
+G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) { return m && (m->ctx || G4A_API_GEN >= 4) ? compat_n_embd(m) : 0; }
+G4A_EXPORT int32_t g4a_token_bos(const g4a_model *m) { return m ? compat_bos(m) : -1; }
+G4A_EXPORT int32_t g4a_token_eos(const g4a_model *m) { return m ? compat_eos(m) : -1; }
+G4A_EXPORT int32_t g4a_is_eog(const g4a_model *m, int32_t tok) { return m && compat_is_eog(m, tok) ? 1 : 0; }
+G4A_EXPORT int32_t g4a_n_gpu_layers(const g4a_model *m) { return m ? m->n_gpu_layers : 0; }
+
+G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len, int32_t add_bos,
+                                int32_t parse_special, int32_t *tokens, int32_t cap) {
+    t_error.clear();
+    if (!m || !text || text_len < 0 || cap < 0) { set_error("g4a_tokenize: bad arguments"); return INT32_MIN; }
+#if G4A_API_GEN <= 2
+    if (!m->ctx) { set_error("g4a_tokenize: no context"); return INT32_MIN; }
+#endif
+    std::string s(text, (size_t)text_len);
+    // the 2023 tokenizers write up to n_max tokens and return a negative count when it did not fit;
+    // give them room for the worst case (one token per byte, plus BOS) so the count is exact
+    int32_t need_cap = text_len + 2;
+    std::vector<int32_t> tmp((size_t)std::max(need_cap, cap));
+    int32_t n = compat_tokenize(m, s, add_bos != 0, parse_special != 0, tmp.data(), (int32_t)tmp.size());
+    if (n < 0) {
+        set_error("the tokenizer failed");
+        return INT32_MIN;
+    }
+    if (n > cap) return -n;
+    std::copy(tmp.begin(), tmp.begin() + n, tokens);
+    return n;
+}
+
+G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
+    t_error.clear();
+    if (!m || tok < 0 || tok >= m->n_vocab) { set_error("g4a_token_to_piece: token out of range"); return INT32_MIN; }
+    return compat_piece(m, tok, buf, cap);
+}
+
+G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
+    t_error.clear();
+    if (!m || !m->ctx) { set_error("g4a_eval: the model was loaded without a context (vocab only)"); return -1; }
+    if (n <= 0 || !tokens) { set_error("g4a_eval: no tokens"); return -1; }
+    for (int32_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
+            set_error("g4a_eval: token " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+                      std::to_string(m->n_vocab - 1) + ")");
+            return -1;
+        }
+    }
+    if (m->n_past + n > m->n_ctx) {
+        set_error("g4a_eval: context full: " + std::to_string(m->n_past) + " + " + std::to_string(n) +
+                  " tokens exceed n_ctx " + std::to_string(m->n_ctx));
+        return -1;
+    }
+    for (int32_t done = 0; done < n;) {
+        int32_t chunk = std::min(m->n_batch, n - done);
+        int rc;
+        try {
+            rc = compat_eval(m, tokens + done, chunk);
+        } catch (const std::exception &e) {
+            set_error(std::string("g4a_eval: ") + e.what());
+            return -1;
+        }
+        if (rc != 0) {
+            set_error("g4a_eval: the engine returned " + std::to_string(rc));
+            m->has_logits = false;
+            return -1;
+        }
+        m->n_past += chunk;
+        done += chunk;
+    }
+    m->has_logits = true;
+    return 0;
+}
+
+G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
+
+G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
+    if (!m) return -1;
+    if (m->ctx) compat_reset(m);
+    m->n_past = 0;
+    m->has_logits = false;
+    return 0;
+}
+
+G4A_EXPORT const float *g4a_logits(g4a_model *m) {
+    t_error.clear();
+    if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
+    const float *l = compat_logits(m);
+    if (!l) set_error("g4a_logits: the engine has no logits for the last position");
+    return l;
+}
+
+G4A_EXPORT const float *g4a_embeddings(g4a_model *m) {
+    t_error.clear();
+    if (!m || !m->has_logits) { set_error("g4a_embeddings: nothing has been evaluated yet"); return nullptr; }
+    if (!m->embeddings) { set_error("g4a_embeddings: the model was not loaded with embeddings=1"); return nullptr; }
+    const float *e = compat_embeddings(m);
+    if (!e) set_error("g4a_embeddings: this engine produced no embedding for this model");
+    return e;
+}
+
+G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history,
+                              int32_t n_history, uint64_t *rng_state) {
+    t_error.clear();
+    if (!m || !sp) { set_error("g4a_sample: bad arguments"); return -1; }
+    const float *logits = g4a_logits(m);
+    if (!logits) return -1;
+    return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order);
+}
+
+G4A_EXPORT int32_t g4a_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads) {
+    t_error.clear();
+    if (!in || !out) { set_error("g4a_quantize: paths are required"); return -1; }
+    backend_init_once();
+    stderr_capture cap;
+    cap.begin();
+    int rc;
+    try {
+        rc = compat_quantize(in, out, ftype, n_threads > 0 ? n_threads : default_threads());
+    } catch (const std::exception &e) {
+        cap.end();
+        set_error(std::string("quantize failed: ") + e.what());
+        return -1;
+    }
+    cap.end();
+    if (rc != 0) {
+        std::string why = last_lines(cap.text, 3);
+        set_error("quantize of " + std::string(in) + " to ftype " + std::to_string(ftype) + " failed" +
+                  (why.empty() ? std::string() : ": " + why));
+        return -1;
+    }
+    return 0;
+}
+
+G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
+    t_error.clear();
+    if (!src || !dst || n < 0) { set_error("g4a_dequantize: bad arguments"); return -1; }
+    if (compat_dequantize(type, src, dst, n) != 0) {
+        set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this era or " +
+                  std::to_string(n) + " is not a whole number of blocks");
+        return -1;
+    }
+    return 0;
+}

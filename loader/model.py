@@ -1,0 +1,384 @@
+"""The library face: one Model API over every backend era.
+
+``load(path)`` reads the file's structure (pure Python), lets the catalog pick the backend that
+reads it, picks the variant this machine can run, and only then hands the file to native code.
+Sampling runs in the shim (C), identically in every era.
+
+Thread safety: all calls on one Model are serialized by a lock (a streaming generation holds it
+until the stream ends or is closed); different Models, even of different eras, run concurrently.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
+from .facts import FileFacts
+from . import native
+from .variants import VariantChoice, build_record, choose_variant
+
+#: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
+DEFAULT_N_CTX = 2048
+#: epsilon of the LLaMA-1 RMS norm; ggjt files do not record it and the 2023-08 era defaults to 5e-6
+LEGACY_RMS_EPS = 1e-6
+LEGACY_GQA_RMS_EPS = 1e-5
+
+
+@dataclass
+class ModelInfo:
+    """What was loaded, and why this backend and variant."""
+
+    path: str
+    backend: str
+    llama_cpp: str
+    sdist: str
+    variant: str
+    device: str
+    format: str
+    format_version: int | None
+    architecture: str | None
+    n_ctx: int
+    n_ctx_train: int
+    n_vocab: int
+    n_embd: int
+    n_gpu_layers: int
+    load_seconds: float
+    why_backend: str
+    why_variant: str
+    rejected: dict[str, list[str]] = field(default_factory=dict)
+    engine: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sampling_defaults(temperature: float) -> dict[str, Any]:
+    return dict(temperature=temperature)
+
+
+class Model:
+    """A loaded model.  Create with :func:`load`; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, backend: native.Backend, handle: Any, info: ModelInfo, facts: FileFacts,
+                 embeddings: bool):
+        self._backend = backend
+        self._lib = backend.lib
+        self._ffi = native.ffi()
+        self._handle = handle
+        self._lock = threading.RLock()
+        self.info = info
+        self.facts = facts
+        self._embeddings = embeddings
+        self._piece_buf = self._ffi.new("char[256]")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._lib.g4a_free(self._handle)
+                self._handle = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _h(self) -> Any:
+        if self._handle is None:
+            raise ModelClosedError(f"{self.info.path}: the model was closed")
+        return self._handle
+
+    def _err(self, what: str) -> BackendError:
+        return BackendError(f"{self.info.path} ({self.info.backend}/{self.info.variant}): {what}: "
+                            f"{self._backend.last_error() or 'no reason given'}")
+
+    # -- vocabulary -----------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self.info.n_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self.info.n_ctx
+
+    def token_bos(self) -> int:
+        with self._lock:
+            return int(self._lib.g4a_token_bos(self._h()))
+
+    def token_eos(self) -> int:
+        with self._lock:
+            return int(self._lib.g4a_token_eos(self._h()))
+
+    def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of ``text``.  ``special``: parse control tokens written in the text (GGUF)."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        with self._lock:
+            h = self._h()
+            cap = len(data) + 8
+            buf = self._ffi.new("int32_t[]", cap)
+            n = self._lib.g4a_tokenize(h, data, len(data), int(add_bos), int(special), buf, cap)
+            if n < 0 and n != -(2**31):
+                cap = -n
+                buf = self._ffi.new("int32_t[]", cap)
+                n = self._lib.g4a_tokenize(h, data, len(data), int(add_bos), int(special), buf, cap)
+            if n < 0:
+                raise self._err("tokenize failed")
+            return list(buf[0:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (possibly part of a UTF-8 character)."""
+        with self._lock:
+            h = self._h()
+            n = self._lib.g4a_token_to_piece(h, int(token), self._piece_buf, 256)
+            if n == -(2**31):
+                raise self._err(f"token {token}")
+            if n < 0:
+                big = self._ffi.new("char[]", -n)
+                n = self._lib.g4a_token_to_piece(h, int(token), big, -n)
+                return bytes(self._ffi.buffer(big, n))
+            return bytes(self._ffi.buffer(self._piece_buf, n))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything evaluated so far."""
+        with self._lock:
+            self._lib.g4a_reset(self._h())
+
+    @property
+    def n_past(self) -> int:
+        with self._lock:
+            return int(self._lib.g4a_n_past(self._h()))
+
+    def evaluate(self, tokens: Sequence[int]) -> None:
+        """Append tokens to the context (after whatever was evaluated before)."""
+        if not tokens:
+            return
+        with self._lock:
+            h = self._h()
+            arr = self._ffi.new("int32_t[]", [int(t) for t in tokens])
+            if self._lib.g4a_eval(h, arr, len(tokens)) != 0:
+                raise self._err("evaluation failed")
+
+    def logits(self) -> list[float]:
+        """Logits of the last evaluated position (n_vocab floats)."""
+        with self._lock:
+            p = self._lib.g4a_logits(self._h())
+            if p == self._ffi.NULL:
+                raise self._err("no logits")
+            return list(self._ffi.unpack(p, self.info.n_vocab))
+
+    def embed(self, text: str) -> list[float]:
+        """Embedding of ``text`` (needs ``load(..., embeddings=True)``)."""
+        if not self._embeddings:
+            raise BackendError(f"{self.info.path}: embeddings were not requested at load time; "
+                               f"use gpt4all_loader.load(path, embeddings=True)")
+        with self._lock:
+            self.reset()
+            self.evaluate(self.tokenize(text, add_bos=True))
+            p = self._lib.g4a_embeddings(self._h())
+            if p == self._ffi.NULL:
+                raise self._err(f"{self.info.backend} gives no embedding for this model")
+            n = int(self._lib.g4a_n_embd(self._h())) or self.info.n_embd
+            return list(self._ffi.unpack(p, n))
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
+                 repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
+                 stream: bool = False, callback: Callable[[str], bool] | None = None,
+                 add_bos: bool = True, special: bool = False) -> str | Iterator[str]:
+        """Continue ``prompt`` (text, or token ids).
+
+        ``temperature=0`` is greedy and deterministic; otherwise sampling is seeded by ``seed``
+        (a random seed when None).  Generation stops at an end-of-generation token, at a ``stop``
+        string (not included in the output), after ``max_tokens``, when the context is full, or
+        when ``callback(piece)`` returns False.  ``stream=True`` returns an iterator of text pieces
+        that never splits a UTF-8 character; breaking out of it cancels the generation.
+        """
+        it = self._generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                            repeat_last_n=repeat_last_n, seed=seed, stop=tuple(stop), callback=callback,
+                            add_bos=add_bos, special=special)
+        if stream:
+            return it
+        return "".join(it)
+
+    def _generate(self, prompt: str | Sequence[int], *, max_tokens: int, temperature: float, top_k: int,
+                  top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int | None,
+                  stop: tuple[str, ...], callback: Callable[[str], bool] | None, add_bos: bool,
+                  special: bool) -> Iterator[str]:
+        ffi = self._ffi
+        with self._lock:
+            h = self._h()
+            tokens = (self.tokenize(prompt, add_bos=add_bos, special=special) if isinstance(prompt, (str, bytes))
+                      else [int(t) for t in prompt])
+            if not tokens:
+                tokens = [self.token_bos()]
+            if len(tokens) >= self.info.n_ctx:
+                raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
+            self._lib.g4a_reset(h)
+            self.evaluate(tokens)
+            params = ffi.new("g4a_sampling *", dict(
+                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
+                repeat_penalty=float(repeat_penalty), repeat_last_n=int(repeat_last_n)))
+            rng = ffi.new("uint64_t *", (seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
+                          & 0xFFFFFFFFFFFFFFFF)
+            history = list(tokens)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            pending = ""          # text held back because it may be the start of a stop string
+            hold = max((len(s) for s in stop), default=0)
+            one = ffi.new("int32_t[1]")
+            for _ in range(max_tokens):
+                window = history[-max(repeat_last_n, 1):]
+                hist = ffi.new("int32_t[]", window)
+                tok = self._lib.g4a_sample(h, params, hist, len(window), rng)
+                if tok < 0:
+                    raise self._err("sampling failed")
+                if self._lib.g4a_is_eog(h, tok):
+                    break
+                history.append(tok)
+                pending += decoder.decode(self.token_bytes(tok))
+                if stop:
+                    cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
+                    if cut >= 0:
+                        pending = pending[:cut]
+                        if pending:
+                            yield pending
+                        return
+                    out, pending = (pending[:-hold + 1], pending[-hold + 1:]) if hold > 1 else (pending, "")
+                else:
+                    out, pending = pending, ""
+                if out:
+                    if callback is not None and callback(out) is False:
+                        return
+                    yield out
+                if self._lib.g4a_n_past(h) + 1 > self.info.n_ctx:
+                    break
+                one[0] = tok
+                if self._lib.g4a_eval(h, one, 1) != 0:
+                    raise self._err("evaluation failed")
+            pending += decoder.decode(b"", final=True)
+            if pending:
+                if callback is not None and callback(pending) is False:
+                    return
+                yield pending
+
+    # -- chat -----------------------------------------------------------------------------------
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> str | Iterator[str]:
+        """Render ``messages`` with the file's own chat template and generate the reply."""
+        from .chat import render
+
+        template = self.facts.chat_template
+        if not template:
+            raise UnsupportedModelError(
+                f"{self.info.path}: the file carries no chat template (tokenizer.chat_template); "
+                f"use generate() with a prompt written in the model's own format")
+        bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
+        eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
+        text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        add_bos = not (bos and text.startswith(bos))
+        kwargs.setdefault("special", True)
+        return self.generate(text, add_bos=add_bos, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"n_ctx={self.info.n_ctx}"
+        return f"<Model {Path(self.info.path).name} on {self.info.backend}/{self.info.variant} {state}>"
+
+
+# ------------------------------------------------------------------------------------------------
+def _legacy_params(facts: FileFacts) -> tuple[int, float]:
+    """(n_gqa, rms_norm_eps) that ggjt-era files need but do not carry."""
+    if facts.format not in ("ggml", "ggmf", "ggjt"):
+        return 0, 0.0
+    n_head = int(facts.hparams.get("n_head") or 0)
+    n_head_kv = int(facts.hparams.get("n_head_kv") or n_head or 0)
+    if n_head and n_head_kv and n_head_kv < n_head:
+        return n_head // n_head_kv, LEGACY_GQA_RMS_EPS
+    return 0, LEGACY_RMS_EPS
+
+
+def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
+         n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
+         embeddings: bool = False, seed: int = 0) -> Model:
+    """Load a model file on the backend that reads it.
+
+    device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
+    "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
+    by name (it must still accept the file: files are never handed to an engine that would misread
+    them).
+    """
+    from .catalog import choose
+    from .reader import read_facts
+
+    path = os.fspath(path)
+    facts = read_facts(path)
+    best, verdicts = choose(facts)
+    rejected = {v.backend: list(v.reasons) for v in verdicts if not v.loadable}
+    if facts.truncated:
+        raise UnsupportedModelError(
+            f"{path}: {facts.description or facts.format}: the file is truncated "
+            f"(the header describes {facts.data_bytes_expected} bytes of tensor data after offset "
+            f"{facts.data_offset}, the file has {facts.size} bytes in all); download it again")
+    if backend is not None:
+        chosen = next((v for v in verdicts if v.backend == backend), None)
+        if chosen is None:
+            raise BackendError(f"unknown backend {backend!r}; declared: {', '.join(v.backend for v in verdicts)}")
+        if not chosen.loadable:
+            raise UnsupportedModelError(f"{path}: {facts.description}: backend {backend} cannot load it: "
+                                        + "; ".join(chosen.reasons))
+        why_backend = f"backend {backend} requested by the caller"
+    else:
+        if best is None:
+            detail = "; ".join(f"{b}: {', '.join(r)}" for b, r in rejected.items())
+            raise UnsupportedModelError(f"{path}: {facts.description or facts.format}: no backend of ours loads it"
+                                        + (f" ({detail})" if detail else ""))
+        chosen = best
+        why_backend = f"{chosen.backend} reads {facts.description or facts.format}"
+    choice: VariantChoice = choose_variant(chosen.backend, device)
+    if choice.variant is None:
+        raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
+    be = native.open_backend(chosen.backend, choice.variant)
+
+    n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
+    if n_ctx is None:
+        n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
+    n_gqa, eps = _legacy_params(facts)
+    ffi = native.ffi()
+    params = ffi.new("g4a_load_params *", dict(
+        n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
+        n_gpu_layers=int(-1 if n_gpu_layers is None else n_gpu_layers) if choice.device == "cuda" else 0,
+        vocab_only=0, embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
+    t0 = time.perf_counter()
+    handle = be.lib.g4a_load(os.fsencode(path), params)
+    seconds = time.perf_counter() - t0
+    if handle == ffi.NULL:
+        raise BackendError(f"{path}: {be.name}/{be.variant} failed to load it: {be.last_error()}")
+    rec = build_record(be.name, be.variant)
+    info = ModelInfo(
+        path=path, backend=be.name, llama_cpp=rec.get("llama_cpp", ""), sdist=rec.get("sdist", ""),
+        variant=be.variant, device=choice.device, format=facts.format, format_version=facts.format_version,
+        architecture=facts.architecture, n_ctx=int(be.lib.g4a_n_ctx(handle)),
+        n_ctx_train=int(be.lib.g4a_n_ctx_train(handle)) or n_ctx_train, n_vocab=int(be.lib.g4a_n_vocab(handle)),
+        n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
+        load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
+        engine=be.info())
+    return Model(be, handle, info, facts, embeddings)
