@@ -1,0 +1,226 @@
+"""What a file is, which backend loads it, why the others do not, and what it needs in memory.
+
+:func:`probe` never raises for a bad, unreadable or non-model file: whatever goes wrong is reported
+in :attr:`ProbeReport.error`.  The report's :meth:`~ProbeReport.to_dict` is the stable JSON object
+printed by ``gpt4all-probe --json`` (its keys are documented in the README).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import catalog
+from . import memory as _memory
+
+#: bump when a key is removed or changes meaning (adding keys keeps the version)
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ProbeReport:
+    path: str
+    format: str | None = None
+    format_version: int | None = None
+    kind: str | None = None
+    description: str | None = None
+    size: int | None = None
+    endianness: str | None = None
+    architecture: str | None = None
+    file_type: int | None = None
+    file_type_name: str | None = None
+    quant_layout: str | None = None
+    tensor_types: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_tensors: int = 0
+    n_params: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    context_length: int | None = None
+    tokenizer: str | None = None
+    chat_template: bool = False
+    vocab_only: bool = False
+    split_experts: bool = False
+    truncated: bool = False
+    loadable: bool = False
+    ready: bool = False
+    backend: str | None = None
+    variant: str | None = None
+    variant_reason: str | None = None
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+    suggestion: str | None = None
+    backends_built: dict[str, list[str]] | None = None
+    memory: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    kv: dict[str, Any] | None = None
+    error: str | None = None
+    #: "unreadable" (the path cannot be opened), "format" (not a file we understand or malformed),
+    #: "internal" (a bug of ours); None when there is no error
+    error_kind: str | None = None
+    #: filled by ``gpt4all-probe --load``: one entry per backend tried
+    load: list[dict[str, Any]] | None = None
+
+    @property
+    def facts(self) -> Any:
+        return self._facts if hasattr(self, "_facts") else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for name in self.__dataclass_fields__:
+            d[name] = _jsonable(getattr(self, name))
+        if d["kv"] is None:
+            del d["kv"]
+        if d["load"] is None:
+            del d["load"]
+        return d
+
+
+def _jsonable(v: Any, depth: int = 0) -> Any:
+    """Plain JSON data: large arrays summarized, bytes and odd numbers spelled out."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        seq = list(v)
+        if len(seq) > 64:
+            return {"array_len": len(seq), "first": [_jsonable(x, depth + 1) for x in seq[:8]]}
+        return [_jsonable(x, depth + 1) for x in seq]
+    if hasattr(v, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(v, k), depth + 1) for k in v.__dataclass_fields__}
+    if hasattr(v, "item"):  # numpy scalars
+        try:
+            return _jsonable(v.item(), depth + 1)
+        except Exception:  # noqa: BLE001
+            pass
+    return str(v)
+
+
+def _built() -> tuple[dict[str, list[str]] | None, Any]:
+    """(built_variants() or None when the variants module is absent, choose_variant or None)."""
+    try:
+        from .variants import built_variants, choose_variant  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    try:
+        built = {k: list(v) for k, v in (built_variants() or {}).items()}
+    except Exception:  # noqa: BLE001 - a broken cache must not break probing
+        built = {}
+    return built, choose_variant
+
+
+def _precheck(path: str) -> None:
+    """Raise OSError for paths that cannot be read as a file (clear messages before the reader runs)."""
+    st = os.stat(path)  # ENOENT, ELOOP, ENOTDIR, EACCES
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "is a directory", path)
+    with open(path, "rb"):
+        pass
+
+
+def _fill_from_facts(rep: ProbeReport, facts: Any) -> None:
+    rep.format = facts.format
+    rep.format_version = facts.format_version
+    rep.kind = facts.kind
+    rep.description = facts.description or None
+    rep.size = facts.size
+    rep.endianness = facts.endianness
+    rep.architecture = facts.architecture
+    rep.file_type = facts.file_type
+    rep.file_type_name = facts.file_type_name
+    rep.quant_layout = facts.quant_layout
+    rep.tensor_types = {k: {"count": int(s.count), "bytes": int(s.bytes)} for k, s in (facts.tensor_types or {}).items()}
+    rep.n_tensors = int(facts.n_tensors or 0)
+    rep.n_params = int(facts.n_params or 0)
+    rep.hparams = dict(facts.hparams or {})
+    ctx = rep.hparams.get("n_ctx_train") or rep.hparams.get("context_length")
+    rep.context_length = int(ctx) if isinstance(ctx, (int, float)) and not isinstance(ctx, bool) else None
+    rep.tokenizer = facts.tokenizer
+    rep.chat_template = bool(facts.chat_template)
+    rep.vocab_only = bool(facts.vocab_only)
+    rep.split_experts = bool(facts.split_experts)
+    rep.truncated = bool(facts.truncated)
+    rep.notes = list(facts.notes or [])
+    if facts.kv is not None:
+        rep.kv = dict(facts.kv)
+
+
+def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int = 0, with_kv: bool = False,
+          device: str = "auto") -> ProbeReport:
+    """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file."""
+    spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    rep = ProbeReport(path=spath)
+    try:
+        _precheck(spath)
+    except OSError as e:
+        rep.error = f"cannot read {spath}: {e.strerror or e}"
+        rep.error_kind = "unreadable"
+        return rep
+    except (ValueError, TypeError) as e:  # e.g. an embedded NUL byte
+        rep.error = f"cannot read {spath!r}: invalid path ({e})"
+        rep.error_kind = "unreadable"
+        return rep
+    try:
+        from .reader import read_facts
+    except ImportError as e:
+        rep.error = f"the file reader is not available: {e}"
+        rep.error_kind = "internal"
+        return rep
+    try:
+        facts = read_facts(spath, with_kv=with_kv)
+    except OSError as e:
+        rep.error = f"cannot read {spath}: {e.strerror or e}"
+        rep.error_kind = "unreadable"
+        return rep
+    except ValueError as e:  # FormatError and other malformed-structure complaints
+        rep.error = str(e) or type(e).__name__
+        rep.error_kind = "format"
+        return rep
+    except Exception as e:  # noqa: BLE001 - a reader bug must still produce a report
+        rep.error = f"internal error while reading: {type(e).__name__}: {e}"
+        rep.error_kind = "internal"
+        return rep
+    try:
+        _judge(rep, facts, estimate_ctx=estimate_ctx, gpu_layers=gpu_layers, device=device)
+    except Exception as e:  # noqa: BLE001
+        rep.error = f"internal error while judging the file: {type(e).__name__}: {e}"
+        rep.error_kind = "internal"
+    return rep
+
+
+def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers: int, device: str) -> None:
+    _fill_from_facts(rep, facts)
+    rep._facts = facts  # type: ignore[attr-defined]
+    specs = catalog.load_manifest()
+    built, choose_variant = _built()
+    rep.backends_built = built
+    prefer = [b for b, vs in built.items() if vs] if built is not None else None
+    best, all_v = catalog.choose(facts, specs, prefer=prefer)
+    rep.reasons = {v.backend: list(v.reasons) for v in all_v}
+    rep.loadable = best is not None
+    if best is not None:
+        rep.backend = best.backend
+        if choose_variant is None:
+            rep.variant_reason = "backend variants are not available in this installation"
+        else:
+            try:
+                vc = choose_variant(best.backend, device=device)
+                rep.variant = getattr(vc, "variant", None)
+                rep.variant_reason = getattr(vc, "reason", None) or None
+            except Exception as e:  # noqa: BLE001
+                rep.variant = None
+                rep.variant_reason = f"{type(e).__name__}: {e}"
+        rep.ready = rep.variant is not None
+        if rep.variant is None:
+            why = rep.variant_reason or f"backend {best.backend} has no built variant"
+            rep.suggestion = f"{why}; build it with: {catalog.build_command(best.backend)}"
+    else:
+        rep.suggestion = catalog.suggest(facts, all_v, built=prefer, specs=specs)
+    if facts.kind in ("model", "vocab-only") and not facts.truncated:
+        era = specs[best.backend].era if best is not None else None
+        rep.memory = _memory.estimate(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era)

@@ -1,0 +1,379 @@
+"""``gpt4all-probe``: what each model file is, which backend loads it, and why the others do not.
+
+    gpt4all-probe PATH...            files and directories (searched recursively for model files)
+    gpt4all-probe --json PATH...     a JSON list of report objects (see the README for the keys)
+    gpt4all-probe --estimate --ctx-size 4096 --gpu-layers 20 PATH
+    gpt4all-probe --load [--all-backends] PATH   really load it (in a child process) and evaluate a token
+
+Exit status: 0 every file is loadable; 1 some file is not (or a --load failed); 2 usage error or an
+unreadable path (missing, permission denied, symlink loop, a directory without model files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from typing import Any, Iterable
+
+from .probe import ProbeReport, probe
+
+MODEL_EXTENSIONS = {".bin", ".gguf", ".ggml", ".ggjt", ".ggmf", ".ggla"}
+_QUANT_SUFFIX = re.compile(r"\.(q\d(_[0-9a-z]+)*|f16|f32|bf16|iq\d\w*)$", re.I)
+#: first four bytes of the containers we know (little-endian u32 magics as they lie on disk, and GGUF)
+MAGICS = {b"GGUF", b"lmgg", b"fmgg", b"tjgg", b"algg", b"mmgg"}
+
+
+class UsageError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding files
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
+
+
+def looks_like_model(path: str) -> bool:
+    """A file worth probing inside a directory: a known magic, or a model-ish name."""
+    head = _head(path)
+    if head in MAGICS:
+        return True
+    name = os.path.basename(path).lower()
+    ext = os.path.splitext(name)[1]
+    if ext == ".bin":
+        return False  # .bin without a ggml magic: a PyTorch/other checkpoint, skip silently
+    return ext in MODEL_EXTENSIONS or bool(_QUANT_SUFFIX.search(name))
+
+
+def expand(paths: Iterable[str]) -> list[tuple[str, str | None]]:
+    """[(path, error)] for each file to probe; error is set for paths that cannot be used."""
+    out: list[tuple[str, str | None]] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            out.append((p, f"cannot read {p}: {e.strerror or e}"))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            out.append((p, None))
+            continue
+        found: list[str] = []
+        errors: list[str] = []
+
+        def onerror(e: OSError) -> None:
+            errors.append(f"cannot read {e.filename}: {e.strerror or e}")
+
+        seen: set[tuple[int, int]] = set()
+        for root, dirs, files in os.walk(p, onerror=onerror, followlinks=True):
+            try:
+                rs = os.stat(root)
+                key = (rs.st_dev, rs.st_ino)
+            except OSError:
+                continue
+            if key in seen:  # a directory symlink cycle
+                dirs[:] = []
+                continue
+            seen.add(key)
+            dirs.sort()
+            for name in sorted(files):
+                fp = os.path.join(root, name)
+                try:
+                    if not stat.S_ISREG(os.stat(fp).st_mode):
+                        continue
+                except OSError:
+                    continue  # dangling links inside a directory are not worth a complaint
+                if looks_like_model(fp):
+                    found.append(fp)
+        if errors and not found:
+            out.append((p, errors[0]))
+        elif not found:
+            out.append((p, f"no model files in directory {p}"))
+        else:
+            out.extend((f, None) for f in found)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+
+def human_count(n: int | None) -> str:
+    if not n:
+        return "?"
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            v = n / div
+            return f"{v:.1f}{suf}" if v < 10 and round(v, 1) != int(v) else f"{v:.0f}{suf}"
+    return str(n)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    v = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if v < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{n} B"
+
+
+class Style:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def _w(self, code: str, s: str) -> str:
+        return f"\x1b[{code}m{s}\x1b[0m" if self.enabled else s
+
+    def bold(self, s: str) -> str:
+        return self._w("1", s)
+
+    def good(self, s: str) -> str:
+        return self._w("32;1", s)
+
+    def bad(self, s: str) -> str:
+        return self._w("31;1", s)
+
+    def dim(self, s: str) -> str:
+        return self._w("2", s)
+
+
+def _format_line(r: ProbeReport) -> str:
+    from .catalog import format_label
+
+    parts = [format_label(r.format, r.format_version)]
+    if r.endianness and r.endianness != "little":
+        parts.append(f"{r.endianness}-endian")
+    if r.size is not None:
+        parts.append(human_bytes(r.size))
+    s = ", ".join(parts)
+    if r.description:
+        s += f" ({r.description})"
+    return s
+
+
+def _quant_line(r: ProbeReport) -> str:
+    items = sorted(r.tensor_types.items(), key=lambda kv: -kv[1].get("bytes", 0))
+    detail = ", ".join(f"{k} x{v.get('count', 0)}" for k, v in items[:6])
+    if len(items) > 6:
+        detail += ", ..."
+    head = r.file_type_name or (str(r.file_type) if r.file_type is not None else "")
+    if head and detail:
+        return f"{head} ({detail})"
+    return head or detail or "-"
+
+
+def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: bool = True) -> str:
+    lines = [st.bold(r.path)]
+
+    def row(k: str, v: str) -> None:
+        lines.append(f"  {k:<13} {v}")
+
+    if r.error:
+        row("error", st.bad(r.error))
+        return "\n".join(lines)
+    row("format", _format_line(r))
+    if r.kind and r.kind not in ("model",):
+        row("kind", r.kind)
+    if r.architecture or r.n_params:
+        h = r.hparams
+        extra = f", {h['n_layer']} layers" if isinstance(h.get("n_layer"), int) else ""
+        row("model", f"{r.architecture or '?'}, {human_count(r.n_params)} parameters{extra}")
+    if r.tensor_types or r.file_type is not None:
+        row("quantization", _quant_line(r))
+    if r.context_length:
+        row("context", f"{r.context_length} (trained)")
+    if r.tokenizer or r.chat_template:
+        row("tokenizer", (r.tokenizer or "?") + (", chat template" if r.chat_template else ""))
+    if r.truncated:
+        row("truncated", st.bad("yes"))
+    if show_memory and r.memory:
+        m = r.memory
+        row("memory", f"ctx {m['ctx_size']}, {m['gpu_layers']}/{m['n_layer']} layers on GPU: "
+                      f"RAM {human_bytes(m['ram_bytes'])}, VRAM {human_bytes(m['vram_bytes'])} "
+                      f"(weights {human_bytes(m['weights_bytes'])}, KV {human_bytes(m['kv_bytes'])}, "
+                      f"compute {human_bytes(m['compute_bytes'])})")
+    if r.loadable:
+        where = f"{r.backend}/{r.variant}" if r.variant else f"{r.backend} (not built here)"
+        row("verdict", st.good(f"LOADABLE by {where}"))
+    else:
+        top = _main_reason(r)
+        row("verdict", st.bad("NOT LOADABLE") + (f": {top}" if top else ""))
+    if r.suggestion:
+        row("fix", r.suggestion)
+    distinct = {tuple(rs) for rs in r.reasons.values() if rs}
+    if verbose or (not r.loadable and len(distinct) > 1):
+        for b, rs in r.reasons.items():
+            if rs and (verbose or b != r.backend):
+                row(st.dim(b) if st.enabled else b, st.dim("; ".join(rs)) if st.enabled else "; ".join(rs))
+    for ld in r.load or []:
+        if ld.get("ok"):
+            ev = "one token evaluated" if ld.get("token_evaluated") else "no token evaluated"
+            row("load", st.good(f"ok with {ld.get('backend')}/{ld.get('variant') or '?'}") +
+                f" in {ld.get('load_s')} s, {ev}" + (f" in {ld.get('eval_s')} s" if ld.get("eval_s") else ""))
+        else:
+            row("load", st.bad(f"FAILED with {ld.get('backend')}") + f": {ld.get('error')}")
+    return "\n".join(lines)
+
+
+def _main_reason(r: ProbeReport) -> str | None:
+    """The reason of the backend that came closest: the newest one refusing for a specific cause."""
+    rs = [v for v in r.reasons.values() if v]
+    if not rs:
+        return None
+    first = [x[0] for x in rs]
+    # A reason every backend shares (not a model, truncated, big-endian) is the headline.
+    if all(f == first[0] for f in first):
+        return first[0]
+    generic = ("predates GGUF", "stopped loading at b1012")
+    specific = [x for x in rs if not any(g in x[0] for g in generic)]
+    return (specific or rs)[-1][0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading in a child process
+
+def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool,
+                  timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", path, "--backend", backend, "--device", device]
+    if ctx:
+        cmd += ["--ctx-size", str(ctx)]
+    if vocab_only:
+        cmd.append("--vocab-only")
+    t0 = time.perf_counter()
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": backend, "ok": False, "error": f"no answer within {timeout:.0f} s"}
+    except OSError as e:
+        return {"backend": backend, "ok": False, "error": f"cannot start the child process: {e}"}
+    wall = round(time.perf_counter() - t0, 3)
+    res: dict[str, Any] | None = None
+    for line in reversed(cp.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                res = json.loads(line)
+                break
+            except ValueError:
+                continue
+    if cp.returncode < 0:
+        try:
+            sig = signal.Signals(-cp.returncode).name
+        except ValueError:
+            sig = str(-cp.returncode)
+        tail = (cp.stderr or "").strip().splitlines()[-1:] or [""]
+        return {"backend": backend, "ok": False, "wall_s": wall,
+                "error": f"the backend crashed ({sig})" + (f"; last message: {tail[0]}" if tail[0] else "")}
+    if res is None:
+        tail = (cp.stderr or cp.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        return {"backend": backend, "ok": False, "wall_s": wall,
+                "error": f"exit status {cp.returncode}: {tail[0]}"}
+    res["backend"] = res.get("backend") or backend
+    res["wall_s"] = wall
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gpt4all-probe",
+        description="Say what llama.cpp-family model files are, which pinned backend loads them, and why not.")
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched recursively)")
+    ap.add_argument("--json", action="store_true", help="print a JSON list of reports")
+    ap.add_argument("--estimate", action="store_true", help="show the RAM/VRAM estimate")
+    ap.add_argument("--ctx-size", type=int, default=None, metavar="N", help="context size for the estimate/load")
+    ap.add_argument("--gpu-layers", type=int, default=0, metavar="N", help="layers offloaded, for the estimate")
+    ap.add_argument("--device", default="auto", help="device for the variant choice and --load (auto, cpu, cuda)")
+    ap.add_argument("--kv", action="store_true", help="include the GGUF key/values in --json output")
+    ap.add_argument("--load", action="store_true", help="load with the chosen backend in a child process")
+    ap.add_argument("--all-backends", action="store_true", help="with --load: try every backend that claims the file")
+    ap.add_argument("--load-timeout", type=float, default=600.0, metavar="S")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show every backend's reasons")
+    return ap
+
+
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.ctx_size is not None and args.ctx_size <= 0:
+        raise UsageError("--ctx-size must be positive")
+    if args.gpu_layers < 0:
+        raise UsageError("--gpu-layers must not be negative")
+    items = expand(args.paths)
+    reports: list[ProbeReport] = []
+    unreadable = False
+    for path, err in items:
+        if err is not None:
+            r = ProbeReport(path=path, error=err, error_kind="unreadable")
+        else:
+            r = probe(path, estimate_ctx=args.ctx_size, gpu_layers=args.gpu_layers, with_kv=args.kv,
+                      device=args.device)
+        if r.error_kind == "unreadable":
+            unreadable = True
+        if args.load and r.loadable:
+            r.load = []
+            from .catalog import verdicts as _verdicts
+
+            if args.all_backends and r.facts is not None:
+                cands = [v.backend for v in sorted(_verdicts(r.facts), key=lambda v: -v.priority) if v.loadable]
+            else:
+                cands = [r.backend] if r.backend else []
+            for b in cands:
+                r.load.append(load_in_child(path, b, device=args.device, ctx=args.ctx_size,
+                                            vocab_only=r.vocab_only, timeout=args.load_timeout))
+        reports.append(r)
+
+    if args.json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    else:
+        st = Style(sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        blocks = [render(r, st, verbose=args.verbose, show_memory=args.estimate) for r in reports]
+        sys.stdout.write("\n\n".join(blocks) + "\n")
+    sys.stdout.flush()
+
+    if unreadable:
+        return 2
+    bad = any(not r.loadable for r in reports)
+    bad_load = any(not ld.get("ok") for r in reports for ld in (r.load or []))
+    return 1 if bad or bad_load else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage message
+        return 0 if e.code == 0 else 2
+    try:
+        return _run(args)
+    except UsageError as e:
+        sys.stderr.write(f"gpt4all-probe: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("gpt4all-probe: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 1
+    except Exception as e:  # noqa: BLE001 - never a traceback
+        sys.stderr.write(f"gpt4all-probe: internal error: {type(e).__name__}: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
