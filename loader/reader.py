@@ -1,0 +1,253 @@
+"""Read what a file is, from its first bytes and its headers, without reading any tensor data.
+
+Entry point: :func:`read_facts`.  It dispatches on the magic to :mod:`reader_gguf` (GGUF v1-v3, either
+byte order) or :mod:`reader_legacy` (ggml / ggmf / ggjt LLaMA, ggla LoRA, GPT-J and MPT ggml files,
+whisper and rwkv.cpp files), and recognizes common non-model files (safetensors, PyTorch archives,
+pickles, HTML/XML/JSON/text, empty files) so that they get a readable verdict instead of an error.
+
+Guarantees: the time taken depends on the header size, never on the data size (tensor data is
+skipped by seeking); every count and length is checked against the bytes left in the file before
+anything is allocated or looped over; a malformed or cut header of a model container raises
+:class:`~gpt4all_loader.errors.FormatError` naming the path, byte offset, field and expectation.
+Tensor data running past the end of the file is reported (``truncated=True``), not raised.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError
+from .facts import FileFacts
+
+MAGIC_GGML = 0x67676D6C  # "ggml" (bytes "lmgg")
+MAGIC_GGMF = 0x67676D66  # "ggmf"
+MAGIC_GGJT = 0x67676A74  # "ggjt"
+MAGIC_GGLA = 0x67676C61  # "ggla" LoRA
+MAGIC_GGMM = 0x67676D6D  # "ggmm" GPT4All MPT
+LEGACY_MAGICS = {MAGIC_GGML: "ggml", MAGIC_GGMF: "ggmf", MAGIC_GGJT: "ggjt", MAGIC_GGLA: "ggla",
+                 MAGIC_GGMM: "ggmm"}
+GGUF_MAGIC = b"GGUF"
+
+
+class ByteSource:
+    """Buffered, bounds-checked reads from a file at a current position.
+
+    Every read first checks that the bytes exist (else FormatError at the current offset), then
+    serves them from an in-memory window that is refilled with one ``read`` call when needed.
+    """
+
+    def __init__(self, f: Any, path: str, size: int, endian: str = "<", readahead: int = 1 << 18):
+        self.f = f
+        self.path = path
+        self.size = size
+        self.endian = endian
+        self.readahead = readahead
+        self.buf = b""
+        self.buf_start = 0
+        self.pos = 0
+        self._structs: dict[str, struct.Struct] = {}
+
+    # -- errors -------------------------------------------------------------------------------
+    def error(self, field: str, expected: str, offset: int | None = None) -> FormatError:
+        off = self.pos if offset is None else offset
+        return FormatError(f"{self.path}: byte offset {off}, field {field}: expected {expected}")
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    # -- raw access ---------------------------------------------------------------------------
+    def _ensure(self, n: int, field: str) -> int:
+        """Make ``n`` bytes from ``pos`` available in ``buf``; return their index in ``buf``."""
+        if n < 0 or self.pos < 0:
+            raise self.error(field, "a non-negative length")
+        if self.pos + n > self.size:
+            raise self.error(field, f"{n} more byte(s), but the file ends at byte {self.size} "
+                                    f"(truncated or not this format)")
+        rel = self.pos - self.buf_start
+        if rel < 0 or rel + n > len(self.buf):
+            self.f.seek(self.pos)
+            self.buf = self.f.read(max(n, self.readahead))
+            self.buf_start = self.pos
+            rel = 0
+            if len(self.buf) < n:
+                raise self.error(field, f"{n} byte(s); the file became shorter while reading")
+        return rel
+
+    def _struct(self, fmt: str) -> struct.Struct:
+        s = self._structs.get(fmt)
+        if s is None:
+            s = self._structs[fmt] = struct.Struct(self.endian + fmt)
+        return s
+
+    def unpack(self, fmt: str, field: str) -> tuple:
+        s = self._struct(fmt)
+        rel = self._ensure(s.size, field)
+        self.pos += s.size
+        return s.unpack_from(self.buf, rel)
+
+    def u8(self, field: str) -> int:
+        return self.unpack("B", field)[0]
+
+    def u32(self, field: str) -> int:
+        return self.unpack("I", field)[0]
+
+    def i32(self, field: str) -> int:
+        return self.unpack("i", field)[0]
+
+    def u64(self, field: str) -> int:
+        return self.unpack("Q", field)[0]
+
+    def f32(self, field: str) -> float:
+        return self.unpack("f", field)[0]
+
+    def take(self, n: int, field: str) -> bytes:
+        rel = self._ensure(n, field)
+        self.pos += n
+        return self.buf[rel:rel + n]
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes from ``pos`` without moving (fewer near the end of the file)."""
+        n = max(0, min(n, self.size - self.pos))
+        rel = self._ensure(n, "peek")
+        return self.buf[rel:rel + n]
+
+    def skip(self, n: int, field: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.error(field, f"{n} byte(s) to skip, but the file ends at byte {self.size}")
+        self.pos += n
+
+    def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
+                     collect: bool = False, max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | None:
+        """Walk ``count`` records of (length, bytes[length], ``extra`` bytes) as fast as possible.
+
+        ``mask`` clears flag bits from the length (GPT4All MPT marks special tokens with bit 31).
+        With ``collect``, returns the (text, extra) pairs.  A length beyond the end of the file or
+        above ``max_len`` raises FormatError naming the record.
+        """
+        ls = self._struct(len_fmt)
+        lsize = ls.size
+        unpack_len = ls.unpack_from
+        out: list[tuple[bytes, bytes]] | None = [] if collect else None
+        i = 0
+        size = self.size
+        while i < count:
+            rel = self._ensure(lsize, f"{field}[{i}] length")
+            buf = self.buf
+            base = self.buf_start
+            end = len(buf)
+            p = rel
+            while i < count and p + lsize <= end:
+                n = unpack_len(buf, p)[0]
+                if mask:
+                    n &= ~mask
+                if n > max_len or base + p + lsize + n + extra > size:
+                    self.pos = base + p
+                    raise self.error(
+                        f"{field}[{i}] length",
+                        f"a length that fits the file (got {n}, {size - self.pos - lsize} bytes left)")
+                if out is not None:
+                    q = p + lsize
+                    if q + n + extra <= end:
+                        out.append((buf[q:q + n], buf[q + n:q + n + extra]))
+                    else:
+                        self.pos = base + q
+                        text = self.take(n, f"{field}[{i}]")
+                        tail = self.take(extra, f"{field}[{i}] extra") if extra else b""
+                        out.append((text, tail))
+                        i += 1
+                        break
+                p += lsize + n + extra
+                i += 1
+            else:
+                self.pos = base + p
+                continue
+            # left the inner loop through "break" after a slow-path read: pos is already set
+        return out
+
+
+def _text_kind(head: bytes) -> tuple[str, str] | None:
+    """Recognize text files (HTML error pages saved as .bin, JSON configs, LFS pointers ...)."""
+    s = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    low = s[:512].lower()
+    if low.startswith(b"version https://git-lfs"):
+        return "git-lfs-pointer", "a Git LFS pointer file, not the model itself (fetch the real file)"
+    if low.startswith(b"<!doctype html") or low.startswith(b"<html") or b"<html" in low[:256]:
+        return "html", "an HTML page (e.g. an error or login page saved in place of the model)"
+    if low.startswith(b"<?xml") or low.startswith(b"<"):
+        return "xml", "an XML/markup document, not a model"
+    if s[:1] in (b"{", b"["):
+        return "json", "JSON text (e.g. a config or tokenizer file), not a model"
+    if not s and head:
+        return "text", "a text file of blanks only, not a model"
+    try:
+        sample = head[:4096].decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the sample end is still text
+        if exc.start < len(head[:4096]) - 4:
+            return None
+        sample = head[:exc.start].decode("utf-8", "replace")
+    if sample and all(c.isprintable() or c in "\r\n\t\f" for c in sample):
+        return "text", "a text file, not a model"
+    return None
+
+
+def _not_a_model(path: str, size: int, head: bytes) -> FileFacts:
+    def facts(fmt: str, desc: str) -> FileFacts:
+        return FileFacts(path=path, size=size, format=fmt, format_version=None, kind="not-a-model",
+                         description=desc)
+
+    if size == 0:
+        return facts("empty", "an empty file (0 bytes), not a model")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        if b"data.pkl" in head or b"/data/" in head or b"version" in head[:512]:
+            return facts("pytorch-zip", "a PyTorch checkpoint (zip archive); convert it to GGUF first")
+        return facts("zip", "a zip archive, not a model file")
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= size - 8 and head[8:9] == b"{":
+            return facts("safetensors", f"a safetensors file ({n}-byte JSON header); convert it to GGUF first")
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return facts("pickle", f"a Python pickle (protocol {head[1]}), e.g. an old PyTorch checkpoint")
+    if head.startswith(b"\x1f\x8b"):
+        return facts("gzip", "a gzip-compressed file; decompress it first")
+    if head.startswith(b"\x89HDF"):
+        return facts("hdf5", "an HDF5 file (e.g. Keras weights), not a ggml/GGUF model")
+    t = _text_kind(head)
+    if t:
+        return facts(*t)
+    shown = head[:8].hex(" ")
+    return facts("unknown", f"not a known model format (first bytes {shown})")
+
+
+def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+    """Identify ``path`` and describe it (container, version, architecture, hparams, tensor types ...).
+
+    ``with_kv``: also return the GGUF key/values in ``FileFacts.kv`` (arrays longer than 64 elements
+    summarized as ``{"type": ..., "length": n}``).  ``with_vocab``: return the vocabulary arrays in
+    full as well (GGUF tokens/scores/token types/merges; for legacy files ``kv`` gets
+    ``"tokenizer.ggml.tokens"`` as raw bytes and, where stored, ``"tokenizer.ggml.scores"``).
+
+    Non-model files give ``kind="not-a-model"``; a damaged header of a model container raises
+    FormatError; OSError (missing file, permission) propagates unchanged.
+    """
+    p = str(Path(path))
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(4096)
+        try:
+            if len(head) >= 4 and head[:4] == GGUF_MAGIC:
+                from . import reader_gguf
+
+                return reader_gguf.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
+            if len(head) >= 4 and int.from_bytes(head[:4], "little") in LEGACY_MAGICS:
+                from . import reader_legacy
+
+                return reader_legacy.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
+            return _not_a_model(p, size, head)
+        except FormatError:
+            raise
+        except (struct.error, IndexError, KeyError, ValueError, TypeError, UnicodeDecodeError,
+                MemoryError, OverflowError, RecursionError, ZeroDivisionError) as exc:
+            raise FormatError(f"{p}: malformed header ({type(exc).__name__}: {exc})") from exc

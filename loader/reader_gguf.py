@@ -1,0 +1,313 @@
+"""GGUF headers: v1 (32-bit counts and lengths, Aug-Oct 2023), v2 and v3, little- or big-endian.
+
+Layout: "GGUF", u32 version, n_tensors, n_kv (u32 in v1, u64 later), n_kv key/values
+(string key, u32 value type, value), n_tensors tensor infos (string name, u32 n_dims, n_dims x ne
+(u32 in v1, u64 later), u32 ggml type, u64 offset from the data start), padding to
+``general.alignment`` (default 32), tensor data.  A string is a length (u32 in v1, u64 later) and
+UTF-8 bytes.  Big-endian files (v3) store every number big-endian; they are recognized by a version
+that reads as a byte-swapped small number.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from array import array
+from typing import Any, BinaryIO
+
+from .facts import FileFacts, TensorTypeStat
+from .ggml_types import GGUF_SCALAR_FMT, GGUF_VALUE_TYPES, TYPE_NAMES, TYPES, ftype_name, ftype_phrase
+from .reader import ByteSource
+
+#: arrays up to this many elements are returned as lists by ``with_kv``; longer ones are summarized
+SMALL_ARRAY = 64
+#: string values longer than this are not read into memory (summarized instead)
+MAX_STRING_VALUE = 1 << 20
+MAX_KEY_LEN = 1 << 16
+MAX_TENSOR_NAME = 1 << 12
+MAX_NESTING = 3
+_SPLIT_EXPERT = re.compile(r"^blk\.\d+\.ffn_(gate|down|up)\.\d+\.weight$")
+
+_SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in GGUF_SCALAR_FMT.items()}
+_ARRAY_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
+
+
+class _Gguf:
+    def __init__(self, src: ByteSource, version: int, want_kv: bool, want_vocab: bool):
+        self.src = src
+        self.v1 = version == 1
+        self.len_fmt = "I" if self.v1 else "Q"
+        self.len_size = 4 if self.v1 else 8
+        self.want_kv = want_kv or want_vocab
+        self.want_vocab = want_vocab
+
+    def string(self, field: str, max_len: int) -> str:
+        src = self.src
+        start = src.pos
+        n = src.unpack(self.len_fmt, f"{field} length")[0]
+        if n > max_len or n > src.remaining:
+            raise src.error(f"{field} length", f"a length of at most {min(max_len, src.remaining)} "
+                                               f"(got {n})", start)
+        return src.take(n, field).decode("utf-8", "replace")
+
+    def value(self, vtype: int, field: str, depth: int = 0, *, keep_arrays: bool = False) -> Any:
+        src = self.src
+        if vtype in GGUF_SCALAR_FMT:
+            return src.unpack(GGUF_SCALAR_FMT[vtype], field)[0]
+        if vtype == 8:
+            start = src.pos
+            n = src.unpack(self.len_fmt, f"{field} length")[0]
+            if n > src.remaining:
+                raise src.error(f"{field} length", f"a string length that fits the file (got {n}, "
+                                                   f"{src.remaining} bytes left)", start)
+            if n > MAX_STRING_VALUE:
+                src.skip(n, field)
+                return {"type": "STRING", "length": n}
+            return src.take(n, field).decode("utf-8", "replace")
+        if vtype == 9:
+            if depth >= MAX_NESTING:
+                raise src.error(field, f"arrays nested at most {MAX_NESTING} deep")
+            atype = src.u32(f"{field} array element type")
+            start = src.pos
+            count = src.unpack(self.len_fmt, f"{field} array length")[0]
+            if atype not in GGUF_VALUE_TYPES:
+                raise src.error(f"{field} array element type",
+                                f"a GGUF value type 0-12 (got {atype})", start - 4)
+            tname = GGUF_VALUE_TYPES[atype]
+            # smallest possible encoding of one element: check the count before looping
+            min_el = _SCALAR_SIZES.get(atype, self.len_size if atype == 8 else 4 + self.len_size)
+            if count * min_el > src.remaining:
+                raise src.error(f"{field} array length",
+                                f"at most {src.remaining // max(min_el, 1)} {tname} elements in the "
+                                f"{src.remaining} bytes left (got {count})", start)
+            full = keep_arrays or count <= SMALL_ARRAY
+            if atype in GGUF_SCALAR_FMT:
+                nbytes = count * min_el
+                if not full:
+                    src.skip(nbytes, field)
+                    return {"type": tname, "length": count}
+                raw = src.take(nbytes, field)
+                if atype == 7:
+                    return [b != 0 for b in raw]
+                arr = array(_ARRAY_CODES[atype])
+                if arr.itemsize != min_el:  # platform without an exact-size typecode
+                    return list(struct.unpack(f"{src.endian}{count}{GGUF_SCALAR_FMT[atype]}", raw))
+                arr.frombytes(raw)
+                if src.endian == ">":
+                    arr.byteswap()
+                return arr.tolist()
+            if atype == 8:
+                if not full:
+                    src.walk_strings(count, self.len_fmt, field, max_len=src.size)
+                    return {"type": tname, "length": count}
+                got = src.walk_strings(count, self.len_fmt, field, collect=True, max_len=MAX_STRING_VALUE)
+                return [t.decode("utf-8", "replace") for t, _ in got or []]
+            # arrays of arrays: walk element by element (bounded by the count check above)
+            items = [self.value(9, f"{field}[{i}]", depth + 1, keep_arrays=keep_arrays) for i in range(count)]
+            return items if full else {"type": tname, "length": count}
+        raise src.error(field, f"a GGUF value type 0-12 (got {vtype})", src.pos - 4)
+
+
+def _version_and_endian(src: ByteSource) -> tuple[int, str]:
+    raw = src.take(4, "version")
+    v_le = int.from_bytes(raw, "little")
+    v_be = int.from_bytes(raw, "big")
+    if 1 <= v_le <= 0xFFFF:
+        return v_le, "<"
+    if 1 <= v_be <= 0xFFFF:
+        return v_be, ">"
+    raise src.error("version", f"a GGUF version 1, 2 or 3 (got 0x{v_le:08x})", 4)
+
+
+def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+    src = ByteSource(f, path, size)
+    src.take(4, "magic")
+    version, endian = _version_and_endian(src)
+    src.endian = endian
+    if version not in (1, 2, 3):
+        raise src.error("version", f"GGUF version 1, 2 or 3 (got {version}; a newer GGUF revision "
+                                   f"or a damaged file)", 4)
+    g = _Gguf(src, version, with_kv, with_vocab)
+    n_tensors = src.unpack(g.len_fmt, "n_tensors")[0]
+    n_kv = src.unpack(g.len_fmt, "n_kv")[0]
+    # a key/value takes at least: key length + 1 key byte + u32 type + 1 value byte
+    min_kv = g.len_size + 1 + 4 + 1
+    if n_kv * min_kv > src.remaining:
+        raise src.error("n_kv", f"at most {src.remaining // min_kv} key/values in the "
+                                f"{src.remaining} bytes left (got {n_kv})", 8 + g.len_size)
+    # a tensor info takes at least: name length + u32 n_dims + u32 type + u64 offset
+    min_ti = g.len_size + 4 + 4 + 8
+    if n_tensors * min_ti > src.remaining:
+        raise src.error("n_tensors", f"at most {src.remaining // min_ti} tensor infos in the "
+                                     f"{src.remaining} bytes left (got {n_tensors})", 8)
+
+    kv: dict[str, Any] = {}
+    keys_seen: set[str] = set()
+    notes: list[str] = []
+    for i in range(n_kv):
+        key_off = src.pos
+        key = g.string(f"kv[{i}] key", MAX_KEY_LEN)
+        vtype = src.u32(f"kv[{i}] ({key}) value type")
+        val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab)
+        if key in keys_seen:
+            notes.append(f"duplicate key {key!r} at byte {key_off}")
+        keys_seen.add(key)
+        kv[key] = val
+
+    # tensor infos
+    stats: dict[str, TensorTypeStat] = {}
+    n_params = 0
+    max_end = 0
+    split = False
+    unknown_types: set[int] = set()
+    ne_fmt = "I" if g.v1 else "q"
+    table = TYPES["pr1508"]
+    for i in range(n_tensors):
+        name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
+        label = f"tensor_info[{i}] ({name})"
+        nd_off = src.pos
+        n_dims = src.u32(f"{label} n_dims")
+        if not 1 <= n_dims <= 4:
+            raise src.error(f"{label} n_dims", f"1 to 4 dimensions (got {n_dims})", nd_off)
+        ne_off = src.pos
+        ne = list(src.unpack(ne_fmt * n_dims, f"{label} ne"))
+        n_el = 1
+        for d in ne:
+            if d < 0:
+                raise src.error(f"{label} ne", f"non-negative dimensions (got {ne})", ne_off)
+            n_el *= d
+        if n_el >= 1 << 63:
+            raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
+        ttype = src.u32(f"{label} type")
+        offset = src.u64(f"{label} offset")
+        t = table.get(ttype)
+        if t is None:
+            if ttype in (4, 5):
+                tname = TYPE_NAMES[ttype]
+            else:
+                tname = f"TYPE_{ttype}"
+            unknown_types.add(ttype)
+            nbytes = 0
+        else:
+            tname = t.name
+            if ne[0] % t.block:
+                raise src.error(f"{label} ne[0]", f"a row length that is a multiple of the {t.name} "
+                                                  f"block size {t.block} (got {ne[0]})", ne_off)
+            nbytes = n_el // t.block * t.size
+        st = stats.setdefault(tname, TensorTypeStat())
+        st.count += 1
+        st.bytes += nbytes
+        n_params += n_el
+        max_end = max(max_end, offset + nbytes)
+        if not split and _SPLIT_EXPERT.match(name):
+            split = True
+
+    # alignment and data start
+    alignment = kv.get("general.alignment", 32)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
+            or alignment & (alignment - 1):
+        raise src.error("general.alignment", f"a power of two (got {alignment!r})")
+    header_end = src.pos
+    data_offset = header_end + (-header_end % alignment)
+
+    arch = kv.get("general.architecture")
+    arch = arch if isinstance(arch, str) else None
+    hp = _hparams(kv, arch)
+    file_type = kv.get("general.file_type")
+    file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
+    tok = kv.get("tokenizer.ggml.model")
+    tmpl = kv.get("tokenizer.chat_template")
+    gtype = kv.get("general.type")
+    vocab_only = n_tensors == 0
+    kind = "lora" if gtype == "adapter" else ("vocab-only" if vocab_only else "model")
+
+    facts = FileFacts(
+        path=path, size=size, format="gguf", format_version=version, kind=kind,
+        endianness="big" if endian == ">" else "little", architecture=arch, hparams=hp,
+        file_type=file_type, file_type_name=ftype_name(file_type, gguf=True), quant_layout="pr1508",
+        tensor_types=stats, n_tensors=n_tensors, n_params=n_params,
+        tokenizer=tok if isinstance(tok, str) else None,
+        chat_template=tmpl if isinstance(tmpl, str) else None,
+        vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
+        data_bytes_expected=max_end, notes=notes,
+    )
+    if n_tensors and data_offset + max_end > size:
+        facts.truncated = True
+        notes.append(f"tensor data needs {max_end} bytes from byte {data_offset}, but the file has "
+                     f"{max(0, size - data_offset)} (file cut short, e.g. an interrupted download)")
+    if unknown_types:
+        notes.append("tensor type id(s) " + ", ".join(map(str, sorted(unknown_types)))
+                     + " unknown to the 2026-10 ggml (a newer type, a removed one, or a damaged file); "
+                     "their sizes are not counted")
+    if split:
+        notes.append("MoE experts stored as one tensor per expert (blk.N.ffn_*.E.weight, Dec 2023-Apr "
+                     "2024 conversions)")
+    if endian == ">":
+        notes.append("big-endian GGUF: only builds for big-endian hosts read it")
+    if with_kv or with_vocab:
+        facts.kv = kv
+    facts.description = _describe(facts, kv)
+    return facts
+
+
+def _int(v: Any) -> Any:
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _hparams(kv: dict[str, Any], arch: str | None) -> dict[str, Any]:
+    hp: dict[str, Any] = {}
+    toks = kv.get("tokenizer.ggml.tokens")
+    if isinstance(toks, list):
+        hp["n_vocab"] = len(toks)
+    elif isinstance(toks, dict) and "length" in toks:
+        hp["n_vocab"] = toks["length"]
+    if not arch:
+        return hp
+    keys = {
+        "n_ctx_train": "context_length",
+        "n_embd": "embedding_length",
+        "n_layer": "block_count",
+        "n_ff": "feed_forward_length",
+        "n_head": "attention.head_count",
+        "n_head_kv": "attention.head_count_kv",
+        "n_rot": "rope.dimension_count",
+        "rope_freq_base": "rope.freq_base",
+        "expert_count": "expert_count",
+        "expert_used_count": "expert_used_count",
+        "rms_norm_eps": "attention.layer_norm_rms_epsilon",
+        "norm_eps": "attention.layer_norm_epsilon",
+    }
+    for name, suffix in keys.items():
+        v = kv.get(f"{arch}.{suffix}")
+        if v is not None:
+            hp[name] = _int(v)
+    if "n_vocab" not in hp and isinstance(kv.get(f"{arch}.vocab_size"), int):
+        hp["n_vocab"] = kv[f"{arch}.vocab_size"]
+    return hp
+
+
+def _describe(facts: FileFacts, kv: dict[str, Any]) -> str:
+    arch = facts.architecture or "unknown architecture"
+    parts = [f"GGUF v{facts.format_version} {arch}"]
+    if facts.endianness == "big":
+        parts[0] += " (big-endian)"
+    name = kv.get("general.name")
+    if isinstance(name, str) and name:
+        parts[0] += f" '{name[:60]}'"
+    if facts.kind == "vocab-only":
+        parts.append("vocabulary only (no tensors)")
+    elif facts.kind == "lora":
+        parts.append("LoRA adapter")
+    if facts.file_type_name:
+        parts.append(ftype_phrase(facts.file_type_name))
+    elif facts.tensor_types:
+        big = max(facts.tensor_types.items(), key=lambda kv_: kv_[1].bytes)[0]
+        parts.append(f"mostly {big}")
+    if facts.tokenizer:
+        parts.append(f"{facts.tokenizer} tokenizer")
+    if facts.n_tensors:
+        parts.append(f"{facts.n_tensors} tensors")
+    if facts.truncated:
+        parts.append("TRUNCATED")
+    return ", ".join(parts)

@@ -1,0 +1,423 @@
+"""Pre-GGUF containers: ggml / ggmf / ggjt LLaMA, ggla LoRA, GPT-J and MPT ggml files, and the
+ggml-family files of other projects (whisper.cpp, rwkv.cpp, ggml examples) that we name but do not run.
+
+LLaMA (llama.cpp, Mar-Aug 2023): u32 magic, u32 version (ggmf/ggjt only), 7 x i32 hparams
+``n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype``, then ``n_vocab`` x (u32 length, bytes,
+f32 score for ggmf/ggjt), then tensor records until the end of the file: i32 n_dims, i32 name length,
+i32 ggml type, n_dims x i32 ne, name, (ggjt: padding to a multiple of 32 from the file start), data.
+
+GPT-J (ggml examples / GPT4All): magic "ggml", 7 x i32 ``n_vocab, n_ctx, n_embd, n_head, n_layer,
+n_rot, ftype``, i32 vocab count (= n_vocab), n_vocab x (u32 length, bytes), tensor records without
+alignment.  MPT (ggml examples): magic "ggml", i32 ``d_model, max_seq_len, n_heads, n_layers,
+n_vocab``, f32 ``alibi_bias_max, clip_qkv``, i32 ftype, n_vocab x (u32 length, bytes), tensor
+records.  MPT (GPT4All, magic "ggmm"): u32 ``n_vocab, n_ctx, n_layer, n_head, n_embd``, f32
+``alibi_bias_max, clip_qkv``, u32 ftype, u32 vocab count, n_vocab x (u32 length | bit 31 for special
+tokens, bytes), tensor records.  ggml-examples ftypes >= 1000 are ``1000 * quant version + ftype``.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, BinaryIO
+
+from .errors import FormatError
+from .facts import FileFacts, TensorTypeStat
+from .ggml_types import LEGACY_FTYPE_NAMES, QNT_LAYOUT, TYPES, ftype_phrase, tensor_nbytes
+from .reader import MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, ByteSource
+
+MAX_TENSOR_NAME = 4096
+MAX_TOKEN_LEN = 1 << 16
+
+_LAYOUT_PHRASE = {
+    "pre-1405": "pre-May-2023 quant layout",
+    "pr1405": "May-2023 quant layout (llama.cpp PR 1405)",
+    "pr1508": "post-May-2023 quant layout (llama.cpp PR 1508)",
+}
+_UNQUANTIZED = {"F32", "F16"}
+
+
+class _Walk:
+    """What walking the tensor records found."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, TensorTypeStat] = {}
+        self.n = 0
+        self.n_params = 0
+        self.shapes: dict[str, list[int]] = {}
+        self.names: list[str] = []
+        self.truncated = False
+        self.note: str | None = None
+        self.end = 0  # byte offset just past the last tensor's data (as claimed)
+
+
+def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
+    """Read every tensor record header, seeking over the data; never reads tensor data."""
+    w = _Walk()
+    src.readahead = 4096  # records are scattered: read small windows after each seek
+    size = src.size
+    w.end = src.pos
+    while src.pos < size:
+        i = w.n
+        rec = src.pos
+        if src.remaining < 12:
+            w.truncated = True
+            w.note = f"file ends inside the header of tensor {i} at byte {rec}"
+            break
+        n_dims, name_len, ttype = src.unpack("3i", f"tensor[{i}] header")
+        if not 1 <= n_dims <= 4:
+            raise src.error(f"tensor[{i}] n_dims", f"1 to 4 dimensions (got {n_dims})", rec)
+        if not 1 <= name_len <= MAX_TENSOR_NAME:
+            raise src.error(f"tensor[{i}] name length", f"1 to {MAX_TENSOR_NAME} bytes (got {name_len})", rec + 4)
+        if src.remaining < 4 * n_dims + name_len:
+            w.truncated = True
+            w.note = f"file ends inside the header of tensor {i} at byte {rec}"
+            break
+        ne_off = src.pos
+        ne = list(src.unpack(f"{n_dims}i", f"tensor[{i}] ne"))
+        if any(d < 0 for d in ne):
+            raise src.error(f"tensor[{i}] ne", f"non-negative dimensions (got {ne})", ne_off)
+        name = src.take(name_len, f"tensor[{i}] name").decode("utf-8", "replace")
+        data = src.pos + (-src.pos % align if align else 0)
+        try:
+            nbytes = tensor_nbytes(ttype, ne, layout)
+        except FormatError as exc:
+            raise src.error(f"tensor[{i}] ({name}) type/shape", f"a ggml type of the {layout} layout "
+                                                                f"with a whole number of blocks ({exc})", rec + 8) from None
+        tname = TYPES[layout][ttype].name
+        st = w.stats.setdefault(tname, TensorTypeStat())
+        st.count += 1
+        st.bytes += nbytes
+        w.n += 1
+        n_el = 1
+        for d in ne:
+            n_el *= d
+        w.n_params += n_el
+        w.names.append(name)
+        w.shapes[name] = ne
+        w.end = data + nbytes
+        if data + nbytes > size:
+            w.truncated = True
+            w.note = (f"tensor {i} ({name}) needs {nbytes} bytes of data from byte {data}, but the file "
+                      f"ends at byte {size} (file cut short, e.g. an interrupted download)")
+            break
+        src.pos = data + nbytes
+    return w
+
+
+def _arch_from_names(names: list[str]) -> str | None:
+    if not names:
+        return None
+    n = names[0]
+    joined = " ".join(names[:8])
+    if n.startswith(("tok_embeddings.", "norm.", "output.", "layers.")):
+        return "llama"
+    if "transformer.h." in joined and ("attn.q_proj" in joined or "mlp.fc_in" in joined
+                                       or n.startswith("transformer.wte")):
+        return "gptj"
+    if "transformer.blocks." in joined or "transformer.norm_f" in joined:
+        return "mpt"
+    if "transformer.word_embeddings" in joined:
+        return "falcon" if "self_attention" in joined or "word_embeddings" in n else "bloom"
+    if n.startswith("gpt_neox."):
+        return "gptneox"
+    if n.startswith("model/"):
+        return "gpt2"
+    if n.startswith("transformer.wte") or "transformer.h." in joined:
+        return "starcoder"
+    return None
+
+
+def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple, offset: int,
+                   positive: tuple[str, ...] = ("n_vocab",)) -> None:
+    for k, v in zip(names, values):
+        if isinstance(v, int) and (v < 0 or (k in positive and v == 0)):
+            idx = names.index(k)
+            raise src.error(f"hparams.{k}", f"a {'positive' if k in positive else 'non-negative'} "
+                                            f"value (got {v})", offset + 4 * idx)
+
+
+def _read_vocab(src: ByteSource, n_vocab: int, *, scores: bool, mask: int = 0, collect: bool,
+                count_field: str = "n_vocab", count_offset: int | None = None) -> list | None:
+    per = 4 + (4 if scores else 0)
+    if n_vocab * per > src.remaining:
+        raise src.error(count_field, f"a vocabulary that fits the file: {n_vocab} entries need at least "
+                                     f"{n_vocab * per} bytes, {src.remaining} left", count_offset)
+    return src.walk_strings(n_vocab, "I", "vocab", extra=4 if scores else 0, mask=mask,
+                            collect=collect, max_len=MAX_TOKEN_LEN)
+
+
+def _vocab_kv(vocab: list | None, scores: bool) -> dict[str, Any]:
+    if vocab is None:
+        return {}
+    kv: dict[str, Any] = {"tokenizer.ggml.tokens": [t for t, _ in vocab]}
+    if scores:
+        kv["tokenizer.ggml.scores"] = [struct.unpack("<f", s)[0] for _, s in vocab]
+    return kv
+
+
+def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
+    f.data_offset = data_offset
+    if w is None:
+        return
+    f.tensor_types = w.stats
+    f.n_tensors = w.n
+    f.n_params = w.n_params
+    f.data_bytes_expected = w.end - data_offset
+    f.truncated = w.truncated
+    if w.note:
+        f.notes.append(w.note)
+
+
+def _main_type(w: _Walk | None) -> str | None:
+    if not w or not w.stats:
+        return None
+    return max(w.stats.items(), key=lambda kv: kv[1].bytes)[0]
+
+
+def _describe(f: FileFacts, family: str, w: _Walk | None) -> str:
+    ver = f.format if f.format_version in (None, 0) else f"{f.format} v{f.format_version}"
+    parts = [f"{ver} {family}"]
+    if f.vocab_only:
+        parts.append("vocabulary only (no tensors)")
+    if f.file_type_name:
+        parts.append(ftype_phrase(f.file_type_name))
+    elif f.file_type is not None:
+        parts.append(f"file type {f.file_type}")
+    head = ", ".join(parts)
+    quantized = w is not None and any(t not in _UNQUANTIZED for t in w.stats)
+    if f.quant_layout in _LAYOUT_PHRASE and (quantized or (w is None or not w.n) and f.file_type not in (0, 1)):
+        head += f" ({_LAYOUT_PHRASE[f.quant_layout]})"
+    elif f.quant_layout and f.quant_layout.startswith("qnt") and quantized:
+        head += f" (ggml quant version {f.quant_layout[3:]})"
+    if f.truncated:
+        head += ", TRUNCATED"
+    return head
+
+
+# --------------------------------------------------------------------------------------------------
+def _read_llama(src: ByteSource, fmt: str, version: int, with_vocab: bool) -> FileFacts:
+    hp_off = src.pos
+    names = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
+    vals = src.unpack("7i", "hparams")
+    _check_hparams(src, names, vals, hp_off)
+    n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype = vals
+    layout = {"ggml": "pre-1405", "ggmf": "pre-1405"}.get(fmt) or {1: "pre-1405", 2: "pr1405", 3: "pr1508"}[version]
+    f = FileFacts(path=src.path, size=src.size, format=fmt, format_version=version, kind="model",
+                  architecture="llama", tokenizer="llama", file_type=ftype,
+                  file_type_name=LEGACY_FTYPE_NAMES.get(ftype), quant_layout=layout)
+    f.hparams = {"n_vocab": n_vocab, "n_embd": n_embd, "n_mult": n_mult, "n_head": n_head,
+                 "n_head_kv": n_head, "n_layer": n_layer, "n_rot": n_rot}
+    if n_mult > 0:
+        f.hparams["n_ff"] = ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
+    scores = fmt != "ggml"
+    vocab = _read_vocab(src, n_vocab, scores=scores, collect=with_vocab, count_offset=hp_off)
+    data_offset = src.pos
+    if ftype >= 1000:
+        f.kind = "unsupported-ggml"
+        f.architecture = None
+        f.tokenizer = None
+        f.quant_layout = None
+        f.file_type_name = None
+        f.notes.append(f"ftype {ftype} carries a ggml-examples quant version; not a llama.cpp file")
+        f.data_offset = data_offset
+        f.description = f"{fmt} file of a ggml-examples model (ftype {ftype}); no backend runs it"
+        return f
+    w = _walk_tensors(src, layout, 32 if fmt == "ggjt" else 0)
+    _finish(f, w, data_offset)
+    f.vocab_only = w.n == 0 and not w.truncated
+    if f.vocab_only:
+        f.kind = "vocab-only"
+    if with_vocab:
+        f.kv = _vocab_kv(vocab, scores)
+    arch = _arch_from_names(w.names)
+    if w.n and arch != "llama":
+        f.kind = "unsupported-ggml"
+        f.architecture = arch
+        f.tokenizer = None
+        f.description = (f"{fmt} v{version} file of a non-LLaMA model ({arch or 'unknown architecture'}, "
+                         f"first tensor {w.names[0]!r}); no backend of ours runs it")
+        return f
+    wk = w.shapes.get("layers.0.attention.wk.weight")
+    if wk and len(wk) == 2 and 0 < wk[1] < n_embd and n_embd % wk[1] == 0 and n_head:
+        f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
+        f.notes.append(f"grouped-query attention: n_gqa = {n_embd // wk[1]} (pass n_gqa and "
+                       f"rms_norm_eps=1e-5 to a 2023-08 loader)")
+    w1 = w.shapes.get("layers.0.feed_forward.w1.weight")
+    if w1 and len(w1) == 2:
+        f.hparams["n_ff"] = w1[1]
+    f.description = _describe(f, "LLaMA", w)
+    return f
+
+
+def _read_lora(src: ByteSource) -> FileFacts:
+    v_off = src.pos
+    version = src.u32("version")
+    if version != 1:
+        raise src.error("version", f"ggla version 1 (got {version})", v_off)
+    r, alpha = src.unpack("2i", "lora_r, lora_alpha")
+    f = FileFacts(path=src.path, size=src.size, format="ggla", format_version=1, kind="lora",
+                  architecture="llama", hparams={"lora_r": r, "lora_alpha": alpha})
+    data_offset = src.pos
+    w = _walk_tensors(src, "pr1508", 32)
+    _finish(f, w, data_offset)
+    f.description = f"ggla v1 LoRA adapter (r={r}, alpha={alpha}, {w.n} tensors), not a model"
+    if w.truncated:
+        f.description += ", TRUNCATED"
+    return f
+
+
+def _qnt(ftype: int) -> tuple[int, str]:
+    qv, base = divmod(ftype, 1000)
+    return base, f"qnt{qv}"
+
+
+def _layout_of(src: ByteSource, ftype: int, off: int) -> tuple[int, str, str]:
+    base, qname = _qnt(ftype)
+    layout = QNT_LAYOUT.get(int(qname[3:]))
+    if layout is None:
+        raise src.error("hparams.ftype", f"ftype below 3000 (quant versions 0-2; got {ftype})", off)
+    return base, qname, layout
+
+
+def _read_ggml_gptj_family(src: ByteSource, n_hp: int, with_vocab: bool) -> FileFacts:
+    """GPT-J (7 hparams) or GPT-2/StarCoder (6 hparams), each followed by an i32 vocab count."""
+    hp_off = src.pos
+    if n_hp == 7:
+        names = ("n_vocab", "n_ctx_train", "n_embd", "n_head", "n_layer", "n_rot", "ftype")
+    else:
+        names = ("n_vocab", "n_ctx_train", "n_embd", "n_head", "n_layer", "ftype")
+    vals = src.unpack(f"{n_hp}i", "hparams")
+    _check_hparams(src, names, vals, hp_off)
+    hp = dict(zip(names, vals))
+    ftype = hp.pop("ftype")
+    c_off = src.pos
+    count = src.i32("vocab count")
+    if count != hp["n_vocab"]:
+        raise src.error("vocab count", f"the n_vocab of the header ({hp['n_vocab']}), got {count}", c_off)
+    base, qname, layout = _layout_of(src, ftype, hp_off + 4 * (n_hp - 1))
+    vocab = _read_vocab(src, count, scores=False, collect=with_vocab, count_field="vocab count",
+                        count_offset=c_off)
+    data_offset = src.pos
+    w = _walk_tensors(src, layout, 0)
+    arch = _arch_from_names(w.names) or ("gptj" if n_hp == 7 else "gpt2")
+    hp["n_ff"] = 4 * hp["n_embd"]
+    f = FileFacts(path=src.path, size=src.size, format="ggml", format_version=0, kind="model",
+                  architecture=arch, hparams=hp, file_type=ftype,
+                  file_type_name=LEGACY_FTYPE_NAMES.get(base), quant_layout=qname)
+    _finish(f, w, data_offset)
+    f.vocab_only = w.n == 0 and not w.truncated
+    if with_vocab:
+        f.kv = _vocab_kv(vocab, False)
+    if arch == "gptj" and n_hp == 7:
+        f.tokenizer = "gpt2"
+        if f.vocab_only:
+            f.kind = "vocab-only"
+        f.description = _describe(f, "GPT-J", w)
+    else:
+        f.kind = "unsupported-ggml"
+        f.description = (f"ggml-examples {arch} file ({ftype_phrase(f.file_type_name)}); "
+                         f"no backend of ours runs it")
+    return f
+
+
+def _read_mpt(src: ByteSource, fmt: str, with_vocab: bool) -> FileFacts:
+    hp_off = src.pos
+    if fmt == "ggmm":
+        n_vocab, n_ctx, n_layer, n_head, n_embd = src.unpack("5I", "hparams")
+        alibi, clip = src.unpack("2f", "hparams.alibi_bias_max, clip_qkv")
+        ftype_off = src.pos
+        ftype = src.u32("hparams.ftype")
+        c_off = src.pos
+        count = src.u32("vocab count")
+        if count != n_vocab:
+            raise src.error("vocab count", f"the n_vocab of the header ({n_vocab}), got {count}", c_off)
+        mask = 1 << 31
+    else:
+        vals = src.unpack("5i", "hparams")
+        _check_hparams(src, ("n_embd", "n_ctx_train", "n_head", "n_layer", "n_vocab"), vals, hp_off)
+        n_embd, n_ctx, n_head, n_layer, n_vocab = vals
+        alibi, clip = src.unpack("2f", "hparams.alibi_bias_max, clip_qkv")
+        ftype_off = src.pos
+        ftype = src.i32("hparams.ftype")
+        c_off = hp_off + 16
+        mask = 0
+    if ftype < 0:
+        raise src.error("hparams.ftype", f"a non-negative ftype (got {ftype})", ftype_off)
+    base, qname, layout = _layout_of(src, ftype, ftype_off)
+    vocab = _read_vocab(src, n_vocab, scores=False, mask=mask, collect=with_vocab, count_offset=c_off)
+    data_offset = src.pos
+    w = _walk_tensors(src, layout, 0)
+    f = FileFacts(path=src.path, size=src.size, format=fmt, format_version=None if fmt == "ggmm" else 0,
+                  kind="model", architecture="mpt", tokenizer="gpt2", file_type=ftype,
+                  file_type_name=LEGACY_FTYPE_NAMES.get(base), quant_layout=qname)
+    f.hparams = {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
+                 "n_layer": n_layer, "n_ff": 4 * n_embd, "alibi_bias_max": alibi, "clip_qkv": clip}
+    _finish(f, w, data_offset)
+    f.vocab_only = w.n == 0 and not w.truncated
+    if f.vocab_only:
+        f.kind = "vocab-only"
+    if with_vocab:
+        f.kv = _vocab_kv(vocab, False)
+    arch = _arch_from_names(w.names)
+    if w.n and arch != "mpt":
+        f.kind = "unsupported-ggml"
+        f.architecture = arch
+        f.tokenizer = None
+        f.description = (f"{fmt} file read as MPT, but its first tensor is {w.names[0]!r} "
+                         f"({arch or 'unknown architecture'}); no backend of ours runs it")
+        return f
+    f.description = _describe(f, "MPT (GPT4All layout)" if fmt == "ggmm" else "MPT (ggml-examples layout)", w)
+    return f
+
+
+def _read_ggml(src: ByteSource, with_vocab: bool) -> FileFacts:
+    """Unversioned "ggml": LLaMA, GPT-J, MPT, GPT-2/StarCoder, whisper ... told apart by structure."""
+    if src.remaining < 28:
+        raise src.error("hparams", f"at least 7 x i32 of hyperparameters (only {src.remaining} bytes left)")
+    head = src.peek(44)
+    h = [int.from_bytes(head[i:i + 4], "little", signed=True) for i in range(0, len(head) - 3, 4)]
+    if len(h) >= 2 and h[1] == 1500 and 51000 <= h[0] <= 52000:
+        f = FileFacts(path=src.path, size=src.size, format="whisper", format_version=None,
+                      kind="unsupported-ggml", architecture="whisper",
+                      hparams={"n_vocab": h[0], "n_audio_ctx": h[1]})
+        f.description = "whisper.cpp speech-recognition model (ggml), not a language model"
+        return f
+    if len(h) >= 8 and h[7] == h[0] > 0:
+        return _read_ggml_gptj_family(src, 7, with_vocab)
+    if len(h) >= 7 and h[6] == h[0] > 0:
+        return _read_ggml_gptj_family(src, 6, with_vocab)
+    if h[5] == 0 or h[5] > (1 << 20) or h[5] < 0:
+        return _read_mpt(src, "ggml", with_vocab)
+    return _read_llama(src, "ggml", 0, with_vocab)
+
+
+def _read_rwkv(src: ByteSource, version: int) -> FileFacts:
+    n_vocab, n_embd, n_layer, dtype = src.unpack("4i", "hparams")
+    f = FileFacts(path=src.path, size=src.size, format="rwkv", format_version=version,
+                  kind="unsupported-ggml", architecture="rwkv",
+                  hparams={"n_vocab": n_vocab, "n_embd": n_embd, "n_layer": n_layer}, file_type=dtype)
+    f.description = f"rwkv.cpp model (ggmf version {version}); no backend of ours runs it"
+    return f
+
+
+def read(fh: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+    src = ByteSource(fh, path, size)
+    magic = src.u32("magic")
+    if magic == MAGIC_GGML:
+        return _read_ggml(src, with_vocab)
+    if magic == MAGIC_GGMM:
+        return _read_mpt(src, "ggmm", with_vocab)
+    if magic == MAGIC_GGLA:
+        return _read_lora(src)
+    v_off = src.pos
+    version = src.u32("version")
+    if magic == MAGIC_GGMF:
+        if version == 1:
+            return _read_llama(src, "ggmf", 1, with_vocab)
+        if version in (100, 101):
+            return _read_rwkv(src, version)
+        raise src.error("version", f"ggmf version 1 (llama.cpp) or 100/101 (rwkv.cpp), got {version}", v_off)
+    if magic == MAGIC_GGJT:
+        if version in (1, 2, 3):
+            return _read_llama(src, "ggjt", version, with_vocab)
+        raise src.error("version", f"ggjt version 1, 2 or 3 (got {version})", v_off)
+    raise src.error("magic", "a ggml-family magic", 0)

@@ -1,0 +1,590 @@
+"""Write tiny, deterministic model files in every container the loader understands.
+
+The central object is :class:`TinyLlama`: ONE small LLaMA weight set (same seed -> the same float32
+values) plus a vocabulary, which :func:`write_llama` writes as unversioned ggml, ggmf v1, ggjt v1-v3
+or GGUF v1-v3 (GGUF v3 also big-endian).  Every backend can then be compared on identical weights.
+:class:`TinyGPTJ` / :func:`write_gptj` and :class:`TinyMPT` / :func:`write_mpt` do the same for the
+GPT4All-era GPT-J (``ggml``) and MPT (``ggmm`` and ggml-examples) files.
+
+Only F32 and F16 are written (1-D tensors always F32); quantized files are made by the engines' own
+quantizers from these.  Pure Python (``struct``/``array``), no third-party packages.
+
+Example::
+
+    from gpt4all_loader.writer import TinyLlama, write_llama
+    m = TinyLlama(seed=1)
+    write_llama("tiny-ggjt-v3.bin", m, "ggjt", version=3, ftype="f16")
+    write_llama("tiny.gguf", m, "gguf", chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+import sys
+from array import array
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+__all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "write_llama", "write_gptj", "write_mpt", "write_gguf",
+           "LEGACY_TO_GGUF", "gguf_name"]
+
+_FTYPES = {"f32": 0, "f16": 1}
+
+#: words (and, below, all their prefixes) that make the vocabulary tokenize English sensibly
+_WORDS = [
+    " the", " of", " and", " to", " in", " is", " that", " it", " was", " for", " on", " with", " as",
+    " Hello", " world", "Hello", " The", " Once", " once", " upon", " time", " there", " lived", " little",
+    " cat", " dog", " you", " he", " she", " they", " said", " story", " model", " file", "ing", "ed", "er",
+    " 1", " 2", " 3",
+]
+
+
+def _pieces() -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for w in _WORDS:
+        for k in range(2, len(w) + 1):
+            p = w[:k]
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out
+
+
+# token types of GGUF tokenizer.ggml.token_type
+TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
+
+
+def _uniform(seed: int, name: str, n: int, lo: float, hi: float) -> array:
+    rng = random.Random(f"{seed}:{name}")
+    r = rng.random
+    span = hi - lo
+    return array("f", [lo + span * r() for _ in range(n)])
+
+
+class _Tiny:
+    """Tensors by name: shape (ne[0] first) and lazily generated float32 values."""
+
+    seed: int
+
+    def __init__(self) -> None:
+        self._cache: dict[str, array] = {}
+
+    def tensor_shapes(self) -> dict[str, list[int]]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def weights(self, name: str) -> array:
+        """The float32 values of tensor ``name`` (row-major, ne[0] fastest); same seed, same values."""
+        w = self._cache.get(name)
+        if w is None:
+            shape = self.tensor_shapes()[name]
+            lo, hi = self._init_range(name, shape)
+            w = self._cache[name] = _uniform(self.seed, name, math.prod(shape), lo, hi)
+        return w
+
+    def n_params(self) -> int:
+        return sum(math.prod(s) for s in self.tensor_shapes().values())
+
+
+class TinyLlama(_Tiny):
+    """A tiny LLaMA: hparams, a vocabulary, and deterministic weights under legacy tensor names.
+
+    ``n_layer`` defaults to 32 because the spring-2023 loaders size scratch buffers from a table of
+    known layer counts (32 = "7B") and refuse others.  ``n_vocab`` defaults to the built-in vocabulary
+    (3 control tokens, 256 byte tokens, word pieces); a larger value pads with filler pieces.
+    """
+
+    def __init__(self, seed: int = 0, n_vocab: int | None = None, n_embd: int = 64, n_head: int = 4,
+                 n_head_kv: int | None = None, n_layer: int = 32, n_mult: int = 32, n_ctx: int = 256,
+                 rms_norm_eps: float = 1e-6):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+        n_head_kv = n_head if n_head_kv is None else n_head_kv
+        if n_head % n_head_kv:
+            raise ValueError(f"n_head {n_head} is not a multiple of n_head_kv {n_head_kv}")
+        self.seed, self.n_embd, self.n_head, self.n_head_kv = seed, n_embd, n_head, n_head_kv
+        self.n_layer, self.n_mult, self.n_ctx, self.rms_norm_eps = n_layer, n_mult, n_ctx, rms_norm_eps
+        self.n_ff = ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
+        self.n_rot = n_embd // n_head
+        words = _pieces()
+        base = 3 + 256 + len(words)
+        n_vocab = base if n_vocab is None else n_vocab
+        if n_vocab < base:
+            raise ValueError(f"n_vocab must be at least {base} (control, byte and word tokens)")
+        words += [f"<extra_{i}>" for i in range(n_vocab - base)]
+        self.words = words
+        self.n_vocab = n_vocab
+        self.bos_id, self.eos_id, self.unk_id = 1, 2, 0
+
+    # -- vocabulary --------------------------------------------------------------------------------
+    def gguf_vocab(self) -> tuple[list[str], list[float], list[int]]:
+        """Tokens, scores and token types as GGUF stores them (SentencePiece style)."""
+        toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        toks += [w.replace(" ", "\u2581") for w in self.words]
+        scores = [0.0] * 259 + [-float(i) for i in range(len(self.words))]
+        types = [TT_UNKNOWN, TT_CONTROL, TT_CONTROL] + [TT_BYTE] * 256 + [TT_NORMAL] * len(self.words)
+        return toks, scores, types
+
+    def legacy_vocab(self) -> list[tuple[bytes, float]]:
+        """(text, score) as the 2023 converters wrote them: byte tokens as the raw byte (the 2023
+        tokenizers fall back to id = byte + 3), control tokens empty, spaces as real spaces."""
+        out = [(" \u2047 ".encode(), 0.0), (b"", 0.0), (b"", 0.0)]
+        out += [(bytes([b]), 0.0) for b in range(256)]
+        out += [(w.encode(), -float(i)) for i, w in enumerate(self.words)]
+        return out
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        """Legacy tensor names -> ne (ne[0] = row length), in the order the 2023 converters wrote."""
+        e, f, v = self.n_embd, self.n_ff, self.n_vocab
+        kv = e * self.n_head_kv // self.n_head
+        s: dict[str, list[int]] = {"tok_embeddings.weight": [e, v], "norm.weight": [e], "output.weight": [e, v]}
+        for i in range(self.n_layer):
+            p = f"layers.{i}."
+            s[p + "attention.wq.weight"] = [e, e]
+            s[p + "attention.wk.weight"] = [e, kv]
+            s[p + "attention.wv.weight"] = [e, kv]
+            s[p + "attention.wo.weight"] = [e, e]
+            s[p + "attention_norm.weight"] = [e]
+            s[p + "feed_forward.w1.weight"] = [e, f]
+            s[p + "feed_forward.w2.weight"] = [f, e]
+            s[p + "feed_forward.w3.weight"] = [e, f]
+            s[p + "ffn_norm.weight"] = [e]
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if len(shape) == 1:
+            return 0.9, 1.1  # norms ~1
+        if name == "tok_embeddings.weight":
+            return -0.5, 0.5
+        b = 1.0 / math.sqrt(shape[0])
+        if name == "output.weight":
+            b *= 3.0  # well-spread logits
+        return -b, b
+
+
+#: legacy LLaMA tensor name parts -> GGUF names
+LEGACY_TO_GGUF = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+    "attention_norm": "attn_norm",
+    "attention.wq": "attn_q",
+    "attention.wk": "attn_k",
+    "attention.wv": "attn_v",
+    "attention.wo": "attn_output",
+    "ffn_norm": "ffn_norm",
+    "feed_forward.w1": "ffn_gate",
+    "feed_forward.w2": "ffn_down",
+    "feed_forward.w3": "ffn_up",
+}
+
+
+def gguf_name(legacy: str) -> str:
+    """``layers.3.feed_forward.w1.weight`` -> ``blk.3.ffn_gate.weight``."""
+    if legacy in LEGACY_TO_GGUF:
+        return LEGACY_TO_GGUF[legacy]
+    _, layer, rest = legacy.split(".", 2)
+    part = rest[: -len(".weight")]
+    return f"blk.{layer}.{LEGACY_TO_GGUF[part]}.weight"
+
+
+# -- tensor data encoding -----------------------------------------------------------------------------
+def _data(values: array, ttype: int, endian: str) -> bytes:
+    if ttype == 0:
+        if (endian == ">") == (sys.byteorder == "little"):
+            a = array("f", values)
+            a.byteswap()
+            return a.tobytes()
+        return values.tobytes()
+    return struct.pack(f"{endian}{len(values)}e", *values)
+
+
+def _ttype(shape: list[int], ftype: int, force_f32: bool = False) -> int:
+    return 0 if (len(shape) == 1 or force_f32) else ftype
+
+
+def _pad(f: BinaryIO, align: int) -> None:
+    pos = f.tell()
+    if pos % align:
+        f.write(b"\0" * (align - pos % align))
+
+
+def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+    nb = name.encode()
+    f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape))
+    f.write(nb)
+    if align:
+        _pad(f, align)
+    f.write(_data(values, ttype, "<"))
+
+
+def _check_ftype(ftype: str) -> int:
+    if ftype not in _FTYPES:
+        raise ValueError(f"ftype must be 'f32' or 'f16' (got {ftype!r}); quantize with an engine's quantizer")
+    return _FTYPES[ftype]
+
+
+# -- LLaMA ----------------------------------------------------------------------------------------------
+def write_llama(path: str | os.PathLike, model: TinyLlama, fmt: str, version: int | None = None,
+                ftype: str = "f32", vocab_only: bool = False, endian: str = "little",
+                chat_template: str | None = None, name: str = "tiny-llama") -> Path:
+    """Write ``model`` as ``fmt`` in {"ggml", "ggmf", "ggjt", "gguf"} and return the path.
+
+    ``version``: ggmf 1; ggjt 1, 2 or 3 (default 3); gguf 1, 2 or 3 (default 3).  ``endian="big"``
+    only for GGUF v3.  ``chat_template`` only for GGUF (``tokenizer.chat_template``).
+    """
+    ft = _check_ftype(ftype)
+    path = Path(path)
+    if fmt == "gguf":
+        version = 3 if version is None else version
+        if version not in (1, 2, 3):
+            raise ValueError(f"GGUF version must be 1, 2 or 3 (got {version})")
+        if endian not in ("little", "big") or (endian == "big" and version != 3):
+            raise ValueError("big-endian GGUF exists only as version 3; endian is 'little' or 'big'")
+        _write_gguf(path, model, version, ft, vocab_only, "<" if endian == "little" else ">",
+                    chat_template, name)
+        return path
+    if endian != "little" or chat_template is not None:
+        raise ValueError("legacy containers are little-endian only and have no chat template")
+    if model.n_head_kv != model.n_head:
+        raise ValueError("legacy LLaMA containers cannot state n_head_kv; use GGUF for GQA models")
+    magic, version = {
+        "ggml": (0x67676D6C, 0 if version in (None, 0) else -1),
+        "ggmf": (0x67676D66, 1 if version in (None, 1) else -1),
+        "ggjt": (0x67676A74, 3 if version is None else (version if version in (1, 2, 3) else -1)),
+    }.get(fmt, (None, -1))
+    if magic is None or version < 0:
+        raise ValueError(f"unsupported container/version {fmt!r}/{version!r}: ggml (no version), ggmf 1, "
+                         f"ggjt 1-3, gguf 1-3")
+    align = 32 if fmt == "ggjt" else 0
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", magic))
+        if fmt != "ggml":
+            f.write(struct.pack("<I", version))
+        f.write(struct.pack("<7i", model.n_vocab, model.n_embd, model.n_mult, model.n_head, model.n_layer,
+                            model.n_rot, ft))
+        for text, score in model.legacy_vocab():
+            f.write(struct.pack("<I", len(text)))
+            f.write(text)
+            if fmt != "ggml":
+                f.write(struct.pack("<f", score))
+        if not vocab_only:
+            for tname, shape in model.tensor_shapes().items():
+                _legacy_tensor(f, tname, shape, _ttype(shape, ft), model.weights(tname), align)
+    return path
+
+
+class _GgufOut:
+    def __init__(self, e: str, version: int):
+        self.e = e
+        self.lf = "I" if version == 1 else "Q"
+        self.parts: list[bytes] = []
+
+    def raw(self, fmt: str, *v) -> None:
+        self.parts.append(struct.pack(self.e + fmt, *v))
+
+    def string(self, s: str) -> None:
+        b = s.encode()
+        self.raw(self.lf, len(b))
+        self.parts.append(b)
+
+    def kv(self, key: str, vtype: int, value) -> None:
+        self.string(key)
+        self.raw("I", vtype)
+        self.value(vtype, value)
+
+    def value(self, vtype: int, value) -> None:
+        fmt = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+        if vtype == 8:
+            self.string(value)
+        elif vtype in fmt:
+            self.raw(fmt[vtype], value)
+        else:
+            raise ValueError(f"use kv_array for arrays (type {vtype})")
+
+    def kv_array(self, key: str, etype: int, values: list) -> None:
+        self.string(key)
+        self.raw("I", 9)
+        self.raw("I", etype)
+        self.raw(self.lf, len(values))
+        if etype == 8:
+            for v in values:
+                self.string(v)
+        else:
+            fmt = {4: "I", 5: "i", 6: "f"}[etype]
+            self.raw(f"{len(values)}{fmt}", *values)
+
+
+def _write_gguf(path: Path, m: TinyLlama, version: int, ft: int, vocab_only: bool, e: str,
+                chat_template: str | None, name: str) -> None:
+    out = _GgufOut(e, version)
+    toks, scores, types = m.gguf_vocab()
+    U32, I32, F32, STR = 4, 5, 6, 8
+    kvs: list[tuple] = [
+        ("general.architecture", STR, "llama"),
+        ("general.name", STR, name),
+        ("general.file_type", U32, ft),
+        ("general.alignment", U32, 32),
+        ("llama.context_length", U32, m.n_ctx),
+        ("llama.embedding_length", U32, m.n_embd),
+        ("llama.block_count", U32, m.n_layer),
+        ("llama.feed_forward_length", U32, m.n_ff),
+        ("llama.rope.dimension_count", U32, m.n_rot),
+        ("llama.attention.head_count", U32, m.n_head),
+        ("llama.attention.head_count_kv", U32, m.n_head_kv),
+        ("llama.attention.layer_norm_rms_epsilon", F32, m.rms_norm_eps),
+        ("tokenizer.ggml.model", STR, "llama"),
+        ("tokenizer.ggml.tokens", (9, STR), toks),
+        ("tokenizer.ggml.scores", (9, F32), scores),
+        ("tokenizer.ggml.token_type", (9, I32), types),
+        ("tokenizer.ggml.bos_token_id", U32, m.bos_id),
+        ("tokenizer.ggml.eos_token_id", U32, m.eos_id),
+        ("tokenizer.ggml.unknown_token_id", U32, m.unk_id),
+    ]
+    if chat_template is not None:
+        kvs.append(("tokenizer.chat_template", STR, chat_template))
+    shapes = {} if vocab_only else m.tensor_shapes()
+    out.raw("4s", b"GGUF")  # the magic is bytes, not a number: same in both byte orders
+    out.raw("I", version)
+    out.raw(out.lf, len(shapes))
+    out.raw(out.lf, len(kvs))
+    for key, vt, val in kvs:
+        if isinstance(vt, tuple):
+            out.kv_array(key, vt[1], val)
+        else:
+            out.kv(key, vt, val)
+    offset = 0
+    layout = []
+    for lname, shape in shapes.items():
+        tt = _ttype(shape, ft)
+        nbytes = math.prod(shape) * (4 if tt == 0 else 2)
+        offset += -offset % 32
+        out.string(gguf_name(lname))
+        out.raw("I", len(shape))
+        out.raw(("I" if version == 1 else "Q") * len(shape), *shape)
+        out.raw("I", tt)
+        out.raw("Q", offset)
+        layout.append((lname, tt, offset))
+        offset += nbytes
+    with open(path, "wb") as f:
+        for p in out.parts:
+            f.write(p)
+        _pad(f, 32)
+        start = f.tell()
+        for lname, tt, off in layout:
+            f.write(b"\0" * (start + off - f.tell()))
+            f.write(_data(m.weights(lname), tt, e))
+
+
+def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
+               tensors: list[tuple[str, int, list[int]]], version: int = 3, endian: str = "little",
+               alignment: int = 32) -> Path:
+    """A GGUF file with the given key/values and zero-filled tensors (for tests of odd files).
+
+    ``kv``: (key, GGUF value type, value); arrays as (key, (9, element type), list).
+    ``tensors``: (name, ggml type id, ne); sizes from :func:`ggml_types.tensor_nbytes`.
+    """
+    from .ggml_types import tensor_nbytes
+
+    out = _GgufOut("<" if endian == "little" else ">", version)
+    out.raw("4s", b"GGUF")
+    out.raw("I", version)
+    out.raw(out.lf, len(tensors))
+    out.raw(out.lf, len(kv))
+    for key, vt, val in kv:
+        if isinstance(vt, tuple):
+            out.kv_array(key, vt[1], val)  # type: ignore[arg-type]
+        else:
+            out.kv(key, vt, val)
+    offset = 0
+    for name, tt, shape in tensors:
+        offset += -offset % alignment
+        out.string(name)
+        out.raw("I", len(shape))
+        out.raw(("I" if version == 1 else "Q") * len(shape), *shape)
+        out.raw("I", tt)
+        out.raw("Q", offset)
+        offset += tensor_nbytes(tt, shape)
+    path = Path(path)
+    with open(path, "wb") as f:
+        for p in out.parts:
+            f.write(p)
+        _pad(f, alignment)
+        f.write(b"\0" * offset)
+    return path
+
+
+# -- GPT-J and MPT (GPT4All era) ------------------------------------------------------------------------
+def _gpt_vocab(n_vocab: int, specials: dict[int, bytes], utf8_safe: bool) -> list[bytes]:
+    """ids 0..255 = single bytes, word pieces, filler up to n_vocab, specials at their ids."""
+    toks: list[bytes] = []
+    for b in range(256):
+        toks.append(bytes([b]) if (b < 128 or not utf8_safe) else "\ufffd".encode())
+    for w in _pieces():
+        toks.append(w.encode())
+    i = len(toks)
+    while len(toks) < n_vocab:
+        toks.append(f"<|filler_{i}|>".encode())
+        i += 1
+    for tid, text in specials.items():
+        if tid < n_vocab:
+            toks[tid] = text
+    return toks
+
+
+class TinyGPTJ(_Tiny):
+    """A tiny GPT-J in GPT4All's ggml layout (n_vocab must be 50300..50400 for gpt4all 1.0.8)."""
+
+    def __init__(self, seed: int = 0, n_vocab: int = 50400, n_ctx: int = 128, n_embd: int = 16,
+                 n_head: int = 2, n_layer: int = 2, n_rot: int = 4):
+        super().__init__()
+        if n_embd % n_head or n_rot % 2 or n_rot > n_embd // n_head:
+            raise ValueError("need n_embd % n_head == 0 and an even n_rot <= n_embd / n_head")
+        if n_vocab < 50257:
+            raise ValueError("n_vocab must be at least 50257 (end token at id 50256)")
+        self.seed, self.n_vocab, self.n_ctx, self.n_embd = seed, n_vocab, n_ctx, n_embd
+        self.n_head, self.n_layer, self.n_rot = n_head, n_layer, n_rot
+        self.eos_id = 50256
+
+    def vocab(self) -> list[bytes]:
+        return _gpt_vocab(self.n_vocab, {50256: b"<|endoftext|>"}, utf8_safe=False)
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        e, v = self.n_embd, self.n_vocab
+        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
+        for i in range(self.n_layer):
+            p = f"transformer.h.{i}."
+            s[p + "ln_1.weight"] = [e]
+            s[p + "ln_1.bias"] = [e]
+            for q in ("q", "k", "v", "out"):
+                s[p + f"attn.{q}_proj.weight"] = [e, e]
+            s[p + "mlp.fc_in.weight"] = [e, 4 * e]
+            s[p + "mlp.fc_in.bias"] = [4 * e]
+            s[p + "mlp.fc_out.weight"] = [4 * e, e]
+            s[p + "mlp.fc_out.bias"] = [e]
+        s["transformer.ln_f.weight"] = [e]
+        s["transformer.ln_f.bias"] = [e]
+        s["lm_head.weight"] = [e, v]
+        s["lm_head.bias"] = [v]
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if name.endswith("bias"):
+            return -0.02, 0.02
+        if len(shape) == 1:
+            return 0.9, 1.1
+        if name == "transformer.wte.weight":
+            return -0.5, 0.5
+        b = 1.0 / math.sqrt(shape[0]) * (3.0 if name == "lm_head.weight" else 1.0)
+        return -b, b
+
+
+def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> Path:
+    """GPT-J ggml file as GPT4All (and the ggml examples) read it: magic "ggml", 7 hparams, vocab count,
+    vocab of (u32 length, bytes), unaligned tensor records; 2-D weights in ``ftype``, 1-D F32."""
+    ft = _check_ftype(ftype)
+    path = Path(path)
+    m = model
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I7ii", 0x67676D6C, m.n_vocab, m.n_ctx, m.n_embd, m.n_head, m.n_layer,
+                            m.n_rot, ft, m.n_vocab))
+        for t in m.vocab():
+            f.write(struct.pack("<I", len(t)))
+            f.write(t)
+        for name, shape in m.tensor_shapes().items():
+            _legacy_tensor(f, name, shape, _ttype(shape, ft), m.weights(name), 0)
+    return path
+
+
+class TinyMPT(_Tiny):
+    """A tiny MPT (ALiBi, no biases, tied embeddings).  Vocabulary: ids 0..127 ASCII bytes, 128..255
+    U+FFFD placeholders (MPT converters store decoded text; lone bytes >= 0x80 are not valid UTF-8),
+    then "<|endoftext|>", "<|im_start|>", "<|im_end|>" (special), word pieces, filler."""
+
+    SPECIALS = (b"<|endoftext|>", b"<|im_start|>", b"<|im_end|>")
+
+    def __init__(self, seed: int = 0, n_vocab: int = 512, n_ctx: int = 128, n_embd: int = 16,
+                 n_head: int = 2, n_layer: int = 2, alibi_bias_max: float = 8.0, clip_qkv: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+        if n_vocab < 256 + 3 + len(_pieces()):
+            raise ValueError(f"n_vocab must be at least {256 + 3 + len(_pieces())}")
+        self.seed, self.n_vocab, self.n_ctx, self.n_embd = seed, n_vocab, n_ctx, n_embd
+        self.n_head, self.n_layer, self.alibi_bias_max, self.clip_qkv = n_head, n_layer, alibi_bias_max, clip_qkv
+        self.special_ids = list(range(256, 259))
+        self.eos_id = 256
+
+    def vocab(self) -> list[bytes]:
+        toks = _gpt_vocab(self.n_vocab, {}, utf8_safe=True)
+        # specials go right after the byte tokens; the word pieces shift up by three
+        toks = toks[:256] + list(self.SPECIALS) + toks[256:self.n_vocab - 3]
+        return toks
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        e, v = self.n_embd, self.n_vocab
+        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
+        for i in range(self.n_layer):
+            p = f"transformer.blocks.{i}."
+            s[p + "norm_1.weight"] = [e]
+            s[p + "attn.Wqkv.weight"] = [e, 3 * e]
+            s[p + "attn.out_proj.weight"] = [e, e]
+            s[p + "norm_2.weight"] = [e]
+            s[p + "ffn.up_proj.weight"] = [e, 4 * e]
+            s[p + "ffn.down_proj.weight"] = [4 * e, e]
+        s["transformer.norm_f.weight"] = [e]
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if len(shape) == 1:
+            return 0.9, 1.1
+        if name == "transformer.wte.weight":
+            return -0.5, 0.5
+        b = 1.0 / math.sqrt(shape[0])
+        return -b, b
+
+
+def write_mpt(path: str | os.PathLike, model: TinyMPT, layout: str = "ggmm", ftype: str = "f32") -> Path:
+    """MPT file in GPT4All's ``ggmm`` layout (wte always F32, special tokens flagged with bit 31 of
+    the length) or the ggml-examples ``ggml`` layout (``layout="ggml"``, read by ctransformers)."""
+    ft = _check_ftype(ftype)
+    path = Path(path)
+    m = model
+    toks = m.vocab()
+    special = set(m.special_ids)
+    with open(path, "wb") as f:
+        if layout == "ggmm":
+            f.write(struct.pack("<6I2fII", 0x67676D6D, m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd,
+                                m.alibi_bias_max, m.clip_qkv, ft, m.n_vocab))
+            for i, t in enumerate(toks):
+                f.write(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)))
+                f.write(t)
+        elif layout == "ggml":
+            f.write(struct.pack("<I5i2fi", 0x67676D6C, m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab,
+                                m.alibi_bias_max, m.clip_qkv, ft))
+            for t in toks:
+                f.write(struct.pack("<I", len(t)))
+                f.write(t)
+        else:
+            raise ValueError(f"layout must be 'ggmm' or 'ggml' (got {layout!r})")
+        for name, shape in m.tensor_shapes().items():
+            force = layout == "ggmm" and name == "transformer.wte.weight"
+            _legacy_tensor(f, name, shape, _ttype(shape, ft, force), m.weights(name), 0)
+    return path
+
+
+def _iter_formats() -> Iterable[tuple[str, int | None]]:
+    """Every LLaMA (container, version) the writer produces."""
+    yield "ggml", None
+    yield "ggmf", 1
+    for v in (1, 2, 3):
+        yield "ggjt", v
+    for v in (1, 2, 3):
+        yield "gguf", v
