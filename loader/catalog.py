@@ -236,6 +236,16 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
         fails.append((5, f"tokenizer model '{facts.tokenizer}' is unknown to llama.cpp {spec.era} "
                          f"(it knows {_join(list(rule.tokenizers), 'and')})"))
 
+    if rule.quant_layouts is not None and facts.quant_layout not in rule.quant_layouts:
+        fails.append((30, f"its quant blocks are the {facts.quant_layout} layout; llama.cpp {spec.era} reads "
+                          f"{_join(list(rule.quant_layouts), 'and')} only"))
+
+    names = getattr(facts, "tensor_names", None)
+    missing = [t for t in rule.required_tensors if names and t not in names]
+    if missing and not facts.vocab_only:
+        fails.append((15, f"llama.cpp {spec.era} requires tensor {_join(missing, 'and')}, which this file "
+                          f"lacks (e.g. output tied to the token embedding, supported from late 2023)"))
+
     if rule.split_experts is False and facts.split_experts:
         if spec.era < "2023-12":
             msg = ("the file stores one tensor per MoE expert (blk.N.ffn_gate.E.weight); llama.cpp "

@@ -60,6 +60,10 @@ class FileFacts:
     kv: dict[str, Any] | None = None
     #: further remarks the reader wants a person to see
     notes: list[str] = field(default_factory=list)
+    #: names of all tensors (for rules such as "needs output.weight"); not part of to_dict()
+    tensor_names: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("tensor_names", None)
+        return d

@@ -25,6 +25,7 @@ class AcceptRule:
     tokenizers: tuple[str, ...] | None = None     # GGUF tokenizer.ggml.model values understood
     split_experts: bool | None = None             # legacy per-expert MoE tensors allowed?
     quant_layouts: tuple[str, ...] | None = None  # FileFacts.quant_layout values (GPT-J/MPT: qnt0, qnt2)
+    required_tensors: tuple[str, ...] = ()        # tensors the era's loader insists on
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
                 tokenizers=tuple(r["tokenizers"]) if "tokenizers" in r else None,
                 split_experts=r.get("split_experts"),
                 quant_layouts=tuple(r["quant_layouts"]) if "quant_layouts" in r else None,
+                required_tensors=tuple(r.get("required_tensors", ())),
             )
             for r in b.get("accepts", ())
         )

@@ -158,6 +158,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     n_params = 0
     max_end = 0
     split = False
+    names: set[str] = set()
     unknown_types: set[int] = set()
     ne_fmt = "I" if g.v1 else "q"
     table = TYPES["pr1508"]
@@ -198,6 +199,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         st.bytes += nbytes
         n_params += n_el
         max_end = max(max_end, offset + nbytes)
+        names.add(name)
         if not split and _SPLIT_EXPERT.match(name):
             split = True
 
@@ -228,7 +230,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         tokenizer=tok if isinstance(tok, str) else None,
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
-        data_bytes_expected=max_end, notes=notes,
+        data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names),
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True

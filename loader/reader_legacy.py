@@ -49,6 +49,11 @@ class _Walk:
         self.end = 0  # byte offset just past the last tensor's data (as claimed)
 
 
+#: real ggml-era files hold a few hundred tensors; the cap keeps a hostile file of millions of empty
+#: records from turning the walk into a long loop
+MAX_LEGACY_TENSORS = 100_000
+
+
 def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
     """Read every tensor record header, seeking over the data; never reads tensor data."""
     w = _Walk()
@@ -58,6 +63,8 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
     while src.pos < size:
         i = w.n
         rec = src.pos
+        if i >= MAX_LEGACY_TENSORS:
+            raise src.error("tensor count", f"at most {MAX_LEGACY_TENSORS} tensor records (a 65B LLaMA has 723)", rec)
         if src.remaining < 12:
             w.truncated = True
             w.note = f"file ends inside the header of tensor {i} at byte {rec}"
@@ -163,8 +170,14 @@ def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
     f.n_params = w.n_params
     f.data_bytes_expected = w.end - data_offset
     f.truncated = w.truncated
+    f.tensor_names = frozenset(w.names)
     if w.note:
         f.notes.append(w.note)
+    # ggjt has no field for grouped-query attention (LLaMA-2 70B): the K projection's width tells
+    wk = w.shapes.get("layers.0.attention.wk.weight")
+    n_embd, n_head = f.hparams.get("n_embd"), f.hparams.get("n_head")
+    if wk and len(wk) == 2 and n_embd and n_head and 0 < wk[1] < n_embd and n_embd % wk[1] == 0:
+        f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
 
 
 def _main_type(w: _Walk | None) -> str | None:

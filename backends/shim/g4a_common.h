@@ -22,6 +22,29 @@ static thread_local std::string t_error;  // NOLINT: one per library, per thread
 
 static void set_error(const std::string &msg) { t_error = msg; }
 
+static bool g4a_verbose() {
+    static const bool v = [] {
+        const char *e = getenv("G4A_VERBOSE");
+        return e && *e && strcmp(e, "0") != 0;
+    }();
+    return v;
+}
+
+// true while a load or quantize has stderr redirected into its capture file
+static bool &g4a_capturing() {
+    static bool on = false;
+    return on;
+}
+
+// Engine log lines: kept (written to the captured stderr) while a load runs, so a failure can quote
+// them; otherwise dropped unless G4A_VERBOSE=1.  Eras without a log hook print to stderr directly.
+template <typename Level>
+static void g4a_log_sink(Level level, const char *text, void *user) {
+    (void)level;
+    (void)user;
+    if (text && (g4a_verbose() || g4a_capturing())) fputs(text, stderr);
+}
+
 // The 2023 eras print their diagnostics ("bad magic", "unknown tensor type") with fprintf(stderr)
 // and only return NULL.  During a load we point fd 2 at a temporary file and keep what was written
 // so the Python side can show the engine's own reason.  Set G4A_VERBOSE=1 to let it through.
@@ -32,8 +55,7 @@ struct stderr_capture {
     bool active = false;
 
     void begin() {
-        const char *v = getenv("G4A_VERBOSE");
-        if (v && *v && strcmp(v, "0") != 0) return;
+        if (g4a_verbose()) return;
         fflush(stderr);
         tmp = tmpfile();
         if (!tmp) return;
@@ -41,9 +63,11 @@ struct stderr_capture {
         if (saved < 0) { fclose(tmp); tmp = nullptr; return; }
         dup2(fileno(tmp), 2);
         active = true;
+        g4a_capturing() = true;
     }
     void end() {
         if (!active) return;
+        g4a_capturing() = false;
         fflush(stderr);
         dup2(saved, 2);
         close(saved);

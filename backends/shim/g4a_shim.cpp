@@ -76,6 +76,9 @@ static int32_t default_threads() {
 static void backend_init_once() {
     static std::once_flag once;
     std::call_once(once, [] {
+#if defined(G4A_LOG_SET)
+        llama_log_set(g4a_log_sink<enum G4A_LOG_SET>, nullptr);
+#endif
 #if defined(G4A_NO_BACKEND_INIT)
         // 2023-04/05 eras: nothing to initialise (ggml sets itself up on first use)
 #elif defined(G4A_BACKEND_INIT_NUMA)
