@@ -92,8 +92,10 @@ def inputs_key(spec: BackendSpec, variant: str) -> str:
     """Hash of everything that decides the bytes of one library."""
     h = hashlib.sha256()
     h.update(BUILD_RECIPE_VERSION.encode())
-    h.update(repr(spec).encode())
-    h.update(variant.encode())
+    var = spec.variants[variant]
+    build_facts = [spec.name, spec.sdist, spec.sha256, spec.llama_cpp, spec.api, spec.api_defines, spec.archives,
+                   spec.cmake, spec.layout, spec.shim_sources, spec.patches, variant, var.cmake, var.gpu]
+    h.update(json.dumps(build_facts).encode())  # only what shapes the bytes: catalog rules are not here
     shim_files = sorted(str(p.relative_to(HERE)) for p in (HERE / "backends" / "shim").iterdir() if p.is_file())
     for rel in sorted({*spec.shim_sources, *shim_files, *spec.patches}):
         p = HERE / rel
@@ -120,7 +122,9 @@ def extract(spec: BackendSpec, archive: Path) -> Path:
     """Extract the sdist (or only its vendor/llama.cpp) once; return the llama.cpp source dir."""
     root = cache.build_dir() / spec.name / "src"
     marker = root / ".extracted"
-    if marker.exists() and marker.read_text() == spec.sha256:
+    # the tree is the sdist plus our patches: a changed patch means a fresh extraction
+    stamp = hashlib.sha256(spec.sha256.encode() + b"".join((HERE / p).read_bytes() for p in spec.patches)).hexdigest()
+    if marker.exists() and marker.read_text() == stamp:
         return _llama_dir(root)
     if root.exists():
         shutil.rmtree(root)
@@ -132,7 +136,7 @@ def extract(spec: BackendSpec, archive: Path) -> Path:
         tf.extractall(root, members=members, filter="data")
     for patch in spec.patches:
         run(["patch", "-p1", "-d", str(_llama_dir(root)), "-i", str(HERE / patch)], root / "patch.log")
-    marker.write_text(spec.sha256)
+    marker.write_text(stamp)
     return _llama_dir(root)
 
 

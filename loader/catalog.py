@@ -449,8 +449,12 @@ def suggest(facts: Any, all_v: list[Verdict], *, built: Iterable[str] | None = N
     if fmt == "gguf" and ver == 1:
         return ("rewrite it as GGUF v3 (e.g. gguf-new-metadata IN OUT, from pip package gguf) or re-convert "
                 "from the original weights")
-    if arch == "gptj":
-        return "no llama.cpp runs GPT-J; only gpt4all's own GPT-J backend (gpt4all 1.0.8 / 2.x) did"
+    if arch == "gptj" and fmt == "gguf":
+        return ("no llama.cpp runs GPT-J GGUF files; the GPT4All-era GPT-J ggml file (if you still have it) "
+                "loads on our ggml-gptj-mpt-2023-05 backend")
+    if arch in ("gptj", "mpt") and facts.quant_layout not in (None, "qnt0"):
+        return (f"this {arch} file was quantized after May 2023 ({facts.quant_layout} blocks); our GPT-J/MPT "
+                "backend reads the GPT4All-era (qnt0) layout: use the F16/F32 original or a GGUF conversion")
     if arch and arch not in all_architectures(specs):
         return f"architecture '{arch}' needs a llama.cpp newer than the newest pinned backend"
     if arch == "persimmon":

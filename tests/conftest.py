@@ -14,3 +14,34 @@ def require_backend(name: str, variant: str = "cpu") -> None:
     """Skip (with the command that fixes it) when a backend variant is not built."""
     if not backend_built(name, variant):
         pytest.skip(f"backend {name}/{variant} is not built: python build_backends.py --only {name} --variant {variant}")
+
+
+#: every container and version the writer produces, in the order they appeared
+LLAMA_FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2), ("gguf", 3)]
+
+#: the token ids every cross-era comparison evaluates (BOS, three words, two bytes)
+PROBE_TOKENS = [1, 300, 301, 302, 50, 60]
+
+
+def fmt_label(fmt: str, version) -> str:
+    return fmt if version is None else f"{fmt}{version}"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dir):
+    """One seeded tiny LLaMA written in every container, F32 and F16: {(fmt, version, ftype): path}."""
+    from gpt4all_loader.writer import TinyLlama, write_llama
+
+    model = TinyLlama(seed=0)
+    paths = {}
+    for fmt, version in LLAMA_FORMATS:
+        for ftype in ("f32", "f16"):
+            p = tiny_dir / f"tiny-{fmt_label(fmt, version)}-{ftype}.bin"
+            write_llama(p, model, fmt, version=version, ftype=ftype)
+            paths[(fmt, version, ftype)] = p
+    return paths

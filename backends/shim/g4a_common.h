@@ -46,31 +46,37 @@ static void g4a_log_sink(Level level, const char *text, void *user) {
 }
 
 // The 2023 eras print their diagnostics ("bad magic", "unknown tensor type") with fprintf(stderr)
-// and only return NULL.  During a load we point fd 2 at a temporary file and keep what was written
-// so the Python side can show the engine's own reason.  Set G4A_VERBOSE=1 to let it through.
+// and only return NULL, and their quantizers print progress with printf.  During a load or a
+// quantize we point fd 2 (and fd 1 for quantize) at a temporary file and keep the tail, so the
+// Python side can show the engine's own reason.  Set G4A_VERBOSE=1 to let it through.
 struct stderr_capture {
-    int saved = -1;
+    int saved_err = -1, saved_out = -1;
     FILE *tmp = nullptr;
     std::string text;
     bool active = false;
 
-    void begin() {
+    void begin(bool with_stdout = false) {
         if (g4a_verbose()) return;
+        fflush(stdout);
         fflush(stderr);
         tmp = tmpfile();
         if (!tmp) return;
-        saved = dup(2);
-        if (saved < 0) { fclose(tmp); tmp = nullptr; return; }
+        saved_err = dup(2);
+        if (saved_err < 0) { fclose(tmp); tmp = nullptr; return; }
+        if (with_stdout) saved_out = dup(1);
         dup2(fileno(tmp), 2);
+        if (saved_out >= 0) dup2(fileno(tmp), 1);
         active = true;
         g4a_capturing() = true;
     }
     void end() {
         if (!active) return;
         g4a_capturing() = false;
+        fflush(stdout);
         fflush(stderr);
-        dup2(saved, 2);
-        close(saved);
+        dup2(saved_err, 2);
+        close(saved_err);
+        if (saved_out >= 0) { dup2(saved_out, 1); close(saved_out); saved_out = -1; }
         long n = ftell(tmp);
         if (n > 0) {
             long keep = std::min(n, 4096L);

@@ -536,7 +536,7 @@ G4A_EXPORT int32_t g4a_quantize(const char *in, const char *out, int32_t ftype, 
     if (!in || !out) { set_error("g4a_quantize: paths are required"); return -1; }
     backend_init_once();
     stderr_capture cap;
-    cap.begin();
+    cap.begin(true);
     int rc;
     try {
         rc = compat_quantize(in, out, ftype, n_threads > 0 ? n_threads : default_threads());

@@ -1,0 +1,63 @@
+"""Quantize a model file with the quantizer of the era that reads it.
+
+Each era writes its own layout (the 2023-04 quantizer writes ggjt v1 blocks, 2023-05 ggjt v2, ...),
+so quantized fixtures and conversions get bytes from the real engines, never from a re-implementation.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from . import native
+from .errors import BackendError, UnsupportedModelError
+from .ggml_types import GGUF_FTYPE_NAMES
+from .variants import choose_variant
+
+_BY_NAME = {name.removeprefix("MOSTLY_").removeprefix("ALL_"): num for num, name in GGUF_FTYPE_NAMES.items()}
+
+
+def ftype_number(ftype: str | int) -> int:
+    """llama_ftype number of ``ftype`` ("Q4_0", "q4_k_m", "F16", or the number itself)."""
+    if isinstance(ftype, int):
+        return ftype
+    key = ftype.upper().removeprefix("MOSTLY_")
+    if key not in _BY_NAME:
+        raise ValueError(f"unknown quantization {ftype!r}; known: {', '.join(sorted(_BY_NAME))}")
+    return _BY_NAME[key]
+
+
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str | int, *, backend: str | None = None,
+             n_threads: int = 0) -> Path:
+    """Write ``dst``: ``src`` quantized to ``ftype`` by ``backend`` (default: the era that reads ``src``).
+
+    ``src`` is validated by the reader and the catalog before any native code sees it; ``dst`` is
+    written to a temporary file beside it and renamed, so a failure leaves nothing behind.
+    """
+    from .catalog import choose
+    from .reader import read_facts
+
+    src, dst = Path(src), Path(dst)
+    facts = read_facts(src)
+    best, verdicts = choose(facts)
+    if backend is None:
+        if best is None:
+            raise UnsupportedModelError(f"{src}: {facts.description}: no backend reads it, so none can quantize it")
+        backend = best.backend
+    elif not any(v.backend == backend and v.loadable for v in verdicts):
+        raise UnsupportedModelError(f"{src}: {facts.description}: backend {backend} does not read it")
+    choice = choose_variant(backend, "cpu")
+    if choice.variant is None:
+        raise BackendError(f"cannot quantize with {backend}: {choice.reason}")
+    be = native.open_backend(backend, choice.variant)
+    number = ftype_number(ftype)
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
+    os.close(fd)
+    try:
+        if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(tmp), number, int(n_threads)) != 0:
+            raise BackendError(f"{src}: {backend} could not quantize to {ftype}: {be.last_error()}")
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst

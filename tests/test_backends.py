@@ -1,0 +1,158 @@
+"""The pinned backends as built: isolation, determinism, coexistence in one process, hashed inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gpt4all_loader as g
+from gpt4all_loader import cache, native, sdist
+from gpt4all_loader.errors import BackendError, BuildError
+from gpt4all_loader.manifest import load_manifest
+from gpt4all_loader.variants import VariantChoice, built_variants, choose_variant, cpu_flags
+
+from conftest import PROBE_TOKENS, require_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: for each backend, one tiny file it serves (key into the tiny_llama fixture)
+SERVED = {
+    "llama-2023-04": ("ggjt", 1, "f32"),
+    "llama-2023-05": ("ggjt", 2, "f32"),
+    "llama-2023-08": ("ggjt", 3, "f32"),
+    "gguf-2023-11": ("gguf", 1, "f32"),
+    "gguf-2026-10": ("gguf", 3, "f32"),
+}
+
+
+def greedy(path, backend, n=8):
+    with g.load(path, backend=backend, device="cpu", n_ctx=64) as m:
+        return m.generate(PROBE_TOKENS, max_tokens=n, temperature=0, stream=False), m.info
+
+
+@pytest.mark.parametrize("backend", sorted(SERVED))
+def test_each_backend_loads_its_era_and_is_deterministic(backend, tiny_llama):
+    require_backend(backend)
+    path = tiny_llama[SERVED[backend]]
+    first, info = greedy(path, backend)
+    second, _ = greedy(path, backend)
+    assert first and first == second
+    assert info.backend == backend and info.variant in ("cpu", "cpu-avxonly")
+    assert info.n_vocab == 362 and info.n_ctx >= 64  # 2026 rounds n_ctx up to its padding
+    spec = load_manifest()[backend]
+    assert spec.llama_cpp.split()[0] in info.engine
+
+
+def test_all_backends_in_one_process_interleaved(tiny_llama):
+    """Five eras of ggml side by side: each gives, interleaved, exactly what it gives alone."""
+    names = [b for b in sorted(SERVED) if "cpu" in built_variants().get(b, [])]
+    if len(names) < len(SERVED):
+        pytest.skip(f"needs all backends built; built: {names}")
+    alone = {b: greedy(tiny_llama[SERVED[b]], b)[0] for b in names}
+    models = {b: g.load(tiny_llama[SERVED[b]], backend=b, device="cpu", n_ctx=64) for b in names}
+    try:
+        streams = {b: m.generate(PROBE_TOKENS, max_tokens=8, stream=True) for b, m in models.items()}
+        outs = {b: [] for b in names}
+        active = list(names)
+        while active:  # one piece from each era in turn
+            for b in list(active):
+                piece = next(streams[b], None)
+                if piece is None:
+                    active.remove(b)
+                else:
+                    outs[b].append(piece)
+        assert {b: "".join(o) for b, o in outs.items()} == alone
+    finally:
+        for m in models.values():
+            m.close()
+
+
+def test_libraries_export_only_the_shim():
+    libs = sorted(cache.lib_dir().glob("libg4a-*.so"))
+    if not libs:
+        pytest.skip("no backend built")
+    for so in libs:
+        out = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True, check=True)
+        names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
+        assert names and all(n.startswith("g4a_") for n in names), (so.name, [n for n in names if not n.startswith("g4a_")][:5])
+        soname = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True).stdout
+        assert f"[{so.name}]" in soname  # unique SONAME per era and variant
+
+
+def test_tampered_sdist_is_refused(tmp_path):
+    spec = load_manifest()["llama-2023-04"]
+    fake = tmp_path / f"llama_cpp_python-{spec.version}.tar.gz"
+    fake.write_bytes(b"not the pinned sdist")
+    with pytest.raises(BuildError, match=r"sha256 .* does not match the pinned"):
+        sdist.fetch(spec.sdist, spec.sha256, dest=tmp_path)
+
+
+def test_missing_and_corrupt_library_errors(tmp_path):
+    with pytest.raises(BackendError, match=r"not built .* build_backends.py --only nosuch"):
+        native.open_backend("nosuch", "cpu")
+    bad = tmp_path / "libg4a-broken-cpu.so"
+    bad.write_bytes(b"\x7fELF garbage")
+    with pytest.raises(BackendError, match=r"cannot open backend library .*libg4a-broken-cpu.so"):
+        native.open_backend("broken", "cpu", path=bad)
+
+
+def test_build_list_json_contract():
+    out = subprocess.run([sys.executable, str(ROOT / "build_backends.py"), "--list", "--json"],
+                         capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    declared = {(n, v) for n, s in load_manifest().items() for v in s.variants}
+    assert {(r["name"], r["variant"]) for r in rows} == declared
+    for r in rows:
+        assert {"name", "variant", "built", "path", "sdist", "sha256"} <= set(r)
+        assert isinstance(r["built"], bool) and r["path"].endswith(".so") and len(r["sha256"]) == 64
+        assert r["built"] == Path(r["path"]).is_file()
+
+
+def test_rebuild_of_unchanged_backend_is_a_noop():
+    require_backend("llama-2023-04")
+    out = subprocess.run([sys.executable, str(ROOT / "build_backends.py"), "--only", "llama-2023-04",
+                          "--variant", "cpu"], capture_output=True, text=True, check=True)
+    assert "cached" in out.stdout
+
+
+def test_variant_needing_missing_cpu_features_is_never_chosen(monkeypatch):
+    require_backend("llama-2023-04")
+    # a CPU with AVX but no AVX2/FMA/F16C must get the avx-only build, never the AVX2 one
+    monkeypatch.setattr("gpt4all_loader.variants.cpu_flags", lambda: frozenset({"avx", "sse3"}))
+    choice = choose_variant("llama-2023-04", "cpu")
+    if "cpu-avxonly" in built_variants()["llama-2023-04"]:
+        assert choice.variant == "cpu-avxonly"
+    else:
+        assert choice.variant is None
+    assert "lacks avx2" in choice.reason
+    # and a CPU without AVX gets nothing rather than a crash
+    monkeypatch.setattr("gpt4all_loader.variants.cpu_flags", lambda: frozenset({"sse3"}))
+    assert choose_variant("llama-2023-04", "cpu").variant is None
+
+
+def test_avxonly_variant_gives_the_same_tokens(tiny_llama):
+    """The old-CPU build is the same engine: same greedy tokens as the AVX2 build."""
+    require_backend("llama-2023-08", "cpu-avxonly")
+    require_backend("llama-2023-08", "cpu")
+    path = tiny_llama[SERVED["llama-2023-08"]]
+    from gpt4all_loader.model import load as _load
+    a = greedy(path, "llama-2023-08")[0]
+    be = native.open_backend("llama-2023-08", "cpu-avxonly")
+    assert "AVX2 = 0" in be.info()
+    import gpt4all_loader.model as model_mod
+    orig = model_mod.choose_variant
+    try:
+        model_mod.choose_variant = lambda b, d: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
+        with _load(path, backend="llama-2023-08", n_ctx=64) as m:
+            assert m.info.variant == "cpu-avxonly"
+            assert m.generate(PROBE_TOKENS, max_tokens=8) == a
+    finally:
+        model_mod.choose_variant = orig
+
+
+def test_cpu_flags_are_read():
+    flags = cpu_flags()
+    assert flags, "/proc/cpuinfo flags could not be read"
