@@ -222,10 +222,11 @@ class Model:
             return it
         return "".join(it)
 
-    def _generate(self, prompt: str | Sequence[int], *, max_tokens: int, temperature: float, top_k: int,
-                  top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int | None,
-                  stop: tuple[str, ...], callback: Callable[[str], bool] | None, add_bos: bool,
-                  special: bool) -> Iterator[str]:
+    def generate_tokens(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
+                        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
+                        repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
+                        special: bool = False) -> Iterator[int]:
+        """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
         ffi = self._ffi
         with self._lock:
             h = self._h()
@@ -242,45 +243,61 @@ class Model:
                 repeat_penalty=float(repeat_penalty), repeat_last_n=int(repeat_last_n)))
             rng = ffi.new("uint64_t *", (seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
                           & 0xFFFFFFFFFFFFFFFF)
-            history = list(tokens)
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            pending = ""          # text held back because it may be the start of a stop string
-            hold = max((len(s) for s in stop), default=0)
+            window_n = max(int(repeat_last_n), 1)
+            hist = ffi.new("int32_t[]", window_n)
+            recent = list(tokens[-window_n:])
             one = ffi.new("int32_t[1]")
             for _ in range(max_tokens):
-                window = history[-max(repeat_last_n, 1):]
-                hist = ffi.new("int32_t[]", window)
-                tok = self._lib.g4a_sample(h, params, hist, len(window), rng)
+                hist[0:len(recent)] = recent
+                tok = self._lib.g4a_sample(h, params, hist, len(recent), rng)
                 if tok < 0:
                     raise self._err("sampling failed")
                 if self._lib.g4a_is_eog(h, tok):
-                    break
-                history.append(tok)
+                    return
+                yield tok
+                if self._lib.g4a_n_past(h) + 1 > self.info.n_ctx:
+                    return
+                recent.append(tok)
+                if len(recent) > window_n:
+                    del recent[0]
+                one[0] = tok
+                if self._lib.g4a_eval(h, one, 1) != 0:
+                    raise self._err("evaluation failed")
+
+    def _generate(self, prompt: str | Sequence[int], *, max_tokens: int, temperature: float, top_k: int,
+                  top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int | None,
+                  stop: tuple[str, ...], callback: Callable[[str], bool] | None, add_bos: bool,
+                  special: bool) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""          # text held back because it may be the start of a stop string
+        hold = max((len(s) for s in stop), default=0)
+        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special)
+        try:
+            for tok in tokens:
                 pending += decoder.decode(self.token_bytes(tok))
                 if stop:
                     cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
                     if cut >= 0:
-                        pending = pending[:cut]
-                        if pending:
-                            yield pending
+                        if pending[:cut]:
+                            yield pending[:cut]
                         return
-                    out, pending = (pending[:-hold + 1], pending[-hold + 1:]) if hold > 1 else (pending, "")
+                    keep = hold - 1
+                    out, pending = (pending[:-keep], pending[-keep:]) if keep and len(pending) > keep else \
+                        (("", pending) if keep else (pending, ""))
                 else:
                     out, pending = pending, ""
                 if out:
                     if callback is not None and callback(out) is False:
                         return
                     yield out
-                if self._lib.g4a_n_past(h) + 1 > self.info.n_ctx:
-                    break
-                one[0] = tok
-                if self._lib.g4a_eval(h, one, 1) != 0:
-                    raise self._err("evaluation failed")
             pending += decoder.decode(b"", final=True)
             if pending:
-                if callback is not None and callback(pending) is False:
-                    return
-                yield pending
+                if callback is None or callback(pending) is not False:
+                    yield pending
+        finally:
+            tokens.close()
 
     # -- chat -----------------------------------------------------------------------------------
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> str | Iterator[str]:
@@ -353,19 +370,20 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
                                         + (f" ({detail})" if detail else ""))
         chosen = best
         why_backend = f"{chosen.backend} reads {facts.description or facts.format}"
-    choice: VariantChoice = choose_variant(chosen.backend, device)
-    if choice.variant is None:
-        raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
-    be = native.open_backend(chosen.backend, choice.variant)
-
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
     if n_ctx is None:
         n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
+    # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
+    choice: VariantChoice = choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
+                                           n_ctx=n_ctx)
+    if choice.variant is None:
+        raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
+    be = native.open_backend(chosen.backend, choice.variant)
     n_gqa, eps = _legacy_params(facts)
     ffi = native.ffi()
     params = ffi.new("g4a_load_params *", dict(
         n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
-        n_gpu_layers=int(-1 if n_gpu_layers is None else n_gpu_layers) if choice.device == "cuda" else 0,
+        n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
         vocab_only=0, embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
     t0 = time.perf_counter()
     handle = be.lib.g4a_load(os.fsencode(path), params)

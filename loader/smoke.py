@@ -16,18 +16,6 @@ import time
 from typing import Any
 
 
-def _first(result: Any) -> str:
-    """generate() may return a string or an iterator of pieces."""
-    if isinstance(result, str):
-        return result
-    if isinstance(result, (list, tuple)):
-        return "".join(str(x) for x in result)
-    try:
-        return str(next(iter(result)))
-    except StopIteration:
-        return ""
-
-
 def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_only: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"path": path, "backend": backend, "device": device, "ok": False,
                            "load_s": None, "eval_s": None, "n_prompt_tokens": None,
@@ -37,21 +25,19 @@ def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_on
         import gpt4all_loader
 
         t0 = time.perf_counter()
-        model = gpt4all_loader.load(path, backend=backend, device=device, n_ctx=n_ctx)
+        model = gpt4all_loader.load(path, backend=backend, device=device, n_ctx=n_ctx or 256)
         out["load_s"] = round(time.perf_counter() - t0, 4)
-        info = getattr(model, "info", None) or {}
-        try:
-            out["variant"] = info.get("variant")
-            out["backend"] = info.get("backend", backend)
-        except Exception:  # noqa: BLE001 - info is optional detail
-            pass
+        out["variant"] = model.info.variant
+        out["backend"] = model.info.backend
+        out["device"] = model.info.device
         toks = model.tokenize("Hello", add_bos=True)
         out["n_prompt_tokens"] = len(toks)
         if not vocab_only:
             t1 = time.perf_counter()
-            text = _first(model.generate("Hello", max_tokens=1, temperature=0))
+            model.evaluate(toks or [model.token_bos()])
+            logits = model.logits()
             out["eval_s"] = round(time.perf_counter() - t1, 4)
-            out["text"] = text
+            out["text"] = model.detokenize([max(range(len(logits)), key=logits.__getitem__)])
             out["token_evaluated"] = True
         out["ok"] = True
     except BaseException as e:  # noqa: BLE001 - report everything as one JSON line
