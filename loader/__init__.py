@@ -10,20 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (BackendError, BuildError, DeviceError, FormatError, ModelClosedError,
                      UnsupportedModelError)
+# imported eagerly (pure Python, no native code): the function must shadow the submodule of the same name
+from .probe import ProbeReport, probe
 
-__all__ = ["probe", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
+__all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
            "BuildError", "DeviceError", "ModelClosedError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
-    from .probe import ProbeReport
-
-
-def probe(path: Any, **kwargs: Any) -> "ProbeReport":
-    from .probe import probe as _probe
-
-    return _probe(path, **kwargs)
 
 
 def load(path: Any, **kwargs: Any) -> "Model":
