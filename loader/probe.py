@@ -221,6 +221,8 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
             rep.suggestion = f"{why}; build it with: {catalog.build_command(best.backend)}"
     else:
         rep.suggestion = catalog.suggest(facts, all_v, built=prefer, specs=specs)
+    if best is not None and rep.suggestion is None:
+        rep.suggestion = catalog.upgrade_suggestion(facts, all_v, specs=specs)
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
         rep.memory = _memory.estimate(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era)

@@ -47,6 +47,8 @@ class _Walk:
         self.truncated = False
         self.note: str | None = None
         self.end = 0  # byte offset just past the last tensor's data (as claimed)
+        #: (name, ggml type id, ne, data offset, data bytes) per record, in file order
+        self.records: list[tuple[str, int, list[int], int, int]] = []
 
 
 #: real ggml-era files hold a few hundred tensors; the cap keeps a hostile file of millions of empty
@@ -101,6 +103,7 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         w.names.append(name)
         w.shapes[name] = ne
         w.end = data + nbytes
+        w.records.append((name, ttype, ne, data, nbytes))
         if data + nbytes > size:
             w.truncated = True
             w.note = (f"tensor {i} ({name}) needs {nbytes} bytes of data from byte {data}, but the file "
@@ -434,3 +437,32 @@ def read(fh: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_voca
             return _read_llama(src, "ggjt", version, with_vocab)
         raise src.error("version", f"ggjt version 1, 2 or 3 (got {version})", v_off)
     raise src.error("magic", "a ggml-family magic", 0)
+
+
+def tensor_records(path: str, facts: FileFacts | None = None) -> list[tuple[str, int, list[int], int, int]]:
+    """(name, ggml type id, ne, data offset, data bytes) of every tensor of a ggml/ggmf/ggjt/ggmm/ggla
+    file, in file order; type ids and sizes are those of the file's quant layout (``facts.quant_layout``).
+
+    ``facts``: the file's :func:`~gpt4all_loader.reader.read_facts` result (read here when None).
+    Raises FormatError for a file that is not a legacy model container or whose tensor data runs
+    past its end.
+    """
+    import os
+
+    if facts is None:
+        from .reader import read_facts
+
+        facts = read_facts(path)
+    layout = facts.quant_layout
+    layout = QNT_LAYOUT.get(int(layout[3:])) if layout and layout.startswith("qnt") else layout
+    if layout is None and facts.format == "ggla":
+        layout = "pr1508"  # LoRA adapters were written by ggjt v3 tools
+    if facts.format not in ("ggml", "ggmf", "ggjt", "ggmm", "ggla") or facts.data_offset is None or layout is None:
+        raise FormatError(f"{path}: {facts.description or facts.format}: not a ggml-era model file with tensors")
+    with open(path, "rb") as fh:
+        src = ByteSource(fh, str(path), os.fstat(fh.fileno()).st_size)
+        src.pos = facts.data_offset
+        w = _walk_tensors(src, layout, 32 if facts.format in ("ggjt", "ggla") else 0)
+    if w.truncated:
+        raise FormatError(f"{path}: {w.note}")
+    return w.records
