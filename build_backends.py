@@ -15,13 +15,24 @@ The cache is platformdirs' user cache dir, or $GPT4ALL_LOADER_CACHE.
     python build_backends.py --only gguf-2026-10 --variant cpu
     python build_backends.py --list [--json]     # what is declared, and what is built
     python build_backends.py --clean [--only X]  # remove build trees and libraries
+    python build_backends.py --variant cuda      # the CUDA variant of every backend that has one
+    python build_backends.py --variant cuda --only gguf-2026-10 --cuda-arch 90-real
+
+CUDA variants (``gpu = "cuda"`` in the manifest) are built only on request.  They need nvcc (CUDA 13:
+$CUDACXX, $CUDA_HOME/bin, /usr/local/cuda/bin or PATH) and cuBLAS: the toolkit's own, else the
+pinned nvidia-cublas wheel of the manifest's [cuda] table (sha256 checked, extracted into the
+cache).  cudart is linked statically; the library needs libcublas.so.13 (and libcublasLt.so.13) at
+run time, found through RUNPATH $ORIGIN/cuda (links the build makes beside the libraries) or
+preloaded by gpt4all_loader from an installed wheel or the system.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +61,7 @@ except ImportError:  # not installed yet: import the package from its source fol
 
 SHIM_HEADER = HERE / "backends" / "shim" / "g4a_shim.h"
 BUILD_RECIPE_VERSION = "1"   # bump when this script changes how a library is made
+CUDA_MAJOR = "13"            # the pinned cuBLAS wheels (nvidia/cu13) are for CUDA 13 toolkits
 
 
 def lib_name(backend: str, variant: str) -> str:
@@ -88,13 +100,15 @@ def compiler_id() -> str:
         raise BuildError(f"C++ compiler '{cxx}' not found")
 
 
-def inputs_key(spec: BackendSpec, variant: str) -> str:
+def inputs_key(spec: BackendSpec, variant: str, cuda: "CudaToolchain | None" = None) -> str:
     """Hash of everything that decides the bytes of one library."""
     h = hashlib.sha256()
     h.update(BUILD_RECIPE_VERSION.encode())
     var = spec.variants[variant]
     build_facts = [spec.name, spec.sdist, spec.sha256, spec.llama_cpp, spec.api, spec.api_defines, spec.archives,
                    spec.cmake, spec.layout, spec.shim_sources, spec.patches, variant, var.cmake, var.gpu]
+    if cuda is not None:
+        build_facts += [spec.extra.get("cuda", {}), cuda.key_facts()]
     h.update(json.dumps(build_facts).encode())  # only what shapes the bytes: catalog rules are not here
     shim_files = sorted(str(p.relative_to(HERE)) for p in (HERE / "backends" / "shim").iterdir() if p.is_file())
     for rel in sorted({*spec.shim_sources, *shim_files, *spec.patches}):
@@ -115,6 +129,157 @@ def run(cmd: list[str], logfile: Path, cwd: Path | None = None, env: dict | None
         tail = logfile.read_text(errors="replace").splitlines()[-40:]
         raise BuildError(f"step failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n"
                          f"--- last lines of {logfile} ---\n" + "\n".join(tail))
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA: nvcc, cuBLAS and the static runtime
+
+def cuda_table() -> dict:
+    """The manifest's top-level [cuda] table (manifest.py reads only the backends)."""
+    import tomllib
+
+    from gpt4all_loader.manifest import manifest_path
+
+    with open(manifest_path(), "rb") as f:
+        return tomllib.load(f).get("cuda", {})
+
+
+class CudaToolchain:
+    """Where nvcc, the cuBLAS headers/libraries and the static CUDA runtime of one build come from."""
+
+    def __init__(self, nvcc: Path, version: str, root: Path, architectures: str, cublas_include: Path,
+                 cublas_lib_dir: Path, cublas_origin: str, cudart_static: Path):
+        self.nvcc, self.version, self.root, self.architectures = nvcc, version, root, architectures
+        self.cublas_include, self.cublas_lib_dir, self.cublas_origin = cublas_include, cublas_lib_dir, cublas_origin
+        self.cudart_static = cudart_static
+
+    def key_facts(self) -> list:
+        return [self.version, self.architectures, self.cublas_origin, str(self.cudart_static.name)]
+
+    def cmake_args(self) -> list[str]:
+        args = [f"-DCMAKE_CUDA_COMPILER={self.nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={self.architectures}",
+                f"-DCMAKE_CUDA_FLAGS=-I{self.cublas_include}"]
+        if self.cublas_lib_dir != self.root / "lib64" and self.cublas_lib_dir != self.root / "lib":
+            # cuBLAS outside the toolkit (the wheel): tell FindCUDAToolkit where it is
+            args += [f"-DCUDA_cublas_LIBRARY={self.cublas_lib_dir / 'libcublas.so.13'}",
+                     f"-DCUDA_cublasLt_LIBRARY={self.cublas_lib_dir / 'libcublasLt.so.13'}"]
+        return args
+
+    def link_args(self) -> list[str]:
+        d = self.cublas_lib_dir
+        return [str(self.cudart_static), f"-L{d}", "-l:libcublas.so.13", f"-Wl,-rpath-link,{d}",
+                "-Wl,-rpath,$ORIGIN/cuda", "-lrt"]
+
+
+def find_nvcc() -> tuple[Path, Path]:
+    """(nvcc, toolkit root).  A wrapper script on PATH is resolved to the real nvcc (nvcc -dryrun says _HERE_)."""
+    cands = [os.environ.get("CUDACXX")]
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDAToolkit_ROOT"):
+        if os.environ.get(var):
+            cands.append(os.path.join(os.environ[var], "bin", "nvcc"))
+    cands += ["/usr/local/cuda/bin/nvcc", shutil.which("nvcc")]
+    for c in cands:
+        if not c or not os.access(c, os.X_OK):
+            continue
+        probe = subprocess.run([c, "-dryrun", "--version"], capture_output=True, text=True)
+        here = next((line.split("=", 1)[1].strip() for line in (probe.stdout + probe.stderr).splitlines()
+                     if line.startswith("#$ _HERE_=")), None)
+        real = Path(here) / "nvcc" if here and (Path(here) / "nvcc").exists() else Path(c).resolve()
+        root = real.parent.parent
+        if (root / "include" / "cuda_runtime.h").exists() or glob.glob(str(root / "targets/*/include/cuda_runtime.h")):
+            return real, root
+    raise BuildError("CUDA variant requested but nvcc was not found (looked at $CUDACXX, $CUDA_HOME/bin, "
+                     "/usr/local/cuda/bin and PATH): install the CUDA 13 toolkit, or build the CPU variants only")
+
+
+def _lib_dirs(root: Path) -> list[Path]:
+    return [p for p in (root / "lib64", root / "lib", *map(Path, glob.glob(str(root / "targets/*/lib"))))
+            if p.is_dir()]
+
+
+def _wheel_dir(requirement: str, sha: str) -> Path:
+    """Fetch (sha256-checked) and extract one pinned wheel into the cache; return the extraction root."""
+    import zipfile
+
+    name, _, version = requirement.partition("==")
+    dest = cache.cache_root() / "cuda" / f"{name.replace('-', '_')}-{version}"
+    marker = dest / ".extracted"
+    if marker.exists() and marker.read_text() == sha:
+        return dest
+    try:
+        whl = sdist.fetch(requirement, sha, binary=True)
+    except BuildError as e:
+        raise BuildError(f"{requirement} (pinned in [cuda] of backends/manifest.toml) is needed and could not "
+                         f"be fetched: {e}\nPut the wheel into {cache.sdist_dir()} or install a CUDA toolkit "
+                         f"with cuBLAS") from None
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(dest)
+    marker.write_text(sha)
+    return dest
+
+
+def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
+    nvcc, root = find_nvcc()
+    out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    version = m.group(1) if m else ""
+    if version.split(".")[0] != CUDA_MAJOR:
+        raise BuildError(f"{nvcc} is CUDA {version or '?'}; the CUDA variants are pinned to CUDA {CUDA_MAJOR} "
+                         f"(cuBLAS wheels nvidia/cu{CUDA_MAJOR}, sm_75+)")
+    table = cuda_table()
+    archs = arch_override or os.environ.get("G4A_CUDA_ARCHITECTURES") or table.get("architectures")
+    if not archs:
+        raise BuildError("backends/manifest.toml [cuda] has no architectures")
+    wheels = {w["requirement"].partition("==")[0]: w for w in table.get("wheels", [])}
+
+    # cuBLAS: the toolkit's own, else the pinned wheel
+    inc = lib = None
+    origin = ""
+    for d in _lib_dirs(root):
+        if (d / "libcublas.so.13").exists() and (d / "libcublasLt.so.13").exists():
+            heads = [Path(p).parent for p in (str(root / "include/cublas_v2.h"),
+                                              *glob.glob(str(root / "targets/*/include/cublas_v2.h")))
+                     if Path(p).exists()]
+            if heads:
+                inc, lib, origin = heads[0], d, f"system {d}"
+                break
+    if lib is None:
+        w = wheels.get("nvidia-cublas")
+        if w is None:
+            raise BuildError(f"the CUDA toolkit at {root} has no cuBLAS and [cuda] of backends/manifest.toml pins "
+                             f"no nvidia-cublas wheel")
+        base = _wheel_dir(w["requirement"], w["sha256"]) / "nvidia" / f"cu{CUDA_MAJOR}"
+        inc, lib, origin = base / "include", base / "lib", w["requirement"]
+        if not (lib / "libcublas.so.13").exists() or not (inc / "cublas_v2.h").exists():
+            raise BuildError(f"{w['requirement']} extracted into {base} lacks libcublas.so.13 or cublas_v2.h")
+
+    # the static CUDA runtime: the toolkit's, else the pinned nvidia-cuda-runtime wheel
+    cudart = next((d / "libcudart_static.a" for d in _lib_dirs(root) if (d / "libcudart_static.a").exists()), None)
+    if cudart is None:
+        w = wheels.get("nvidia-cuda-runtime")
+        if w is None:
+            raise BuildError(f"the CUDA toolkit at {root} has no libcudart_static.a and no runtime wheel is pinned")
+        cudart = _wheel_dir(w["requirement"], w["sha256"]) / "nvidia" / f"cu{CUDA_MAJOR}" / "lib" / "libcudart_static.a"
+        if not cudart.exists():
+            raise BuildError(f"{w['requirement']} lacks libcudart_static.a")
+    return CudaToolchain(nvcc, version, root, archs, inc, lib, origin, cudart)
+
+
+def link_cuda_runtime(tc: CudaToolchain) -> None:
+    """<lib dir>/cuda/: links to the cuBLAS libraries the variants were linked with (their RUNPATH)."""
+    d = cache.lib_dir() / "cuda"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in cuda_table().get("runtime_libraries", ["libcublasLt.so.13", "libcublas.so.13"]):
+        src = tc.cublas_lib_dir / name
+        if not src.exists():
+            raise BuildError(f"{src} does not exist: the CUDA variants need {name} at run time")
+        link = d / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,11 +312,16 @@ def _llama_dir(root: Path) -> Path:
     return found[0]
 
 
-def build_one(spec: BackendSpec, variant: str, jobs: int) -> dict:
+def build_one(spec: BackendSpec, variant: str, jobs: int, cuda_arch: str | None = None) -> dict:
     var = spec.variants[variant]
     out = lib_path(spec.name, variant)
     rec = record_path(spec.name, variant)
-    key = inputs_key(spec, variant)
+    tc = None
+    if var.gpu == "cuda":
+        tc = cuda_toolchain(cuda_arch)
+    elif var.gpu:
+        raise BuildError(f"{spec.name}/{variant}: gpu = {var.gpu!r} is not a kind this script builds")
+    key = inputs_key(spec, variant, tc)
     if out.exists() and rec.exists():
         try:
             if json.loads(rec.read_text()).get("inputs") == key:
@@ -172,13 +342,16 @@ def build_one(spec: BackendSpec, variant: str, jobs: int) -> dict:
     cmake_cmd = [tool("cmake"), "-S", str(src), "-B", str(bdir / "cmake"), "-G", "Ninja",
                  f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
                  "-DBUILD_SHARED_LIBS=OFF", "-DCMAKE_POSITION_INDEPENDENT_CODE=ON",
-                 *spec.cmake, *var.cmake]
+                 *spec.cmake, *var.cmake, *(tc.cmake_args() if tc else ())]
+    if tc:
+        log(f"{spec.name}/{variant}: CUDA {tc.version} ({tc.nvcc}), architectures {tc.architectures}, "
+            f"cuBLAS from {tc.cublas_origin}")
     run(cmake_cmd, logfile)
     log(f"{spec.name}/{variant}: compiling (ninja -j{jobs})")
     run([tool("cmake"), "--build", str(bdir / "cmake"), "--target", "llama", "-j", str(jobs)], logfile)
 
     archives = []
-    for rel in spec.archives:
+    for rel in (*spec.archives, *(spec.extra.get("cuda", {}).get("archives", ()) if tc else ())):
         p = bdir / "cmake" / rel
         if not p.exists():
             raise BuildError(f"{spec.name}/{variant}: expected archive {rel} was not built (see {logfile})")
@@ -203,8 +376,11 @@ def build_one(spec: BackendSpec, variant: str, jobs: int) -> dict:
     tmp_out = out.with_suffix(".so.tmp")
     run([cxx, "-shared", "-o", str(tmp_out), *objs, "-Wl,--start-group", *archives, "-Wl,--end-group",
          f"-Wl,-soname,{out.name}", f"-Wl,--version-script={vscript}", "-Wl,-Bsymbolic",
-         "-Wl,--no-undefined", "-Wl,--gc-sections", "-pthread", "-lm", "-ldl"], logfile)
+         "-Wl,--no-undefined", "-Wl,--gc-sections", *(tc.link_args() if tc else ()),
+         "-pthread", "-lm", "-ldl"], logfile)
     check_exports(tmp_out)
+    if tc:
+        link_cuda_runtime(tc)
     tmp_out.replace(out)
     shutil.copy2(SHIM_HEADER, cache.lib_dir() / SHIM_HEADER.name)
     seconds = time.monotonic() - t0
@@ -215,6 +391,10 @@ def build_one(spec: BackendSpec, variant: str, jobs: int) -> dict:
         "size": out.stat().st_size, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "compiler": compiler_id(),
     }
+    if tc:
+        record["cuda"] = {"nvcc": str(tc.nvcc), "version": tc.version, "architectures": tc.architectures,
+                          "cublas": tc.cublas_origin, "cudart": "static",
+                          "needs": cuda_table().get("runtime_libraries", [])}
     rec.write_text(json.dumps(record, indent=2) + "\n")
     log(f"{spec.name}/{variant}: done in {seconds:.0f} s, {out.stat().st_size / 1e6:.1f} MB")
     return {"backend": spec.name, "variant": variant, "status": "built", "seconds": seconds,
@@ -250,6 +430,7 @@ def listing(specs: dict[str, BackendSpec]) -> list[dict]:
                 "api": spec.api, "gpu": var.gpu, "cpu_features": list(var.cpu_features),
                 "size": path.stat().st_size if path.exists() else None,
                 "build_seconds": rec.get("build_seconds"),
+                "cuda_architectures": (rec.get("cuda") or {}).get("architectures"),
             })
     return rows
 
@@ -264,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="with --list: print a JSON list")
     ap.add_argument("--clean", action="store_true", help="remove the build trees and libraries of the selection")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--cuda-arch", metavar="LIST", default=None,
+                    help="CMAKE_CUDA_ARCHITECTURES for CUDA variants, e.g. '90-real' (default: [cuda] "
+                         "architectures of the manifest, or $G4A_CUDA_ARCHITECTURES)")
     args = ap.parse_args(argv)
 
     try:
@@ -317,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (spec, vname) in enumerate(jobs, 1):
         log(f"({i}/{len(jobs)}) {spec.name}/{vname}")
         try:
-            results.append(build_one(spec, vname, args.jobs))
+            results.append(build_one(spec, vname, args.jobs, args.cuda_arch))
         except (BuildError, OSError) as e:
             failed = True
             print(f"\nerror: {spec.name}/{vname} failed:\n{e}\n", file=sys.stderr)

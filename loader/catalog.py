@@ -246,6 +246,10 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
         fails.append((15, f"llama.cpp {spec.era} requires tensor {_join(missing, 'and')}, which this file "
                           f"lacks (e.g. output tied to the token embedding, supported from late 2023)"))
 
+    if rule.moe is False and int((facts.hparams or {}).get("expert_count") or 0) > 0 and not facts.split_experts:
+        fails.append((20, f"a mixture-of-experts model ({facts.hparams['expert_count']} experts); llama.cpp "
+                          f"{spec.era} predates MoE support (b1629, Dec 2023)"))
+
     if rule.split_experts is False and facts.split_experts:
         if spec.era < "2023-12":
             msg = ("the file stores one tensor per MoE expert (blk.N.ffn_gate.E.weight); llama.cpp "
@@ -406,6 +410,28 @@ def choose(facts: Any, specs: dict[str, BackendSpec] | None = None, *,
 
 def build_command(backend: str) -> str:
     return f"python build_backends.py --only {backend}"
+
+
+def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,
+                       specs: dict[str, BackendSpec] | None = None) -> str | None:
+    """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load: the command that upgrades it
+    to GGUF for the newest backend (gpt4all-convert); None for every other file.  The probe shows it
+    for loadable files (:func:`suggest` stays None for those)."""
+    import shlex
+    from pathlib import PurePath
+
+    if (facts.format not in _LEGACY or facts.architecture != "llama" or getattr(facts, "kind", "model") != "model"
+            or facts.truncated or facts.vocab_only):
+        return None
+    specs = specs if specs is not None else load_manifest()
+    ok = [v for v in all_v if v.loadable]
+    if not ok or any(f == "gguf" for v in ok if v.backend in specs
+                     for r in specs[v.backend].accepts for f, _ in r.formats):
+        return None
+    src = PurePath(str(facts.path))
+    out = src.with_suffix(".gguf") if src.suffix.lower() != ".gguf" else src.with_name(src.name + ".gguf")
+    return (f"only llama.cpp of 2023 reads this file; upgrade it to GGUF with: "
+            f"gpt4all-convert {shlex.quote(str(src))} -o {shlex.quote(str(out))}")
 
 
 def suggest(facts: Any, all_v: list[Verdict], *, built: Iterable[str] | None = None,

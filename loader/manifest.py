@@ -26,6 +26,7 @@ class AcceptRule:
     split_experts: bool | None = None             # legacy per-expert MoE tensors allowed?
     quant_layouts: tuple[str, ...] | None = None  # FileFacts.quant_layout values (GPT-J/MPT: qnt0, qnt2)
     required_tensors: tuple[str, ...] = ()        # tensors the era's loader insists on
+    moe: bool | None = None                       # False: the era predates mixture-of-experts models
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
                 split_experts=r.get("split_experts"),
                 quant_layouts=tuple(r["quant_layouts"]) if "quant_layouts" in r else None,
                 required_tensors=tuple(r.get("required_tensors", ())),
+                moe=r.get("moe"),
             )
             for r in b.get("accepts", ())
         )

@@ -57,10 +57,6 @@ class ModelInfo:
         return asdict(self)
 
 
-def _sampling_defaults(temperature: float) -> dict[str, Any]:
-    return dict(temperature=temperature)
-
-
 class Model:
     """A loaded model.  Create with :func:`load`; use as a context manager or call :meth:`close`."""
 

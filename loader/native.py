@@ -109,6 +109,10 @@ def open_backend(name: str, variant: str, *, path: Path | None = None) -> Backen
         if key in _open:
             return _open[key]
         record = record_for(name, variant) if path is None else {"path": key}
+        if record.get("gpu") == "cuda":
+            from .variants import preload_cuda_runtime
+
+            record["cuda_runtime_from"] = preload_cuda_runtime()  # BackendError, saying how to fix, if absent
         f = ffi()
         try:
             lib = f.dlopen(key, f.RTLD_LOCAL | f.RTLD_NOW)

@@ -384,12 +384,13 @@ def _write_gguf(path: Path, m: TinyLlama, version: int, ft: int, vocab_only: boo
 
 
 def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
-               tensors: list[tuple[str, int, list[int]]], version: int = 3, endian: str = "little",
+               tensors: list[tuple], version: int = 3, endian: str = "little",
                alignment: int = 32) -> Path:
-    """A GGUF file with the given key/values and zero-filled tensors (for tests of odd files).
+    """A GGUF file with the given key/values and tensors (for tests of odd files).
 
     ``kv``: (key, GGUF value type, value); arrays as (key, (9, element type), list).
-    ``tensors``: (name, ggml type id, ne); sizes from :func:`ggml_types.tensor_nbytes`.
+    ``tensors``: (name, ggml type id, ne) for zero-filled data, or (name, ggml type id, ne, data bytes);
+    sizes from :func:`ggml_types.tensor_nbytes`.
     """
     from .ggml_types import tensor_nbytes
 
@@ -404,20 +405,28 @@ def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
         else:
             out.kv(key, vt, val)
     offset = 0
-    for name, tt, shape in tensors:
+    blobs: list[tuple[int, bytes | None, int]] = []
+    for name, tt, shape, *data in tensors:
         offset += -offset % alignment
         out.string(name)
         out.raw("I", len(shape))
         out.raw(("I" if version == 1 else "Q") * len(shape), *shape)
         out.raw("I", tt)
         out.raw("Q", offset)
-        offset += tensor_nbytes(tt, shape)
+        nbytes = tensor_nbytes(tt, shape)
+        if data and len(data[0]) != nbytes:
+            raise ValueError(f"tensor {name}: {len(data[0])} bytes of data, the shape needs {nbytes}")
+        blobs.append((offset, data[0] if data else None, nbytes))
+        offset += nbytes
     path = Path(path)
     with open(path, "wb") as f:
         for p in out.parts:
             f.write(p)
         _pad(f, alignment)
-        f.write(b"\0" * offset)
+        start = f.tell()
+        for off, blob, nbytes in blobs:
+            f.write(b"\0" * (start + off - f.tell()))
+            f.write(blob if blob is not None else b"\0" * nbytes)
     return path
 
 

@@ -14,7 +14,7 @@ from gpt4all_loader.errors import BackendError, BuildError
 from gpt4all_loader.manifest import load_manifest
 from gpt4all_loader.variants import VariantChoice, built_variants, choose_variant, cpu_flags
 
-from conftest import PROBE_TOKENS, require_backend
+from conftest import PROBE_TOKENS, backend_built, require_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ SERVED = {
 
 
 def greedy(path, backend, n=8):
-    with g.load(path, backend=backend, device="cpu", n_ctx=64) as m:
+    with g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=1) as m:
         return m.generate(PROBE_TOKENS, max_tokens=n, temperature=0, stream=False), m.info
 
 
@@ -52,7 +52,7 @@ def test_all_backends_in_one_process_interleaved(tiny_llama):
     if len(names) < len(SERVED):
         pytest.skip(f"needs all backends built; built: {names}")
     alone = {b: greedy(tiny_llama[SERVED[b]], b)[0] for b in names}
-    models = {b: g.load(tiny_llama[SERVED[b]], backend=b, device="cpu", n_ctx=64) for b in names}
+    models = {b: g.load(tiny_llama[SERVED[b]], backend=b, device="cpu", n_ctx=64, n_threads=1) for b in names}
     try:
         streams = {b: m.generate(PROBE_TOKENS, max_tokens=8, stream=True) for b, m in models.items()}
         outs = {b: [] for b in names}
@@ -145,8 +145,8 @@ def test_avxonly_variant_gives_the_same_tokens(tiny_llama):
     import gpt4all_loader.model as model_mod
     orig = model_mod.choose_variant
     try:
-        model_mod.choose_variant = lambda b, d: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
-        with _load(path, backend="llama-2023-08", n_ctx=64) as m:
+        model_mod.choose_variant = lambda b, d, **kw: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
+        with _load(path, backend="llama-2023-08", n_ctx=64, n_threads=1) as m:
             assert m.info.variant == "cpu-avxonly"
             assert m.generate(PROBE_TOKENS, max_tokens=8) == a
     finally:
@@ -156,3 +156,47 @@ def test_avxonly_variant_gives_the_same_tokens(tiny_llama):
 def test_cpu_flags_are_read():
     flags = cpu_flags()
     assert flags, "/proc/cpuinfo flags could not be read"
+
+
+DEQUANT_CHECK = r"""
+import json, struct, sys
+from gpt4all_loader import native
+out = {}
+for name in sys.argv[1:]:
+    be = native.open_backend(name, "cpu")
+    ffi = native.ffi()
+    src = ffi.new("uint16_t[2]", [0x3C00, 0xC000])          # F16 1.0 and -2.0
+    dst = ffi.new("float[2]")
+    rc = be.lib.g4a_dequantize(1, src, dst, 2)
+    out[name] = [rc, dst[0], dst[1]]
+print(json.dumps(out))
+"""
+
+
+def test_fp16_tables_are_ready_before_any_load():
+    """2023 ggml fills its fp16 table in ggml_init(): dequantize/quantize must not see zeros when they
+    run first in a process (a fresh process is the only honest test)."""
+    names = [b for b in SERVED if backend_built(b)]
+    if not names:
+        pytest.skip("no backend built")
+    out = subprocess.run([sys.executable, "-c", DEQUANT_CHECK, *names], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got == {n: [0, 1.0, -2.0] for n in names}
+
+
+QUANT_F16 = r"""
+import sys
+from gpt4all_loader.quantize import quantize
+import gpt4all_loader as g
+quantize(sys.argv[1], sys.argv[2], "Q4_0", backend="llama-2023-04")
+with g.load(sys.argv[2], n_ctx=64, n_threads=1) as m:
+    m.evaluate([1, 300, 301])
+    print(max(abs(x) for x in m.logits()))
+"""
+
+
+def test_quantizing_an_f16_file_first_thing_in_a_process(tiny_llama, tmp_path):
+    require_backend("llama-2023-04")
+    out = subprocess.run([sys.executable, "-c", QUANT_F16, str(tiny_llama[("ggjt", 1, "f16")]),
+                          str(tmp_path / "q.bin")], capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) > 0.5   # an all-zero model would give 0 logits

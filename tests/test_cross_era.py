@@ -20,7 +20,7 @@ REFERENCE = ("gguf", 3)
 
 
 def run(path, backend):
-    with g.load(path, backend=backend, device="cpu", n_ctx=64) as m:
+    with g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=1) as m:
         m.evaluate(PROBE_TOKENS)
         logits = m.logits()
         tokens = m.tokenize("", add_bos=True)

@@ -118,7 +118,7 @@ def test_logits_and_embeddings(smollm2, tmp_path):
 
 def test_close_and_use_after_close(tiny_llama):
     require_backend("llama-2023-04")
-    m = g.load(tiny_llama[("ggjt", 1, "f32")], n_ctx=64)
+    m = g.load(tiny_llama[("ggjt", 1, "f32")], n_ctx=64, n_threads=1)
     with m:
         assert m.generate(PROBE_TOKENS, max_tokens=2)
     assert m.closed
@@ -130,7 +130,7 @@ def test_close_and_use_after_close(tiny_llama):
 
 def test_chat_without_template_is_a_clear_error(tiny_llama):
     require_backend("gguf-2026-10")
-    with g.load(tiny_llama[("gguf", 3, "f32")], n_ctx=64) as m:
+    with g.load(tiny_llama[("gguf", 3, "f32")], n_ctx=64, n_threads=1) as m:
         with pytest.raises(UnsupportedModelError, match="no chat template"):
             m.chat([{"role": "user", "content": "hi"}])
 
@@ -142,7 +142,7 @@ def test_two_eras_generate_at_the_same_time(tiny_llama):
     files = {"llama-2023-04": tiny_llama[("ggjt", 1, "f32")], "gguf-2026-10": tiny_llama[("gguf", 3, "f32")]}
     solo = {}
     for b, p in files.items():
-        with g.load(p, backend=b, n_ctx=128) as m:
+        with g.load(p, backend=b, n_ctx=128, n_threads=1) as m:
             solo[b] = m.generate(PROBE_TOKENS, max_tokens=24)
     results, errors = {}, []
     models = {b: g.load(p, backend=b, n_ctx=128, n_threads=1) for b, p in files.items()}
@@ -168,7 +168,7 @@ def test_two_eras_generate_at_the_same_time(tiny_llama):
 
 def test_one_model_shared_by_threads_is_serialized(tiny_llama):
     require_backend("llama-2023-08")
-    with g.load(tiny_llama[("ggjt", 3, "f32")], n_ctx=128) as m:
+    with g.load(tiny_llama[("ggjt", 3, "f32")], n_ctx=128, n_threads=1) as m:
         expected = m.generate(PROBE_TOKENS, max_tokens=16)
         out = []
         threads = [threading.Thread(target=lambda: out.append(m.generate(PROBE_TOKENS, max_tokens=16)))
@@ -201,6 +201,6 @@ def test_truncated_model_is_refused_before_native_code(tiny_llama, tmp_path):
 
 def test_device_auto_on_a_cpu_machine_says_why(tiny_llama):
     require_backend("gguf-2026-10")
-    with g.load(tiny_llama[("gguf", 3, "f32")], n_ctx=64) as m:
+    with g.load(tiny_llama[("gguf", 3, "f32")], n_ctx=64, n_threads=1) as m:
         assert m.info.device == "cpu"
         assert "not cuda:" in m.info.why_variant

@@ -147,12 +147,12 @@ static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p
 #if G4A_API_GEN >= 6
     cp.n_ubatch = (uint32_t)m->n_batch;
     cp.n_seq_max = 1;
-#else
-    cp.seed = p->seed;
+#elif !defined(G4A_NO_CTX_SEED)
+    cp.seed = p->seed;   // (from 2024-09 the seed belongs to samplers; ours is in g4a_sample)
 #endif
     cp.n_threads = m->n_threads;
     cp.n_threads_batch = m->n_threads;
-#if G4A_API_GEN >= 6
+#if G4A_API_GEN >= 6 || defined(G4A_CTX_EMBEDDINGS)
     cp.embeddings = p->embeddings != 0;
 #else
     cp.embedding = p->embeddings != 0;
@@ -241,6 +241,8 @@ static int32_t compat_eos(const g4a_model *m) {
 static bool compat_is_eog(const g4a_model *m, int32_t tok) {
 #if G4A_API_GEN >= 6
     return llama_vocab_is_eog(m->vocab, tok);
+#elif defined(G4A_TOKEN_IS_EOG)
+    return llama_token_is_eog(m->model, tok);
 #else
     return tok == compat_eos(m);
 #endif
@@ -265,6 +267,8 @@ static int32_t compat_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
     if (n > cap) return -n;
     if (n) memcpy(buf, s, (size_t)n);
     return n;
+#elif G4A_API_GEN == 4 && defined(G4A_PIECE_LSTRIP)
+    return llama_token_to_piece(m->model, tok, buf, cap, 0, false);
 #elif G4A_API_GEN == 4
     return llama_token_to_piece(m->model, tok, buf, cap);
 #else
@@ -310,7 +314,22 @@ static const float *compat_embeddings(g4a_model *m) {
 #endif
 }
 
+// The ggml of 2023 fills its fp16 -> fp32 table in ggml_init(): until some context was created in
+// the process, every F16 value (and every f16 block scale) reads as 0.  Loads create contexts;
+// quantize and dequantize may run first, so they make sure the tables exist.
+static void ggml_tables_once() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct ggml_init_params ip;
+        memset(&ip, 0, sizeof ip);
+        ip.mem_size = 1024;
+        struct ggml_context *c = ggml_init(ip);
+        if (c) ggml_free(c);
+    });
+}
+
 static int compat_quantize(const char *in, const char *out, int32_t ftype, int32_t nthread) {
+    ggml_tables_once();
 #if defined(G4A_QUANTIZE_NTHREAD)
     return llama_model_quantize(in, out, (enum llama_ftype)ftype, nthread);
 #else
@@ -323,6 +342,7 @@ static int compat_quantize(const char *in, const char *out, int32_t ftype, int32
 
 static int compat_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
     if (type < 0 || type >= (int32_t)GGML_TYPE_COUNT) return -1;
+    ggml_tables_once();
     enum ggml_type t = (enum ggml_type)type;
     if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return 0; }
     if (t == GGML_TYPE_F16) {
