@@ -210,7 +210,7 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         top = _main_reason(r)
         row("verdict", st.bad("NOT LOADABLE") + (f": {top}" if top else ""))
     if r.suggestion:
-        row("fix", r.suggestion)
+        row("upgrade" if r.loadable and r.variant else "fix", r.suggestion)
     distinct = {tuple(rs) for rs in r.reasons.values() if rs}
     if verbose or (not r.loadable and len(distinct) > 1):
         for b, rs in r.reasons.items():
