@@ -236,7 +236,8 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
         fails.append((5, f"tokenizer model '{facts.tokenizer}' is unknown to llama.cpp {spec.era} "
                          f"(it knows {_join(list(rule.tokenizers), 'and')})"))
 
-    if rule.quant_layouts is not None and facts.quant_layout not in rule.quant_layouts:
+    quantized = set((facts.tensor_types or {}).keys()) - {"F32", "F16"}
+    if rule.quant_layouts is not None and quantized and facts.quant_layout not in rule.quant_layouts:
         fails.append((30, f"its quant blocks are the {facts.quant_layout} layout; llama.cpp {spec.era} reads "
                           f"{_join(list(rule.quant_layouts), 'and')} only"))
 
