@@ -1,4 +1,4 @@
-"""Shared fixtures: which backends are built, and tiny models written once per session."""
+"""Shared fixtures: which backends are built, and tiny models written once per test run."""
 from __future__ import annotations
 
 import pytest
