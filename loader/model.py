@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
 from . import native
-from .variants import VariantChoice, build_record, choose_variant
+from .variants import VariantChoice, build_record, built_variants, choose_variant
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
 DEFAULT_N_CTX = 2048
@@ -344,7 +344,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
 
     path = os.fspath(path)
     facts = read_facts(path)
-    best, verdicts = choose(facts)
+    # among the backends that read the file, one built on this machine wins over a better unbuilt one
+    best, verdicts = choose(facts, prefer=built_variants())
     rejected = {v.backend: list(v.reasons) for v in verdicts if not v.loadable}
     if facts.truncated:
         raise UnsupportedModelError(
