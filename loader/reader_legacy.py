@@ -176,11 +176,6 @@ def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
     f.tensor_names = frozenset(w.names)
     if w.note:
         f.notes.append(w.note)
-    # ggjt has no field for grouped-query attention (LLaMA-2 70B): the K projection's width tells
-    wk = w.shapes.get("layers.0.attention.wk.weight")
-    n_embd, n_head = f.hparams.get("n_embd"), f.hparams.get("n_head")
-    if wk and len(wk) == 2 and n_embd and n_head and 0 < wk[1] < n_embd and n_embd % wk[1] == 0:
-        f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
 
 
 def _main_type(w: _Walk | None) -> str | None:
