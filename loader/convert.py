@@ -41,6 +41,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -71,6 +72,7 @@ _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
 # GGUF value types and token types
 _U32, _I32, _F32, _BOOL, _STR, _ARR = 4, 5, 6, 7, 8, 9
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
+_BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 
 
 class ConvertError(Exception):
@@ -260,10 +262,13 @@ def _gguf_header(meta: _Meta, tensors: list[tuple[str, list[int], int, int]]) ->
 def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[bytes], list[float], list[int]]:
     """The vocabulary of a ggml/ggmf/ggjt file as GGUF stores a SentencePiece vocabulary.
 
-    ids 0-2 become ``<unk>``, ``<s>``, ``</s>``; one-byte tokens at ids 3..258 (the byte fallback of
-    the 2023 tokenizers, id = byte + 3) become ``<0xXX>`` byte tokens; other empty tokens are control
-    tokens; spaces are written as U+2581 as SentencePiece does.  Files without scores (unversioned
-    ggml) get score 0 for every token, as the 2023 loaders used them.
+    ids 0-2 become ``<unk>``, ``<s>``, ``</s>``; the byte tokens at ids 3..258 (the byte fallback of
+    the 2023 tokenizers, id = byte + 3), whether stored as the raw byte or as ``<0xXX>`` text, become
+    ``<0xXX>`` byte tokens; other empty tokens are control tokens; spaces are written as U+2581 as
+    SentencePiece does.  Files without scores (unversioned ggml) get score 0 for every token, as the
+    2023 loaders used them.  With the tokenizer keys that :func:`convert_legacy` writes
+    (``add_space_prefix``, ``add_bos_token``), the GGUF eras then tokenize every text exactly as the
+    2023 eras do through the shim.
     """
     out_t: list[bytes] = []
     out_ty: list[int] = []
@@ -275,8 +280,9 @@ def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[
         elif i in (1, 2):
             out_t.append(b"<s>" if i == 1 else b"</s>")
             out_ty.append(TT_CONTROL)
-        elif 3 <= i <= 258 and len(t) == 1:
-            out_t.append(f"<0x{t[0]:02X}>".encode())
+        elif 3 <= i <= 258 and (len(t) == 1 or _BYTE_TEXT.fullmatch(t)):
+            value = t[0] if len(t) == 1 else int(t[3:5], 16)
+            out_t.append(f"<0x{value:02X}>".encode())
             out_ty.append(TT_BYTE)
         elif not t:
             out_t.append(t)
@@ -450,6 +456,11 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     meta.add("tokenizer.ggml.bos_token_id", _U32, 1)
     meta.add("tokenizer.ggml.eos_token_id", _U32, 2)
     meta.add("tokenizer.ggml.unknown_token_id", _U32, 0)
+    # said explicitly, so that no engine default decides: the 2023 LLaMA tokenizer adds BOS and
+    # SentencePiece's dummy prefix, and no EOS
+    meta.add("tokenizer.ggml.add_bos_token", _BOOL, True)
+    meta.add("tokenizer.ggml.add_eos_token", _BOOL, False)
+    meta.add("tokenizer.ggml.add_space_prefix", _BOOL, True)
 
     def n_el(ne):
         n = 1

@@ -52,6 +52,8 @@ class ModelInfo:
     why_variant: str
     rejected: dict[str, list[str]] = field(default_factory=dict)
     engine: str = ""
+    #: loaded for tokenizing only (no weights, no context): tokenize/detokenize work, evaluation does not
+    vocab_only: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +73,8 @@ class Model:
         self.facts = facts
         self._embeddings = embeddings
         self._piece_buf = self._ffi.new("char[256]")
+        # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
+        self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -100,6 +104,14 @@ class Model:
             raise ModelClosedError(f"{self.info.path}: the model was closed")
         return self._handle
 
+    def _weights(self) -> Any:
+        """The handle, for calls that evaluate: a vocabulary-only Model refuses them clearly."""
+        h = self._h()
+        if self.info.vocab_only:
+            raise BackendError(f"{self.info.path}: loaded for tokenizing only (vocab_only), so it cannot "
+                               f"evaluate; load the model file itself with vocab_only=False")
+        return h
+
     def _err(self, what: str) -> BackendError:
         return BackendError(f"{self.info.path} ({self.info.backend}/{self.info.variant}): {what}: "
                             f"{self._backend.last_error() or 'no reason given'}")
@@ -122,7 +134,14 @@ class Model:
             return int(self._lib.g4a_token_eos(self._h()))
 
     def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
-        """Token ids of ``text``.  ``special``: parse control tokens written in the text (GGUF)."""
+        """The ids the model's own tokenizer gives for ``text``, the same in every era.
+
+        ``add_bos``: start with the beginning-of-sequence token where the model has one (LLaMA-style
+        vocabularies; GPT-J and MPT have none).  ``special``: read control tokens written in the text
+        (``"<s>"``, ``"<|im_start|>"``) as those tokens; otherwise they are plain text.  SentencePiece
+        vocabularies get the dummy prefix (a leading space) before each piece of text, as the
+        original tokenizer does, in the 2023 eras too (see the README's tokenization contract).
+        """
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         with self._lock:
             h = self._h()
@@ -151,7 +170,16 @@ class Model:
             return bytes(self._ffi.buffer(self._piece_buf, n))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+        """The text of ``tokens``: ``detokenize(tokenize(text)) == text`` for every text.
+
+        Control tokens have no text; for SentencePiece vocabularies the dummy prefix that
+        :meth:`tokenize` adds (one leading space of the first piece of text) is removed, as the
+        original tokenizer's decode does.  Pieces of a generation are :meth:`token_bytes`, unstripped.
+        """
+        data = b"".join(self.token_bytes(t) for t in tokens)
+        if self._dummy_prefix and data.startswith(b" "):
+            data = data[1:]
+        return data.decode("utf-8", "replace")
 
     # -- evaluation -----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -169,7 +197,7 @@ class Model:
         if not tokens:
             return
         with self._lock:
-            h = self._h()
+            h = self._weights()
             arr = self._ffi.new("int32_t[]", [int(t) for t in tokens])
             if self._lib.g4a_eval(h, arr, len(tokens)) != 0:
                 raise self._err("evaluation failed")
@@ -177,7 +205,7 @@ class Model:
     def logits(self) -> list[float]:
         """Logits of the last evaluated position (n_vocab floats)."""
         with self._lock:
-            p = self._lib.g4a_logits(self._h())
+            p = self._lib.g4a_logits(self._weights())
             if p == self._ffi.NULL:
                 raise self._err("no logits")
             return list(self._ffi.unpack(p, self.info.n_vocab))
@@ -225,7 +253,7 @@ class Model:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
         ffi = self._ffi
         with self._lock:
-            h = self._h()
+            h = self._weights()
             tokens = (self.tokenize(prompt, add_bos=add_bos, special=special) if isinstance(prompt, (str, bytes))
                       else [int(t) for t in prompt])
             if not tokens:
@@ -331,8 +359,12 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 
 def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
-         embeddings: bool = False, seed: int = 0) -> Model:
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None) -> Model:
     """Load a model file on the backend that reads it.
+
+    vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
+    detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
+    (no tensors) and False otherwise.
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
@@ -344,6 +376,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
 
     path = os.fspath(path)
     facts = read_facts(path)
+    if vocab_only is None:
+        vocab_only = bool(facts.vocab_only)
     # among the backends that read the file, one built on this machine wins over a better unbuilt one
     best, verdicts = choose(facts, prefer=built_variants())
     rejected = {v.backend: list(v.reasons) for v in verdicts if not v.loadable}
@@ -381,7 +415,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     params = ffi.new("g4a_load_params *", dict(
         n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
         n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
-        vocab_only=0, embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
+        vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
     t0 = time.perf_counter()
     handle = be.lib.g4a_load(os.fsencode(path), params)
     seconds = time.perf_counter() - t0
@@ -395,5 +429,5 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
         n_ctx_train=int(be.lib.g4a_n_ctx_train(handle)) or n_ctx_train, n_vocab=int(be.lib.g4a_n_vocab(handle)),
         n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
-        engine=be.info())
+        engine=be.info(), vocab_only=bool(vocab_only))
     return Model(be, handle, info, facts, embeddings)

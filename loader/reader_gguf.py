@@ -284,6 +284,9 @@ def _hparams(kv: dict[str, Any], arch: str | None) -> dict[str, Any]:
         v = kv.get(f"{arch}.{suffix}")
         if v is not None:
             hp[name] = _int(v)
+    prefix = kv.get("tokenizer.ggml.add_space_prefix")  # SentencePiece's dummy prefix (default: on)
+    if isinstance(prefix, bool):
+        hp["add_space_prefix"] = prefix
     if "n_vocab" not in hp and isinstance(kv.get(f"{arch}.vocab_size"), int):
         hp["n_vocab"] = kv[f"{arch}.vocab_size"]
     return hp

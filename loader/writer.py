@@ -97,11 +97,12 @@ class TinyLlama(_Tiny):
     ``n_layer`` defaults to 32 because the spring-2023 loaders size scratch buffers from a table of
     known layer counts (32 = "7B") and refuse others.  ``n_vocab`` defaults to the built-in vocabulary
     (3 control tokens, 256 byte tokens, word pieces); a larger value pads with filler pieces.
+    ``space_piece`` adds a piece for a lone space before the word pieces.
     """
 
     def __init__(self, seed: int = 0, n_vocab: int | None = None, n_embd: int = 64, n_head: int = 4,
                  n_head_kv: int | None = None, n_layer: int = 32, n_mult: int = 32, n_ctx: int = 256,
-                 rms_norm_eps: float = 1e-6):
+                 rms_norm_eps: float = 1e-6, space_piece: bool = False):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
@@ -112,7 +113,9 @@ class TinyLlama(_Tiny):
         self.n_layer, self.n_mult, self.n_ctx, self.rms_norm_eps = n_layer, n_mult, n_ctx, rms_norm_eps
         self.n_ff = ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
         self.n_rot = n_embd // n_head
-        words = _pieces()
+        # space_piece: a piece for a lone space ("\u2581" in GGUF), as every real LLaMA vocabulary has;
+        # without it the GGUF eras spell a space as the three UTF-8 bytes of "\u2581"
+        words = ([" "] if space_piece else []) + _pieces()
         base = 3 + 256 + len(words)
         n_vocab = base if n_vocab is None else n_vocab
         if n_vocab < base:

@@ -162,21 +162,24 @@ DEQUANT_CHECK = r"""
 import json, struct, sys
 from gpt4all_loader import native
 out = {}
-for name in sys.argv[1:]:
-    be = native.open_backend(name, "cpu")
+for arg in sys.argv[1:]:
+    name, variant = arg.split(":")
+    be = native.open_backend(name, variant)
     ffi = native.ffi()
     src = ffi.new("uint16_t[2]", [0x3C00, 0xC000])          # F16 1.0 and -2.0
     dst = ffi.new("float[2]")
     rc = be.lib.g4a_dequantize(1, src, dst, 2)
-    out[name] = [rc, dst[0], dst[1]]
+    out[arg] = [rc, dst[0], dst[1]]
 print(json.dumps(out))
 """
 
 
 def test_fp16_tables_are_ready_before_any_load():
     """2023 ggml fills its fp16 table in ggml_init(): dequantize/quantize must not see zeros when they
-    run first in a process (a fresh process is the only honest test)."""
-    names = [b for b in SERVED if backend_built(b)]
+    run first in a process (a fresh process is the only honest test).  The cpu-avxonly variants
+    matter most: without F16C every F16 value goes through that table (the GPT-J/MPT backend gave
+    zeros there until its dequantizer initialised ggml before converting F16)."""
+    names = [f"{b}:{v}" for b in load_manifest() for v in ("cpu", "cpu-avxonly") if backend_built(b, v)]
     if not names:
         pytest.skip("no backend built")
     out = subprocess.run([sys.executable, "-c", DEQUANT_CHECK, *names], capture_output=True, text=True, check=True)

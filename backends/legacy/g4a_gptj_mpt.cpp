@@ -815,6 +815,10 @@ bool eval_chunk(g4a_model &m, const int32_t *tokens, int N) {
 
 }  // namespace
 
+namespace {
+g4a_model *load_model(const char *path, const g4a_load_params *p);
+}
+
 // ---------------------------------------------------------------------------------------------
 // the C ABI
 
@@ -840,6 +844,11 @@ G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
 G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
     t_error.clear();
     if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
+    G4A_GUARD(nullptr, { return load_model(path, p); })
+}
+
+namespace {
+g4a_model *load_model(const char *path, const g4a_load_params *p) {
     ggml_init_once();
     std::unique_ptr<g4a_model> m(new (std::nothrow) g4a_model());
     if (!m) { set_error("out of memory"); return nullptr; }
@@ -869,11 +878,12 @@ G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
     }
     return m.release();
 }
+}  // namespace
 
 G4A_EXPORT void g4a_free(g4a_model *m) { delete m; }
 
 G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
-G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m ? m->n_ctx : 0; }
+G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m && !m->vocab_only ? m->n_ctx : 0; }
 G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { return m ? m->n_ctx_train : 0; }
 G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) { return m ? m->n_embd : 0; }
 // neither family has a beginning-of-text token; both use their end token where one is asked for
@@ -896,19 +906,15 @@ G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len
         set_error("g4a_tokenize: bad arguments");
         return INT32_MIN;
     }
-    std::vector<int32_t> out;
-    try {
-        // add_bos is ignored: GPT-J and MPT have no beginning-of-text token and GPT4All adds none
+    (void)add_bos;   // GPT-J and MPT have no beginning-of-text token and GPT4All adds none
+    G4A_GUARD(INT32_MIN, {
+        std::vector<int32_t> out;
         tokenize(*m, std::string(text ? text : "", (size_t)text_len), out);
-    } catch (const std::exception &e) {
-        set_error(std::string("g4a_tokenize: ") + e.what());
-        return INT32_MIN;
-    }
-    (void)add_bos;
-    int32_t n = (int32_t)out.size();
-    if (n > cap) return -n;
-    if (n) memcpy(tokens, out.data(), (size_t)n * sizeof(int32_t));
-    return n;
+        int32_t n = (int32_t)out.size();
+        if (n > cap) return -n;
+        if (n) memcpy(tokens, out.data(), (size_t)n * sizeof(int32_t));
+        return n;
+    })
 }
 
 G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
@@ -937,12 +943,14 @@ G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
                   " do not fit the context of " + std::to_string(m->n_ctx));
         return -1;
     }
-    for (int32_t done = 0; done < n;) {
-        int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
-        if (!eval_chunk(*m, tokens + done, k)) return -1;
-        done += k;
-    }
-    return 0;
+    G4A_GUARD(-1, {
+        for (int32_t done = 0; done < n;) {
+            int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
+            if (!eval_chunk(*m, tokens + done, k)) return -1;
+            done += k;
+        }
+        return 0;
+    })
 }
 
 G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
@@ -972,9 +980,10 @@ G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_
                               uint64_t *rng_state) {
     t_error.clear();
     if (!m || !sp) { set_error("g4a_sample: bad arguments"); return -1; }
+    if (n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
     const float *logits = g4a_logits(m);
     if (!logits) return -1;
-    return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order);
+    G4A_GUARD(-1, { return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order); })
 }
 
 G4A_EXPORT int32_t g4a_quantize(const char *, const char *, int32_t, int32_t) {
@@ -991,6 +1000,8 @@ G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int
         return -1;
     }
     const ggml_type t = (ggml_type)type;
+    // first: without F16C, ggml_fp16_to_fp32 reads the table that ggml_init() fills
+    ggml_init_once();
     if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return 0; }
     if (t == GGML_TYPE_F16) {
         const ggml_fp16_t *h = (const ggml_fp16_t *)src;
@@ -1002,7 +1013,6 @@ G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int
         set_error("g4a_dequantize: " + std::to_string(n) + " is not a whole number of blocks of " + type_label(type));
         return -1;
     }
-    ggml_init_once();
 #if G4A_LEGACY_QNT >= 2
     ggml_type_traits_t tr = ggml_internal_get_type_traits(t);
     if (!tr.to_float) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return -1; }
