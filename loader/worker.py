@@ -49,6 +49,13 @@ def _signal_name(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
+class _Call:
+    """The holder of the channel during one request/reply."""
+
+    def __init__(self) -> None:
+        self._thread = threading.get_ident()
+
+
 class _Stream:
     """An iterator over what the worker streams; closing it early cancels the generation there.
 
@@ -63,6 +70,7 @@ class _Stream:
         self._callback = callback
         self._started = False
         self._done = False
+        self._thread = threading.get_ident()
         self.stats: dict[str, Any] = {}
 
     def __iter__(self) -> "_Stream":
@@ -72,8 +80,9 @@ class _Stream:
         if self._done:
             raise StopIteration
         o = self._owner
+        self._thread = threading.get_ident()
         if not self._started:
-            o._lock.acquire()  # held until the stream ends: calls on one Model are serialized
+            o._claim(self)  # held until the stream ends: calls on one Model are serialized
             self._started = True
             try:
                 o._send(self._request)
@@ -100,7 +109,7 @@ class _Stream:
         if not self._done:
             self._done = True
             if self._started:
-                self._owner._lock.release()
+                self._owner._unclaim()
 
     def close(self) -> None:
         """Stop the generation in the worker and wait for it to acknowledge (keeps the channel in step)."""
@@ -144,7 +153,10 @@ class IsolatedModel:
     def __init__(self, path: str, load_kwargs: dict[str, Any], timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self._path = path
         self._timeout = timeout
-        self._lock = threading.RLock()
+        # who holds the channel (a call, or an open stream that may move between threads); not an RLock:
+        # a stream started in one thread may be consumed and closed in another (an async server does)
+        self._free = threading.Condition()
+        self._holder: Any = None
         self._dead: str | None = None
         self._doing = "load"  # the request in progress, named when the worker dies
         parent_sock, child_sock = socket.socketpair()
@@ -158,9 +170,8 @@ class IsolatedModel:
         self._conn = Connection(parent_sock.detach())
         self.pid = self._proc.pid
         try:
-            with self._lock:
-                self._send(("load", path, load_kwargs))
-                kind, value = self._recv(self._timeout)
+            self._send(("load", path, load_kwargs))
+            kind, value = self._recv(self._timeout)
         except BaseException:
             self._kill()
             raise
@@ -172,7 +183,7 @@ class IsolatedModel:
     # -- transport ------------------------------------------------------------------------------
     def _send(self, msg: tuple) -> None:
         if self._dead is not None:
-            raise ModelClosedError(f"{self._path}: the model is closed ({self._dead})")
+            raise ModelClosedError(f"{self._path}: the model is closed ({self._dead}); load the file again")
         try:
             self._conn.send(msg)
             if msg[0] in ("call", "iter"):
@@ -186,7 +197,7 @@ class IsolatedModel:
             if not self._conn.poll(timeout):
                 self._kill()
                 self._dead = f"the worker gave no answer to {self._doing} within {timeout:g} s and was killed"
-                raise BackendError(f"{self._path}: {self._dead}; load the file again")
+                raise BackendError(f"{self._path}: {self._dead}")
             return self._conn.recv()
         except (OSError, EOFError):
             raise self._died(f"during {self._doing}") from None
@@ -204,7 +215,7 @@ class IsolatedModel:
             rc = self._proc.returncode
         self._dead = f"the worker process (pid {self.pid}) died {when}: {_signal_name(rc)}"
         self._conn.close()
-        return BackendError(f"{self._path}: {self._dead}; load the file again")
+        return BackendError(f"{self._path}: {self._dead}")
 
     def _kill(self) -> None:
         if self._proc.poll() is None:
@@ -222,20 +233,45 @@ class IsolatedModel:
                 pass
         self._kill()
 
+    def _claim(self, holder: Any) -> None:
+        with self._free:
+            while self._holder is not None:
+                if self._holder._thread == threading.get_ident():
+                    raise RuntimeError(f"{self._path}: a stream of this model is open in this thread; "
+                                       f"exhaust or close it before the next call")
+                self._free.wait()
+            self._holder = holder
+
+    def _unclaim(self) -> None:
+        with self._free:
+            self._holder = None
+            self._free.notify()
+
     def _call(self, name: str, args: tuple | None, kwargs: dict[str, Any]) -> Any:
-        with self._lock:
+        call = _Call()
+        self._claim(call)
+        try:
             self._send(("call", name, args, kwargs))
             kind, value = self._recv()
+        finally:
+            self._unclaim()
         if kind == "err":
             raise value
         return value
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        with self._lock:
+        """Stop the worker (an open stream of this thread is cancelled first; other threads' calls end first)."""
+        holder = self._holder
+        if isinstance(holder, _Stream) and holder._thread == threading.get_ident():
+            holder.close()
+        self._claim(_Call())
+        try:
             if self._dead is None:
                 self._stop()
                 self._dead = "the model was closed"
+        finally:
+            self._unclaim()
 
     @property
     def closed(self) -> bool:
