@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hmac
 import json
 import logging
 import math
 import os
+import struct
 import sys
 import time
 import uuid
@@ -477,8 +479,9 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         if not isinstance(texts, list) or not texts or len(texts) > MAX_INPUTS or \
                 not all(isinstance(t, str) for t in texts):
             raise ApiError(400, f"'input' must be a string or a list of 1 to {MAX_INPUTS} strings", param="input")
-        if body.get("encoding_format", "float") != "float":
-            raise ApiError(400, "only encoding_format 'float' is supported", param="encoding_format")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
         slot = await pool.acquire(entry, True)
         model = slot.model
 
@@ -500,7 +503,9 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         finally:
             await pool.release(slot)
         return JSONResponse({"object": "list", "model": entry.id,
-                             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                             "data": [{"object": "embedding", "index": i,
+                                       "embedding": v if encoding == "float" else _base64_floats(v)}
+                                      for i, v in enumerate(vectors)],
                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -518,6 +523,11 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
     ], exception_handlers={404: not_found, 405: bad_method})
     app.state.pool = pool
     return _RequestLog(app)
+
+
+def _base64_floats(v: list[float]) -> str:
+    """OpenAI's compact encoding (the openai client asks for it): little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")
 
 
 def _sse(obj: dict[str, Any]) -> str:
