@@ -102,7 +102,7 @@ class Slot:
     @property
     def held(self) -> bool:
         """Counts against --max-loaded and --memory-budget."""
-        return self.loading or (self.model is not None and not self.model.closed)
+        return self.loading or (self.model is not None and self.model.alive)
 
 
 def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
@@ -167,15 +167,21 @@ class Pool:
             await queue.acquire()
         finally:
             entry.waiting -= 1
+        slot = self.slots.setdefault((entry.id, embeddings), Slot(entry, embeddings))
         try:
-            slot = self.slots.setdefault((entry.id, embeddings), Slot(entry, embeddings))
-            if slot.model is None or slot.model.closed:
+            if slot.model is None or not slot.model.alive:  # never loaded, unloaded, or its worker died idle
+                if slot.model is not None:
+                    log.info("%s: %s; loading it again", entry.id, slot.model.why_closed or "its worker is gone")
+                    slot.model.close()
                 slot.model = None
                 await self._load(slot)
             slot.busy = True
             return slot
         except BaseException:
-            queue.release()
+            import anyio
+
+            with anyio.CancelScope(shield=True):  # whoever waits for room must see this slot give it back
+                await self.release(slot)
             raise
 
     async def release(self, slot: Slot) -> None:
@@ -362,14 +368,18 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             try:
                 check_key(request)
                 return await handler(request)
-            except ApiError as e:
-                request.scope.setdefault("state", {})["error"] = e.message
-                return error_response(e)
+            except Exception as e:  # noqa: BLE001 - every failure answers with an OpenAI error object
+                err = e if isinstance(e, ApiError) else ApiError(
+                    500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+                if not isinstance(e, ApiError):
+                    log.exception("internal error on %s %s", request.method, request.url.path)
+                request.scope.setdefault("state", {})["error"] = err.message
+                return error_response(err)
         return wrapped
 
     async def health(request: Request) -> Response:
         loaded = [{"id": s.entry.id, "embeddings": s.embeddings, "pid": s.model.pid, "busy": s.busy,
-                   "queued": s.entry.waiting} for s in pool.slots.values() if s.model is not None and not s.model.closed]
+                   "queued": s.entry.waiting} for s in pool.slots.values() if s.model is not None and s.model.alive]
         return JSONResponse({"status": "ok", "models": len(pool.entries), "loaded": loaded})
 
     async def models(request: Request) -> Response:

@@ -277,6 +277,18 @@ class IsolatedModel:
     def closed(self) -> bool:
         return self._dead is not None
 
+    @property
+    def why_closed(self) -> str | None:
+        """Why the model is closed (closed by the caller, or how its worker ended); None while open."""
+        if self._dead is None and self._proc.poll() is not None:
+            return f"the worker process (pid {self.pid}) ended: {_signal_name(self._proc.returncode)}"
+        return self._dead
+
+    @property
+    def alive(self) -> bool:
+        """Open, and the worker process still runs (a worker that died while idle shows here first)."""
+        return self.why_closed is None
+
     def __enter__(self) -> "IsolatedModel":
         return self
 

@@ -284,6 +284,16 @@ def test_worker_killed_during_a_request(server):
     again = c.completions.create(model=GGUF, prompt="hello", max_tokens=4, temperature=0)
     assert again.choices[0].text
     assert all(m["pid"] != pid for m in _loaded(server))
+    # a worker that dies between requests costs no request: it is loaded again
+    idle = next(m["pid"] for m in _loaded(server) if m["id"] == GGUF and not m["embeddings"])
+    os.kill(idle, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(m["pid"] == idle for m in _loaded(server)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert c.completions.create(model=GGUF, prompt="hello", max_tokens=4, temperature=0).choices[0].text == \
+        again.choices[0].text
+    assert "loading it again" in server.log()
 
 
 def test_least_recently_used_unloads_first(server):
@@ -310,3 +320,10 @@ def test_memory_budget(folder, tmp_path):
             assert [m["id"] for m in _loaded(s)] == [name]
     finally:
         s.stop()
+
+
+def test_gptj_file_served_when_its_era_is_built(server, greedy):
+    if GPTJ not in _ids(server):
+        pytest.skip("no ggml-gptj-mpt backend is built: python build_backends.py --only ggml-gptj-mpt-2023-05")
+    r = server.client().completions.create(model=GPTJ, prompt="hello", max_tokens=4, temperature=0)
+    assert r.choices[0].text == greedy(GPTJ, "hello", 4)
