@@ -412,12 +412,15 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         slot = await pool.acquire(entry, False)
         model = slot.model
         try:
+            if kind == "completion" and not isinstance(prompt, str) and max(prompt) >= model.n_vocab:
+                raise ApiError(400, f"{entry.id}: token id {max(prompt)} in 'prompt' is out of range; the "
+                                    f"vocabulary has {model.n_vocab} tokens", param="prompt")
             it = model.chat(messages, stream=True, **params) if kind == "chat" else \
                 model.generate(prompt, stream=True, **params)
             first = await anyio.to_thread.run_sync(next, it, _END)
         except BaseException as e:
             await pool.release(slot)
-            if isinstance(e, Exception):
+            if isinstance(e, Exception) and not isinstance(e, ApiError):
                 raise _engine_error(entry.id, e) from None
             raise
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex

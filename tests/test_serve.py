@@ -215,6 +215,8 @@ def test_error_statuses(server):
     for bad in ({"temperature": -1}, {"temperature": "hot"}, {"top_p": 1.5}, {"max_tokens": 0},
                 {"max_tokens": 10**9}, {"stop": ["a"] * 5}, {"n": 2}, {"stream": "yes"}, {"prompt": 5}):
         assert err(400, "/v1/completions", {"model": GGUF, "prompt": "x", **bad})["param"] in {*bad, None}
+    assert err(400, "/v1/completions", {"model": GGUF, "prompt": [1, 10**6]})["param"] == "prompt"
+    assert server.post("/v1/completions", {"model": GGUF, "prompt": [1, 300, 301], "max_tokens": 2})[0] == 200
     err(400, "/v1/chat/completions", {"model": GGUF, "messages": "hi"})
     err(400, "/v1/embeddings", {"model": GGUF, "input": 3})
     err(413, "/v1/completions", {"model": GGUF, "prompt": "x" * (1 << 21)})
