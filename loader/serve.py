@@ -100,6 +100,10 @@ class Slot:
     last_used: float = field(default_factory=time.monotonic)
 
     @property
+    def label(self) -> str:
+        return self.entry.id + (" (embeddings)" if self.embeddings else "")
+
+    @property
     def held(self) -> bool:
         """Counts against --max-loaded and --memory-budget."""
         return self.loading or (self.model is not None and self.model.alive)
@@ -210,7 +214,7 @@ class Pool:
                                and s is not slot), key=lambda s: s.last_used)
                 if idle:
                     victim = idle[0]
-                    log.info("unloading %s (least recently used) to make room for %s", victim.entry.id, slot.entry.id)
+                    log.info("unloading %s (least recently used) to make room for %s", victim.label, slot.label)
                     model, victim.model = victim.model, None
                     await anyio.to_thread.run_sync(model.close)
                 else:
@@ -221,8 +225,7 @@ class Pool:
             slot.model = await anyio.to_thread.run_sync(lambda: load(
                 slot.entry.path, isolated=True, embeddings=slot.embeddings, worker_timeout=self.worker_timeout,
                 n_threads=self.n_threads))
-            log.info("loaded %s%s in %.1f s (worker pid %d, %s/%s)", slot.entry.id,
-                     " for embeddings" if slot.embeddings else "", time.monotonic() - t0, slot.model.pid,
+            log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
                      slot.model.info.backend, slot.model.info.variant)
         except Exception as e:  # noqa: BLE001 - a file that fails to load fails its request, clearly
             raise ApiError(500, f"{slot.entry.id}: cannot load it: {e}", type="server_error",
