@@ -5,10 +5,10 @@
 living in the worker); streaming methods (``generate``/``chat`` with ``stream=True``,
 ``generate_tokens``) stream across the boundary: the worker sends each piece as soon as it is made.
 
-Why ``subprocess`` (running ``python -m <package>.worker``) and not ``multiprocessing``: the spawn start
-method re-imports the caller's ``__main__`` in the child, which re-runs scripts without a
-``if __name__ == "__main__"`` guard (and refuses to start from them); a plain child process of our own
-module starts the same way from a script, a REPL or a server.  The channel is a socketpair wrapped in
+Why ``subprocess`` (the same interpreter, the caller's ``sys.path``, running :func:`main`) and not
+``multiprocessing``: the spawn start method re-imports the caller's ``__main__`` in the child, which
+re-runs scripts without a ``if __name__ == "__main__"`` guard (and refuses to start from them); a plain
+child process of our own module starts the same way from a script, a REPL or a server.  The channel is a socketpair wrapped in
 ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own child), whose ``poll``
 gives the time-out that turns a hang into an error.
 
@@ -160,11 +160,11 @@ class IsolatedModel:
         self._dead: str | None = None
         self._doing = "load"  # the request in progress, named when the worker dies
         parent_sock, child_sock = socket.socketpair()
-        package = __name__.rpartition(".")[0]
+        # the child imports this very package however the caller found it (installed, or a path it added)
+        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {__name__} import main; sys.exit(main())"
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", f"{package}.worker", str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen([sys.executable, "-c", boot, str(child_sock.fileno())],
+                                          pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -437,7 +437,3 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _serve(Connection(int(args[0])))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
