@@ -329,3 +329,14 @@ def test_gptj_file_served_when_its_era_is_built(server, greedy):
         pytest.skip("no ggml-gptj-mpt backend is built: python build_backends.py --only ggml-gptj-mpt-2023-05")
     r = server.client().completions.create(model=GPTJ, prompt="hello", max_tokens=4, temperature=0)
     assert r.choices[0].text == greedy(GPTJ, "hello", 4)
+
+
+def test_core_import_stays_small_and_nothing_to_serve_is_an_error(tmp_path):
+    code = ("import sys, gpt4all_loader, gpt4all_loader.model, gpt4all_loader.worker, gpt4all_loader.serve; "
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+    (tmp_path / "notes.gguf").write_text("not a model\n")
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.serve", str(tmp_path), "--port", str(_free_port())],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 1 and "no model to serve" in cp.stderr and "not a model" in cp.stderr
