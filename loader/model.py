@@ -342,7 +342,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
     by name (it must still accept the file: files are never handed to an engine that would misread
     them).  isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`:
-    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError).
+    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which
+    the model is closed: later calls raise ModelClosedError naming the cause).
     """
     if isolated:
         from .worker import DEFAULT_TIMEOUT, IsolatedModel
