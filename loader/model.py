@@ -15,12 +15,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
 from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
 DEFAULT_N_CTX = 2048
@@ -359,18 +362,27 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 
 def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
-         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None) -> Model:
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
+         worker_timeout: float | None = None) -> "Model | IsolatedModel":
     """Load a model file on the backend that reads it.
-
-    vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
-    detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
-    (no tensors) and False otherwise.
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
     by name (it must still accept the file: files are never handed to an engine that would misread
-    them).
+    them).  isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`:
+    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which
+    the model is closed: later calls raise ModelClosedError naming the cause).
+    vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
+    detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
+    (no tensors) and False otherwise.
     """
+    if isolated:
+        from .worker import DEFAULT_TIMEOUT, IsolatedModel
+
+        return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
+                                                   n_gpu_layers=n_gpu_layers, backend=backend,
+                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only),
+                             DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
     from .catalog import choose
     from .reader import read_facts
 
