@@ -241,3 +241,17 @@ def test_many_byte_tokens_per_byte_fit(tmp_path):
     n_bytes, n_ids, n_e2 = map(int, proc.stdout.split())
     # each space not absorbed by a word piece ("\u2581t", "\u2581s") is "\u2581" spelled as three byte tokens
     assert n_ids > n_bytes and n_e2 == 55 - 2
+
+
+def test_probe_load_of_a_vocabulary_file_succeeds():
+    """gpt4all-probe --load of a vocabulary-only file loads it for tokenizing (it used to report FAILED)."""
+    require_backend("llama-2023-04")
+    path = _real("ggjt-v1")
+    proc = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", "--load", "--json", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    import json
+
+    rep = json.loads(proc.stdout)[0]
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert rep["kind"] == "vocab-only" and rep["load"] and all(ld["ok"] for ld in rep["load"])
+    assert rep["load"][0]["n_prompt_tokens"] == 2 and not rep["load"][0]["token_evaluated"]  # BOS, "▁Hello"
