@@ -26,6 +26,7 @@ PROMPT_TOKENS = [1, 300, 301, 302, 50, 60]
 REAL_PROMPT = "The capital of France is"
 N_TOKENS = 8          # per tiny model
 N_TOKENS_REAL = 24
+TEXT_COLUMN = 40      # characters of a tiny model's text shown in the table
 LLAMA_FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2),
                  ("gguf", 3)]
 #: (quantizing backend, source container, quantization): each era's own layout
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     same_as_original(rows)
     tiny = [r for r in rows if r["file"].startswith("tiny-")]
     w = max(len(r["file"]) for r in tiny)
+    for r in tiny:
+        r["text"] = r["text"] if len(r["text"]) <= TEXT_COLUMN else r["text"][:TEXT_COLUMN - 3] + "..."
     tw = max(len(r["text"]) for r in tiny + [{"text": "text (greedy, 8 tokens)"}])
     print("\nTiny models with random weights: their text means nothing; the last column is the point.")
     print(f"\n{'file':<{w}}  {'format':<8} {'tensors':<10} {'backend/variant':<28} {'text (greedy, 8 tokens)':<{tw}}"
