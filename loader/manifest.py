@@ -1,16 +1,16 @@
 """The backend manifest (``backends/manifest.toml``) as typed, read-only data.
 
-Both the build (``build_backends.py``) and the catalog read the manifest through this module, so
+Both the build (``gpt4all-build``) and the catalog read the manifest through this module, so
 what is built and what is promised can never disagree.
 """
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import repo_root
 from .errors import BuildError
 
 
@@ -59,18 +59,59 @@ class BackendSpec:
 
     @property
     def version(self) -> str:
-        return self.sdist.partition("==")[2]
+        return pinned(self.sdist)[1]
 
     @property
     def package(self) -> str:
-        return self.sdist.partition("==")[0]
+        return pinned(self.sdist)[0]
+
+
+def pinned(requirement: str) -> tuple[str, str]:
+    """``name==version`` as (name, version); anything but one exact pin raises BuildError.
+
+    Native code and test files are fetched by such pins only, so a range or a marker here is a
+    mistake in the manifest, caught before anything is downloaded.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(requirement)
+    except InvalidRequirement as e:
+        raise BuildError(f"{requirement!r} is not a requirement: {e}") from None
+    specs = list(req.specifier)
+    if len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version or req.extras or req.marker:
+        raise BuildError(f"{requirement!r}: a pinned requirement must have the form name==version")
+    return req.name, specs[0].version
+
+
+def package_data(rel: str = "") -> Path:
+    """A file shipped inside the package, by its path relative to the package (``backends/...``).
+
+    The manifest's relative paths (``shim_sources``, ``patches``) name files below it.  In a checkout
+    ``loader/backends`` links to the top-level ``backends/`` folder; a wheel holds a copy: the same
+    names resolve in a checkout, an editable install and an installed wheel, and nothing looks for
+    a source tree.
+    """
+    root = importlib.resources.files(__package__)
+    if not isinstance(root, Path):  # e.g. imported from a zip archive: compilers need real files
+        raise BuildError(f"gpt4all_loader is imported from {root}, not from a folder: install it with pip")
+    return root / rel if rel else root
+
+
+BUILD_SCRIPT = "gpt4all-build"   # the console script of gpt4all_loader.build (build_backends.py in a checkout)
+
+
+def build_command(backend: str, variant: str | None = None, *, clean: bool = False) -> str:
+    """The command that builds (or with ``clean``, removes) one backend: every "not built" message says it."""
+    return " ".join([BUILD_SCRIPT, *(["--clean"] if clean else []), "--only", backend,
+                     *(["--variant", variant] if variant else [])])
 
 
 def manifest_path() -> Path:
-    root = repo_root()
-    if root is None:
-        raise BuildError("backends/manifest.toml not found: gpt4all_loader must run from its source tree")
-    return root / "backends" / "manifest.toml"
+    path = package_data("backends/manifest.toml")
+    if not path.is_file():
+        raise BuildError(f"{path} is missing: this installation of gpt4all_loader is incomplete; reinstall it")
+    return path
 
 
 def _parse_format(text: str) -> tuple[str, int]:

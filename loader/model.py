@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
+from .manifest import build_command
 from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
 
@@ -420,6 +421,9 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     choice: VariantChoice = choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
                                            n_ctx=n_ctx)
     if choice.variant is None:
+        if not built_variants().get(chosen.backend):  # the common first-run case: say the one command
+            raise BackendError(f"{path}: {facts.description or facts.format}: backend {chosen.backend} reads it but "
+                               f"is not built here; build it with: {build_command(chosen.backend)}")
         raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
     be = native.open_backend(chosen.backend, choice.variant)
     n_gqa, eps = _legacy_params(facts)

@@ -16,29 +16,26 @@ from typing import Any
 
 from . import cache
 from .errors import BackendError
+from .manifest import build_command, package_data
 
-_HEADER_NAME = "g4a_shim.h"
+_HEADER = "backends/shim/g4a_shim.h"   # shipped inside the package (manifest.package_data)
 _lock = threading.Lock()
 _open: dict[str, "Backend"] = {}
 
 
 def _header_text() -> str:
-    root = cache.repo_root()
-    candidates = []
-    if root is not None:
-        candidates.append(root / "backends" / "shim" / _HEADER_NAME)
-    candidates.append(cache.lib_dir() / _HEADER_NAME)
-    for p in candidates:
-        if p.is_file():
-            text = p.read_text()
-            try:
-                start = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
-                end = text.index("/* CDEF-END */")
-            except ValueError:
-                raise BackendError(f"{p}: the shim header lacks its CDEF markers") from None
-            return text[start:end]
-    raise BackendError("the shim header g4a_shim.h was not found (looked in: "
-                       + ", ".join(str(c) for c in candidates) + ")")
+    p = package_data(_HEADER)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise BackendError(f"the shim header {p} cannot be read ({e.strerror or e}): this installation of "
+                           f"gpt4all_loader is incomplete; reinstall it") from None
+    try:
+        start = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
+        end = text.index("/* CDEF-END */")
+    except ValueError:
+        raise BackendError(f"{p}: the shim header lacks its CDEF markers") from None
+    return text[start:end]
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +85,7 @@ def record_for(name: str, variant: str) -> dict:
     rec = so.with_suffix(".json")
     if not so.exists():
         raise BackendError(f"backend {name}/{variant} is not built ({so} does not exist); "
-                           f"build it with: python build_backends.py --only {name} --variant {variant}")
+                           f"build it with: {build_command(name, variant)}")
     try:
         data = json.loads(rec.read_text()) if rec.exists() else {}
     except ValueError:
@@ -118,15 +115,15 @@ def open_backend(name: str, variant: str, *, path: Path | None = None) -> Backen
             lib = f.dlopen(key, f.RTLD_LOCAL | f.RTLD_NOW)
         except OSError as e:
             raise BackendError(f"cannot open backend library {so}: {e}; "
-                               f"rebuild it with: python build_backends.py --only {name} --clean && "
-                               f"python build_backends.py --only {name}") from None
+                               f"rebuild it with: {build_command(name, variant, clean=True)} && "
+                               f"{build_command(name, variant)}") from None
         try:
             got = int(lib.g4a_abi_version())
         except (AttributeError, OSError) as e:
             raise BackendError(f"{so} is not a gpt4all-loader backend (no g4a_abi_version: {e})") from None
         if got != abi_version():
             raise BackendError(f"{so} speaks shim ABI {got}, this package speaks {abi_version()}; "
-                               f"rebuild it with: python build_backends.py --only {name}")
+                               f"rebuild it with: {build_command(name, variant)}")
         b = Backend(name=name, variant=variant, path=so, record=record, lib=lib)
         _open[key] = b
         return b

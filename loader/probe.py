@@ -216,7 +216,9 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
                 rep.variant = None
                 rep.variant_reason = f"{type(e).__name__}: {e}"
         rep.ready = rep.variant is not None
-        if rep.variant is None:
+        if rep.variant is None and not (built or {}).get(best.backend):  # nothing of it built: one command
+            rep.suggestion = f"build it with: {catalog.build_command(best.backend)}"
+        elif rep.variant is None:
             why = rep.variant_reason or f"backend {best.backend} has no built variant"
             rep.suggestion = f"{why}; build it with: {catalog.build_command(best.backend)}"
     else:

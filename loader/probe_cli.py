@@ -204,8 +204,8 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
                       f"(weights {human_bytes(m['weights_bytes'])}, KV {human_bytes(m['kv_bytes'])}, "
                       f"compute {human_bytes(m['compute_bytes'])})")
     if r.loadable:
-        where = f"{r.backend}/{r.variant}" if r.variant else f"{r.backend} (not built here)"
-        row("verdict", st.good(f"LOADABLE by {where}"))
+        row("verdict", st.good(f"LOADABLE by {r.backend}/{r.variant}: READY") if r.ready else
+            st.good(f"LOADABLE by {r.backend}") + ": " + st.bad(_not_ready(r)))
     else:
         top = _main_reason(r)
         row("verdict", st.bad("NOT LOADABLE") + (f": {top}" if top else ""))
@@ -224,6 +224,13 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         else:
             row("load", st.bad(f"FAILED with {ld.get('backend')}") + f": {ld.get('error')}")
     return "\n".join(lines)
+
+
+def _not_ready(r: ProbeReport) -> str:
+    """Why a loadable file cannot be loaded on this machine yet (the fix line says what to run)."""
+    if not (r.backends_built or {}).get(r.backend or ""):
+        return "not built here"
+    return "no built variant runs here"
 
 
 def _main_reason(r: ProbeReport) -> str | None:

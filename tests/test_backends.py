@@ -92,7 +92,7 @@ def test_tampered_sdist_is_refused(tmp_path):
 
 
 def test_missing_and_corrupt_library_errors(tmp_path):
-    with pytest.raises(BackendError, match=r"not built .* build_backends.py --only nosuch"):
+    with pytest.raises(BackendError, match=r"not built .* gpt4all-build --only nosuch --variant cpu"):
         native.open_backend("nosuch", "cpu")
     bad = tmp_path / "libg4a-broken-cpu.so"
     bad.write_bytes(b"\x7fELF garbage")

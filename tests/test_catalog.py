@@ -194,7 +194,7 @@ def test_truncated_reason():
 def test_build_suggestion_when_not_built():
     f = facts("ggjt", 1, ["F32", "Q4_0"], ftype=2)
     allv = choose(f)[1]
-    assert suggest(f, allv, built=["gguf-2026-10"]) == "build it with: python build_backends.py --only llama-2023-04"
+    assert suggest(f, allv, built=["gguf-2026-10"]) == "build it with: gpt4all-build --only llama-2023-04"
     assert suggest(f, allv, built=["llama-2023-04"]) is None
 
 
