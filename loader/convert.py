@@ -115,6 +115,7 @@ class Options:
     threads: int = 0
     force: bool = False
     quiet: bool = False
+    format: str | None = None  # "gguf" or "ggml" (Hugging Face GPT-J/MPT folders); None: from OUT's suffix
 
 
 def _say(opts: Options, msg: str) -> None:
@@ -378,6 +379,54 @@ def _refuse_non_legacy(facts, src: Path) -> None:
         raise ConvertError(f"{src}: {facts.description}: {note}; download it again")
 
 
+def legacy_llama_shapes(hp: dict) -> dict[str, list[int]]:
+    """Every tensor a ggml-era LLaMA file with these hyperparameters holds, with its ne (ne[0] first)."""
+    e, v, ff = int(hp["n_embd"]), int(hp["n_vocab"]), int(hp["n_ff"])
+    kv = e * int(hp["n_head_kv"]) // int(hp["n_head"])
+    s = {"tok_embeddings.weight": [e, v], "norm.weight": [e], "output.weight": [e, v]}
+    per_layer = {"attention.wq.weight": [e, e], "attention.wk.weight": [e, kv], "attention.wv.weight": [e, kv],
+                 "attention.wo.weight": [e, e], "attention_norm.weight": [e], "feed_forward.w1.weight": [e, ff],
+                 "feed_forward.w2.weight": [ff, e], "feed_forward.w3.weight": [e, ff], "ffn_norm.weight": [e]}
+    for i in range(int(hp["n_layer"])):
+        s.update({f"layers.{i}.{k}": ne for k, ne in per_layer.items()})
+    return s
+
+
+def validate_legacy_llama(src: Path, hp: dict, records: list) -> None:
+    """Hyperparameters against the tensors present, before any native code or any write.
+
+    The engines trust the header: ``n_layer`` 1000 over 32 stored layers made the quantizer abort and
+    produced F16 files that abort on load.  Every tensor the header implies must be present with the
+    shape it implies, and nothing else."""
+    def bad(why: str) -> ConvertError:
+        return ConvertError(f"{src}: the header does not match the tensors ({why}); the file is damaged or was "
+                            f"written by a broken tool, so it cannot be converted")
+
+    n_embd, n_head, n_layer, n_vocab = (int(hp.get(k) or 0) for k in ("n_embd", "n_head", "n_layer", "n_vocab"))
+    if min(n_embd, n_head, n_layer, n_vocab) <= 0:
+        raise bad(f"n_vocab {n_vocab}, n_embd {n_embd}, n_head {n_head}, n_layer {n_layer} must all be positive")
+    if n_embd % n_head:
+        raise bad(f"n_head {n_head} does not divide n_embd {n_embd}")
+    n_rot = int(hp.get("n_rot") or 0)
+    if n_rot != n_embd // n_head:
+        raise bad(f"n_rot {n_rot} is not n_embd / n_head = {n_embd // n_head}")
+    if "n_ff" not in hp:
+        raise bad("no layers.0.feed_forward.w1.weight to tell the feed-forward width")
+    present = {name: list(ne) for name, _, ne, _, _ in records}
+    layers = {int(n.split(".")[1]) for n in present if n.startswith("layers.") and n.split(".")[1].isdigit()}
+    if layers != set(range(n_layer)):
+        raise bad(f"n_layer is {n_layer}, the file holds {len(layers)} layers")
+    want = legacy_llama_shapes(hp)
+    for name, ne in want.items():
+        if name not in present:
+            raise bad(f"tensor {name} is missing")
+        if present[name] != ne:
+            raise bad(f"tensor {name} has shape {present[name]}, the header implies {ne}")
+    extra = sorted(set(present) - set(want))
+    if extra:
+        raise bad(f"unexpected tensor {extra[0]}")
+
+
 def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     """Upgrade a ggml/ggmf/ggjt LLaMA file to a GGUF v3 file at ``out`` (atomically)."""
     from .ggml_types import TYPES
@@ -392,6 +441,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         records = tensor_records(str(src), facts)
     except FormatError as e:
         raise ConvertError(str(e)) from None
+    validate_legacy_llama(src, facts.hparams, records)
     layout = TYPES[facts.quant_layout]
     src_types = {layout[t].name for _, t, _, _, _ in records}
     era_name, era = (None, None)
@@ -421,8 +471,6 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         else:
             otype = 1 if tname == "F16" else 0
         plan.append((name, gname, list(ne), tid, off, nbytes, otype))
-    if "n_ff" not in hp:
-        raise ConvertError(f"{src}: cannot tell the feed-forward width (no layers.0.feed_forward.w1.weight)")
 
     any_f32_matrix = any(len(p[2]) > 1 and p[6] == 0 for p in plan)
     needs_quantizer = ftype_out not in (0, 1) or (ftype_out == 1 and any_f32_matrix)
@@ -524,18 +572,38 @@ def _copy(fin, fo, off: int, nbytes: int) -> None:
         left -= len(chunk)
 
 
-def _requantize(stage: Path, temps: _Temps, opts: Options) -> Path:
-    from .errors import UnsupportedModelError
-    from .quantize import quantize
+#: the quantizer's child process: one line on stderr and exit 1 on a library error
+_QUANTIZE_CHILD = """
+import sys
+from {pkg}.errors import BackendError, UnsupportedModelError
+from {pkg}.quantize import quantize
+try:
+    quantize(sys.argv[1], sys.argv[2], int(sys.argv[3]), backend=sys.argv[4], n_threads=int(sys.argv[5]))
+except (BackendError, UnsupportedModelError, OSError) as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
+"""
 
+
+def _requantize(stage: Path, temps: _Temps, opts: Options) -> Path:
+    """Quantize ``stage`` with the newest backend in a child process.
+
+    An engine that aborts (an assertion on a file it cannot handle) takes down only the child: the
+    temporary files are registered in ``temps`` before it starts, so this process removes them and
+    reports the failure instead of dying with them left behind."""
     dst = temps.new(opts.outtype.lower())
     _say(opts, f"quantizing to {opts.outtype.upper()} with {NEWEST} ...")
-    try:
-        quantize(stage, dst, outtype_number(opts.outtype), backend=NEWEST, n_threads=opts.threads)
-    except (BackendError, UnsupportedModelError) as e:
-        raise ConvertError(f"quantizing to {opts.outtype} failed: {e}") from None
-    except OSError as e:
-        raise _write_error(e, temps.out) from None
+    code = _QUANTIZE_CHILD.format(pkg=__package__)
+    cmd = [sys.executable, "-c", code, str(stage), str(dst), str(outtype_number(opts.outtype)), NEWEST,
+           str(opts.threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    if proc.returncode != 0:
+        msg = (proc.stderr or "").strip().splitlines()
+        if "No space left on device" in (proc.stderr or ""):
+            raise _write_error(OSError(errno.ENOSPC, "No space left on device"), temps.out)
+        why = (f"the quantizer crashed (signal {-proc.returncode})" if proc.returncode < 0
+               else msg[-1] if msg else f"the quantizer exited with status {proc.returncode}")
+        raise ConvertError(f"quantizing to {opts.outtype} failed: {why}; nothing was left behind")
     return dst
 
 
@@ -624,14 +692,17 @@ def _hf_param_bytes(src: Path) -> int:
 
 
 def convert_hf(src: Path, out: Path, opts: Options) -> Path:
-    """Convert a Hugging Face model folder with the pinned sdist's convert_hf_to_gguf.py."""
-    if not (src / "config.json").is_file():
-        raise ConvertError(f"{src} is a folder without config.json: not a Hugging Face model folder "
-                           f"(a converted model is one .gguf/.bin file; pass that file instead)")
-    try:
-        json.loads((src / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"{src}/config.json cannot be read: {e}") from None
+    """Convert a Hugging Face model folder: GPT-J/LLaMA/MPT safetensors here (convert_hf.py), the rest with
+    the pinned sdist's convert_hf_to_gguf.py."""
+    from .convert_hf import route
+
+    how, what = route(src)
+    if how == "native":
+        from .convert_hf import convert_folder
+
+        return convert_folder(src, out, opts, what)
+    if opts.format == "ggml":
+        raise UsageError(f"--format ggml is offered for GPT-J and MPT folders only; {src}: {what}")
     weights = list(src.glob("*.safetensors")) + list(src.glob("pytorch_model*.bin")) + list(src.glob("consolidated*.pth"))
     if not weights:
         raise ConvertError(f"{src} has a config.json but no weights (*.safetensors or pytorch_model*.bin)")
@@ -692,10 +763,12 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
             context_length: int = DEFAULT_CONTEXT, rms_norm_eps: float | None = None,
             rope_freq_base: float | None = None, threads: int = 0, force: bool = False,
-            quiet: bool = True) -> Path:
-    """Convert ``src`` (HF folder or ggml-era LLaMA file) to GGUF ``out``; raises ConvertError."""
+            quiet: bool = True, format: str | None = None) -> Path:
+    """Convert ``src`` (HF folder or ggml-era LLaMA file) to ``out``; raises ConvertError."""
+    if format not in (None, "gguf", "ggml"):
+        raise UsageError(f"--format must be gguf or ggml (got {format!r})")
     opts = Options(outtype=outtype, context_length=context_length, rms_norm_eps=rms_norm_eps,
-                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet)
+                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet, format=format)
     src_p, out_p = Path(os.fspath(src)), Path(os.fspath(out))
     outtype_number(outtype)
     if context_length <= 0:
@@ -705,6 +778,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f
         if not os.access(src_p, os.R_OK | os.X_OK):
             raise ConvertError(f"cannot read folder {src_p}: permission denied")
         return convert_hf(src_p, out_p, opts)
+    if format == "ggml":
+        raise UsageError("--format ggml is offered for Hugging Face GPT-J and MPT folders only; legacy files "
+                         "are upgraded to GGUF")
     try:
         with open(src_p, "rb"):
             pass
@@ -722,19 +798,25 @@ def _verdict(out: Path) -> tuple[bool, str]:
     if rep.loadable:
         where = f"{rep.backend}/{rep.variant}" if rep.variant else f"{rep.backend} (not built here)"
         return True, f"{out}: {rep.description}: LOADABLE by {where}"
-    reasons = rep.reasons.get(NEWEST) or []
+    reasons = rep.reasons.get(NEWEST) or next((r for r in rep.reasons.values() if r), [])
     return False, f"{out}: {rep.description}: NOT LOADABLE" + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .convert_hf import ROUTES
+
     p = argparse.ArgumentParser(
         prog="gpt4all-convert",
-        description="Convert a Hugging Face model folder, or upgrade a ggml/ggmf/ggjt LLaMA file, to GGUF "
-                    "for the newest pinned llama.cpp.",
+        description="Convert a Hugging Face model folder (GPT-J, LLaMA, MPT, ...), or upgrade a ggml/ggmf/ggjt "
+                    "LLaMA file to GGUF for the newest pinned llama.cpp.  " + ROUTES,
         epilog="exit status: 0 converted, 1 conversion failed, 2 usage error")
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + weights), "
                                               "or a ggml/ggmf/ggjt LLaMA file")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="the GGUF file to write")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="the file to write (.gguf: GGUF; .bin: GPT4All ggml for GPT-J/MPT folders)")
+    p.add_argument("--format", choices=("gguf", "ggml"), default=None,
+                   help="container of OUT for Hugging Face GPT-J/MPT folders (default: from OUT's suffix; "
+                        "GPT-J: ggml, MPT: gguf)")
     p.add_argument("--outtype", default="f16", metavar="TYPE",
                    help="f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ... "
                         "(quantized types are made by the newest backend's quantizer)")
@@ -757,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         convert(args.src, args.output, outtype=args.outtype, context_length=args.ctx,
                 rms_norm_eps=args.rms_norm_eps, rope_freq_base=args.rope_freq_base, threads=args.threads,
-                force=args.force, quiet=args.quiet)
+                force=args.force, quiet=args.quiet, format=args.format)
     except ConvertError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
