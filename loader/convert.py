@@ -1,8 +1,11 @@
-"""gpt4all-convert: Hugging Face model folders to GGUF, and every ggml-era LLaMA file upgraded to GGUF.
+"""gpt4all-convert: Hugging Face model folders to GGUF (GPT-J: GPT4All ggml), ggml-era LLaMA files upgraded to GGUF.
 
 Two sources, one command (``gpt4all-convert SRC -o OUT.gguf [--outtype f16]``):
 
-* **A Hugging Face model folder** (``config.json`` plus ``*.safetensors`` or ``pytorch_model*.bin``) is
+* **A Hugging Face GPT-J, LLaMA or MPT folder stored as safetensors** is converted without torch by
+  :mod:`gpt4all_loader.convert_hf` (GPT-J to the GPT4All-era ``ggml`` file, LLaMA to GGUF, MPT to GGUF
+  or GPT4All's ``ggmm``).
+* **Any other Hugging Face model folder** (``config.json`` plus ``*.safetensors`` or ``pytorch_model*.bin``) is
   converted by the ``convert_hf_to_gguf.py`` that ships inside the pinned newest sdist
   (llama-cpp-python 0.3.36, the ``gguf-2026-10`` backend), together with its ``conversion`` package and
   its own ``gguf-py``.  The sdist is fetched and hash-checked by :func:`gpt4all_loader.sdist.fetch`
@@ -26,9 +29,11 @@ Q4_1, Q4_2, Q4_3, Q5_x, Q8_0, and ggjt v2 Q4/Q8) cannot be converted by it.  Deq
 era's own code removes that limit, and the dequantization is exact (the upgraded F32 file holds the
 very values the old engine multiplied with).
 
-Guarantees: SRC is never written; OUT is written to a temporary file in its own directory and renamed
-into place only when complete (a failure leaves nothing behind); free space is checked before
-writing and a full disk is reported; OUT is probed at the end and the verdict printed.
+Guarantees: SRC is validated before anything is written (a legacy header against its tensors, a
+folder's config against its shards); SRC is never written; OUT is written to a temporary file in its
+own directory and renamed into place only when complete (a failure leaves nothing behind: quantizers
+run in a child process, so even an engine abort cannot strand a temporary file); free space is
+checked before writing and a full disk is reported; OUT is probed at the end and the verdict printed.
 
 Exit status: 0 success, 1 conversion failure (unreadable, malformed or unsupported SRC, missing
 converter packages, write errors), 2 usage error (bad arguments, SRC missing, SRC and OUT the same
