@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import importlib.util
 import json
 import os
@@ -56,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BackendError, BuildError, FormatError
+from .errors import BuildError, FormatError
 
 #: the backend whose sdist ships the HF converter and whose quantizer makes quantized outputs
 NEWEST = "gguf-2026-10"
@@ -559,7 +560,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
             raise _write_error(e, out) from None
         final = stage
         if needs_quantizer:
-            final = _requantize(stage, temps, opts)
+            final = quantize_in_child(stage, temps, opts)
         temps.commit(final)
     finally:
         temps.cleanup()
@@ -577,37 +578,51 @@ def _copy(fin, fo, off: int, nbytes: int) -> None:
         left -= len(chunk)
 
 
-#: the quantizer's child process: one line on stderr and exit 1 on a library error
+#: the quantizer's child process: one line on stderr and exit 1 on a library error.  ``catalog``:
+#: quantize() with the backend the catalog approves; ``carrier``: g4a_quantize of a backend directly, for
+#: the ggjt carrier files of convert_hf.py that no catalog entry describes
 _QUANTIZE_CHILD = """
-import sys
+import os, sys
 from {pkg}.errors import BackendError, UnsupportedModelError
-from {pkg}.quantize import quantize
+mode, src, dst, ftype, backend, threads = sys.argv[1:]
 try:
-    quantize(sys.argv[1], sys.argv[2], int(sys.argv[3]), backend=sys.argv[4], n_threads=int(sys.argv[5]))
+    if mode == "catalog":
+        from {pkg}.quantize import quantize
+        quantize(src, dst, int(ftype), backend=backend, n_threads=int(threads))
+    else:
+        from {pkg} import native
+        from {pkg}.variants import choose_variant
+        be = native.open_backend(backend, choose_variant(backend, "cpu").variant)
+        if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(dst), int(ftype), int(threads)) != 0:
+            raise BackendError(be.last_error())
 except (BackendError, UnsupportedModelError, OSError) as e:
     print(e, file=sys.stderr)
     sys.exit(1)
 """
 
 
-def _requantize(stage: Path, temps: _Temps, opts: Options) -> Path:
-    """Quantize ``stage`` with the newest backend in a child process.
+def quantize_in_child(stage: Path, temps: _Temps, opts: Options, backend: str = NEWEST,
+                      mode: str = "catalog") -> Path:
+    """Quantize ``stage`` to ``opts.outtype`` with ``backend`` in a child process; returns the new temp file.
 
     An engine that aborts (an assertion on a file it cannot handle) takes down only the child: the
-    temporary files are registered in ``temps`` before it starts, so this process removes them and
-    reports the failure instead of dying with them left behind."""
+    temporary files are registered in ``temps`` before it starts, so this process removes them (and
+    any the quantizer itself left) and reports the failure instead of dying with them left behind."""
     dst = temps.new(opts.outtype.lower())
-    _say(opts, f"quantizing to {opts.outtype.upper()} with {NEWEST} ...")
+    _say(opts, f"quantizing to {opts.outtype.upper()} with {backend} ...")
     code = _QUANTIZE_CHILD.format(pkg=__package__)
-    cmd = [sys.executable, "-c", code, str(stage), str(dst), str(outtype_number(opts.outtype)), NEWEST,
+    cmd = [sys.executable, "-c", code, mode, str(stage), str(dst), str(outtype_number(opts.outtype)), backend,
            str(opts.threads)]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     if proc.returncode != 0:
-        msg = (proc.stderr or "").strip().splitlines()
-        if "No space left on device" in (proc.stderr or ""):
+        for left in dst.parent.glob(glob.escape(dst.name) + ".*.part"):  # quantize()'s own temporary file
+            left.unlink(missing_ok=True)
+        err = proc.stderr or ""
+        if "No space left on device" in err:
             raise _write_error(OSError(errno.ENOSPC, "No space left on device"), temps.out)
+        lines = err.strip().splitlines()
         why = (f"the quantizer crashed (signal {-proc.returncode})" if proc.returncode < 0
-               else msg[-1] if msg else f"the quantizer exited with status {proc.returncode}")
+               else lines[-1] if lines else f"the quantizer exited with status {proc.returncode}")
         raise ConvertError(f"quantizing to {opts.outtype} failed: {why}; nothing was left behind")
     return dst
 
@@ -755,7 +770,7 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
             raise ConvertError(f"convert_hf_to_gguf.py wrote nothing for {src}")
         final = stage
         if ftype_out not in direct:
-            final = _requantize(stage, temps, opts)
+            final = quantize_in_child(stage, temps, opts)
         temps.commit(final)
     finally:
         temps.cleanup()

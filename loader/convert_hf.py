@@ -5,7 +5,10 @@ The seed's three architectures each get the file our engines run best:
 * **GPT-J** (``GPTJForCausalLM``) -> the GPT4All-era GPT-J ``ggml`` file that backend
   ``ggml-gptj-mpt-*`` runs: llama.cpp never had a GPT-J graph, so there is no GGUF GPT-J to write.
   HF GPT-J rotates interleaved pairs (``rotate_every_two``), which is ggml's rope mode 0: the
-  weights are written as stored.
+  weights are written as stored.  Quantized GPT-J (and ggmm MPT) files are made as the ggml examples
+  made them, by the ggml of August 2023: the 2-D weights go into a ggjt v3 "carrier" file that
+  ``llama-2023-08``'s quantizer (llama-cpp-python 0.1.78, the ggml ``ggml-gptj-mpt-2023-08`` is built
+  on) quantizes, and its blocks are copied into the GPT-J file (QNT version 2).
 * **LLaMA** (``LlamaForCausalLM``) with a SentencePiece ``tokenizer.model`` -> GGUF for the newest
   engine; q and k projections are permuted as upstream's converter does, because HF stores them for
   ``rotate_half`` while llama.cpp rotates consecutive pairs.
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from .convert import (ConvertError, Options, UsageError, _F32, _I32, _Meta, _STR, _Temps, _U32,
-                      _check_space, _gguf_header, _requantize, _say, _write_error, outtype_number)
+                      _check_space, _gguf_header, _say, _write_error, outtype_number, quantize_in_child)
 
 #: ``architectures[0]`` (or ``model_type``) of config.json -> our name for it
 ARCHITECTURES = {"GPTJForCausalLM": "gptj", "gptj": "gptj", "LlamaForCausalLM": "llama", "llama": "llama",
@@ -472,27 +475,32 @@ def _otype(shape: tuple[int, ...], f16: bool) -> int:
     return 1 if f16 and len(shape) > 1 else 0  # 1-D tensors always F32
 
 
-def _stream(path: Path, head: bytes, parts: list[tuple[int, bytes, Callable[[], object], int]], out: Path) -> None:
-    """Write ``head`` then, per tensor, pad to its offset, its record header, its values."""
+#: a tensor's bytes as written: record header (ggml-era files) or nothing (GGUF), then data
+_Part = tuple[int, bytes, Callable[[], bytes]]  # (absolute offset to pad to, or -1), header, data
+
+
+def _stream(path: Path, head: bytes, parts: list[_Part], out: Path) -> None:
+    """Write ``head`` then, per tensor, pad to its offset, its record header, its data."""
     try:
         with open(path, "wb") as fo:
             fo.write(head)
-            for off, rec, values, otype in parts:
+            for off, rec, data in parts:
                 if off >= 0:
                     fo.write(b"\0" * (off - fo.tell()))
                 fo.write(rec)
-                a = values()
-                fo.write(a.astype("<f2" if otype == 1 else "<f4").tobytes())
+                fo.write(data())
             fo.flush()
             os.fsync(fo.fileno())
     except OSError as e:
         raise _write_error(e, out) from None
 
 
-def _values(ck: Checkpoint, t: Tensor) -> Callable[[], object]:
-    def get():
+def _values(ck: Checkpoint, t: Tensor, otype: int) -> Callable[[], bytes]:
+    def get() -> bytes:
         a = ck.array(t.hf)
-        return t.fix(a) if t.fix else a
+        if t.fix:
+            a = t.fix(a)
+        return a.astype("<f2" if otype == 1 else "<f4").tobytes()
     return get
 
 
@@ -508,22 +516,84 @@ def vocab_bytes(src: Path, bpe: BpeVocab, n_vocab: int) -> list[bytes]:
     return out
 
 
-def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], bpe: BpeVocab, f16: bool,
-                 stage: Path, out: Path) -> None:
+# -- GPT4All-era files (GPT-J ggml, MPT ggmm), quantized through a ggjt carrier ------------------------
+
+#: --outtype values of GPT4All-era GPT-J/MPT files: the block types of the ggml examples' quantizers
+LEGACY_OUTTYPES = ("f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+#: the backend whose quantizer makes them: its ggml (llama-cpp-python 0.1.78) is the one backend
+#: ggml-gptj-mpt-2023-08 runs, so the blocks are exactly that era's (QNT version 2, PR 1508 layout)
+LEGACY_QUANTIZER = "llama-2023-08"
+_QNT_VERSION = 2
+_QK = 32  # values per block of every offered type: quantized rows must be a whole number of blocks
+
+
+def _quantized(plan: Plan, t: Tensor) -> bool:
+    """The ggml examples quantize every 2-D weight; GPT4All's ggmm keeps wte F32 (its MPT code reads
+    embedding rows as floats)."""
+    return len(t.shape) == 2 and not (plan.arch == "mpt" and t.hf == "transformer.wte.weight")
+
+
+def _carrier_file(plan: Plan, ck: Checkpoint, tensors: list[Tensor], stage: Path, out: Path) -> None:
+    """A ggjt v3 file holding the tensors to quantize, as F32: llama_model_quantize of that era
+    quantizes each 2-D tensor whose name ends in "weight" without looking at the model around it."""
+    from .writer import legacy_tensor_header
+
+    hp = plan.hp
+    head = struct.pack("<II7i", 0x67676A74, 3, 1, hp["n_embd"], 256, hp["n_head"], hp["n_layer"],
+                       hp["n_embd"] // hp["n_head"], 0) + struct.pack("<I", 1) + b"x" + struct.pack("<f", 0.0)
+    parts: list[_Part] = []
+    pos = len(head)
+    for t in tensors:
+        if _quantized(plan, t):
+            rec = legacy_tensor_header(t.hf, list(reversed(t.shape)), 0)
+            pos += len(rec)
+            pad = -pos % 32
+            parts.append((-1, rec + b"\0" * pad, _values(ck, t, 0)))
+            pos += pad + 4 * _prod(t.shape)
+    _stream(stage, head, parts, out)
+
+
+def _carrier_blocks(path: Path) -> dict[str, tuple[int, Callable[[], bytes]]]:
+    """hf name -> (ggml type id, the quantized bytes) of a quantized carrier file."""
+    from .reader import read_facts
+    from .reader_legacy import tensor_records
+
+    def reader(off: int, n: int) -> Callable[[], bytes]:
+        def get() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(off)
+                return f.read(n)
+        return get
+
+    try:
+        recs = tensor_records(str(path), read_facts(path))
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"the quantized tensors cannot be read back: {e}") from None
+    return {name: (tid, reader(off, nbytes)) for name, tid, _, off, nbytes in recs}
+
+
+def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], bpe: BpeVocab, ftype: int,
+                 stage: Path, out: Path, blocks: dict | None = None) -> None:
+    """GPT-J ``ggml`` or MPT ``ggmm``; ``blocks``: quantized tensors (ftype then carries the QNT version)."""
     from .writer import ggmm_header, gptj_header, legacy_tensor_header
 
-    hp, ft = plan.hp, int(f16)
+    hp, f16 = plan.hp, ftype == 1
+    ft = ftype + _QNT_VERSION * 1000 if blocks else ftype
     toks = vocab_bytes(src, bpe, hp["n_vocab"])
     if plan.arch == "gptj":
         head = gptj_header(hp["n_vocab"], hp["n_ctx"], hp["n_embd"], hp["n_head"], hp["n_layer"], hp["n_rot"], ft, toks)
     else:
         head = ggmm_header(hp["n_vocab"], hp["n_ctx"], hp["n_layer"], hp["n_head"], hp["n_embd"],
                            hp["alibi_bias_max"], hp["clip_qkv"], ft, toks, bpe.special)
-    parts = []
+    parts: list[_Part] = []
     for t in tensors:
-        # GPT4All's ggmm keeps wte F32 (its MPT code reads the embedding rows as floats)
-        ot = 0 if plan.arch == "mpt" and t.hf == "transformer.wte.weight" else _otype(t.shape, f16)
-        parts.append((-1, legacy_tensor_header(t.hf, list(reversed(t.shape)), ot), _values(ck, t), ot))
+        ne = list(reversed(t.shape))
+        if blocks and t.hf in blocks:
+            tid, data = blocks[t.hf]
+            parts.append((-1, legacy_tensor_header(t.hf, ne, tid), data))
+            continue
+        ot = _otype(t.shape, f16) if _quantized(plan, t) else 0
+        parts.append((-1, legacy_tensor_header(t.hf, ne, ot), _values(ck, t, ot)))
     _stream(stage, head, parts, out)
 
 
@@ -584,14 +654,14 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
 
 def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], meta_fn, f16: bool,
                stage: Path, out: Path) -> None:
-    infos, parts = [], []
+    infos = []
     for t in tensors:
         ot = _otype(t.shape, f16)
         infos.append((t.gguf, list(reversed(t.shape)), ot, _prod(t.shape) * (4 if ot == 0 else 2)))
     meta = meta_fn(1 if f16 else 0)
     head, offsets = _gguf_header(meta, infos)
-    for t, off, (_, _, ot, _) in zip(tensors, offsets, infos):
-        parts.append((len(head) + off, b"", _values(ck, t), ot))
+    parts: list[_Part] = [(len(head) + off, b"", _values(ck, t, ot))
+                          for t, off, (_, _, ot, _) in zip(tensors, offsets, infos)]
     _stream(stage, head, parts, out)
 
 
@@ -601,10 +671,9 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     config = read_config(src)
     fmt = output_format(arch, out, opts.format)
     ftype_out = outtype_number(opts.outtype)
-    if fmt == "ggml" and ftype_out not in (0, 1):
-        raise UsageError(f"--outtype {opts.outtype} for a {arch} ggml file: the GPT-J/MPT engines' quantizer is not "
-                         f"available yet; convert with --outtype f16 (or f32)"
-                         + (", or write GGUF (model.gguf), which the newest quantizer quantizes" if arch == "mpt" else ""))
+    if fmt == "ggml" and opts.outtype.lower() not in LEGACY_OUTTYPES:
+        raise UsageError(f"--outtype {opts.outtype} for a GPT4All-era {arch} file: choose one of "
+                         f"{', '.join(LEGACY_OUTTYPES)} (the block types of that era)")
     plan = PLANS[arch](config, src)
     ck = Checkpoint(src)
     tensors = validate(src, plan, ck)
@@ -615,7 +684,9 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
         bpe = read_bpe(src)
         if bpe is None:
             raise ConvertError(f"{src}: no tokenizer (tokenizer.json, or vocab.json and merges.txt)")
-    quantize = fmt == "gguf" and ftype_out not in (0, 1)
+    quantize = ftype_out not in (0, 1)
+    if quantize and fmt == "ggml":
+        _check_legacy_quantizer(src, plan, tensors, opts)
     f16 = ftype_out == 1
     total = sum(4 * max(1, _prod(t.shape)) for t in tensors)
     _check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
@@ -631,13 +702,34 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
         stage = temps.new("f32" if quantize else fmt)
         if fmt == "gguf":
             _gguf_file(src, plan, ck, tensors, meta_fn, f16, stage, out)
+            final = quantize_in_child(stage, temps, opts) if quantize else stage
+        elif quantize:
+            _carrier_file(plan, ck, tensors, stage, out)
+            carrier = quantize_in_child(stage, temps, opts, LEGACY_QUANTIZER, mode="carrier")
+            final = temps.new(fmt)
+            _legacy_file(src, plan, ck, tensors, bpe, ftype_out, final, out, _carrier_blocks(carrier))
         else:
-            _legacy_file(src, plan, ck, tensors, bpe, f16, stage, out)
-        final = _requantize(stage, temps, opts) if quantize else stage
+            _legacy_file(src, plan, ck, tensors, bpe, ftype_out, stage, out)
+            final = stage
         temps.commit(final)
     finally:
         temps.cleanup()
     return out
+
+
+def _check_legacy_quantizer(src: Path, plan: Plan, tensors: list[Tensor], opts: Options) -> None:
+    from .catalog import build_command
+    from .variants import choose_variant
+
+    rows = [t for t in tensors if _quantized(plan, t) and t.shape[1] % _QK]
+    if rows:
+        raise ConvertError(f"{src}: tensor {rows[0].hf} has rows of {rows[0].shape[1]} values, not a multiple of "
+                           f"{_QK}, so it cannot be quantized to {opts.outtype}; use --outtype f16")
+    choice = choose_variant(LEGACY_QUANTIZER, "cpu")
+    if choice.variant is None:
+        raise ConvertError(f"{opts.outtype} {plan.arch} files are quantized by backend {LEGACY_QUANTIZER}, which "
+                           f"cannot run here ({choice.reason}); build it with: {build_command(LEGACY_QUANTIZER)}, "
+                           f"or use --outtype f16")
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -36,6 +35,7 @@ spm = pytest.importorskip("sentencepiece")
 import gpt4all_loader as g  # noqa: E402
 from gpt4all_loader import convert as cv  # noqa: E402
 from gpt4all_loader.reader import read_facts  # noqa: E402
+from gpt4all_loader.reader_legacy import tensor_records  # noqa: E402
 
 from conftest import backend_built, require_backend  # noqa: E402
 
@@ -275,8 +275,7 @@ def ref_llama(cfg, w, ids):
 
 def ref_mpt(cfg, w, ids):
     W = {k: v.astype(np.float64) for k, v in w.items()}
-    h, e = cfg["n_heads"], cfg["d_model"]
-    t = len(ids)
+    h, t = cfg["n_heads"], len(ids)
     slopes = 1.0 / 2 ** (np.arange(1, h + 1) * (cfg["attn_config"]["alibi_bias_max"] / h))  # h a power of 2
     rel = np.arange(t)[None, :] - np.arange(t)[:, None]
     bias = slopes[:, None, None] * rel[None]
@@ -363,13 +362,37 @@ def test_gptj_vocabulary_is_bytes(hf_gptj, tmp_path, capsys):
     assert len(toks) == hf_gptj[1]["vocab_size"] and toks[-1].startswith(b"<|extratoken_")
 
 
-def test_gptj_refuses_gguf_and_quantized(hf_gptj, tmp_path, capsys):
+def test_gptj_refuses_gguf_and_other_quant_types(hf_gptj, tmp_path, capsys):
     src = hf_gptj[0]
     rc, _, err = cli([src, "-o", tmp_path / "gptj.gguf"], capsys)
     assert rc == 2 and "no engine runs GPT-J GGUF" in err and "--format ggml" in err
-    rc, _, err = cli([src, "-o", tmp_path / "gptj.bin", "--outtype", "q4_0"], capsys)
-    assert rc == 2 and "quantizer is not available" in err and "f16" in err
+    rc, _, err = cli([src, "-o", tmp_path / "gptj.bin", "--outtype", "q4_k_m"], capsys)
+    assert rc == 2 and "q4_0, q4_1, q5_0, q5_1, q8_0" in err
     assert listing(tmp_path) == []
+
+
+#: quantized GPT4All-era files against the F32 reference: Q8_0 ~1e-2, 4/5-bit blocks ~1e-1 on these
+#: random weights (measured, printed); a wrong block layout or scale is O(1) off
+QUANT_TOL = {"q8_0": 0.1, "q5_1": 0.5, "q4_0": 0.8}
+
+
+@pytest.mark.parametrize("outtype", list(QUANT_TOL))
+def test_gptj_quantized_by_the_eras_quantizer(hf_gptj, tmp_path, capsys, outtype):
+    """Blocks made by llama-2023-08's ggml, the ggml backend ggml-gptj-mpt-2023-08 runs."""
+    require_backend("llama-2023-08")
+    require_backend("ggml-gptj-mpt-2023-08")
+    src, cfg, w, ids = hf_gptj
+    out = tmp_path / "gptj.bin"
+    rc, stdout, err = cli([src, "-o", out, "--outtype", outtype], capsys)
+    assert rc == 0, err
+    assert "LOADABLE by ggml-gptj-mpt-2023-08" in stdout
+    assert listing(tmp_path) == ["gptj.bin"]
+    facts = read_facts(out)
+    assert facts.quant_layout == "qnt2" and outtype.upper() in facts.tensor_types
+    logits, _ = engine(out, "ggml-gptj-mpt-2023-08", ids)
+    d = float(np.abs(logits - ref_gptj(cfg, w, ids)).max())
+    print(f"GPT-J ggml {outtype}: max |dlogit| {d:.3f}")
+    assert d <= QUANT_TOL[outtype]
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
@@ -424,6 +447,23 @@ def test_mpt_both_containers(hf_mpt, tmp_path, capsys, outtype):
     d_gguf = _check("MPT", "gguf", gguf, NEWEST, ref_mpt, cfg, w, ids, outtype)
     d_ggmm = _check("MPT", "ggmm", ggmm, backend, ref_mpt, cfg, w, ids, outtype)
     print(f"MPT {outtype}: GGUF/{NEWEST} {d_gguf:.2e} vs ggmm/{backend} {d_ggmm:.2e}")
+
+
+def test_mpt_ggmm_quantized(hf_mpt, tmp_path, capsys):
+    require_backend("llama-2023-08")
+    require_backend("ggml-gptj-mpt-2023-08")
+    src, cfg, w, ids = hf_mpt
+    out = tmp_path / "mpt.bin"
+    rc, stdout, err = cli([src, "-o", out, "--outtype", "q8_0"], capsys)
+    assert rc == 0, err
+    facts = read_facts(out)
+    assert facts.format == "ggmm" and facts.quant_layout == "qnt2"
+    recs = {n: t for n, t, _, _, _ in tensor_records(str(out))}
+    assert recs["transformer.wte.weight"] == 0  # ggmm keeps the embedding F32
+    logits, _ = engine(out, "ggml-gptj-mpt-2023-08", ids)
+    d = float(np.abs(logits - ref_mpt(cfg, w, ids)).max())
+    print(f"MPT ggmm q8_0: max |dlogit| {d:.3f}")
+    assert d <= QUANT_TOL["q8_0"]
 
 
 def test_bf16_checkpoint_reads_exactly(tmp_path):
@@ -539,7 +579,7 @@ def test_quantizer_crash_leaves_nothing(tmp_path, capsys):
     opts = cv.Options(outtype="q8_0", quiet=True)
     with pytest.raises(cv.ConvertError) as e:
         try:
-            cv._requantize(stage, temps, opts)
+            cv.quantize_in_child(stage, temps, opts)
         finally:
             temps.cleanup()
     assert "quantizing to q8_0 failed" in str(e.value)
