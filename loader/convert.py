@@ -583,7 +583,7 @@ def _copy(fin, fo, off: int, nbytes: int) -> None:
 #: the ggjt carrier files of convert_hf.py that no catalog entry describes
 _QUANTIZE_CHILD = """
 import os, sys
-from {pkg}.errors import BackendError, UnsupportedModelError
+from {pkg}.errors import BackendError
 mode, src, dst, ftype, backend, threads = sys.argv[1:]
 try:
     if mode == "catalog":
@@ -595,7 +595,7 @@ try:
         be = native.open_backend(backend, choose_variant(backend, "cpu").variant)
         if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(dst), int(ftype), int(threads)) != 0:
             raise BackendError(be.last_error())
-except (BackendError, UnsupportedModelError, OSError) as e:
+except (BackendError, ValueError, OSError) as e:  # ValueError: FormatError, UnsupportedModelError
     print(e, file=sys.stderr)
     sys.exit(1)
 """
@@ -838,8 +838,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="container of OUT for Hugging Face GPT-J/MPT folders (default: from OUT's suffix; "
                         "GPT-J: ggml, MPT: gguf)")
     p.add_argument("--outtype", default="f16", metavar="TYPE",
-                   help="f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ... "
-                        "(quantized types are made by the newest backend's quantizer)")
+                   help="f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ... (GGUF: made by the "
+                        "newest backend's quantizer; GPT-J/MPT ggml: q4_0, q4_1, q5_0, q5_1, q8_0, made by the "
+                        "ggml of August 2023)")
     p.add_argument("--ctx", type=int, default=DEFAULT_CONTEXT, metavar="N",
                    help=f"legacy files: training context length to record (they do not store it; "
                         f"default {DEFAULT_CONTEXT})")

@@ -569,18 +569,45 @@ def test_lying_n_layer_is_refused_before_writing(tmp_path, ftype):
     assert listing(outdir) == []  # no output, no hidden .part file
 
 
-def test_quantizer_crash_leaves_nothing(tmp_path, capsys):
-    """An engine abort inside the quantizer (here: a staged file the engine cannot take) ends in a
-    message and an empty directory, because the quantizer runs in a child process."""
+def test_quantizer_abort_leaves_nothing(tmp_path):
+    """An engine abort inside the quantizer ends in a message and an empty directory, because the
+    quantizer runs in a child process.  The staged GGUF claims 1000 blocks over 2 (what an unvalidated
+    n_layer 1000 header used to stage); the newest quantizer aborts on it (SIGABRT), or refuses it
+    once the catalog validates block counts: either way a ConvertError and nothing left behind."""
+    from gpt4all_loader.writer import TinyLlama, write_llama
+
     require_backend(NEWEST)
     temps = cv._Temps(tmp_path / "x.gguf")
     stage = temps.new("f32")
-    stage.write_bytes(b"GGUF" + b"\xff" * 60)
-    opts = cv.Options(outtype="q8_0", quiet=True)
+    write_llama(stage, TinyLlama(seed=0, n_layer=2), "gguf", ftype="f32")
+    b = bytearray(stage.read_bytes())
+    k = b.index(b"llama.block_count") + len(b"llama.block_count")
+    assert struct.unpack_from("<II", b, k) == (4, 2)  # u32, 2
+    struct.pack_into("<I", b, k + 4, 1000)
+    stage.write_bytes(bytes(b))
     with pytest.raises(cv.ConvertError) as e:
         try:
-            cv.quantize_in_child(stage, temps, opts)
+            cv.quantize_in_child(stage, temps, cv.Options(outtype="q8_0", quiet=True))
         finally:
             temps.cleanup()
-    assert "quantizing to q8_0 failed" in str(e.value)
+    assert "quantizing to q8_0 failed" in str(e.value) and "nothing was left behind" in str(e.value)
+    print(e.value)
     assert listing(tmp_path) == []
+
+
+def test_import_needs_no_numpy():
+    code = "import sys, gpt4all_loader, gpt4all_loader.convert; sys.exit('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_format_ggml_only_for_gptj_and_mpt(hf_llama, tmp_path, capsys):
+    rc, _, err = cli([hf_llama[0], "-o", tmp_path / "x.bin", "--format", "ggml"], capsys)
+    assert rc == 2 and "LLaMA converts to GGUF only" in err
+    assert listing(tmp_path) == []
+
+
+def test_help_says_which_path(capsys):
+    with pytest.raises(SystemExit):
+        cv.main(["--help"])
+    out = capsys.readouterr().out
+    assert "numpy, no torch" in out and "convert_hf_to_gguf.py" in out and "--format" in out
