@@ -729,7 +729,8 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
     ftype_out = outtype_number(opts.outtype)
     missing = missing_hf_packages()
     if missing:
-        raise ConvertError("converting a Hugging Face model needs packages that are not installed: "
+        raise ConvertError(f"{src}: {what}, so it goes to upstream's convert_hf_to_gguf.py, which needs "
+                           "packages that are not installed: "
                            + ", ".join(missing) + "; install them with: pip install " + " ".join(missing)
                            + "  (or: pip install 'gpt4all-loader[convert]')")
     conv = converter_dir()

@@ -415,8 +415,8 @@ def route(src: Path) -> tuple[str, str]:
     has_st = any(src.glob("*.safetensors")) or (src / "model.safetensors.index.json").is_file()
     has_pt = any(src.glob("pytorch_model*.bin")) or any(src.glob("consolidated*.pth"))
     if arch is None:
-        label = (c.get("architectures") or [c.get("model_type")])[0] if isinstance(c.get("architectures"), list) \
-            else c.get("model_type")
+        names = c.get("architectures")
+        label = names[0] if isinstance(names, list) and names else c.get("model_type")
         return "upstream", f"architecture {label!r} is not GPT-J, LLaMA or MPT"
     if not has_st:
         if arch == "gptj" and has_pt:

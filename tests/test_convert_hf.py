@@ -532,7 +532,7 @@ def test_unknown_architecture(hf_mpt, tmp_path, capsys, monkeypatch):
     src = _copy(hf_mpt[0], tmp_path / "m")
     (src / "config.json").write_text(json.dumps({"architectures": ["FancyNewForCausalLM"]}))
     monkeypatch.setattr(cv, "missing_hf_packages", lambda: ["torch"])
-    _refused(src, tmp_path, capsys, ["pip install torch"])
+    _refused(src, tmp_path, capsys, ["'FancyNewForCausalLM' is not GPT-J, LLaMA or MPT", "pip install torch"])
 
 
 def test_truncated_safetensors(hf_mpt, tmp_path, capsys):
