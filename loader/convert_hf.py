@@ -12,7 +12,12 @@ The seed's three architectures each get the file our engines run best:
 * **LLaMA** (``LlamaForCausalLM``) with a SentencePiece ``tokenizer.model`` -> GGUF for the newest
   engine; q and k projections are permuted as upstream's converter does, because HF stores them for
   ``rotate_half`` while llama.cpp rotates consecutive pairs.
-* **MPT** (``MPTForCausalLM``, ALiBi, no biases) -> GGUF for the newest engine, or GPT4All's ``ggmm``.
+* **MPT** (``MPTForCausalLM``, ALiBi, no biases) -> GGUF for the newest engine (default), or GPT4All's
+  ``ggmm`` for our MPT engine.  Measured against a float64 reference of the HF arithmetic
+  (tests/test_convert_hf.py), ggmm is marginally closer (max |dlogit| 1.6e-3 vs 2.0e-3 for F32,
+  1.6e-3 vs 2.7e-3 for F16, where ggmm keeps the embedding F32; logits span 11; same greedy tokens).
+  The gap is below F16 rounding, while GGUF runs on the maintained engine with CUDA, every quant type
+  and a real BPE tokenizer (our ggmm engine tokenizes by greedy longest match): GGUF is the default.
 
 Everything else (other architectures, ``pytorch_model*.bin`` checkpoints, LLaMA folders with only a
 BPE ``tokenizer.json`` whose pre-tokenizer upstream identifies by hash, RoPE scaling) goes to
