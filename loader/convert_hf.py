@@ -122,15 +122,14 @@ class Checkpoint:
             if name == "__metadata__":
                 continue
             try:
-                dtype, shape, (lo, hi) = v["dtype"], tuple(int(d) for d in v["shape"]), v["data_offsets"]
+                dtype, shape = v["dtype"], tuple(int(d) for d in v["shape"])
+                lo, hi = (int(x) for x in v["data_offsets"])
             except (KeyError, TypeError, ValueError):
                 raise ConvertError(f"{f}: tensor {name!r} has a malformed header entry") from None
             if dtype not in _DTYPES:
                 raise ConvertError(f"{f}: tensor {name} is {dtype}; only F32, F16 and BF16 checkpoints convert")
-            count = 1
-            for d in shape:
-                count *= d
-            if not (0 <= lo <= hi and base + hi <= size and hi - lo == count * _DTYPES[dtype][1]):
+            if min(shape, default=1) < 0 or not (0 <= lo <= hi and base + hi <= size
+                                                 and hi - lo == _prod(shape) * _DTYPES[dtype][1]):
                 raise ConvertError(f"{f}: tensor {name} ({dtype} {list(shape)}) does not fit its data offsets "
                                    f"[{lo}, {hi}) in a {size} B file: the file is damaged or cut short")
             if name in self.entries:

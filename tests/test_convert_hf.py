@@ -562,6 +562,15 @@ def test_truncated_safetensors(hf_mpt, tmp_path, capsys):
     _refused(src, tmp_path, capsys, ["cut short"])
 
 
+@pytest.mark.parametrize("header", [b"not json at all", json.dumps({"w": {"dtype": "F32", "shape": [2],
+                                                                             "data_offsets": ["0", None]}}).encode(),
+                                    json.dumps({"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}).encode()])
+def test_malformed_safetensors_header(hf_mpt, tmp_path, capsys, header):
+    src = _copy(hf_mpt[0], tmp_path / "m")
+    (src / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    _refused(src, tmp_path, capsys, ["model.safetensors"])
+
+
 # --------------------------------------------------------------------------------------------------
 # issue 12 part 5: a header that lies about n_layer; each conversion in a child process
 
