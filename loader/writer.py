@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "write_llama", "write_gptj", "write_mpt", "write_gguf",
-           "LEGACY_TO_GGUF", "gguf_name"]
+           "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header", "legacy_tensor_header"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -219,10 +219,14 @@ def _pad(f: BinaryIO, align: int) -> None:
         f.write(b"\0" * (align - pos % align))
 
 
-def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+def legacy_tensor_header(name: str, shape: list[int], ttype: int) -> bytes:
+    """A ggml-era tensor record before its data: n_dims, name length, type, ne[], name."""
     nb = name.encode()
-    f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape))
-    f.write(nb)
+    return struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape) + nb
+
+
+def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+    f.write(legacy_tensor_header(name, shape, ttype))
     if align:
         _pad(f, align)
     f.write(_data(values, ttype, "<"))
@@ -498,6 +502,25 @@ class TinyGPTJ(_Tiny):
         return -b, b
 
 
+def gptj_header(n_vocab: int, n_ctx: int, n_embd: int, n_head: int, n_layer: int, n_rot: int, ftype: int,
+                tokens: list[bytes]) -> bytes:
+    """Magic, hparams and vocabulary of a GPT4All-era GPT-J ``ggml`` file (tensor records follow)."""
+    parts = [struct.pack("<I7ii", 0x67676D6C, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype, len(tokens))]
+    for t in tokens:
+        parts.append(struct.pack("<I", len(t)) + t)
+    return b"".join(parts)
+
+
+def ggmm_header(n_vocab: int, n_ctx: int, n_layer: int, n_head: int, n_embd: int, alibi_bias_max: float,
+                clip_qkv: float, ftype: int, tokens: list[bytes], special: set[int]) -> bytes:
+    """Magic, hparams and vocabulary of a GPT4All ``ggmm`` MPT file; bit 31 of a length marks a special token."""
+    parts = [struct.pack("<6I2fII", 0x67676D6D, n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv,
+                         ftype, len(tokens))]
+    for i, t in enumerate(tokens):
+        parts.append(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)) + t)
+    return b"".join(parts)
+
+
 def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> Path:
     """GPT-J ggml file as GPT4All (and the ggml examples) read it: magic "ggml", 7 hparams, vocab count,
     vocab of (u32 length, bytes), unaligned tensor records; 2-D weights in ``ftype``, 1-D F32."""
@@ -505,11 +528,7 @@ def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> 
     path = Path(path)
     m = model
     with open(path, "wb") as f:
-        f.write(struct.pack("<I7ii", 0x67676D6C, m.n_vocab, m.n_ctx, m.n_embd, m.n_head, m.n_layer,
-                            m.n_rot, ft, m.n_vocab))
-        for t in m.vocab():
-            f.write(struct.pack("<I", len(t)))
-            f.write(t)
+        f.write(gptj_header(m.n_vocab, m.n_ctx, m.n_embd, m.n_head, m.n_layer, m.n_rot, ft, m.vocab()))
         for name, shape in m.tensor_shapes().items():
             _legacy_tensor(f, name, shape, _ttype(shape, ft), m.weights(name), 0)
     return path
@@ -573,11 +592,8 @@ def write_mpt(path: str | os.PathLike, model: TinyMPT, layout: str = "ggmm", fty
     special = set(m.special_ids)
     with open(path, "wb") as f:
         if layout == "ggmm":
-            f.write(struct.pack("<6I2fII", 0x67676D6D, m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd,
-                                m.alibi_bias_max, m.clip_qkv, ft, m.n_vocab))
-            for i, t in enumerate(toks):
-                f.write(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)))
-                f.write(t)
+            f.write(ggmm_header(m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd, m.alibi_bias_max, m.clip_qkv,
+                                ft, toks, special))
         elif layout == "ggml":
             f.write(struct.pack("<I5i2fi", 0x67676D6C, m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab,
                                 m.alibi_bias_max, m.clip_qkv, ft))
