@@ -504,7 +504,10 @@ bool load_weights(Reader &r, g4a_model &m, std::unordered_map<std::string, Slot>
     for (const TensorRec &t : recs) {
         ggml_tensor *x = t.n_dims == 1 ? ggml_new_tensor_1d(m.wctx, (ggml_type)t.type, t.ne[0])
                                        : ggml_new_tensor_2d(m.wctx, (ggml_type)t.type, t.ne[0], t.ne[1]);
-        if ((int64_t)ggml_nbytes(x) != t.nbytes) return fail(r, "tensor '" + t.name + "': size mismatch");
+        // ggml_nbytes() of the August 2023 ggml rounds up to GGML_MEM_ALIGN: compare the data itself
+        const int64_t data_bytes = ggml_nelements(x) / ggml_blck_size((ggml_type)t.type) *
+                                   (int64_t)ggml_type_size((ggml_type)t.type);
+        if (data_bytes != t.nbytes) return fail(r, "tensor '" + t.name + "': size mismatch");
         if (fseeko(r.f, (off_t)t.offset, SEEK_SET) != 0 || !r.read(x->data, (size_t)t.nbytes, "tensor data"))
             return false;
         *slots[t.name].dst = x;
