@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
+from .errors import BackendError, ChatTemplateError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
 from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
@@ -376,12 +376,15 @@ class Model:
 
         template = self.facts.chat_template
         if not template:
-            raise UnsupportedModelError(
+            raise ChatTemplateError(
                 f"{self.info.path}: the file carries no chat template (tokenizer.chat_template); "
                 f"use generate() with a prompt written in the model's own format")
         bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
         eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
-        text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        try:
+            text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        except ChatTemplateError as e:
+            raise ChatTemplateError(f"{self.info.path}: {e}") from None
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
         return self.generate(text, add_bos=add_bos, **kwargs)
