@@ -35,11 +35,18 @@ LEGACY_GQA_RMS_EPS = 1e-5
 #: the largest text tokenize() takes: the engines allocate several times the input (and tokens are
 #: counted in int32), so a bigger text is refused with a message instead of ending in bad_alloc
 MAX_TOKENIZE_BYTES = 64 << 20
-#: the largest n_ctx load() takes, beyond a file's own training context: 2**20 tokens already need a
-#: KV cache of gigabytes on the smallest models, and int32 token positions overflow well before 2**31
+#: the largest n_ctx load() takes, beyond a file's own training context: 2**20 already costs 8 GiB on
+#: gguf-2023-11 for a tiny model, and the eras' int32 sizes overflow on the way to 2**31 (SIGSEGV)
 MAX_N_CTX = 1 << 20
-#: n_threads above this only thrashes (and the engines of 2023 start one thread per eval and core)
-MAX_THREADS = 256
+
+
+def max_threads() -> int:
+    """The largest n_threads load() takes: 4 per core this process may run on, at most 256.
+
+    More only stalls (the engines' threads spin at every barrier: n_threads=5000 took minutes per
+    token) or aborts (the ggml of 2024 and later asserts n_threads <= 512).
+    """
+    return min(256, 4 * len(os.sched_getaffinity(0)))
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
@@ -448,7 +455,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     if n_ctx is None:
         n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
     n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
-    n_threads = _int(n_threads, "n_threads", 1, MAX_THREADS) if n_threads is not None else 0
+    n_threads = _int(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
     if n_gpu_layers is not None:
         _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
     seed = _int(seed, "seed", -2**63, 2**64 - 1)
