@@ -13,6 +13,7 @@ one error, :class:`~gpt4all_loader.errors.ChatTemplateError`.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import string
 import time
@@ -57,7 +58,19 @@ def _check_str_format(fmt: str) -> None:
 
 
 def _length(value: Any) -> int:
-    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+    """Characters of a string; items of a list plus the characters of its strings ([s] * 1000)."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(len(x) for x in value if isinstance(x, (str, bytes)))
+    return 0
+
+
+def _replaced_length(s: Any, old: Any, new: Any) -> int:
+    """The length of ``s.replace(old, new)``, computed without building it."""
+    if not all(isinstance(x, str) for x in (s, old, new)):
+        return 0
+    return len(s) + (len(s) + 1 if not old else s.count(old)) * max(len(new) - len(old), 0)
 
 
 def _environment():
@@ -91,6 +104,8 @@ def _environment():
             self.steps = 0
             self.globals["raise_exception"] = _raise
             self.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+            for name, f in list(self.filters.items()):
+                self.filters[name] = self._bounded_filter(name, f)
             self.filters["_g4a_steps"] = pass_context(lambda ctx, it: ctx.environment.count(it))
             self.filters["_g4a_sized"] = pass_context(lambda ctx, v: ctx.environment.sized(v))
             self.filters["format"] = self._format
@@ -116,6 +131,29 @@ def _environment():
             if _length(value) > MAX_LENGTH:
                 raise _too_big(f"a value of {_length(value)} characters or items (at most {MAX_LENGTH})")
             return value
+
+        def _bounded_filter(self, name: str, f: Any) -> Any:
+            """A Jinja filter that refuses size arguments above MAX_LENGTH (center, indent, slice...),
+            joins and replacements whose result would exceed it, and checks its result's size."""
+            skip = 1 if getattr(f, "jinja_pass_arg", None) is not None else 0   # context/environment first
+
+            @functools.wraps(f)
+            def bounded(*args: Any, **kwargs: Any) -> Any:
+                self.tick()
+                value, params = (args[skip] if len(args) > skip else None), (*args[skip + 1:], *kwargs.values())
+                if any(isinstance(p, int) and not isinstance(p, bool) and p > MAX_LENGTH for p in params):
+                    raise _too_big(f"the {name} filter with a size argument above {MAX_LENGTH}")
+                if name == "join" and value is not None:
+                    items = list(self.count(value))
+                    sep = params[0] if params and isinstance(params[0], str) else ""
+                    if len(sep) * len(items) > MAX_LENGTH:
+                        raise _too_big(f"a join of {len(items)} items with a separator of {len(sep)} characters")
+                    args = (*args[:skip], items, *args[skip + 1:])
+                if name == "replace" and len(params) >= 2 and _replaced_length(value, *params[:2]) > MAX_LENGTH:
+                    raise _too_big("the replace filter of that size")
+                return self.sized(f(*args, **kwargs))
+
+            return bounded
 
         def _format(self, value: Any, *args: Any, **kwargs: Any) -> str:
             _check_printf(str(value))
@@ -144,7 +182,7 @@ def _environment():
             if isinstance(owner, (str, bytes, list, tuple)):
                 big = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and a > MAX_LENGTH]
                 if big or (getattr(__obj, "__name__", "") == "replace" and len(args) >= 2
-                           and _length(owner) * max(_length(args[1]), 1) > MAX_LENGTH):
+                           and _replaced_length(owner, *args[:2]) > MAX_LENGTH):
                     raise _too_big(f"{type(owner).__name__}.{getattr(__obj, '__name__', '?')} of that size")
             return __self.sized(super().call(__context, __obj, *args, **kwargs))
 

@@ -232,6 +232,11 @@ CHAT_CASES = {
     "power": ("{{ 10 ** 100000000 }}", "bits"),
     "str.center": ("{{ 'x'.center(1000000000) }}", "str.center"),
     "str.replace": ("{% set s = 'x' * 1000000 %}{{ s.replace('', s) }}", "str.replace"),
+    "list of big strings": ("{% set s = 'x' * 4000000 %}{{ ([s] * 1000)|length }}", "characters or items"),
+    "join separator": ("{{ (range(100000)|list)|join('x' * 4000000) }}", "a join of 100000 items"),
+    "center filter": ("{{ 'x'|center(1000000000) }}", "the center filter"),
+    "slice filter": ("{{ [1]|slice(1000000000)|list }}", "the slice filter"),
+    "replace filter": ("{% set s = 'x' * 1000000 %}{{ s|replace('', s) }}", "the replace filter"),
     "output size": ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "an output of more than"),
     "recursion": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
     "overflow": ("{{ 1e308 * 10 ** 400 }}", "OverflowError"),
@@ -275,9 +280,10 @@ def test_chat_templates_that_keep_to_the_limits_render():
 
     text = render("{% for m in messages recursive %}<{{ loop.index }}:{{ m.role ~ '|' }}>{% if m.children %}"
                   "{{ loop(m.children) }}{% endif %}{% endfor %}{{ '%5d' % 3 }}{{ '{:>3}'.format('a') }}"
-                  "{{ '%.2f'|format(1.5) }}{{ range(100000)|list|length }}",
+                  "{{ '%.2f'|format(1.5) }}{{ range(100000)|list|length }}{{ 10000000|abs }}"
+                  "{{ 'a b'|replace(' ', '--')|center(7) }}{{ ['x', 'y']|join(', ') }}",
                   [{"role": "user", "children": [{"role": "x", "children": []}]}])
-    assert text == "<1:user|><1:x|>    3  a1.50100000"
+    assert text == "<1:user|><1:x|>    3  a1.5010000010000000  a--b x, y"
 
 
 def test_chat_template_error_is_an_unsupported_model_error():
