@@ -349,9 +349,9 @@ def _prime_fp16_table(name: str, be, facts) -> None:
         version = facts.format_version if facts.format != "ggml" else None
         write_llama(tiny, TinyLlama(seed=0, n_embd=32, n_head=4), facts.format, version=version, ftype="f32")
         params = f.new("g4a_load_params *", dict(n_ctx=8, n_threads=1))
-        h = be.lib.g4a_load(os.fsencode(tiny), params)
+        h = be.load_model(str(tiny), params)
         if h != f.NULL:
-            be.lib.g4a_free(h)
+            be.free_model(h)
     if not _f16_ok(be):
         raise ConvertError(f"backend {name} converts fp16 values wrongly in this process (its ggml fp16 table "
                            f"is not initialized), so it cannot dequantize {facts.path}")

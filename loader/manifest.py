@@ -38,6 +38,24 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class ContextTable:
+    """An era whose ggml keeps its contexts in a fixed table (``GGML_MAX_CONTEXTS``).
+
+    A full table makes ``ggml_init()`` return NULL, which the engines of 2023 dereference: the
+    loader therefore counts contexts per library itself (see ``native.ContextBudget``).
+    """
+
+    table: int        # GGML_MAX_CONTEXTS
+    per_model: int    # contexts an open model holds (weights, KV cache)
+    per_call: int     # contexts one load or evaluation in flight adds (its graph)
+
+    @property
+    def max_open_models(self) -> int:
+        """Open models that still leave room for one evaluation."""
+        return (self.table - self.per_call) // self.per_model
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     name: str
     era: str
@@ -55,6 +73,7 @@ class BackendSpec:
     layout: str = "vendor"
     shim_sources: tuple[str, ...] = ("backends/shim/g4a_shim.cpp",)
     patches: tuple[str, ...] = ()
+    ggml_contexts: ContextTable | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -156,6 +175,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
             layout=b.get("layout", "vendor"),
             shim_sources=tuple(b.get("shim_sources", ("backends/shim/g4a_shim.cpp",))),
             patches=tuple(b.get("patches", ())),
+            ggml_contexts=ContextTable(**b["ggml_contexts"]) if "ggml_contexts" in b else None,
             extra={k: v for k, v in b.items() if k not in known},
         )
     return specs

@@ -6,10 +6,15 @@ Sampling runs in the shim (C), identically in every era.
 
 Thread safety: all calls on one Model are serialized by a lock (a streaming generation holds it
 until the stream ends or is closed); different Models, even of different eras, run concurrently.
+``close()`` during a stream (from the loop body or a callback) frees nothing under the running
+generation: the model counts as closed at once, its next step raises ModelClosedError, and the
+native model is freed when the stream lets go of it.
 """
 from __future__ import annotations
 
 import codecs
+import math
+import numbers
 import os
 import threading
 import time
@@ -17,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
+from .errors import BackendError, ChatTemplateError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
 from .manifest import build_command
 from . import native
@@ -31,6 +36,42 @@ DEFAULT_N_CTX = 2048
 #: epsilon of the LLaMA-1 RMS norm; ggjt files do not record it and the 2023-08 era defaults to 5e-6
 LEGACY_RMS_EPS = 1e-6
 LEGACY_GQA_RMS_EPS = 1e-5
+#: the largest text tokenize() takes: the engines allocate several times the input (and tokens are
+#: counted in int32), so a bigger text is refused with a message instead of ending in bad_alloc
+MAX_TOKENIZE_BYTES = 64 << 20
+#: the largest n_ctx load() takes, beyond a file's own training context: 2**20 already costs 8 GiB on
+#: gguf-2023-11 for a tiny model, and the eras' int32 sizes overflow on the way to 2**31 (SIGSEGV)
+MAX_N_CTX = 1 << 20
+
+
+def max_threads() -> int:
+    """The largest n_threads load() takes: 4 per core this process may run on, at most 256.
+
+    More only stalls (the engines' threads spin at every barrier: n_threads=5000 took minutes per
+    token) or aborts (the ggml of 2024 and later asserts n_threads <= 512).
+    """
+    return min(256, 4 * len(os.sched_getaffinity(0)))
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in lo..hi, else a ValueError that names the parameter."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def _float(value: Any, what: str, lo: float, hi: float = math.inf, *, above: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (or (lo, hi] with ``above``), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (above and v == lo) or v > hi:
+        bound = f"above {lo}" if above else f"at least {lo}"
+        raise ValueError(f"{what} must be a finite number {bound}" + (f" and at most {hi}" if hi < math.inf else "")
+                         + f", got {value!r}")
+    return v
 
 
 @dataclass
@@ -73,6 +114,8 @@ class Model:
         self._ffi = native.ffi()
         self._handle = handle
         self._lock = threading.RLock()
+        self._streams = 0        # generations of this thread now holding the lock
+        self._closing = False    # close() was called during one: free when the last one ends
         self.info = info
         self.facts = facts
         self._embeddings = embeddings
@@ -82,10 +125,18 @@ class Model:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
+        """Free the native model (deferred to the end of a running stream; see the module doc)."""
         with self._lock:
-            if self._handle is not None:
-                self._lib.g4a_free(self._handle)
-                self._handle = None
+            if self._handle is None or self._closing:
+                return
+            self._closing = True
+            if not self._streams:
+                self._free()
+
+    def _free(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._backend.free_model(handle)
 
     def __enter__(self) -> "Model":
         return self
@@ -101,10 +152,11 @@ class Model:
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        return self._handle is None or self._closing
 
     def _h(self) -> Any:
-        if self._handle is None:
+        """The native handle; every native call asks again, so a close() in between is seen."""
+        if self._handle is None or self._closing:
             raise ModelClosedError(f"{self.info.path}: the model was closed")
         return self._handle
 
@@ -147,6 +199,9 @@ class Model:
         original tokenizer does, in the 2023 eras too (see the README's tokenization contract).
         """
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if len(data) > MAX_TOKENIZE_BYTES:
+            raise ValueError(f"{self.info.path}: tokenize() takes at most {MAX_TOKENIZE_BYTES >> 20} MiB of text "
+                             f"at once, got {len(data)} bytes; split the text")
         with self._lock:
             h = self._h()
             cap = len(data) + 8
@@ -202,8 +257,12 @@ class Model:
             return
         with self._lock:
             h = self._weights()
-            arr = self._ffi.new("int32_t[]", [int(t) for t in tokens])
-            if self._lib.g4a_eval(h, arr, len(tokens)) != 0:
+            # the shim checks each id against the vocabulary and the context; Python keeps them int32
+            ids = [_int(t, "a token id", -2**31, 2**31 - 1) for t in tokens]
+            arr = self._ffi.new("int32_t[]", ids)
+            with self._backend.evaluating():
+                rc = self._lib.g4a_eval(h, arr, len(ids))
+            if rc != 0:
                 raise self._err("evaluation failed")
 
     def logits(self) -> list[float]:
@@ -241,11 +300,17 @@ class Model:
         string (not included in the output), after ``max_tokens``, when the context is full, or
         when ``callback(piece)`` returns False.  ``stream=True`` returns an iterator of text pieces
         that never splits a UTF-8 character; breaking out of it cancels the generation.
+        Parameters are checked here, before anything runs (ValueError).
         """
-        it = self._generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                            repeat_last_n=repeat_last_n, seed=seed, stop=tuple(stop), callback=callback,
-                            add_bos=add_bos, special=special)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable or None, got {callback!r}")
+        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special)
+        it = self._generate(tokens, stop=stops, callback=callback)
         if stream:
             return it
         return "".join(it)
@@ -255,53 +320,69 @@ class Model:
                         repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
                         special: bool = False) -> Iterator[int]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
+        sampling = dict(
+            temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
+            top_p=_float(top_p, "top_p", 0.0, 1.0), min_p=_float(min_p, "min_p", 0.0, 1.0),
+            repeat_penalty=_float(repeat_penalty, "repeat_penalty", 0.0, above=True),
+            # no more history than the context holds (the window is allocated)
+            repeat_last_n=min(_int(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), self.info.n_ctx))
+        max_tokens = _int(max_tokens, "max_tokens", 0, 2**31 - 1)
+        seed = _int(seed, "seed", -2**63, 2**64 - 1) if seed is not None else int.from_bytes(os.urandom(8), "little")
+        if not isinstance(prompt, (str, bytes)):
+            prompt = [_int(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
+        return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special)
+
+    def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, sampling: dict[str, Any],
+                      seed: int, add_bos: bool, special: bool) -> Iterator[int]:
+        """generate_tokens() after its checks.  Each native call fetches the handle again (``_h``):
+        the consumer may close the model between two steps, and the free waits for this stream."""
         ffi = self._ffi
         with self._lock:
-            h = self._weights()
-            tokens = (self.tokenize(prompt, add_bos=add_bos, special=special) if isinstance(prompt, (str, bytes))
-                      else [int(t) for t in prompt])
-            if not tokens:
-                tokens = [self.token_bos()]
-            if len(tokens) >= self.info.n_ctx:
-                raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
-            self._lib.g4a_reset(h)
-            self.evaluate(tokens)
-            params = ffi.new("g4a_sampling *", dict(
-                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-                repeat_penalty=float(repeat_penalty), repeat_last_n=int(repeat_last_n)))
-            rng = ffi.new("uint64_t *", (seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
-                          & 0xFFFFFFFFFFFFFFFF)
-            window_n = max(int(repeat_last_n), 1)
-            hist = ffi.new("int32_t[]", window_n)
-            recent = list(tokens[-window_n:])
-            one = ffi.new("int32_t[1]")
-            for _ in range(max_tokens):
-                hist[0:len(recent)] = recent
-                tok = self._lib.g4a_sample(h, params, hist, len(recent), rng)
-                if tok < 0:
-                    raise self._err("sampling failed")
-                if self._lib.g4a_is_eog(h, tok):
-                    return
-                yield tok
-                if self._lib.g4a_n_past(h) + 1 > self.info.n_ctx:
-                    return
-                recent.append(tok)
-                if len(recent) > window_n:
-                    del recent[0]
-                one[0] = tok
-                if self._lib.g4a_eval(h, one, 1) != 0:
-                    raise self._err("evaluation failed")
+            self._weights()
+            self._streams += 1
+            try:
+                tokens = (self.tokenize(prompt, add_bos=add_bos, special=special)
+                          if isinstance(prompt, (str, bytes)) else prompt)
+                if not tokens:
+                    tokens = [self.token_bos()]
+                if len(tokens) >= self.info.n_ctx:
+                    raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
+                self._lib.g4a_reset(self._h())
+                self.evaluate(tokens)
+                params = ffi.new("g4a_sampling *", sampling)
+                rng = ffi.new("uint64_t *", seed & 0xFFFFFFFFFFFFFFFF)
+                window_n = max(sampling["repeat_last_n"], 1)
+                hist = ffi.new("int32_t[]", window_n)
+                recent = list(tokens[-window_n:])
+                one = ffi.new("int32_t[1]")
+                for _ in range(max_tokens):
+                    hist[0:len(recent)] = recent
+                    tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
+                    if tok < 0:
+                        raise self._err("sampling failed")
+                    if self._lib.g4a_is_eog(self._h(), tok):
+                        return
+                    yield tok
+                    if self._lib.g4a_n_past(self._h()) + 1 > self.info.n_ctx:
+                        return
+                    recent.append(tok)
+                    if len(recent) > window_n:
+                        del recent[0]
+                    one[0] = tok
+                    with self._backend.evaluating():
+                        rc = self._lib.g4a_eval(self._h(), one, 1)
+                    if rc != 0:
+                        raise self._err("evaluation failed")
+            finally:
+                self._streams -= 1
+                if self._closing and not self._streams:
+                    self._free()
 
-    def _generate(self, prompt: str | Sequence[int], *, max_tokens: int, temperature: float, top_k: int,
-                  top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int | None,
-                  stop: tuple[str, ...], callback: Callable[[str], bool] | None, add_bos: bool,
-                  special: bool) -> Iterator[str]:
+    def _generate(self, tokens: Iterator[int], *, stop: tuple[str, ...],
+                  callback: Callable[[str], bool] | None) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""          # text held back because it may be the start of a stop string
         hold = max((len(s) for s in stop), default=0)
-        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special)
         try:
             for tok in tokens:
                 pending += decoder.decode(self.token_bytes(tok))
@@ -334,12 +415,15 @@ class Model:
 
         template = self.facts.chat_template
         if not template:
-            raise UnsupportedModelError(
+            raise ChatTemplateError(
                 f"{self.info.path}: the file carries no chat template (tokenizer.chat_template); "
                 f"use generate() with a prompt written in the model's own format")
         bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
         eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
-        text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        try:
+            text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        except ChatTemplateError as e:
+            raise ChatTemplateError(f"{self.info.path}: {e}") from None
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
         return self.generate(text, add_bos=add_bos, **kwargs)
@@ -417,6 +501,11 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
     if n_ctx is None:
         n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
+    n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
+    n_threads = _int(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
+    if n_gpu_layers is not None:
+        _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
+    seed = _int(seed, "seed", -2**63, 2**64 - 1)
     # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
     choice: VariantChoice = choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
                                            n_ctx=n_ctx)
@@ -429,11 +518,11 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     n_gqa, eps = _legacy_params(facts)
     ffi = native.ffi()
     params = ffi.new("g4a_load_params *", dict(
-        n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
+        n_ctx=n_ctx, n_threads=n_threads,
         n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
         vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
     t0 = time.perf_counter()
-    handle = be.lib.g4a_load(os.fsencode(path), params)
+    handle = be.load_model(path, params)
     seconds = time.perf_counter() - t0
     if handle == ffi.NULL:
         raise BackendError(f"{path}: {be.name}/{be.variant} failed to load it: {be.last_error()}")
