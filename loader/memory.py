@@ -51,7 +51,7 @@ compute
         inputs      KQ mask n_kv * ub (f32; f16 in 2026-10; one per cache: base and SWA)
         attention   n_head * n_kv * ub * 4         (KQ scores of one layer; none with flash attention)
         layer       ub * (3 * n_embd + 2 * n_ff + n_head * key_length + 2 * n_embd_k_gqa) * 4
-        output      n_vocab * ub * 4 + 2 * x
+        output      n_vocab * ub * 4 + 4 * x
         compute     graph metadata + max(inputs + attention + 2 * x, inputs + layer, output)
 
     The 2023 eras count the graph's metadata (``ggml_tensor_overhead() * GGML_MAX_NODES``) in the
@@ -241,7 +241,7 @@ def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int) -> int:
     attention = 0 if rules.flash_attn or s.state_per_layer else s.n_head * n_kv * ub * f32
     q_kv = s.n_head * s.key_length + 2 * s.n_head_kv * s.key_length
     layer = ub * (3 * s.n_embd + 2 * s.n_ff + q_kv) * f32
-    output = s.n_vocab * ub * f32 + 2 * x
+    output = s.n_vocab * ub * f32 + 4 * x
     return rules.graph_meta + max(inputs + attention + 2 * x, inputs + layer, output)
 
 
@@ -355,7 +355,8 @@ _LOG_LINES: list[tuple[str, re.Pattern[str]]] = [
 def parse_engine_log(text: str) -> dict[str, Any]:
     """The buffer sizes an engine logged while loading: ``{parts: {model, repack, output, kv, state,
     compute}, devices: {name: bytes}, total_bytes, lines}``.  The ``CPU_REPACK`` model buffer is
-    reported as ``repack``; a buffer logged twice (a re-reservation) counts once, at its largest."""
+    reported as ``repack``.  Buffers add up (2026-10 logs one KV buffer per cache, base and SWA),
+    except the compute buffer, which a re-reservation logs again: it counts once, at its largest."""
     seen: dict[tuple[str, str], int] = {}
     lines: list[str] = []
     for line in text.splitlines():
@@ -368,7 +369,7 @@ def parse_engine_log(text: str) -> dict[str, Any]:
                 part = "repack"
             nbytes = int(round(float(m.group("mib")) * MiB))
             key = (part, dev)
-            seen[key] = max(seen.get(key, 0), nbytes)
+            seen[key] = max(seen.get(key, 0), nbytes) if part == "compute" else seen.get(key, 0) + nbytes
             lines.append(line.strip())
             break
     parts = {p: 0 for p in ("model", "repack", "output", "kv", "state", "compute")}
