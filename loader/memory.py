@@ -335,6 +335,47 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     }
 
 
+def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
+         free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> dict[str, Any]:
+    """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
+
+    ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
+    VRAM plus ``reserve_bytes`` (default: the manifest's ``[cuda] reserve_mib``) fits in
+    ``free_vram_bytes`` (default: what the CUDA driver reports for device 0; no driver: 0 layers),
+    by :func:`gpt4all_loader.variants.fit_layers`, the same figures ``load()`` uses to choose the CUDA
+    variant.  ``items`` follows gguf-parser's ``estimate.items[]``: one entry per device with its
+    bytes and the layers it runs.
+    """
+    from . import variants
+
+    auto = gpu_layers == "auto"
+    free = free_vram_bytes
+    if free is None and (auto or gpu_layers):
+        gi = variants.gpu_info(0)
+        free = gi.free_bytes if gi is not None else None
+    if reserve_bytes is None:
+        reserve_bytes = int(variants.cuda_table().get("reserve_mib", 768)) * MiB
+    if auto:
+        layers = variants.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
+            if free is not None else 0
+    else:
+        layers = max(0, int(gpu_layers or 0))
+    est = estimate(facts, ctx_size=ctx_size, gpu_layers=layers, era=era)
+    n_layer, on_gpu = est["n_layer"], min(est["gpu_layers"], est["n_layer"])
+    items: list[dict[str, Any]] = [{"device": "cpu", "bytes": est["ram_bytes"], "layers": n_layer - on_gpu,
+                                    "output": not (n_layer and est["gpu_layers"] > n_layer)}]
+    if layers:
+        gpu: dict[str, Any] = {"device": "cuda:0", "bytes": est["vram_bytes"], "layers": on_gpu,
+                               "output": bool(n_layer and est["gpu_layers"] > n_layer)}
+        if free is not None:
+            gpu.update(free_bytes=int(free), reserve_bytes=int(reserve_bytes),
+                       fits=est["vram_bytes"] + reserve_bytes <= free)
+        items.append(gpu)
+    est["gpu_layers_requested"] = "auto" if auto else layers
+    est["items"] = items
+    return est
+
+
 # --------------------------------------------------------------------------------------------------
 # The engine's own figures, from its log lines (G4A_VERBOSE=1)
 
