@@ -8,7 +8,8 @@ attention "auto", which the CPU backend of 2026-10 turns on; full-size SWA cache
 weights
     The sum of the tensor bytes the reader counted.  Offloaded layers move their own ``blk.N.*``
     bytes to VRAM (GGUF; other files: ``repeating_bytes / n_layer``); ``gpu_layers > n_layer``
-    also offloads the output matrix.  The token embedding always stays in RAM.
+    also offloads the output matrix (an output tied to the token embedding is then a second copy
+    of it, in VRAM).  The token embedding always stays in RAM.
 
 repack (2026-10, AVX2 CPU builds)
     ggml's CPU backend copies matrices of the types it has interleaved kernels for (``Q4_0``,
@@ -288,10 +289,14 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
 
     offloaded = min(gpu_layers, n_layer) if n_layer else 0
     # llama.cpp offloads the last layers first (i_gpu_start = n_layer - n_gpu_layers)
-    vram_weights = sum(layers[n_layer - offloaded:]) + (out if n_layer and gpu_layers > n_layer else 0)
+    output_offloaded = bool(n_layer) and gpu_layers > n_layer
+    # an output tied to the token embedding is loaded a second time onto the GPU (TENSOR_DUPLICATED)
+    tied = output_offloaded and bool(tensors) and not out and "token_embd.weight" in tensors
+    copy = tensors["token_embd.weight"][2] if tied else 0
+    vram_weights = sum(layers[n_layer - offloaded:]) + (out if output_offloaded else 0) + copy
     if not n_layer and gpu_layers:  # nothing known about layers: all or nothing
         vram_weights = weights
-    vram_weights = min(vram_weights, weights)
+    vram_weights = min(vram_weights, weights + copy)
 
     cells = _pad(ctx_size, rules.kv_pad)
     attn_layers = n_layer if not s.state_per_layer else 0
@@ -312,7 +317,7 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     compute_on_gpu = gpu_layers > 0 and not (legacy and era < "2023-06")
 
     vram = vram_weights + kv_vram + (compute if compute_on_gpu else 0)
-    total = weights + repack + output + kv + state + compute
+    total = weights + copy + repack + output + kv + state + compute
     ram = total - vram
     return {
         "ram_bytes": int(ram),
@@ -383,6 +388,7 @@ def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, 
 #: print "MB" but divide by 1024 * 1024 too).
 _LOG_LINES: list[tuple[str, re.Pattern[str]]] = [
     ("model", re.compile(r"(?P<dev>\S+) model buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("model", re.compile(r"llm_load_tensors: +(?P<dev>\S+) buffer size = +(?P<mib>[\d.]+) MiB")),  # 2024-09
     ("model", re.compile(r"mem required += +(?P<mib>[\d.]+) MB")),
     ("output", re.compile(r"(?P<dev>\S+) +output buffer size = +(?P<mib>[\d.]+) MiB")),
     ("kv", re.compile(r"(?P<dev>\S+) KV buffer size = +(?P<mib>[\d.]+) MiB")),

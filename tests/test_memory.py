@@ -59,6 +59,7 @@ CASES = [
     ("gemma3-swa-f16", "gguf-2026-10", _gemma3),
     ("llama-q4_0-repacked", "gguf-2026-10", _q4_0),
     ("llama-gguf3-f16", "gguf-2026-10", lambda d: _llama(d, "gguf", 3)),
+    ("smollm2-q4_1", "gguf-2024-09", _smollm2),
     ("llama-gguf3-f16", "gguf-2024-09", lambda d: _llama(d, "gguf", 3)),
     ("llama-gguf3-f16-vocab8k", "gguf-2024-09", lambda d: _llama(d, "gguf", 3, n_vocab=8000, n_embd=128, n_head=8)),
     ("llama-gguf3-f16", "gguf-2023-11", lambda d: _llama(d, "gguf", 3)),
@@ -68,6 +69,9 @@ CASES = [
     ("llama-ggjt1-f16", "llama-2023-05", lambda d: _llama(d, "ggjt", 1)),
     ("llama-ggjt1-f16", "llama-2023-04", lambda d: _llama(d, "ggjt", 1)),
 ]
+#: the 2023-04/05 loaders size their scratch by model size alone and zero 1.8 GB per load: one
+#: context shows the table, the 2023-05 case keeps all three
+CONTEXTS_OF = {"llama-2023-04": (512,)}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,7 @@ def test_formula_matches_the_engine(files, name, backend, make):
     path = str(files(name, make))
     facts = read_facts(path)
     era = load_manifest()[backend].era
-    for ctx in CONTEXTS:
+    for ctx in CONTEXTS_OF.get(backend, CONTEXTS):
         ex = engine_memory_in_child(path, backend, device="cpu", ctx=ctx, timeout=300)
         assert ex["ok"], ex
         est = estimate(facts, ctx_size=ctx, era=era)
@@ -166,6 +170,13 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
             assert len(p["items"]) == 1 and cpu["layers"] == p["n_layer"]
     assert plan(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=reserve + all_,
                 reserve_bytes=reserve)["items"][1]["output"] is True
+    # the output tied to the embedding (SmolLM2, Gemma) is a second copy when offloaded
+    gemma = read_facts(str(files("gemma3-swa-f16", _gemma3)))
+    emb = gemma.tensors["token_embd.weight"][2]
+    n = gemma.hparams["n_layer"]
+    layers_only, with_output = (estimate(gemma, ctx_size=256, gpu_layers=k) for k in (n, n + 1))
+    assert with_output["vram_bytes"] - layers_only["vram_bytes"] == emb
+    assert with_output["total_bytes"] - layers_only["total_bytes"] == emb
     # an explicit count is kept even when it does not fit, and says so
     p = plan(facts, ctx_size=2048, gpu_layers=32, free_vram_bytes=reserve + one, reserve_bytes=reserve)
     assert p["items"][1]["layers"] == 32 and p["items"][1]["fits"] is False
