@@ -237,7 +237,7 @@ def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int) -> int:
     ub = min(MAX_UBATCH, n_ctx)
     f32 = 4
     masks = 2 if rules.swa_cache and s.swa_layers and s.swa_layers < s.n_layer else 1
-    inputs = rules.mask_bytes * n_kv * ub * masks
+    inputs = 0 if s.state_per_layer else rules.mask_bytes * n_kv * ub * masks
     x = s.n_embd * ub * f32
     attention = 0 if rules.flash_attn or s.state_per_layer else s.n_head * n_kv * ub * f32
     q_kv = s.n_head * s.key_length + 2 * s.n_head_kv * s.key_length

@@ -27,8 +27,8 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-__all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "write_llama", "write_gptj", "write_mpt", "write_gguf",
-           "write_gemma3",
+__all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
+           "write_gguf", "write_gemma3", "write_mamba",
            "LEGACY_TO_GGUF", "gguf_name"]
 
 _FTYPES = {"f32": 0, "f16": 1}
@@ -488,6 +488,62 @@ def write_gemma3(path: str | os.PathLike, model: TinyGemma3, ftype: str = "f32")
     tensors = []
     for name, shape in model.tensor_shapes().items():
         tt = _ttype(shape, ft)
+        tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
+    return write_gguf(path, model.kv(ft), tensors)
+
+
+class TinyMamba(_Tiny):
+    """A tiny Mamba (selective state space, no attention): its memory is a fixed recurrent state per
+    layer instead of a KV cache.  ``d_inner = 2 * n_embd`` (the only expansion llama.cpp supports)."""
+
+    def __init__(self, seed: int = 0, n_vocab: int = 1024, n_embd: int = 64, n_layer: int = 4, d_conv: int = 4,
+                 d_state: int = 16, dt_rank: int = 8, n_ctx: int = 2048):
+        super().__init__()
+        self.vocab = TinyLlama(n_vocab=n_vocab)
+        self.seed, self.n_vocab, self.n_embd, self.n_layer, self.n_ctx = seed, n_vocab, n_embd, n_layer, n_ctx
+        self.d_inner, self.d_conv, self.d_state, self.dt_rank = 2 * n_embd, d_conv, d_state, dt_rank
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        e, di, ds, r = self.n_embd, self.d_inner, self.d_state, self.dt_rank
+        s: dict[str, list[int]] = {"token_embd.weight": [e, self.n_vocab], "output_norm.weight": [e]}
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            s.update({p + "attn_norm.weight": [e], p + "ssm_in.weight": [e, 2 * di],
+                      p + "ssm_conv1d.weight": [self.d_conv, di], p + "ssm_conv1d.bias": [di],
+                      p + "ssm_x.weight": [di, r + 2 * ds], p + "ssm_dt.weight": [r, di], p + "ssm_dt.bias": [di],
+                      p + "ssm_a": [ds, di], p + "ssm_d": [di], p + "ssm_out.weight": [di, e]})
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if name.endswith("ssm_a"):
+            return -1.0, -0.1  # A = -exp(A_log): negative, a decaying state
+        if len(shape) == 1 or name.endswith("ssm_conv1d.weight"):
+            return 0.9, 1.1 if name.endswith("norm.weight") else 0.1
+        b = 1.0 / math.sqrt(shape[0])
+        return -b, b
+
+    def kv(self, ftype: int) -> list[tuple]:
+        U32, I32, F32, STR = 4, 5, 6, 8
+        toks, scores, types = self.vocab.gguf_vocab()
+        a = "mamba"
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"), ("general.file_type", U32, ftype),
+                (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
+                (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, 0),
+                (f"{a}.attention.head_count", U32, 0), (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-5),
+                (f"{a}.ssm.conv_kernel", U32, self.d_conv), (f"{a}.ssm.inner_size", U32, self.d_inner),
+                (f"{a}.ssm.state_size", U32, self.d_state), (f"{a}.ssm.time_step_rank", U32, self.dt_rank),
+                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (9, STR), toks),
+                ("tokenizer.ggml.scores", (9, F32), scores), ("tokenizer.ggml.token_type", (9, I32), types),
+                ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
+                ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
+
+
+def write_mamba(path: str | os.PathLike, model: TinyMamba, ftype: str = "f32") -> Path:
+    """``model`` as a GGUF v3 file (the large matrices F32 or F16; convolution, A and 1-D tensors F32)."""
+    ft = _check_ftype(ftype)
+    tensors = []
+    for name, shape in model.tensor_shapes().items():
+        tt = _ttype(shape, ft, force_f32=name.endswith(("ssm_a", "ssm_conv1d.weight")))
         tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
     return write_gguf(path, model.kv(ft), tensors)
 

@@ -20,7 +20,7 @@ from gpt4all_loader.probe_cli import engine_memory_in_child
 from gpt4all_loader.quantize import quantize
 from gpt4all_loader.reader import read_facts
 from gpt4all_loader.variants import fit_layers
-from gpt4all_loader.writer import TinyGemma3, TinyLlama, write_gemma3, write_llama
+from gpt4all_loader.writer import TinyGemma3, TinyLlama, TinyMamba, write_gemma3, write_llama, write_mamba
 
 from conftest import require_backend
 
@@ -53,11 +53,17 @@ def _gemma3(d):
     return write_gemma3(d / "gemma3.gguf", TinyGemma3(), "f16")
 
 
+def _mamba(d):
+    return write_mamba(d / "mamba.gguf", TinyMamba(), "f16")
+
+
 #: (name, backend, how to make the file): every architecture family and era we can write or fetch
 CASES = [
     ("smollm2-q4_1", "gguf-2026-10", _smollm2),
     ("gemma3-swa-f16", "gguf-2026-10", _gemma3),
     ("llama-q4_0-repacked", "gguf-2026-10", _q4_0),
+    ("mamba-f16", "gguf-2026-10", _mamba),
+    ("mamba-f16", "gguf-2024-09", _mamba),
     ("llama-gguf3-f16", "gguf-2026-10", lambda d: _llama(d, "gguf", 3)),
     ("smollm2-q4_1", "gguf-2024-09", _smollm2),
     ("llama-gguf3-f16", "gguf-2024-09", lambda d: _llama(d, "gguf", 3)),
@@ -122,12 +128,12 @@ def test_key_length_and_swa_layers_size_the_kv_cache(files):
 
 
 def test_recurrent_state_replaces_the_kv_cache(files):
-    facts = read_facts(str(files("llama-gguf3-f16", lambda d: _llama(d, "gguf", 3))))
-    facts.architecture = "mamba"
-    facts.hparams.update(ssm_conv_kernel=4, ssm_inner_size=128, ssm_state_size=16, n_head=0)
+    m = TinyMamba()
+    facts = read_facts(str(files("mamba-f16", _mamba)))
     small, big = (estimate(facts, ctx_size=c, era="2026-10") for c in (256, 8192))
-    assert small["kv_bytes"] == big["kv_bytes"] == 0
-    assert small["state_bytes"] == big["state_bytes"] == facts.hparams["n_layer"] * (3 * 128 + 16 * 128) * 4
+    assert small["kv_bytes"] == big["kv_bytes"] == small["kv_cells"] == 0
+    conv = (m.d_conv - 1) * m.d_inner  # n_embd_r(): conv state; n_embd_s(): d_state * d_inner
+    assert small["state_bytes"] == big["state_bytes"] == m.n_layer * (conv + m.d_state * m.d_inner) * 4
 
 
 def test_parse_engine_log_adds_buffers_and_counts_compute_once():
