@@ -44,6 +44,10 @@ compute
     Model sizes are recognised the way those loaders did, by ``n_layer`` (26, 32, 40, 60, 80);
     any other size scales the 7B figures by ``n_embd / 4096``.
 
+    GPT4All-era GPT-J and MPT files run on our own runner (``backends/legacy/g4a_gptj_mpt.cpp``),
+    which sizes its evaluation buffer with ``eval_bytes()`` for chunks of 32 tokens; the estimate
+    repeats that sum for a full context (the runner logs no sizes to check it against).
+
     Graph-allocator eras (2023-08 CPU, 2023-11, 2024-09, 2026-10) measure the graph of one
     micro-batch of ``ub = min(512, n_ctx)`` tokens against a full cache of ``n_kv`` cells and keep
     the peak.  Modelled as f32 activations::
@@ -231,6 +235,23 @@ def _repack_bytes(facts: Any, rules: EraRules) -> int:
                and not name.startswith("token_embd."))
 
 
+#: tokens per graph of our GPT-J/MPT runner (EVAL_CHUNK in backends/legacy/g4a_gptj_mpt.cpp)
+_GPTJ_MPT_CHUNK = 32
+
+
+def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
+    """The evaluation buffer our GPT-J/MPT runner sizes for a full context: ``eval_bytes(m, N, L)`` of
+    ``backends/legacy/g4a_gptj_mpt.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
+    n, ctx = min(_GPTJ_MPT_CHUNK, n_ctx), n_ctx
+    e, f, h, v = s.n_embd, 4 * s.n_embd, s.n_head, s.n_vocab
+    per_layer = 16 * n * e + 8 * n * f + 6 * h * n * ctx + e * ctx
+    head = 4 * n * e + 3 * n * v + n
+    objects = (s.n_layer * 100 + 100) * 400
+    work = 4 * max(n * f, h * n * ctx) + 64 * 16 + 4096
+    total = (s.n_layer * per_layer + head) * 4 + objects + work + (1 << 20)
+    return total + total // 4
+
+
 def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int) -> int:
     """The peak of one micro-batch's graph: the attention scores of a layer, the rest of a layer, or
     the logits (the graph allocator frees the masks and a layer's activations before the logits)."""
@@ -257,18 +278,20 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     README lists); every value is an int or a short string.
     """
     fmt = getattr(facts, "format", None)
-    legacy = fmt in ("ggml", "ggmf", "ggjt")
+    # GPT4All-era GPT-J and MPT files run on our own ggml runner (backends/legacy), not llama.cpp
+    gptj_mpt = fmt in ("ggml", "ggmm") and getattr(facts, "architecture", None) in ("gptj", "mpt")
+    legacy = fmt in ("ggml", "ggmf", "ggjt") and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(getattr(facts, "hparams", None) or {})
     n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
-        ctx_size = 512 if legacy else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer
-    era = era or ("2023-08" if legacy else NEWEST)
+    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)
     # 2023-08 builds measure the graph unless built with CUDA (scratch buffers then)
     scratch = legacy and (era < "2023-06" or gpu_layers > 0)
-    rules = ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
+    rules = EraRules() if gptj_mpt else ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
 
     tt = getattr(facts, "tensor_types", None) or {}
     weights = int(sum(getattr(st, "bytes", 0) or 0 for st in tt.values()))
@@ -306,10 +329,12 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     state = state_per_layer * n_layer
     kv_vram = (kv_per_layer + state_per_layer) * offloaded
 
-    repack = 0 if gpu_layers or legacy else _repack_bytes(facts, rules)
-    output = s.n_vocab * 4 if rules.output_buffer and not legacy else 0
+    repack = 0 if gpu_layers or legacy or gptj_mpt else _repack_bytes(facts, rules)
+    output = s.n_vocab * 4 if rules.output_buffer and not (legacy or gptj_mpt) else 0
     if not n_layer or not s.n_embd:
         compute = 0
+    elif gptj_mpt:
+        compute = _compute_gptj_mpt(s, ctx_size)
     elif scratch:
         compute = _scratch_legacy(era, ctx_size, n_layer, s.n_embd, s.n_head, s.n_head_kv)
     else:
@@ -329,7 +354,7 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
         "gpu_layers": int(offloaded + (1 if n_layer and gpu_layers > n_layer else 0)),
         "n_layer": n_layer,
         "per_layer_bytes": int(per_layer),
-        "formula": "legacy-scratch" if scratch else ("legacy-graph" if legacy else "gguf"),
+        "formula": "gptj-mpt" if gptj_mpt else "legacy-scratch" if scratch else ("legacy-graph" if legacy else "gguf"),
         "era": era,
         "total_bytes": int(total),
         "repack_bytes": int(repack),

@@ -20,7 +20,8 @@ from gpt4all_loader.probe_cli import engine_memory_in_child
 from gpt4all_loader.quantize import quantize
 from gpt4all_loader.reader import read_facts
 from gpt4all_loader.variants import fit_layers
-from gpt4all_loader.writer import TinyGemma3, TinyLlama, TinyMamba, write_gemma3, write_llama, write_mamba
+from gpt4all_loader.writer import (TinyGemma3, TinyGPTJ, TinyLlama, TinyMamba, TinyMPT, write_gemma3, write_gptj,
+                                   write_llama, write_mamba, write_mpt)
 
 from conftest import require_backend
 
@@ -134,6 +135,18 @@ def test_recurrent_state_replaces_the_kv_cache(files):
     assert small["kv_bytes"] == big["kv_bytes"] == small["kv_cells"] == 0
     conv = (m.d_conv - 1) * m.d_inner  # n_embd_r(): conv state; n_embd_s(): d_state * d_inner
     assert small["state_bytes"] == big["state_bytes"] == m.n_layer * (conv + m.d_state * m.d_inner) * 4
+
+
+def test_gptj_mpt_files_use_our_runners_sizes(tmp_path):
+    """GPT4All-era GPT-J/MPT files run on backends/legacy (no llama.cpp tables, no log to compare):
+    f16 K and V of n_embd per layer and token, and an evaluation buffer that grows with the context."""
+    for model, path in ((TinyGPTJ(), write_gptj(tmp_path / "gptj.bin", TinyGPTJ(), "f16")),
+                        (TinyMPT(), write_mpt(tmp_path / "mpt.bin", TinyMPT(), "ggmm", "f16"))):
+        facts = read_facts(str(path))
+        small, big = (estimate(facts, ctx_size=c) for c in (64, 128))
+        assert small["formula"] == "gptj-mpt" and small["repack_bytes"] == small["output_bytes"] == 0
+        assert small["kv_bytes"] == 2 * model.n_layer * 64 * model.n_embd * 2
+        assert 0 < small["compute_bytes"] < big["compute_bytes"]
 
 
 def test_parse_engine_log_adds_buffers_and_counts_compute_once():
