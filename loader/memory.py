@@ -108,10 +108,14 @@ class EraRules:
     repack_types: frozenset[str] = frozenset()
 
 
+#: ggml_tensor_overhead() of the 2023 ggml (object header and tensor struct), with ggml_graph_overhead()
+#: below: the metadata buffer those eras add to the compute size they log (GGML_MAX_NODES tensors)
+_TENSOR_OVERHEAD_2023 = 368
+
 #: keyed by the manifest's era; GGUF files of unknown era use the newest rules
 ERAS: dict[str, EraRules] = {
-    "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * 368 + 98_328),
-    "2023-11": EraRules(graph_meta=16384 * 368 + 393_240),
+    "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * _TENSOR_OVERHEAD_2023 + 98_328),
+    "2023-11": EraRules(graph_meta=16384 * _TENSOR_OVERHEAD_2023 + 393_240),
     "2024-09": EraRules(kv_pad=32, output_buffer=True),
     "2026-10": EraRules(kv_pad=256, flash_attn=True, mask_bytes=2, swa_cache=True, output_buffer=True,
                         repack_types=frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})),
