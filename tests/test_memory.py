@@ -128,6 +128,22 @@ def test_key_length_and_swa_layers_size_the_kv_cache(files):
     assert estimate(facts, ctx_size=1000, era="2024-09")["kv_cells"] == 1024  # padded to 32
 
 
+def test_gemma3_270m_figures_of_the_engine():
+    """Gemma 3 270M Q4_K_M (not fetchable here) from its header facts, against what llama.cpp 0c1e570
+    logged for it (issue 17: model 235.16 + repack 12.66 + output 1.00 + KV + compute 514.50 MiB)."""
+    from gpt4all_loader.facts import FileFacts, TensorTypeStat
+
+    facts = FileFacts(path="gemma-3-270m-it-Q4_K_M.gguf", size=253_000_000, format="gguf", architecture="gemma3",
+                      hparams={"n_vocab": 262144, "n_embd": 640, "n_layer": 18, "n_head": 4, "n_head_kv": 1,
+                               "key_length": 256, "value_length": 256, "n_ff": 2048, "n_ctx_train": 32768,
+                               "sliding_window": 512},
+                      tensor_types={"Q4_K": TensorTypeStat(1, round(235.16 * MiB))}, n_params=268_000_000)
+    for ctx, engine_mib, kv_mib in ((2048, 799.3, 36), (8192, 907.3, 144), (32768, 1339.3, 576)):
+        est = estimate(facts, ctx_size=ctx, era="2026-10")
+        assert est["kv_bytes"] == kv_mib * MiB and est["swa_layers"] == 15
+        assert abs(est["total_bytes"] / (engine_mib * MiB) - 1) <= TOLERANCE, (ctx, est["total_bytes"] / MiB)
+
+
 def test_recurrent_state_replaces_the_kv_cache(files):
     m = TinyMamba()
     facts = read_facts(str(files("mamba-f16", _mamba)))
