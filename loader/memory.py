@@ -53,8 +53,9 @@ compute
     the peak.  Modelled as f32 activations::
 
         x           n_embd * ub * 4                (one hidden state)
-        inputs      KQ mask n_kv * ub (f32; f16 in 2026-10; one per cache: base and SWA)
-        attention   n_head * n_kv * ub * 4         (KQ scores of one layer; none with flash attention)
+        inputs      KQ mask n_kv * ub (f32; f16 with flash attention; one per cache: base and SWA)
+        attention   n_head * n_kv * ub * 4         (KQ scores of one layer; none with flash attention,
+                                                    which our CUDA build of 2026-10 lacks)
         layer       ub * (3 * n_embd + 2 * n_ff + n_head * key_length + 2 * n_embd_k_gqa) * 4
         output      n_vocab * ub * 4 + 4 * x
         compute     graph metadata + max(inputs + attention + 2 * x, inputs + layer, output)
@@ -94,9 +95,12 @@ class EraRules:
 
     #: KV cells are n_ctx rounded up to this
     kv_pad: int = 1
-    #: flash attention on by default on the CPU (no KQ score matrix in the graph)
+    #: flash attention on by default on the CPU (no KQ score matrix in the graph; the mask cast to f16)
     flash_attn: bool = False
-    #: bytes per KQ-mask element in the graph inputs (0: the era masks in place, no input tensor)
+    #: ... and with layers on our CUDA build, which leaves out the FA kernels (manifest:
+    #: -DGGML_CUDA_FA=OFF), so "auto" finds FLASH_ATTN_EXT unsupported there and turns it off
+    flash_attn_cuda: bool = False
+    #: bytes per f32 KQ-mask element in the graph inputs (0: the era masks in place, no input tensor)
     mask_bytes: int = 4
     #: a separate KV cache (and mask) for sliding-window layers
     swa_cache: bool = False
@@ -117,7 +121,7 @@ ERAS: dict[str, EraRules] = {
     "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * _TENSOR_OVERHEAD_2023 + 98_328),
     "2023-11": EraRules(graph_meta=16384 * _TENSOR_OVERHEAD_2023 + 393_240),
     "2024-09": EraRules(kv_pad=32, output_buffer=True),
-    "2026-10": EraRules(kv_pad=256, flash_attn=True, mask_bytes=2, swa_cache=True, output_buffer=True,
+    "2026-10": EraRules(kv_pad=256, flash_attn=True, swa_cache=True, output_buffer=True,
                         repack_types=frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})),
 }
 NEWEST = "2026-10"
@@ -256,15 +260,16 @@ def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
     return total + total // 4
 
 
-def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int) -> int:
+def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int, flash_attn: bool) -> int:
     """The peak of one micro-batch's graph: the attention scores of a layer, the rest of a layer, or
     the logits (the graph allocator frees the masks and a layer's activations before the logits)."""
     ub = min(MAX_UBATCH, n_ctx)
     f32 = 4
     masks = 2 if rules.swa_cache and s.swa_layers and s.swa_layers < s.n_layer else 1
-    inputs = 0 if s.state_per_layer else rules.mask_bytes * n_kv * ub * masks
+    mask_bytes = rules.mask_bytes // 2 if flash_attn else rules.mask_bytes
+    inputs = 0 if s.state_per_layer else mask_bytes * n_kv * ub * masks
     x = s.n_embd * ub * f32
-    attention = 0 if rules.flash_attn or s.state_per_layer else s.n_head * n_kv * ub * f32
+    attention = 0 if flash_attn or s.state_per_layer else s.n_head * n_kv * ub * f32
     q_kv = s.n_head * s.key_length + 2 * s.n_head_kv * s.key_length
     layer = ub * (3 * s.n_embd + 2 * s.n_ff + q_kv) * f32
     output = s.n_vocab * ub * f32 + 4 * x
@@ -342,7 +347,8 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     elif scratch:
         compute = _scratch_legacy(era, ctx_size, n_layer, s.n_embd, s.n_head, s.n_head_kv)
     else:
-        compute = _compute_graph(s, rules, ctx_size, cells)
+        flash_attn = rules.flash_attn_cuda if gpu_layers else rules.flash_attn
+        compute = _compute_graph(s, rules, ctx_size, cells, flash_attn)
     compute_on_gpu = gpu_layers > 0 and not (legacy and era < "2023-06")
 
     vram = vram_weights + kv_vram + (compute if compute_on_gpu else 0)

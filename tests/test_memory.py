@@ -205,6 +205,10 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
             assert len(p["items"]) == 1 and cpu["layers"] == p["n_layer"]
     assert plan(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=reserve + all_,
                 reserve_bytes=reserve)["items"][1]["output"] is True
+    # our CUDA build has no flash-attention kernels: with layers on the GPU the KQ scores are materialised
+    n_head = facts.hparams["n_head"]
+    assert estimate(facts, ctx_size=2048, gpu_layers=1)["compute_bytes"] >= n_head * 2048 * 512 * 4 \
+        > estimate(facts, ctx_size=2048)["compute_bytes"]
     # the output tied to the embedding (SmolLM2, Gemma) is a second copy when offloaded
     gemma = read_facts(str(files("gemma3-swa-f16", _gemma3)))
     emb = gemma.tensors["token_embd.weight"][2]
