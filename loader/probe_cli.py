@@ -205,6 +205,13 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
                       f"RAM {human_bytes(m['ram_bytes'])}, VRAM {human_bytes(m['vram_bytes'])} "
                       f"(weights {human_bytes(m['weights_bytes'])}, KV {human_bytes(m['kv_bytes'])}, "
                       f"compute {human_bytes(m['compute_bytes'])})")
+        if len(m.get("items") or []) > 1:
+            row("devices", ", ".join(
+                f"{it['device']} {human_bytes(it['bytes'])} ({it['layers']} layers"
+                + (" and the output" if it.get("output") else "")
+                + (f"; {'fits' if it['fits'] else 'does NOT fit'} in {human_bytes(it['free_bytes'])} free less "
+                   f"{human_bytes(it['reserve_bytes'])} reserve" if "fits" in it else "") + ")"
+                for it in m["items"]))
         ex = m.get("exact")
         if ex:
             if ex.get("ok"):

@@ -241,6 +241,8 @@ def test_cli_exact_and_auto(files):
     assert ex["parts"]["kv"] == m["kv_bytes"]
     rc, out, err = _cli("--estimate", "--exact", "--ctx-size", 512, path)
     assert rc == 0 and "engine " in out and "by gguf-2026-10" in out, out + err
+    rc, out, err = _cli("--estimate", "--gpu-layers", "auto", "--free-vram", 100_000, path)
+    assert rc == 0 and "cuda:0" in out and "layers and the output; fits in" in out, out + err
     rc, _, err = _cli("--exact", path)
     assert rc == 2 and "--exact goes with --estimate" in err
     rc, _, err = _cli("--estimate", "--gpu-layers", "most", path)
