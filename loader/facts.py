@@ -62,8 +62,12 @@ class FileFacts:
     notes: list[str] = field(default_factory=list)
     #: names of all tensors (for rules such as "needs output.weight"); not part of to_dict()
     tensor_names: frozenset[str] = field(default_factory=frozenset, repr=False)
+    #: GGUF only: name -> (type name, ne, bytes), for per-layer and per-use memory figures; not part
+    #: of to_dict()
+    tensors: dict[str, tuple[str, tuple[int, ...], int]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("tensor_names", None)
+        d.pop("tensors", None)
         return d
