@@ -219,3 +219,42 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
         raise
     except Exception as e:  # a template is a program: any of its failures is its own
         raise ChatTemplateError(f"the file's chat template cannot be rendered: {type(e).__name__}: {e}") from None
+
+
+class ChatSession:
+    """A conversation with one model, in the style of gpt4all's ``with model.chat_session(): ...``.
+
+    The messages are kept here, each turn is rendered whole with the file's own template, and the
+    model evaluates only what follows the prefix it already holds (the previous turns), so a chat of
+    n turns costs the new text of each turn instead of its whole history every time.  Works on a
+    :class:`~gpt4all_loader.model.Model` and on an isolated one alike (only ``chat()`` is used).
+    """
+
+    def __init__(self, model: Any, system: str | None = None) -> None:
+        self.model = model
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+
+    def __enter__(self) -> "ChatSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def send(self, content: str, **kwargs: Any) -> str | Iterator[str]:
+        """Add a user message and answer it (``generate()`` arguments apply; ``stream=True`` yields
+        pieces and records the reply once the stream ends)."""
+        self.messages.append({"role": "user", "content": content})
+        if not kwargs.get("stream"):
+            reply = self.model.chat(self.messages, **kwargs)
+            self.messages.append({"role": "assistant", "content": reply})
+            return reply
+        return self._stream(self.model.chat(self.messages, **kwargs))
+
+    def _stream(self, pieces: Iterator[str]) -> Iterator[str]:
+        parts: list[str] = []
+        try:
+            for p in pieces:
+                parts.append(p)
+                yield p
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(parts)})

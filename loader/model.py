@@ -29,6 +29,7 @@ from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .chat import ChatSession
     from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
@@ -120,6 +121,11 @@ class Model:
         self.facts = facts
         self._embeddings = embeddings
         self._piece_buf = self._ffi.new("char[256]")
+        #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
+        #: what follows the longest prefix it shares with them
+        self._kv: list[int] = []
+        #: prompt tokens the last generation evaluated (the others were already in the cache)
+        self.last_evaluated = 0
         # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
         self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
 
@@ -245,6 +251,47 @@ class Model:
         """Forget everything evaluated so far."""
         with self._lock:
             self._lib.g4a_reset(self._h())
+            self._kv = []
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens the engine's cache holds (the prompt and output of the last generation, or what
+        :meth:`evaluate` appended); the next prompt that starts with them evaluates only the rest."""
+        with self._lock:
+            return list(self._kv)
+
+    def _rewind(self, n_keep: int) -> None:
+        """Keep the first ``n_keep`` cached tokens; engines that cannot cut their state back (recurrent
+        models) start again from nothing, and the caller evaluates what is missing."""
+        if n_keep >= len(self._kv):
+            return
+        h = self._h()
+        if n_keep > 0 and self._lib.g4a_truncate(h, n_keep) == 0:
+            del self._kv[n_keep:]
+        else:
+            self._lib.g4a_reset(h)
+            self._kv = []
+
+    def _evaluate_to(self, tokens: Sequence[int]) -> int:
+        """Make the cache hold exactly ``tokens``, evaluating only what follows the longest common
+        prefix (at least the last token, so the logits belong to it); returns the tokens evaluated."""
+        keep = 0
+        for a, b in zip(self._kv, tokens[:-1]):
+            if a != b:
+                break
+            keep += 1
+        self._rewind(keep)
+        todo = list(tokens[len(self._kv):])
+        self.evaluate(todo)
+        return len(todo)
+
+    def _shift(self, n_keep: int) -> None:
+        """Context shift: keep the first ``n_keep`` tokens, drop the older half of the rest, and
+        evaluate the kept tail again at its new positions (every era can: no KV arithmetic needed)."""
+        kv = self._kv
+        n_keep = min(n_keep, len(kv) - 1)
+        n_discard = max(1, (len(kv) - n_keep) // 2)
+        self._evaluate_to(kv[:n_keep] + kv[n_keep + n_discard:])
 
     @property
     def n_past(self) -> int:
@@ -263,7 +310,11 @@ class Model:
             with self._backend.evaluating():
                 rc = self._lib.g4a_eval(h, arr, len(ids))
             if rc != 0:
-                raise self._err("evaluation failed")
+                err = self._err("evaluation failed")
+                self._lib.g4a_reset(h)   # what the engine holds after a failed batch is not known
+                self._kv = []
+                raise err
+            self._kv.extend(ids)
 
     def logits(self) -> list[float]:
         """Logits of the last evaluated position (n_vocab floats)."""
@@ -292,13 +343,17 @@ class Model:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
                  stream: bool = False, callback: Callable[[str], bool] | None = None,
-                 add_bos: bool = True, special: bool = False) -> str | Iterator[str]:
+                 add_bos: bool = True, special: bool = False, context_shift: bool = True,
+                 n_keep: int | None = None) -> str | Iterator[str]:
         """Continue ``prompt`` (text, or token ids).
 
         ``temperature=0`` is greedy and deterministic; otherwise sampling is seeded by ``seed``
         (a random seed when None).  Generation stops at an end-of-generation token, at a ``stop``
-        string (not included in the output), after ``max_tokens``, when the context is full, or
-        when ``callback(piece)`` returns False.  ``stream=True`` returns an iterator of text pieces
+        string (not included in the output), after ``max_tokens``, or when ``callback(piece)``
+        returns False.  Only what follows the longest prefix the prompt shares with the cached
+        tokens (:attr:`cached_tokens`) is evaluated.  When the context fills, ``context_shift`` keeps
+        the first ``n_keep`` tokens (default: the prompt's start, up to a quarter of the context, so
+        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.  ``stream=True`` returns an iterator of text pieces
         that never splits a UTF-8 character; breaking out of it cancels the generation.
         Parameters are checked here, before anything runs (ValueError).
         """
@@ -309,7 +364,8 @@ class Model:
             raise ValueError(f"callback must be callable or None, got {callback!r}")
         tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                       top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special)
+                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special,
+                                      context_shift=context_shift, n_keep=n_keep)
         it = self._generate(tokens, stop=stops, callback=callback)
         if stream:
             return it
@@ -318,7 +374,8 @@ class Model:
     def generate_tokens(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
                         top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                         repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
-                        special: bool = False) -> Iterator[int]:
+                        special: bool = False, context_shift: bool = True,
+                        n_keep: int | None = None) -> Iterator[int]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
         sampling = dict(
             temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
@@ -330,10 +387,12 @@ class Model:
         seed = _int(seed, "seed", -2**63, 2**64 - 1) if seed is not None else int.from_bytes(os.urandom(8), "little")
         if not isinstance(prompt, (str, bytes)):
             prompt = [_int(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
-        return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special)
+        keep = None if n_keep is None else _int(n_keep, "n_keep", 0, 2**31 - 1)
+        shift = keep if context_shift else -1
+        return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special, shift)
 
     def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, sampling: dict[str, Any],
-                      seed: int, add_bos: bool, special: bool) -> Iterator[int]:
+                      seed: int, add_bos: bool, special: bool, shift: int | None) -> Iterator[int]:
         """generate_tokens() after its checks.  Each native call fetches the handle again (``_h``):
         the consumer may close the model between two steps, and the free waits for this stream."""
         ffi = self._ffi
@@ -347,8 +406,9 @@ class Model:
                     tokens = [self.token_bos()]
                 if len(tokens) >= self.info.n_ctx:
                     raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
-                self._lib.g4a_reset(self._h())
-                self.evaluate(tokens)
+                self.last_evaluated = self._evaluate_to(tokens)
+                # context shift: -1 off; None the prompt's start, up to a quarter of the context
+                n_keep = min(len(tokens), max(1, self.info.n_ctx // 4)) if shift is None else shift
                 params = ffi.new("g4a_sampling *", sampling)
                 rng = ffi.new("uint64_t *", seed & 0xFFFFFFFFFFFFFFFF)
                 window_n = max(sampling["repeat_last_n"], 1)
@@ -363,8 +423,10 @@ class Model:
                     if self._lib.g4a_is_eog(self._h(), tok):
                         return
                     yield tok
-                    if self._lib.g4a_n_past(self._h()) + 1 > self.info.n_ctx:
-                        return
+                    if len(self._kv) + 1 > self.info.n_ctx:
+                        if n_keep < 0:
+                            return
+                        self._shift(n_keep)
                     recent.append(tok)
                     if len(recent) > window_n:
                         del recent[0]
@@ -372,7 +434,11 @@ class Model:
                     with self._backend.evaluating():
                         rc = self._lib.g4a_eval(self._h(), one, 1)
                     if rc != 0:
-                        raise self._err("evaluation failed")
+                        err = self._err("evaluation failed")
+                        self._lib.g4a_reset(self._h())
+                        self._kv = []
+                        raise err
+                    self._kv.append(tok)
             finally:
                 self._streams -= 1
                 if self._closing and not self._streams:
@@ -427,6 +493,13 @@ class Model:
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
         return self.generate(text, add_bos=add_bos, **kwargs)
+
+    def chat_session(self, system: str | None = None) -> "ChatSession":
+        """A multi-turn conversation that keeps its messages and reuses the evaluated history
+        (``with model.chat_session() as chat: chat.send("Hi")``); :meth:`chat` stays stateless."""
+        from .chat import ChatSession
+
+        return ChatSession(self, system)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"n_ctx={self.info.n_ctx}"

@@ -320,6 +320,12 @@ class IsolatedModel:
              callback: Callable[[str], bool] | None = None, **kwargs: Any) -> str | Iterator[str]:
         return self._text("chat", ([dict(m) for m in messages],), kwargs, stream, callback)
 
+    def chat_session(self, system: str | None = None) -> Any:
+        """As :meth:`Model.chat_session`: the messages stay here, the worker's model reuses its prefix."""
+        from .chat import ChatSession
+
+        return ChatSession(self, system)
+
     def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[int]:
         return _Stream(self, "generate_tokens", (prompt if isinstance(prompt, (str, bytes)) else list(prompt),),
                        kwargs, None)

@@ -966,6 +966,20 @@ G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
     return 0;
 }
 
+G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
+    t_error.clear();
+    if (!m || !m->wctx) { set_error("g4a_truncate: the model was loaded without weights (vocab only)"); return -1; }
+    if (n_keep < 0 || n_keep > m->n_past) {
+        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
+        return -1;
+    }
+    if (n_keep < m->n_past) {
+        m->n_past = n_keep;   // the cache rows from n_keep on are written again by the next evaluation
+        m->has_logits = false;
+    }
+    return 0;
+}
+
 G4A_EXPORT const float *g4a_logits(g4a_model *m) {
     t_error.clear();
     if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }

@@ -486,6 +486,22 @@ static void compat_reset(g4a_model *m) {
 #endif
 }
 
+// Drop the cache entries of positions >= n_keep; false when the engine cannot (recurrent state).
+static bool compat_truncate(g4a_model *m, int32_t n_keep) {
+#if G4A_API_GEN <= 2
+    (void)m;
+    (void)n_keep;
+    return true;   // the next eval at n_past = n_keep overwrites what follows
+#elif G4A_API_GEN == 4 && defined(G4A_SPM_SPECIAL_IN_SHIM)
+    llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);   // 2023-11: no answer, and no recurrent models
+    return true;
+#elif G4A_API_GEN == 4
+    return llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);
+#else
+    return llama_memory_seq_rm(llama_get_memory(m->ctx), 0, n_keep, -1);
+#endif
+}
+
 static const float *compat_logits(g4a_model *m) {
 #if G4A_API_GEN >= 6
     return llama_get_logits_ith(m->ctx, -1);
@@ -723,6 +739,25 @@ G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
     G4A_GUARD(-1, {
         if (m->ctx && !m->vocab_only) compat_reset(m);
         m->n_past = 0;
+        m->has_logits = false;
+        return 0;
+    })
+}
+
+G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
+    t_error.clear();
+    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_truncate: no context"); return -1; }
+    if (n_keep < 0 || n_keep > m->n_past) {
+        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
+        return -1;
+    }
+    if (n_keep == m->n_past) return 0;
+    G4A_GUARD(-1, {
+        if (!compat_truncate(m, n_keep)) {
+            set_error("g4a_truncate: this model's state cannot be cut back to a shorter prefix");
+            return -1;
+        }
+        m->n_past = n_keep;
         m->has_logits = false;
         return 0;
     })
