@@ -100,6 +100,9 @@ class ModelInfo:
     engine: str = ""
     #: loaded for tokenizing only (no weights, no context): tokenize/detokenize work, evaluation does not
     vocab_only: bool = False
+    #: how a full context makes room during generation: "cache" (the engine moves the kept positions)
+    #: or "re-evaluate" (the kept tokens are evaluated again); "" when nothing can be evaluated
+    context_shift: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,12 +289,16 @@ class Model:
         return len(todo)
 
     def _shift(self, n_keep: int) -> None:
-        """Context shift: keep the first ``n_keep`` tokens, drop the older half of the rest, and
-        evaluate the kept tail again at its new positions (every era can: no KV arithmetic needed)."""
+        """Context shift: keep the first ``n_keep`` tokens and drop the older half of the rest.  The
+        engine moves the kept tail back in its cache where it can (2026 era); otherwise the tail is
+        evaluated again at its new positions, which every era can (see ``info.context_shift``)."""
         kv = self._kv
         n_keep = min(n_keep, len(kv) - 1)
         n_discard = max(1, (len(kv) - n_keep) // 2)
-        self._evaluate_to(kv[:n_keep] + kv[n_keep + n_discard:])
+        if self._lib.g4a_shift(self._h(), n_keep, n_discard) == 0:
+            del kv[n_keep:n_keep + n_discard]
+        else:
+            self._evaluate_to(kv[:n_keep] + kv[n_keep + n_discard:])
 
     @property
     def n_past(self) -> int:
@@ -607,5 +614,6 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
         n_ctx_train=int(be.lib.g4a_n_ctx_train(handle)) or n_ctx_train, n_vocab=int(be.lib.g4a_n_vocab(handle)),
         n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
-        engine=be.info(), vocab_only=bool(vocab_only))
+        engine=be.info(), vocab_only=bool(vocab_only),
+        context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"))
     return Model(be, handle, info, facts, embeddings)

@@ -67,6 +67,7 @@ def test_a_generation_longer_than_the_context_goes_on(files, backend):
     require_backend(backend)
     with _load(files[backend], backend, n_ctx=48) as m:
         n_ctx = m.info.n_ctx   # the 2024+ eras round the context up to 256
+        assert m.info.context_shift == ("cache" if backend == "gguf-2026-10" else "re-evaluate")
         ids = m.tokenize("the cat")
         shifted = list(m.generate_tokens(ids, max_tokens=3 * n_ctx, repeat_penalty=1.3))
         assert len(m.cached_tokens) <= n_ctx and m.cached_tokens[:len(ids)] == ids
@@ -94,6 +95,7 @@ def test_recurrent_models_start_again_instead_of_cutting_their_state(tmp_path):
     require_backend("gguf-2026-10")
     path = write_mamba(tmp_path / "mamba.gguf", TinyMamba(seed=0))
     with _load(path, "gguf-2026-10") as m:
+        assert m.info.context_shift == "re-evaluate"
         m.generate([1, 300, 301, 302], max_tokens=4)
         reused = m.generate([1, 300, 301, 302, 303, 304], max_tokens=6)
     with _load(path, "gguf-2026-10") as fresh:

@@ -980,6 +980,13 @@ G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
     return 0;
 }
 
+// GPT-J keys are stored rotated and MPT's ALiBi bias follows the key index: neither cache moves
+G4A_EXPORT int32_t g4a_shift(g4a_model *, int32_t, int32_t) {
+    t_error.clear();
+    set_error("g4a_shift: the GPT-J/MPT code cannot move cached positions");
+    return -1;
+}
+
 G4A_EXPORT const float *g4a_logits(g4a_model *m) {
     t_error.clear();
     if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }

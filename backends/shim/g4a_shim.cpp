@@ -502,6 +502,24 @@ static bool compat_truncate(g4a_model *m, int32_t n_keep) {
 #endif
 }
 
+// Move cached positions back (RoPE re-rotated by the engine); false where the era or model cannot.
+// Only the 2026 API says whether a model's cache can shift, so the older eras always say no.
+static bool compat_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+#if G4A_API_GEN >= 6
+    llama_memory_t mem = llama_get_memory(m->ctx);
+    if (!llama_memory_can_shift(mem)) return false;
+    if (n_discard == 0) return true;
+    if (!llama_memory_seq_rm(mem, 0, n_keep, n_keep + n_discard)) return false;
+    llama_memory_seq_add(mem, 0, n_keep + n_discard, -1, -n_discard);
+    return true;
+#else
+    (void)m;
+    (void)n_keep;
+    (void)n_discard;
+    return false;
+#endif
+}
+
 static const float *compat_logits(g4a_model *m) {
 #if G4A_API_GEN >= 6
     return llama_get_logits_ith(m->ctx, -1);
@@ -759,6 +777,24 @@ G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
         }
         m->n_past = n_keep;
         m->has_logits = false;
+        return 0;
+    })
+}
+
+G4A_EXPORT int32_t g4a_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+    t_error.clear();
+    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_shift: no context"); return -1; }
+    if (n_keep < 0 || n_discard < 0 || n_keep > m->n_past || n_discard > m->n_past - n_keep) {
+        set_error("g4a_shift: keep " + std::to_string(n_keep) + " and discard " + std::to_string(n_discard) +
+                  " do not fit the " + std::to_string(m->n_past) + " cached positions");
+        return -1;
+    }
+    G4A_GUARD(-1, {
+        if (!compat_shift(m, n_keep, n_discard)) {
+            set_error("g4a_shift: this era or model cannot move cached positions");
+            return -1;
+        }
+        m->n_past -= n_discard;
         return 0;
     })
 }
