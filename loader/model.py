@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import BackendError, ChatTemplateError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
-from .manifest import build_command
+from .manifest import build_command, load_manifest
 from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
 
@@ -100,6 +100,9 @@ class ModelInfo:
     engine: str = ""
     #: loaded for tokenizing only (no weights, no context): tokenize/detokenize work, evaluation does not
     vocab_only: bool = False
+    #: flash attention as loaded: "on", "off", or "auto" (the 2026 engine decides per device: on for the
+    #: CPU); eras without it always "off"
+    flash_attn: str = "off"
     #: how a full context makes room during generation: "cache" (the engine moves the kept positions)
     #: or "re-evaluate" (the kept tokens are evaluated again); "" when nothing can be evaluated
     context_shift: str = ""
@@ -514,6 +517,16 @@ class Model:
 
 
 # ------------------------------------------------------------------------------------------------
+def _flash_attn(value: str | bool, era_default: str, backend: str) -> str:
+    """"auto", "on" or "off" from load()'s flash_attn; True on an era without flash attention is an error."""
+    fa = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    if fa not in ("auto", "on", "off"):
+        raise ValueError(f"flash_attn must be 'auto', True or False, got {value!r}")
+    if fa == "on" and not era_default:
+        raise ValueError(f"backend {backend} has no flash attention (flash_attn=True); use 'auto' or False")
+    return fa
+
+
 def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     """(n_gqa, rms_norm_eps) that ggjt-era files need but do not carry."""
     if facts.format not in ("ggml", "ggmf", "ggjt"):
@@ -528,7 +541,7 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
-         worker_timeout: float | None = None) -> "Model | IsolatedModel":
+         worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> "Model | IsolatedModel":
     """Load a model file on the backend that reads it.
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
@@ -540,13 +553,16 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
     detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
     (no tensors) and False otherwise.
+    flash_attn: "auto" (the era's default: the 2026 engine turns it on for the CPU, 2024-09 leaves it
+    off), True or False, to match another tool's numbers; eras without flash attention refuse True.
     """
     if isolated:
         from .worker import DEFAULT_TIMEOUT, IsolatedModel
 
         return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
                                                    n_gpu_layers=n_gpu_layers, backend=backend,
-                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only),
+                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only,
+                                                   flash_attn=flash_attn),
                              DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
     from .catalog import choose
     from .reader import read_facts
@@ -594,13 +610,16 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
             raise BackendError(f"{path}: {facts.description or facts.format}: backend {chosen.backend} reads it but "
                                f"is not built here; build it with: {build_command(chosen.backend)}")
         raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
+    fa_default = str(load_manifest()[chosen.backend].extra.get("flash_attn", ""))
+    fa = _flash_attn(flash_attn, fa_default, chosen.backend)
     be = native.open_backend(chosen.backend, choice.variant)
     n_gqa, eps = _legacy_params(facts)
     ffi = native.ffi()
     params = ffi.new("g4a_load_params *", dict(
         n_ctx=n_ctx, n_threads=n_threads,
         n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
-        vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
+        vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF,
+        flash_attn={"auto": -1, "off": 0, "on": 1}[fa]))
     t0 = time.perf_counter()
     handle = be.load_model(path, params)
     seconds = time.perf_counter() - t0
@@ -614,6 +633,6 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
         n_ctx_train=int(be.lib.g4a_n_ctx_train(handle)) or n_ctx_train, n_vocab=int(be.lib.g4a_n_vocab(handle)),
         n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
-        engine=be.info(), vocab_only=bool(vocab_only),
+        engine=be.info(), vocab_only=bool(vocab_only), flash_attn=fa if fa != "auto" else (fa_default or "off"),
         context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"))
     return Model(be, handle, info, facts, embeddings)

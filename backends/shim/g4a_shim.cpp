@@ -168,6 +168,11 @@ static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p
     cp.embedding = p->embeddings != 0;
 #endif
 #if G4A_API_GEN >= 6
+    cp.flash_attn_type = (enum llama_flash_attn_type)p->flash_attn;   // the same -1/0/1 as ours
+#elif defined(G4A_FLASH_ATTN_BOOL)
+    if (p->flash_attn >= 0) cp.flash_attn = p->flash_attn != 0;      // -1 keeps the era's default (off)
+#endif
+#if G4A_API_GEN >= 6
     m->ctx = llama_init_from_model(m->model, cp);
 #else
     m->ctx = llama_new_context_with_model(m->model, cp);

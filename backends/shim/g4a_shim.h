@@ -23,7 +23,7 @@ extern "C" {
 
 /* CDEF-BEGIN */
 /* Bump when any declaration below changes; Python refuses a library whose version differs. */
-enum { G4A_ABI_VERSION = 1 };
+enum { G4A_ABI_VERSION = 2 };
 
 typedef struct g4a_model g4a_model;
 
@@ -37,6 +37,7 @@ typedef struct g4a_load_params {
     int32_t n_gqa;          /* ggjt v3 LLaMA-2-70B files: grouped-query factor (0: file/default) */
     float   rms_norm_eps;   /* ggjt files carry no epsilon (0: the era's default) */
     uint32_t seed;
+    int32_t flash_attn;     /* -1: the era's default (2026: the engine decides per device), 0 off, 1 on */
 } g4a_load_params;
 
 typedef struct g4a_sampling {
