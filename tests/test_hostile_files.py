@@ -1,0 +1,143 @@
+"""Hostile files: what took an engine down is refused with a reason, before any native code runs.
+
+Three parts: llama.cpp's handcrafted GGUF kinds (``tests/test-gguf.cpp``) against our reader; tiny
+models with one field made hostile (:mod:`hostile`) against the catalog, era by era; and, for a
+representative set of those, ``load()`` + one ``evaluate`` in a child process with a time and
+address-space limit, asserting no signal and no time-out.  ``tools/fuzz_reader.py`` runs a larger
+randomized search.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import struct
+
+import pytest
+
+from conftest import backend_built
+from gguf_handcrafted import EXPECTED, KINDS, handcrafted
+from hostile import CASES, CHILD_CASES, GGUF_ERAS, gguf, legacy, run_child
+
+from gpt4all_loader import probe
+from gpt4all_loader.catalog import verdicts
+from gpt4all_loader.errors import FormatError, UnsupportedModelError
+from gpt4all_loader.reader import read_facts
+
+SEEDS = range(4)
+
+
+# -- llama.cpp's handcrafted GGUF files ----------------------------------------------------------------
+def _refused(facts) -> bool:
+    return not any(v.loadable for v in verdicts(facts))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_handcrafted_gguf_agrees_with_ggml(kind, tmp_path):
+    """Where ggml's gguf reader refuses a file, so do we: the reader raises FormatError, or the facts
+    say why no backend loads it (not a GGUF, truncated, an unknown tensor type).  Where ggml reads it,
+    our reader does too (these files have no architecture, so no backend loads them as models)."""
+    for seed in SEEDS:
+        p = tmp_path / f"{kind}-{seed}.gguf"
+        p.write_bytes(handcrafted(kind, seed))
+        try:
+            f = read_facts(p)
+        except FormatError as e:
+            assert EXPECTED[kind] == "refuse", f"{kind} seed {seed}: ggml reads it, we raise {e}"
+            assert str(p) in str(e)
+            continue
+        assert _refused(f), (kind, seed)
+        if kind == "HEADER_BAD_VERSION_1":
+            # deliberate difference: GGUF v1 (32-bit counts, Aug-Oct 2023) is read on purpose, for the
+            # gguf-2023-11 backend that still loads it; ggml 2026 refuses every v1 file
+            assert f.format == "gguf" and f.format_version == 1
+        elif kind == "DATA_NOT_ENOUGH_DATA":
+            # llama.cpp's loader checks each tensor's own bytes (ggml, reading the data section,
+            # also wants the last tensor's padding): refused whenever a tensor's byte is missing
+            assert f.truncated or f.data_offset + f.data_bytes_expected <= f.size
+        elif EXPECTED[kind] == "refuse":
+            assert f.kind == "not-a-model" or f.truncated or any(t.startswith("TYPE_") for t in f.tensor_types), \
+                f"{kind} seed {seed}: ggml refuses it, we read {f.description}"
+
+
+def test_unknown_tensor_type_refused_with_reason(tmp_path):
+    """ggml refuses a type id it does not know; we read the file (to describe it) and refuse it."""
+    p = gguf(tmp_path / "t.gguf")
+    b = bytearray(p.read_bytes())
+    name = b"blk.1.ffn_norm.weight"  # the last tensor: the data of the others keeps its place
+    struct.pack_into("<I", b, b.index(name) + len(name) + 4 + 8, 43)
+    p.write_bytes(b)
+    f = read_facts(p)
+    assert "TYPE_43" in f.tensor_types and _refused(f)
+    assert all(any("id 43 is newer than every pinned llama.cpp" in r for r in v.reasons) for v in verdicts(f)
+               if v.backend in GGUF_ERAS)
+
+
+# -- hostile tiny models, era by era ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_file_refused_with_reason(name, tmp_path):
+    write, expected = CASES[name]
+    p = write(tmp_path / f"{name}.bin")
+    f = read_facts(p)
+    by = {v.backend: v for v in verdicts(f)}
+    for backend, needle in expected.items():
+        v = by[backend]
+        assert not v.loadable and any(needle in r for r in v.reasons), (backend, v.reasons)
+    rep = probe(p)
+    if not rep.loadable:  # the probe says so with the same reasons
+        assert all(rep.reasons[b] == by[b].reasons for b in expected)
+    else:  # another era reads it safely: the reasons of the refusing ones are still shown
+        assert rep.backend not in expected
+
+
+def test_baselines_are_loadable(tmp_path):
+    """The hostile cases differ from these loadable files by one field each."""
+    f = read_facts(gguf(tmp_path / "ok.gguf"))
+    assert {v.backend for v in verdicts(f) if v.loadable} == set(GGUF_ERAS)
+    f = read_facts(legacy(tmp_path / "ok.bin", "ggjt", 1))
+    assert {"llama-2023-04", "llama-2023-05", "llama-2023-08"} <= {v.backend for v in verdicts(f) if v.loadable}
+
+
+def test_load_raises_with_the_reason(tmp_path):
+    p = CASES["gguf-rms-eps-negative"][0](tmp_path / "eps.gguf")
+    with pytest.raises(UnsupportedModelError, match="finite positive"):
+        from gpt4all_loader import load
+
+        load(p)
+
+
+# -- non-regular files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["fifo", "/dev/zero", "/dev/urandom", "/proc/self/cmdline"])
+def test_special_files_refused_without_blocking(path, tmp_path):
+    if path == "fifo":
+        path = str(tmp_path / "model.gguf")
+        os.mkfifo(path)
+    elif not os.path.exists(path):
+        pytest.skip(f"{path} does not exist here")
+    rep = probe(path)
+    assert rep.error_kind == "unreadable" and "not" in rep.error and rep.loadable is not True
+    with pytest.raises(OSError, match="not a regular file|does not report"):
+        read_facts(path)
+
+
+# -- the native step, in a child ----------------------------------------------------------------------
+@pytest.mark.parametrize("name,backend", CHILD_CASES)
+def test_hostile_load_in_child(name, backend, tmp_path):
+    """Forced onto the era it crashed, the file now gets a library error naming the reason."""
+    if not backend_built(backend):
+        pytest.skip(f"backend {backend}/cpu is not built")
+    p = CASES[name][0](tmp_path / f"{name}.bin")
+    r = run_child(p, backend)
+    assert "signal" not in r, f"{name} on {backend}: killed by {signal.Signals(r['signal']).name}: {r['stderr']}"
+    assert not r.get("timeout") and "rc" not in r, r
+    assert r["ok"] is False and r["error"] == "UnsupportedModelError" and CASES[name][1][backend] in r["message"]
+
+
+@pytest.mark.parametrize("backend,fmt,version", [("llama-2023-04", "ggjt", 1), ("llama-2023-08", "ggjt", 3),
+                                                 ("gguf-2023-11", "gguf", 3), ("gguf-2026-10", "gguf", 3)])
+def test_baseline_load_in_child(backend, fmt, version, tmp_path):
+    """The same tiny files without the hostile field load and evaluate under the same limits."""
+    if not backend_built(backend):
+        pytest.skip(f"backend {backend}/cpu is not built")
+    p = gguf(tmp_path / "ok.gguf") if fmt == "gguf" else legacy(tmp_path / "ok.bin", fmt, version)
+    r = run_child(p, backend)
+    assert r.get("ok") is True and r["n_logits"] > 0, r
