@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gpt4all_loader.writer import TinyLlama, _legacy_tensor, gguf_name, write_gguf, write_llama
+from gpt4all_loader.writer import (TinyGPTJ, TinyLlama, TinyMPT, _legacy_tensor, gguf_name, write_gguf, write_gptj,
+                                   write_llama, write_mpt)
 
 GGUF_ERAS = ("gguf-2023-11", "gguf-2024-09", "gguf-2026-10")
 U32, I32, F32, STR, ARR = 4, 5, 6, 8, 9
@@ -44,6 +45,26 @@ def legacy_f16_norms(path: Path, fmt: str, version: int | None) -> Path:
         for name, shape in m.tensor_shapes().items():
             _legacy_tensor(f, name, shape, 1, m.weights(name), 32 if fmt == "ggjt" else 0)
     return path
+
+
+def patched(path: Path, offset: int, value: int) -> Path:
+    """``path`` with the i32 at ``offset`` replaced (a header field of a GPT-J or MPT file)."""
+    b = bytearray(path.read_bytes())
+    struct.pack_into("<i", b, offset, value)
+    path.write_bytes(b)
+    return path
+
+
+#: GPT-J (ggml: magic, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot) and MPT (ggmm: magic, n_vocab,
+#: n_ctx, n_layer, n_head, n_embd) header fields set hostile; their loaders check what they read, so
+#: these must end in a load or a library error on every era
+GPTJ_MPT_CASES: dict[str, Callable[[Path], Path]] = {
+    "gptj-n_head-0": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 16, 0),
+    "gptj-n_layer-1000": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 20, 1000),
+    "gptj-n_rot-0": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 24, 0),
+    "mpt-n_head-0": lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 16, 0),
+    "mpt-n_layer-1000": lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 12, 1000),
+}
 
 
 # -- GGUF --------------------------------------------------------------------------------------------------

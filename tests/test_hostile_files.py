@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from conftest import backend_built
 from gguf_handcrafted import EXPECTED, KINDS, handcrafted
-from hostile import CASES, CHILD_CASES, GGUF_ERAS, gguf, legacy, run_child
+from hostile import CASES, CHILD_CASES, GGUF_ERAS, GPTJ_MPT_CASES, gguf, legacy, run_child
 
 from gpt4all_loader import probe
 from gpt4all_loader.catalog import verdicts
@@ -141,3 +143,33 @@ def test_baseline_load_in_child(backend, fmt, version, tmp_path):
     p = gguf(tmp_path / "ok.gguf") if fmt == "gguf" else legacy(tmp_path / "ok.bin", fmt, version)
     r = run_child(p, backend)
     assert r.get("ok") is True and r["n_logits"] > 0, r
+
+
+@pytest.mark.parametrize("name", sorted(GPTJ_MPT_CASES))
+@pytest.mark.parametrize("backend", ["ggml-gptj-mpt-2023-05", "ggml-gptj-mpt-2023-08"])
+def test_gptj_mpt_hostile_header_in_child(name, backend, tmp_path):
+    """The GPT-J/MPT loaders check their headers themselves: a load or a library error, never a signal."""
+    if not backend_built(backend):
+        pytest.skip(f"backend {backend}/cpu is not built")
+    p = GPTJ_MPT_CASES[name](tmp_path / f"{name}.bin")
+    try:
+        loadable = any(v.loadable for v in verdicts(read_facts(p)) if v.backend == backend)
+    except FormatError:
+        return  # refused by the reader: nothing reaches native code
+    r = run_child(p, backend if loadable else None)
+    assert "signal" not in r and not r.get("timeout") and "rc" not in r, r
+    assert r["ok"] or r["message"], r
+
+
+# -- file names --------------------------------------------------------------------------------------------
+def test_probe_cli_reports_non_utf8_names(tmp_path):
+    """A name that is not UTF-8 is shown escaped, and every file of the directory is reported."""
+    bad = os.fsencode(tmp_path) + b"/caf\xe9.gguf"
+    with open(bad, "wb") as f:
+        f.write(gguf(tmp_path / "good.gguf").read_bytes())
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", str(tmp_path)],
+                        capture_output=True, timeout=120, env=env)
+    out = cp.stdout.decode("utf-8")
+    assert cp.returncode == 0 and "internal error" not in cp.stderr.decode(), cp.stderr
+    assert "caf\\xe9.gguf" in out and "good.gguf" in out and out.count("LOADABLE") == 2
