@@ -198,6 +198,9 @@ def _vocab(facts: FileFacts, era: EraLimits) -> list[str]:
             out.append(f"tokenizer.ggml.{key} holds {etype}, not {want}")
         elif n != v.n_tokens:
             out.append(f"tokenizer.ggml.{key} has {n} entries for {v.n_tokens} tokens")
+    emb = facts.tensor_infos.get("token_embd.weight")
+    if emb and len(emb[1]) == 2 and emb[1][1] != v.n_tokens:
+        out.append(f"the vocabulary has {v.n_tokens} tokens but token_embd.weight has {emb[1][1]} rows")
     if era.unique_tokens and v.duplicate is not None:
         out.append(f"token text {v.duplicate!r} occurs more than once ({v.n_duplicates} repeats); this engine "
                    "asserts every token text is unique")
