@@ -118,6 +118,13 @@ def _heads(facts: FileFacts) -> list[str]:
     n_kv = _int(hp.get("n_head_kv"))
     if facts.architecture == "llama" and n_head and n_kv and n_kv > 0 and n_head % n_kv:
         out.append(f"n_head_kv {n_kv} does not divide n_head {n_head}")
+    if facts.architecture == "llama" and n_head and n_head > 0 and n_embd and n_embd % n_head == 0:
+        # RoPE turns pairs of values: ggml asserts an even number of rotated dimensions
+        head_dim, n_rot = n_embd // n_head, _int(hp.get("n_rot"))
+        if head_dim % 2:
+            out.append(f"the head dimension n_embd / n_head = {head_dim} is odd; RoPE needs it even")
+        elif n_rot is not None and (n_rot <= 0 or n_rot % 2 or n_rot > head_dim):
+            out.append(f"n_rot {n_rot} is not an even number of dimensions up to the head dimension {head_dim}")
     return out
 
 

@@ -9,7 +9,7 @@ in a child process with a time and address-space limit, for the native step.
 from __future__ import annotations
 
 import json
-import os
+import resource
 import struct
 import subprocess
 import sys
@@ -133,6 +133,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
     "legacy-n_head-0": (lambda p: legacy(p, "ggjt", 1, n_head=0),
                         {**{b: "n_head is 0" for b in _EARLY}, "llama-2023-08": "n_head is 0"}),
     "legacy-n_head-not-dividing": (lambda p: legacy(p, "ggjt", 3, n_head=3), {"llama-2023-08": "does not divide"}),
+    "legacy-odd-head-dim": (lambda p: legacy(p, "ggml", None, n_head=64),
+                            {b: "n_embd / n_head = 1 is odd" for b in _EARLY}),
     "legacy-n_rot-wrong": (lambda p: legacy(p, "ggjt", 3, n_rot=8), {"llama-2023-08": "n_rot 8 differs"}),
     "legacy-n_layer-vs-blocks": (lambda p: legacy(p, "ggjt", 3, n_layer=40), {"llama-2023-08": "blocks"}),
     "legacy-f16-norms": (lambda p: legacy_f16_norms(p, "ggjt", 1), {b: "1-D tensors" for b in _EARLY}),
@@ -151,6 +153,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
                               {b: "finite positive" for b in GGUF_ERAS}),
     "gguf-rms-eps-nan": (lambda p: gguf(p, kv={"llama.attention.layer_norm_rms_epsilon": (F32, float("nan"))}),
                          {b: "finite positive" for b in GGUF_ERAS}),
+    "gguf-odd-rope": (lambda p: gguf(p, kv={"llama.rope.dimension_count": (U32, 7)}),
+                      {b: "n_rot 7 is not an even number" for b in GGUF_ERAS}),
     "gguf-head_count-0": (lambda p: gguf(p, kv={"llama.attention.head_count": (U32, 0)}),
                           {b: "n_head is 0" for b in GGUF_ERAS}),
     "gguf-head_count_kv-0": (lambda p: gguf(p, kv={"llama.attention.head_count_kv": (U32, 0)}),
@@ -183,44 +187,38 @@ CASES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
 #: the native step in a child process
 CHILD_CASES = [
     ("legacy-n_layer-2-ggml-f16", "llama-2023-04"), ("legacy-n_mult-0", "llama-2023-05"),
-    ("legacy-n_rot-wrong", "llama-2023-08"), ("gguf-alignment-1", "gguf-2026-10"),
+    ("legacy-n_rot-wrong", "llama-2023-08"), ("legacy-odd-head-dim", "llama-2023-05"), ("gguf-alignment-1", "gguf-2026-10"),
     ("gguf-block_count-1000", "gguf-2026-10"), ("gguf-head_count-0", "gguf-2023-11"),
     ("gguf-rms-eps-nan", "gguf-2026-10"), ("gguf-duplicate-tokens", "gguf-2026-10"),
     ("gguf-tokenizer-rwkv", "gguf-2026-10"), ("gguf-u32-tokens", "gguf-2023-11"),
 ]
 
-_CHILD = r"""
-import json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[3]), int(sys.argv[3])))
-from gpt4all_loader import load
-from gpt4all_loader.errors import BackendError, FormatError, UnsupportedModelError
-try:
-    m = load(sys.argv[1], backend=sys.argv[2] or None, device="cpu", n_ctx=64, n_threads=1)
-    m.evaluate([m.token_bos()])
-    n = len(m.logits())
-    m.close()
-    print(json.dumps({"ok": True, "n_logits": n}))
-except (BackendError, FormatError, UnsupportedModelError, OSError) as e:
-    print(json.dumps({"ok": False, "error": type(e).__name__, "message": str(e)}))
-"""
-
 #: address space a child may map: the tiny models need a few hundred MB; an engine that tries to
 #: allocate gigabytes for a hostile header fails inside the limit instead of exhausting the machine
 CHILD_ADDRESS_SPACE = 8 << 30
+#: what a refusal or failure inside the library looks like in gpt4all_loader.smoke's "error"
+LIBRARY_ERRORS = ("UnsupportedModelError", "FormatError", "BackendError", "OSError", "MemoryError")
+
+
+def _limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
 
 
 def run_child(path: Path, backend: str | None, timeout: float = 120) -> dict:
-    """``load()`` + one ``evaluate`` of ``path`` in a child; the child's JSON line, or a dict saying
-    how it ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
-    env = dict(os.environ)
+    """``load()`` + one ``evaluate`` of ``path`` in a child (``python -m gpt4all_loader.smoke``, the
+    probe's ``--load`` step) under an address-space limit: its JSON line, or a dict saying how it
+    ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
+    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", str(path), "--device", "cpu", "--ctx-size", "64"]
+    if backend:
+        cmd += ["--backend", backend]
     try:
-        cp = subprocess.run([sys.executable, "-c", _CHILD, str(path), backend or "", str(CHILD_ADDRESS_SPACE)],
-                            capture_output=True, text=True, timeout=timeout, env=env)
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                            preexec_fn=_limit_address_space)
     except subprocess.TimeoutExpired:
         return {"timeout": True}
     if cp.returncode < 0:
         return {"signal": -cp.returncode, "stderr": cp.stderr[-2000:]}
     lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if cp.returncode or not lines:
+    if not lines:
         return {"rc": cp.returncode, "stderr": cp.stderr[-2000:]}
     return json.loads(lines[-1])
