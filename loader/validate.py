@@ -175,10 +175,13 @@ def _types(facts: FileFacts, era: EraLimits) -> list[str]:
 def _gguf_hparams(facts: FileFacts) -> list[str]:
     hp = facts.hparams
     out = []
-    n_exp, n_used = hp.get("expert_count"), hp.get("expert_used_count")
-    if (n_exp is None) != (n_used is None) and (n_used or 0) > 0:
+    # experts: both counts or neither (0 counts as absent), and no more used than there are
+    n_exp, n_used = _int(hp.get("expert_count")) or 0, _int(hp.get("expert_used_count")) or 0
+    if n_used and not n_exp:
         out.append("expert_used_count is set without expert_count")
-    elif _int(n_exp) is not None and _int(n_used) is not None and n_used > n_exp:
+    elif n_exp and not n_used:
+        out.append(f"expert_count is {n_exp} but expert_used_count is not set")
+    elif n_used > n_exp:
         out.append(f"expert_used_count {n_used} exceeds expert_count {n_exp}")
     for key in ("rms_norm_eps", "norm_eps"):
         v = hp.get(key)
