@@ -122,17 +122,22 @@ class ByteSource:
         self.pos += n
 
     def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
-                     collect: bool = False, max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | None:
+                     collect: bool = False, texts: bool = False,
+                     max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | list[bytes] | None:
         """Walk ``count`` records of (length, bytes[length], ``extra`` bytes) as fast as possible.
 
         ``mask`` clears flag bits from the length (GPT4All MPT marks special tokens with bit 31).
-        With ``collect``, returns the (text, extra) pairs.  A length beyond the end of the file or
-        above ``max_len`` raises FormatError naming the record.
+        With ``collect``, returns the (text, extra) pairs; with ``texts`` (and no ``extra``), the texts
+        alone, which is cheaper.  A length beyond the end of the file or above ``max_len`` raises
+        FormatError naming the record.
         """
+        if texts and extra:
+            raise ValueError("texts=True returns records without extra bytes")
+        collect = collect or texts
         ls = self._struct(len_fmt)
         lsize = ls.size
         unpack_len = ls.unpack_from
-        out: list[tuple[bytes, bytes]] | None = [] if collect else None
+        out: list | None = [] if collect else None
         i = 0
         size = self.size
         while i < count:
@@ -153,12 +158,12 @@ class ByteSource:
                 if out is not None:
                     q = p + lsize
                     if q + n + extra <= end:
-                        out.append((buf[q:q + n], buf[q + n:q + n + extra]))
+                        out.append(buf[q:q + n] if texts else (buf[q:q + n], buf[q + n:q + n + extra]))
                     else:
                         self.pos = base + q
                         text = self.take(n, f"{field}[{i}]")
                         tail = self.take(extra, f"{field}[{i}] extra") if extra else b""
-                        out.append((text, tail))
+                        out.append(text if texts else (text, tail))
                         i += 1
                         break
                 p += lsize + n + extra

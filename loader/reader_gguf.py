@@ -30,8 +30,8 @@ GGML_MAX_NAME = 64
 #: tensor data must end below this many bytes from the data start (file offsets are signed 64-bit;
 #: ggml refuses sizes that overflow size_t after padding or when summed)
 MAX_DATA = 1 << 63
-#: the 256 byte tokens of a SentencePiece vocabulary with byte fallback, as walk_strings pairs
-_BYTE_TOKENS = frozenset((f"<0x{i:02X}>".encode(), b"") for i in range(256))
+#: the 256 byte tokens of a SentencePiece vocabulary with byte fallback
+_BYTE_TOKENS = frozenset(f"<0x{i:02X}>".encode() for i in range(256))
 _SPLIT_EXPERT = re.compile(r"^blk\.\d+\.ffn_(gate|down|up)\.\d+\.weight$")
 
 _SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in GGUF_SCALAR_FMT.items()}
@@ -132,22 +132,20 @@ class _Gguf:
         if count * self.len_size > src.remaining:
             raise src.error(f"{field} array length", f"at most {src.remaining // self.len_size} STRING elements "
                                                      f"in the {src.remaining} bytes left (got {count})", start + 4)
-        # (text, b"") pairs: counted as they are, with set and list operations that run in C
-        pairs = src.walk_strings(count, self.len_fmt, field, collect=True, max_len=MAX_STRING_VALUE) or []
-        uniq = set(pairs)
-        empty = (b"", b"")
-        vf = VocabFacts(n_tokens=count, n_duplicates=len(pairs) - len(uniq),
-                        n_empty=pairs.count(empty) if empty in uniq else 0,
-                        n_byte_tokens=len(uniq & _BYTE_TOKENS))
+        # counted with set and list operations that run in C
+        raw = src.walk_strings(count, self.len_fmt, field, texts=True, max_len=MAX_STRING_VALUE) or []
+        uniq = set(raw)
+        vf = VocabFacts(n_tokens=count, n_duplicates=len(raw) - len(uniq),
+                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS))
         if vf.n_duplicates:
-            seen: set[tuple[bytes, bytes]] = set()
-            for t in pairs:
+            seen: set[bytes] = set()
+            for t in raw:
                 if t in seen:
-                    vf.duplicate = t[0].decode("utf-8", "replace")
+                    vf.duplicate = t.decode("utf-8", "replace")
                     break
                 seen.add(t)
         if keep or count <= SMALL_ARRAY:
-            return [t.decode("utf-8", "replace") for t, _ in pairs], vf
+            return [t.decode("utf-8", "replace") for t in raw], vf
         return {"type": "STRING", "length": count}, vf
 
 
