@@ -24,6 +24,7 @@ from gpt4all_loader import probe
 from gpt4all_loader.catalog import verdicts
 from gpt4all_loader.errors import FormatError, UnsupportedModelError
 from gpt4all_loader.reader import read_facts
+from gpt4all_loader.writer import write_gguf
 
 #: seeds per handcrafted kind; G4A_HOSTILE_SEEDS=200 for the long run of the issue
 SEEDS = range(int(os.environ.get("G4A_HOSTILE_SEEDS", "4")))
@@ -120,6 +121,22 @@ def test_special_files_refused_without_blocking(path, tmp_path):
     assert rep.error_kind == "unreadable" and "not" in rep.error and rep.loadable is not True
     with pytest.raises(OSError, match="not a regular file|does not report"):
         read_facts(path)
+    from gpt4all_loader import load
+
+    with pytest.raises(OSError, match=path):
+        load(path)
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", path], capture_output=True, text=True,
+                        timeout=60)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 2 and ("not a regular file" in out or "does not report" in out), out
+
+
+@pytest.mark.parametrize("vtype", [10, 5, 0])  # u64, i32, u8: llama.cpp aborts on anything but u32
+def test_alignment_of_another_type_is_a_format_error(vtype, tmp_path):
+    p = write_gguf(tmp_path / "a.gguf", [("general.architecture", 8, "llama"), ("general.alignment", vtype, 32)],
+                   [("token_embd.weight", 0, [8, 4])])
+    with pytest.raises(FormatError, match="general.alignment.*UINT32"):
+        read_facts(p)
 
 
 # -- the native step, in a child ----------------------------------------------------------------------
