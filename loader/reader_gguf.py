@@ -159,7 +159,8 @@ def _type_label(src: ByteSource, vtype: int) -> str:
 
 
 def _array_shape(kv: dict[str, Any], kv_types: dict[str, str], key: str) -> tuple[str, int] | None:
-    """(element type, length) of an array value, None when the key is absent or not an array."""
+    """(element type, length) of an array value; (value type, 0) for a key that is not an array;
+    None when the key is absent."""
     t = kv_types.get(key, "")
     v = kv.get(key)
     if not t.startswith("ARRAY["):
@@ -249,7 +250,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         name_off = src.pos
         name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
         label = f"tensor_info[{i}] ({name})"
-        if len(name.encode("utf-8", "surrogateescape")) >= GGML_MAX_NAME:
+        if src.pos - name_off - g.len_size >= GGML_MAX_NAME:  # the length in bytes, as stored
             raise src.error(f"{label} name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)", name_off)
         if name in names:
             raise src.error(f"{label} name", "a tensor name not used before (a second tensor of that name)",

@@ -1,7 +1,7 @@
-"""Long fuzz run of the native step: header numbers of tiny models set to hostile values; every file
-that the catalog calls loadable is loaded and evaluated on each built backend that accepts it, in a
-child process with a time and address-space limit.  A signal or a time-out is a finding (a check
-missing from ``validate.py``); a library error or a load is fine.
+"""Long fuzz run of the native step: header numbers of tiny models (LLaMA in every container, GPT-J,
+MPT) set to hostile values; every file that the catalog calls loadable is loaded and evaluated on
+each built backend that accepts it, in a child process with a time and address-space limit.  A signal
+or a time-out is a finding (a check missing from ``validate.py``); a library error or a load is fine.
 
     python tools/fuzz_native.py 200 [--seed 1] [--timeout 60]
 
@@ -24,7 +24,7 @@ from gpt4all_loader.catalog import verdicts
 from gpt4all_loader.errors import FormatError
 from gpt4all_loader.reader import read_facts
 from gpt4all_loader.variants import built_variants
-from gpt4all_loader.writer import TinyLlama, write_llama
+from gpt4all_loader.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
 
 INTERESTING = [0, 1, 2, 3, 7, 8, 13, 31, 32, 33, 64, 255, 1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 ADDRESS_SPACE = 8 << 30
@@ -35,6 +35,8 @@ def bases(d: Path) -> dict[str, bytes]:
     for fmt, v in [("ggml", None), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 3)]:
         m = TinyLlama(seed=3, n_layer=32 if fmt != "gguf" else 2)
         out[f"{fmt}{v}"] = write_llama(d / f"{fmt}{v}", m, fmt, v, ftype="f16").read_bytes()
+    out["gptj"] = write_gptj(d / "gptj", TinyGPTJ(seed=3), "f16").read_bytes()
+    out["mpt"] = write_mpt(d / "mpt", TinyMPT(seed=3), "ggmm", "f16").read_bytes()
     return out
 
 
@@ -42,7 +44,7 @@ def hot_spots(data: bytes, facts) -> list[int]:
     """Offsets of the numbers that matter most: the legacy hparams and the GGUF scalar key/values
     (a tensor's type or shape changes its size, which the reader already refuses)."""
     if facts.format != "gguf":
-        base = 4 if facts.format == "ggml" else 8
+        base = 8 if facts.format in ("ggmf", "ggjt") else 4
         spots = [base + 4 * k for k in range(7)]
     else:
         spots = []
