@@ -86,11 +86,11 @@ class FileFacts:
     #: tensor name -> (ggml type name, shape ne[0] first), for checks of hyperparameters against the
     #: tensors (``validate.py``); not part of to_dict()
     tensor_infos: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict, repr=False)
-    #: vocabulary summary (GGUF and legacy LLaMA files); not part of to_dict()
+    #: vocabulary summary (GGUF files with a token array); not part of to_dict()
     vocab: VocabFacts | None = field(default=None, repr=False)
     #: GGUF ``general.alignment`` (None: legacy container); not part of to_dict()
     alignment: int | None = field(default=None, repr=False)
-    #: GGUF key -> value type name of the keys the validator checks by type; not part of to_dict()
+    #: GGUF key -> value type name ("UINT32", "ARRAY[STRING]" ...); not part of to_dict()
     kv_types: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
