@@ -32,7 +32,8 @@ EXPECTED = {k: "ok" if k in _OK else "refuse" for k in KINDS}
 
 #: the types ggml 2026 can store (type_size > 0): the repacked ARM types 31-33 and 36-38 are gone
 _STORABLE = {i: t for i, t in TYPES["pr1508"].items() if i not in (31, 32, 33, 36, 37, 38)}
-GGML_TYPE_COUNT = 43
+#: the first id ggml 2026 does not know
+GGML_TYPE_COUNT = max(TYPES["pr1508"]) + 1
 _ALIGN_KINDS = {"KV_BAD_ALIGN", "KV_WRONG_TYPE_ALIGN", "TENSORS_BAD_ALIGN", "TENSORS_CUSTOM_ALIGN",
                 "DATA_BAD_ALIGN", "DATA_CUSTOM_ALIGN"}
 
