@@ -40,6 +40,9 @@ class EraLimits:
     unique_tokens: bool = False
     #: GGUF: tokenizer models each architecture runs with (others abort or allocate without bound)
     arch_tokenizers: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: GGUF: ``general.alignment`` must be a multiple of this (1 aborts 2026-10; ggml-backend of
+    #: 2024 on asserts its 32-byte TENSOR_ALIGNMENT on the mapped data, so 8 aborts those too)
+    alignment_multiple: int = 8
 
 
 _LAYER_TABLE_2023 = frozenset({32, 40, 60, 80})
@@ -55,15 +58,14 @@ ERAS: dict[str, EraLimits] = {
     "llama-2023-08": EraLimits(layer_table=frozenset({26, 32, 40, 60, 80}), layer_table_below=32,
                                rot_asserted=True),
     "gguf-2023-11": EraLimits(),
-    "gguf-2024-09": EraLimits(unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS),
-    "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS),
+    "gguf-2024-09": EraLimits(unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS, alignment_multiple=32),
+    "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
+                              alignment_multiple=32),
 }
 
 #: element types ggml can hold but no matrix multiplication of any era takes as weights
 #: (SIGSEGV or SIGABRT in the first evaluation, measured on 2026-10)
 NON_WEIGHT_TYPES = frozenset({"I8", "I16", "I32", "I64", "F64", "Q8_1"})
-#: ``general.alignment`` must be a multiple of this (1 aborts 2026-10; writers use 32)
-ALIGNMENT_MULTIPLE = 8
 #: more layers than any released model has: a header number beyond it is damage, not a model
 MAX_LAYERS = 4096
 
@@ -172,7 +174,7 @@ def _types(facts: FileFacts, era: EraLimits) -> list[str]:
     return out
 
 
-def _gguf_hparams(facts: FileFacts) -> list[str]:
+def _gguf_hparams(facts: FileFacts, era: EraLimits) -> list[str]:
     hp = facts.hparams
     out = []
     # experts: both counts or neither (0 counts as absent), and no more used than there are
@@ -188,8 +190,9 @@ def _gguf_hparams(facts: FileFacts) -> list[str]:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v > 0):
             out.append(f"{key} is {v}; it must be a finite positive number")
     # the reader already refused a general.alignment that is not a UINT32 power of two
-    if facts.alignment is not None and facts.alignment % ALIGNMENT_MULTIPLE:
-        out.append(f"general.alignment is {facts.alignment}; the engines need a multiple of {ALIGNMENT_MULTIPLE}")
+    if facts.alignment is not None and facts.alignment % era.alignment_multiple:
+        out.append(f"general.alignment is {facts.alignment}; this engine needs a multiple of "
+                   f"{era.alignment_multiple}")
     return out
 
 
@@ -229,7 +232,7 @@ def _vocab(facts: FileFacts, era: EraLimits) -> list[str]:
 
 def _gguf_checks(facts: FileFacts, era: EraLimits) -> list[str]:
     return (_layer_count(facts, "gguf", exact=facts.architecture == "llama") + _heads(facts)
-            + _gguf_hparams(facts) + _types(facts, era) + _vocab(facts, era))
+            + _gguf_hparams(facts, era) + _types(facts, era) + _vocab(facts, era))
 
 
 def _legacy_checks(facts: FileFacts, era: EraLimits) -> list[str]:

@@ -139,7 +139,10 @@ CASES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
     "legacy-n_layer-vs-blocks": (lambda p: legacy(p, "ggjt", 3, n_layer=40), {"llama-2023-08": "blocks"}),
     "legacy-f16-norms": (lambda p: legacy_f16_norms(p, "ggjt", 1), {b: "1-D tensors" for b in _EARLY}),
     # GGUF
-    "gguf-alignment-1": (lambda p: gguf(p, alignment=1), {b: "multiple of 8" for b in GGUF_ERAS}),
+    "gguf-alignment-1": (lambda p: gguf(p, alignment=1), {"gguf-2023-11": "multiple of 8",
+                                                          "gguf-2024-09": "multiple of 32",
+                                                          "gguf-2026-10": "multiple of 32"}),
+    "gguf-alignment-8": (lambda p: gguf(p, alignment=8), {b: "multiple of 32" for b in ("gguf-2024-09", "gguf-2026-10")}),
     "gguf-block_count-0": (lambda p: gguf(p, kv={"llama.block_count": (U32, 0)}),
                            {b: "outside 1..4096" for b in GGUF_ERAS}),
     "gguf-block_count-1000": (lambda p: gguf(p, kv={"llama.block_count": (U32, 1000)}),
@@ -187,7 +190,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
 #: the native step in a child process
 CHILD_CASES = [
     ("legacy-n_layer-2-ggml-f16", "llama-2023-04"), ("legacy-n_mult-0", "llama-2023-05"),
-    ("legacy-n_rot-wrong", "llama-2023-08"), ("legacy-odd-head-dim", "llama-2023-05"), ("gguf-alignment-1", "gguf-2026-10"),
+    ("legacy-n_rot-wrong", "llama-2023-08"), ("legacy-odd-head-dim", "llama-2023-05"), ("gguf-alignment-1", "gguf-2026-10"), ("gguf-alignment-8", "gguf-2024-09"),
     ("gguf-block_count-1000", "gguf-2026-10"), ("gguf-head_count-0", "gguf-2023-11"),
     ("gguf-rms-eps-nan", "gguf-2026-10"), ("gguf-duplicate-tokens", "gguf-2026-10"),
     ("gguf-tokenizer-rwkv", "gguf-2026-10"), ("gguf-u32-tokens", "gguf-2023-11"),
