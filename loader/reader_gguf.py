@@ -185,6 +185,8 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     src.take(4, "magic")
     version, endian = _version_and_endian(src)
     src.endian = endian
+    # GGUF v1 is read on purpose although ggml refuses it since Nov 2023: the gguf-2023-11 backend
+    # still loads it, and the probe can say so (the only deliberate difference from ggml's reader)
     if version not in (1, 2, 3):
         raise src.error("version", f"GGUF version 1, 2 or 3 (got {version}; a newer GGUF revision "
                                    f"or a damaged file)", 4)

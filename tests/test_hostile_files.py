@@ -3,8 +3,8 @@
 Three parts: llama.cpp's handcrafted GGUF kinds (``tests/test-gguf.cpp``) against our reader; tiny
 models with one field made hostile (:mod:`hostile`) against the catalog, era by era; and, for a
 representative set of those, ``load()`` + one ``evaluate`` in a child process with a time and
-address-space limit, asserting no signal and no time-out.  ``tools/fuzz_reader.py`` runs a larger
-randomized search.
+address-space limit, asserting no signal and no time-out.  ``tools/fuzz_reader.py`` (the reader) and
+``tools/fuzz_native.py`` (mutated headers loaded in limited children) run larger randomized searches.
 """
 from __future__ import annotations
 
