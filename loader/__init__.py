@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (BackendError, BuildError, DeviceError, FormatError, ModelClosedError,
+from .errors import (BackendError, BuildError, ChatTemplateError, DeviceError, FormatError, ModelClosedError,
                      UnsupportedModelError)
 # imported eagerly (pure Python, no native code): the function must shadow the submodule of the same name
 from .probe import ProbeReport, probe
 
 __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
-           "BuildError", "DeviceError", "ModelClosedError"]
+           "BuildError", "ChatTemplateError", "DeviceError", "ModelClosedError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover

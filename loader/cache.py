@@ -38,8 +38,3 @@ def files_dir() -> Path:
     """Real model files taken from registry packages (vocab files inside sdists, model wheels)."""
     return cache_root() / "files"
 
-
-def repo_root() -> Path | None:
-    """The source checkout this package runs from (editable install), or None when installed."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "backends" / "manifest.toml").is_file() else None

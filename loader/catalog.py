@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import validate
-from .manifest import AcceptRule, BackendSpec, load_manifest
+from .manifest import AcceptRule, BackendSpec, build_command, load_manifest
 
 # --------------------------------------------------------------------------------------------------
 # History: data keyed by type, (format, version) and architecture.
@@ -412,10 +412,6 @@ def choose(facts: Any, specs: dict[str, BackendSpec] | None = None, *,
             if v.backend in pref:
                 return v, all_v
     return ok[0], all_v
-
-
-def build_command(backend: str) -> str:
-    return f"python build_backends.py --only {backend}"
 
 
 def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,

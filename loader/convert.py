@@ -1,8 +1,11 @@
-"""gpt4all-convert: Hugging Face model folders to GGUF, and every ggml-era LLaMA file upgraded to GGUF.
+"""gpt4all-convert: Hugging Face model folders to GGUF (GPT-J: GPT4All ggml), ggml-era LLaMA files upgraded to GGUF.
 
 Two sources, one command (``gpt4all-convert SRC -o OUT.gguf [--outtype f16]``):
 
-* **A Hugging Face model folder** (``config.json`` plus ``*.safetensors`` or ``pytorch_model*.bin``) is
+* **A Hugging Face GPT-J, LLaMA or MPT folder stored as safetensors** is converted without torch by
+  :mod:`gpt4all_loader.convert_hf` (GPT-J to the GPT4All-era ``ggml`` file, LLaMA to GGUF, MPT to GGUF
+  or GPT4All's ``ggmm``).
+* **Any other Hugging Face model folder** (``config.json`` plus ``*.safetensors`` or ``pytorch_model*.bin``) is
   converted by the ``convert_hf_to_gguf.py`` that ships inside the pinned newest sdist
   (llama-cpp-python 0.3.36, the ``gguf-2026-10`` backend), together with its ``conversion`` package and
   its own ``gguf-py``.  The sdist is fetched and hash-checked by :func:`gpt4all_loader.sdist.fetch`
@@ -26,9 +29,11 @@ Q4_1, Q4_2, Q4_3, Q5_x, Q8_0, and ggjt v2 Q4/Q8) cannot be converted by it.  Deq
 era's own code removes that limit, and the dequantization is exact (the upgraded F32 file holds the
 very values the old engine multiplied with).
 
-Guarantees: SRC is never written; OUT is written to a temporary file in its own directory and renamed
-into place only when complete (a failure leaves nothing behind); free space is checked before
-writing and a full disk is reported; OUT is probed at the end and the verdict printed.
+Guarantees: SRC is validated before anything is written (a legacy header against its tensors, a
+folder's config against its shards); SRC is never written; OUT is written to a temporary file in its
+own directory and renamed into place only when complete (a failure leaves nothing behind: quantizers
+run in a child process, so even an engine abort cannot strand a temporary file); free space is
+checked before writing and a full disk is reported; OUT is probed at the end and the verdict printed.
 
 Exit status: 0 success, 1 conversion failure (unreadable, malformed or unsupported SRC, missing
 converter packages, write errors), 2 usage error (bad arguments, SRC missing, SRC and OUT the same
@@ -38,9 +43,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -51,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BackendError, BuildError, FormatError
+from .errors import BuildError, FormatError
 
 #: the backend whose sdist ships the HF converter and whose quantizer makes quantized outputs
 NEWEST = "gguf-2026-10"
@@ -71,6 +78,7 @@ _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
 # GGUF value types and token types
 _U32, _I32, _F32, _BOOL, _STR, _ARR = 4, 5, 6, 7, 8, 9
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
+_BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 
 
 class ConvertError(Exception):
@@ -115,6 +123,7 @@ class Options:
     threads: int = 0
     force: bool = False
     quiet: bool = False
+    format: str | None = None  # "gguf" or "ggml" (Hugging Face GPT-J/MPT folders); None: from OUT's suffix
 
 
 def _say(opts: Options, msg: str) -> None:
@@ -260,10 +269,13 @@ def _gguf_header(meta: _Meta, tensors: list[tuple[str, list[int], int, int]]) ->
 def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[bytes], list[float], list[int]]:
     """The vocabulary of a ggml/ggmf/ggjt file as GGUF stores a SentencePiece vocabulary.
 
-    ids 0-2 become ``<unk>``, ``<s>``, ``</s>``; one-byte tokens at ids 3..258 (the byte fallback of
-    the 2023 tokenizers, id = byte + 3) become ``<0xXX>`` byte tokens; other empty tokens are control
-    tokens; spaces are written as U+2581 as SentencePiece does.  Files without scores (unversioned
-    ggml) get score 0 for every token, as the 2023 loaders used them.
+    ids 0-2 become ``<unk>``, ``<s>``, ``</s>``; the byte tokens at ids 3..258 (the byte fallback of
+    the 2023 tokenizers, id = byte + 3), whether stored as the raw byte or as ``<0xXX>`` text, become
+    ``<0xXX>`` byte tokens; other empty tokens are control tokens; spaces are written as U+2581 as
+    SentencePiece does.  Files without scores (unversioned ggml) get score 0 for every token, as the
+    2023 loaders used them.  With the tokenizer keys that :func:`convert_legacy` writes
+    (``add_space_prefix``, ``add_bos_token``), the GGUF eras then tokenize every text exactly as the
+    2023 eras do through the shim.
     """
     out_t: list[bytes] = []
     out_ty: list[int] = []
@@ -275,8 +287,9 @@ def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[
         elif i in (1, 2):
             out_t.append(b"<s>" if i == 1 else b"</s>")
             out_ty.append(TT_CONTROL)
-        elif 3 <= i <= 258 and len(t) == 1:
-            out_t.append(f"<0x{t[0]:02X}>".encode())
+        elif 3 <= i <= 258 and (len(t) == 1 or _BYTE_TEXT.fullmatch(t)):
+            value = t[0] if len(t) == 1 else int(t[3:5], 16)
+            out_t.append(f"<0x{value:02X}>".encode())
             out_ty.append(TT_BYTE)
         elif not t:
             out_t.append(t)
@@ -336,9 +349,9 @@ def _prime_fp16_table(name: str, be, facts) -> None:
         version = facts.format_version if facts.format != "ggml" else None
         write_llama(tiny, TinyLlama(seed=0, n_embd=32, n_head=4), facts.format, version=version, ftype="f32")
         params = f.new("g4a_load_params *", dict(n_ctx=8, n_threads=1))
-        h = be.lib.g4a_load(os.fsencode(tiny), params)
+        h = be.load_model(str(tiny), params)
         if h != f.NULL:
-            be.lib.g4a_free(h)
+            be.free_model(h)
     if not _f16_ok(be):
         raise ConvertError(f"backend {name} converts fp16 values wrongly in this process (its ggml fp16 table "
                            f"is not initialized), so it cannot dequantize {facts.path}")
@@ -378,6 +391,54 @@ def _refuse_non_legacy(facts, src: Path) -> None:
         raise ConvertError(f"{src}: {facts.description}: {note}; download it again")
 
 
+def legacy_llama_shapes(hp: dict) -> dict[str, list[int]]:
+    """Every tensor a ggml-era LLaMA file with these hyperparameters holds, with its ne (ne[0] first)."""
+    e, v, ff = int(hp["n_embd"]), int(hp["n_vocab"]), int(hp["n_ff"])
+    kv = e * int(hp["n_head_kv"]) // int(hp["n_head"])
+    s = {"tok_embeddings.weight": [e, v], "norm.weight": [e], "output.weight": [e, v]}
+    per_layer = {"attention.wq.weight": [e, e], "attention.wk.weight": [e, kv], "attention.wv.weight": [e, kv],
+                 "attention.wo.weight": [e, e], "attention_norm.weight": [e], "feed_forward.w1.weight": [e, ff],
+                 "feed_forward.w2.weight": [ff, e], "feed_forward.w3.weight": [e, ff], "ffn_norm.weight": [e]}
+    for i in range(int(hp["n_layer"])):
+        s.update({f"layers.{i}.{k}": ne for k, ne in per_layer.items()})
+    return s
+
+
+def validate_legacy_llama(src: Path, hp: dict, records: list) -> None:
+    """Hyperparameters against the tensors present, before any native code or any write.
+
+    The engines trust the header: ``n_layer`` 1000 over 32 stored layers made the quantizer abort and
+    produced F16 files that abort on load.  Every tensor the header implies must be present with the
+    shape it implies, and nothing else."""
+    def bad(why: str) -> ConvertError:
+        return ConvertError(f"{src}: the header does not match the tensors ({why}); the file is damaged or was "
+                            f"written by a broken tool, so it cannot be converted")
+
+    n_embd, n_head, n_layer, n_vocab = (int(hp.get(k) or 0) for k in ("n_embd", "n_head", "n_layer", "n_vocab"))
+    if min(n_embd, n_head, n_layer, n_vocab) <= 0:
+        raise bad(f"n_vocab {n_vocab}, n_embd {n_embd}, n_head {n_head}, n_layer {n_layer} must all be positive")
+    if n_embd % n_head:
+        raise bad(f"n_head {n_head} does not divide n_embd {n_embd}")
+    n_rot = int(hp.get("n_rot") or 0)
+    if n_rot != n_embd // n_head:
+        raise bad(f"n_rot {n_rot} is not n_embd / n_head = {n_embd // n_head}")
+    if "n_ff" not in hp:
+        raise bad("no layers.0.feed_forward.w1.weight to tell the feed-forward width")
+    present = {name: list(ne) for name, _, ne, _, _ in records}
+    layers = {int(n.split(".")[1]) for n in present if n.startswith("layers.") and n.split(".")[1].isdigit()}
+    if layers != set(range(n_layer)):
+        raise bad(f"n_layer is {n_layer}, the file holds {len(layers)} layers")
+    want = legacy_llama_shapes(hp)
+    for name, ne in want.items():
+        if name not in present:
+            raise bad(f"tensor {name} is missing")
+        if present[name] != ne:
+            raise bad(f"tensor {name} has shape {present[name]}, the header implies {ne}")
+    extra = sorted(set(present) - set(want))
+    if extra:
+        raise bad(f"unexpected tensor {extra[0]}")
+
+
 def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     """Upgrade a ggml/ggmf/ggjt LLaMA file to a GGUF v3 file at ``out`` (atomically)."""
     from .ggml_types import TYPES
@@ -392,6 +453,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         records = tensor_records(str(src), facts)
     except FormatError as e:
         raise ConvertError(str(e)) from None
+    validate_legacy_llama(src, facts.hparams, records)
     layout = TYPES[facts.quant_layout]
     src_types = {layout[t].name for _, t, _, _, _ in records}
     era_name, era = (None, None)
@@ -421,8 +483,6 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         else:
             otype = 1 if tname == "F16" else 0
         plan.append((name, gname, list(ne), tid, off, nbytes, otype))
-    if "n_ff" not in hp:
-        raise ConvertError(f"{src}: cannot tell the feed-forward width (no layers.0.feed_forward.w1.weight)")
 
     any_f32_matrix = any(len(p[2]) > 1 and p[6] == 0 for p in plan)
     needs_quantizer = ftype_out not in (0, 1) or (ftype_out == 1 and any_f32_matrix)
@@ -450,6 +510,11 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     meta.add("tokenizer.ggml.bos_token_id", _U32, 1)
     meta.add("tokenizer.ggml.eos_token_id", _U32, 2)
     meta.add("tokenizer.ggml.unknown_token_id", _U32, 0)
+    # said explicitly, so that no engine default decides: the 2023 LLaMA tokenizer adds BOS and
+    # SentencePiece's dummy prefix, and no EOS
+    meta.add("tokenizer.ggml.add_bos_token", _BOOL, True)
+    meta.add("tokenizer.ggml.add_eos_token", _BOOL, False)
+    meta.add("tokenizer.ggml.add_space_prefix", _BOOL, True)
 
     def n_el(ne):
         n = 1
@@ -506,7 +571,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
             raise _write_error(e, out) from None
         final = stage
         if needs_quantizer:
-            final = _requantize(stage, temps, opts)
+            final = quantize_in_child(stage, temps, opts)
         temps.commit(final)
     finally:
         temps.cleanup()
@@ -524,18 +589,52 @@ def _copy(fin, fo, off: int, nbytes: int) -> None:
         left -= len(chunk)
 
 
-def _requantize(stage: Path, temps: _Temps, opts: Options) -> Path:
-    from .errors import UnsupportedModelError
-    from .quantize import quantize
+#: the quantizer's child process: one line on stderr and exit 1 on a library error.  ``catalog``:
+#: quantize() with the backend the catalog approves; ``carrier``: g4a_quantize of a backend directly, for
+#: the ggjt carrier files of convert_hf.py that no catalog entry describes
+_QUANTIZE_CHILD = """
+import os, sys
+from {pkg}.errors import BackendError
+mode, src, dst, ftype, backend, threads = sys.argv[1:]
+try:
+    if mode == "catalog":
+        from {pkg}.quantize import quantize
+        quantize(src, dst, int(ftype), backend=backend, n_threads=int(threads))
+    else:
+        from {pkg} import native
+        from {pkg}.variants import choose_variant
+        be = native.open_backend(backend, choose_variant(backend, "cpu").variant)
+        if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(dst), int(ftype), int(threads)) != 0:
+            raise BackendError(be.last_error())
+except (BackendError, ValueError, OSError) as e:  # ValueError: FormatError, UnsupportedModelError
+    print(e, file=sys.stderr)
+    sys.exit(1)
+"""
 
+
+def quantize_in_child(stage: Path, temps: _Temps, opts: Options, backend: str = NEWEST,
+                      mode: str = "catalog") -> Path:
+    """Quantize ``stage`` to ``opts.outtype`` with ``backend`` in a child process; returns the new temp file.
+
+    An engine that aborts (an assertion on a file it cannot handle) takes down only the child: the
+    temporary files are registered in ``temps`` before it starts, so this process removes them (and
+    any the quantizer itself left) and reports the failure instead of dying with them left behind."""
     dst = temps.new(opts.outtype.lower())
-    _say(opts, f"quantizing to {opts.outtype.upper()} with {NEWEST} ...")
-    try:
-        quantize(stage, dst, outtype_number(opts.outtype), backend=NEWEST, n_threads=opts.threads)
-    except (BackendError, UnsupportedModelError) as e:
-        raise ConvertError(f"quantizing to {opts.outtype} failed: {e}") from None
-    except OSError as e:
-        raise _write_error(e, temps.out) from None
+    _say(opts, f"quantizing to {opts.outtype.upper()} with {backend} ...")
+    code = _QUANTIZE_CHILD.format(pkg=__package__)
+    cmd = [sys.executable, "-c", code, mode, str(stage), str(dst), str(outtype_number(opts.outtype)), backend,
+           str(opts.threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    if proc.returncode != 0:
+        for left in dst.parent.glob(glob.escape(dst.name) + ".*.part"):  # quantize()'s own temporary file
+            left.unlink(missing_ok=True)
+        err = proc.stderr or ""
+        if "No space left on device" in err:
+            raise _write_error(OSError(errno.ENOSPC, "No space left on device"), temps.out)
+        lines = err.strip().splitlines()
+        why = (f"the quantizer crashed (signal {-proc.returncode})" if proc.returncode < 0
+               else lines[-1] if lines else f"the quantizer exited with status {proc.returncode}")
+        raise ConvertError(f"quantizing to {opts.outtype} failed: {why}; nothing was left behind")
     return dst
 
 
@@ -624,21 +723,25 @@ def _hf_param_bytes(src: Path) -> int:
 
 
 def convert_hf(src: Path, out: Path, opts: Options) -> Path:
-    """Convert a Hugging Face model folder with the pinned sdist's convert_hf_to_gguf.py."""
-    if not (src / "config.json").is_file():
-        raise ConvertError(f"{src} is a folder without config.json: not a Hugging Face model folder "
-                           f"(a converted model is one .gguf/.bin file; pass that file instead)")
-    try:
-        json.loads((src / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"{src}/config.json cannot be read: {e}") from None
+    """Convert a Hugging Face model folder: GPT-J/LLaMA/MPT safetensors here (convert_hf.py), the rest with
+    the pinned sdist's convert_hf_to_gguf.py."""
+    from .convert_hf import route
+
+    how, what = route(src)
+    if how == "native":
+        from .convert_hf import convert_folder
+
+        return convert_folder(src, out, opts, what)
+    if opts.format == "ggml":
+        raise UsageError(f"--format ggml is offered for GPT-J and MPT folders only; {src}: {what}")
     weights = list(src.glob("*.safetensors")) + list(src.glob("pytorch_model*.bin")) + list(src.glob("consolidated*.pth"))
     if not weights:
         raise ConvertError(f"{src} has a config.json but no weights (*.safetensors or pytorch_model*.bin)")
     ftype_out = outtype_number(opts.outtype)
     missing = missing_hf_packages()
     if missing:
-        raise ConvertError("converting a Hugging Face model needs packages that are not installed: "
+        raise ConvertError(f"{src}: {what}, so it goes to upstream's convert_hf_to_gguf.py, which needs "
+                           "packages that are not installed: "
                            + ", ".join(missing) + "; install them with: pip install " + " ".join(missing)
                            + "  (or: pip install 'gpt4all-loader[convert]')")
     conv = converter_dir()
@@ -679,7 +782,7 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
             raise ConvertError(f"convert_hf_to_gguf.py wrote nothing for {src}")
         final = stage
         if ftype_out not in direct:
-            final = _requantize(stage, temps, opts)
+            final = quantize_in_child(stage, temps, opts)
         temps.commit(final)
     finally:
         temps.cleanup()
@@ -692,10 +795,12 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
             context_length: int = DEFAULT_CONTEXT, rms_norm_eps: float | None = None,
             rope_freq_base: float | None = None, threads: int = 0, force: bool = False,
-            quiet: bool = True) -> Path:
-    """Convert ``src`` (HF folder or ggml-era LLaMA file) to GGUF ``out``; raises ConvertError."""
+            quiet: bool = True, format: str | None = None) -> Path:
+    """Convert ``src`` (HF folder or ggml-era LLaMA file) to ``out``; raises ConvertError."""
+    if format not in (None, "gguf", "ggml"):
+        raise UsageError(f"--format must be gguf or ggml (got {format!r})")
     opts = Options(outtype=outtype, context_length=context_length, rms_norm_eps=rms_norm_eps,
-                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet)
+                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet, format=format)
     src_p, out_p = Path(os.fspath(src)), Path(os.fspath(out))
     outtype_number(outtype)
     if context_length <= 0:
@@ -705,6 +810,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f
         if not os.access(src_p, os.R_OK | os.X_OK):
             raise ConvertError(f"cannot read folder {src_p}: permission denied")
         return convert_hf(src_p, out_p, opts)
+    if format == "ggml":
+        raise UsageError("--format ggml is offered for Hugging Face GPT-J and MPT folders only; legacy files "
+                         "are upgraded to GGUF")
     try:
         with open(src_p, "rb"):
             pass
@@ -722,22 +830,29 @@ def _verdict(out: Path) -> tuple[bool, str]:
     if rep.loadable:
         where = f"{rep.backend}/{rep.variant}" if rep.variant else f"{rep.backend} (not built here)"
         return True, f"{out}: {rep.description}: LOADABLE by {where}"
-    reasons = rep.reasons.get(NEWEST) or []
+    reasons = rep.reasons.get(NEWEST) or next((r for r in rep.reasons.values() if r), [])
     return False, f"{out}: {rep.description}: NOT LOADABLE" + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .convert_hf import ROUTES
+
     p = argparse.ArgumentParser(
         prog="gpt4all-convert",
-        description="Convert a Hugging Face model folder, or upgrade a ggml/ggmf/ggjt LLaMA file, to GGUF "
-                    "for the newest pinned llama.cpp.",
+        description="Convert a Hugging Face model folder (GPT-J, LLaMA, MPT, ...), or upgrade a ggml/ggmf/ggjt "
+                    "LLaMA file to GGUF for the newest pinned llama.cpp.  " + ROUTES,
         epilog="exit status: 0 converted, 1 conversion failed, 2 usage error")
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + weights), "
                                               "or a ggml/ggmf/ggjt LLaMA file")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="the GGUF file to write")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="the file to write (.gguf: GGUF; .bin: GPT4All ggml for GPT-J/MPT folders)")
+    p.add_argument("--format", choices=("gguf", "ggml"), default=None,
+                   help="container of OUT for Hugging Face GPT-J/MPT folders (default: from OUT's suffix; "
+                        "GPT-J: ggml, MPT: gguf)")
     p.add_argument("--outtype", default="f16", metavar="TYPE",
-                   help="f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ... "
-                        "(quantized types are made by the newest backend's quantizer)")
+                   help="f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ... (GGUF: made by the "
+                        "newest backend's quantizer; GPT-J/MPT ggml: q4_0, q4_1, q5_0, q5_1, q8_0, made by the "
+                        "ggml of August 2023)")
     p.add_argument("--ctx", type=int, default=DEFAULT_CONTEXT, metavar="N",
                    help=f"legacy files: training context length to record (they do not store it; "
                         f"default {DEFAULT_CONTEXT})")
@@ -757,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         convert(args.src, args.output, outtype=args.outtype, context_length=args.ctx,
                 rms_norm_eps=args.rms_norm_eps, rope_freq_base=args.rope_freq_base, threads=args.threads,
-                force=args.force, quiet=args.quiet)
+                force=args.force, quiet=args.quiet, format=args.format)
     except ConvertError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -17,6 +17,12 @@ class UnsupportedModelError(ValueError):
     """A well-formed model file that none of the built backends can load (message says which would)."""
 
 
+class ChatTemplateError(UnsupportedModelError):
+    """A file's chat template cannot render the conversation: it failed (any exception inside the
+    template, or its own ``raise_exception``) or exceeded the render limits of ``chat.py`` (time,
+    loop iterations, string and output length).  Generating with a prompt written by hand works."""
+
+
 class BackendError(RuntimeError):
     """A backend library is missing, corrupt, of the wrong ABI, or failed inside native code."""
 

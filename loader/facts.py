@@ -83,9 +83,10 @@ class FileFacts:
     notes: list[str] = field(default_factory=list)
     #: names of all tensors (for rules such as "needs output.weight"); not part of to_dict()
     tensor_names: frozenset[str] = field(default_factory=frozenset, repr=False)
-    #: tensor name -> (ggml type name, shape ne[0] first), for checks of hyperparameters against the
-    #: tensors (``validate.py``); not part of to_dict()
-    tensor_infos: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict, repr=False)
+    #: name -> (ggml type name, ne, bytes) of every tensor: per-layer and per-use memory figures
+    #: (GGUF) and the checks of hyperparameters against the tensors (``validate.py``); not part of
+    #: to_dict()
+    tensors: dict[str, tuple[str, tuple[int, ...], int]] = field(default_factory=dict, repr=False)
     #: vocabulary summary (GGUF files with a token array); not part of to_dict()
     vocab: VocabFacts | None = field(default=None, repr=False)
     #: GGUF ``general.alignment`` (None: legacy container); not part of to_dict()
@@ -95,6 +96,6 @@ class FileFacts:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("tensor_names", "tensor_infos", "vocab", "kv_types", "alignment"):
+        for k in ("tensor_names", "tensors", "vocab", "kv_types", "alignment"):
             d.pop(k, None)
         return d

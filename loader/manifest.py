@@ -1,16 +1,16 @@
 """The backend manifest (``backends/manifest.toml``) as typed, read-only data.
 
-Both the build (``build_backends.py``) and the catalog read the manifest through this module, so
+Both the build (``gpt4all-build``) and the catalog read the manifest through this module, so
 what is built and what is promised can never disagree.
 """
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import repo_root
 from .errors import BuildError
 
 
@@ -38,6 +38,24 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class ContextTable:
+    """An era whose ggml keeps its contexts in a fixed table (``GGML_MAX_CONTEXTS``).
+
+    A full table makes ``ggml_init()`` return NULL, which the engines of 2023 dereference: the
+    loader therefore counts contexts per library itself (see ``native.ContextBudget``).
+    """
+
+    table: int        # GGML_MAX_CONTEXTS
+    per_model: int    # contexts an open model holds (weights, KV cache)
+    per_call: int     # contexts one load or evaluation in flight adds (its graph)
+
+    @property
+    def max_open_models(self) -> int:
+        """Open models that still leave room for one evaluation."""
+        return (self.table - self.per_call) // self.per_model
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     name: str
     era: str
@@ -55,22 +73,64 @@ class BackendSpec:
     layout: str = "vendor"
     shim_sources: tuple[str, ...] = ("backends/shim/g4a_shim.cpp",)
     patches: tuple[str, ...] = ()
+    ggml_contexts: ContextTable | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def version(self) -> str:
-        return self.sdist.partition("==")[2]
+        return pinned(self.sdist)[1]
 
     @property
     def package(self) -> str:
-        return self.sdist.partition("==")[0]
+        return pinned(self.sdist)[0]
+
+
+def pinned(requirement: str) -> tuple[str, str]:
+    """``name==version`` as (name, version); anything but one exact pin raises BuildError.
+
+    Native code and test files are fetched by such pins only, so a range or a marker here is a
+    mistake in the manifest, caught before anything is downloaded.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(requirement)
+    except InvalidRequirement as e:
+        raise BuildError(f"{requirement!r} is not a requirement: {e}") from None
+    specs = list(req.specifier)
+    if len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version or req.extras or req.marker:
+        raise BuildError(f"{requirement!r}: a pinned requirement must have the form name==version")
+    return req.name, specs[0].version
+
+
+def package_data(rel: str = "") -> Path:
+    """A file shipped inside the package, by its path relative to the package (``backends/...``).
+
+    The manifest's relative paths (``shim_sources``, ``patches``) name files below it.  In a checkout
+    ``loader/backends`` links to the top-level ``backends/`` folder; a wheel holds a copy: the same
+    names resolve in a checkout, an editable install and an installed wheel, and nothing looks for
+    a source tree.
+    """
+    root = importlib.resources.files(__package__)
+    if not isinstance(root, Path):  # e.g. imported from a zip archive: compilers need real files
+        raise BuildError(f"gpt4all_loader is imported from {root}, not from a folder: install it with pip")
+    return root / rel if rel else root
+
+
+BUILD_SCRIPT = "gpt4all-build"   # the console script of gpt4all_loader.build (build_backends.py in a checkout)
+
+
+def build_command(backend: str, variant: str | None = None, *, clean: bool = False) -> str:
+    """The command that builds (or with ``clean``, removes) one backend: every "not built" message says it."""
+    return " ".join([BUILD_SCRIPT, *(["--clean"] if clean else []), "--only", backend,
+                     *(["--variant", variant] if variant else [])])
 
 
 def manifest_path() -> Path:
-    root = repo_root()
-    if root is None:
-        raise BuildError("backends/manifest.toml not found: gpt4all_loader must run from its source tree")
-    return root / "backends" / "manifest.toml"
+    path = package_data("backends/manifest.toml")
+    if not path.is_file():
+        raise BuildError(f"{path} is missing: this installation of gpt4all_loader is incomplete; reinstall it")
+    return path
 
 
 def _parse_format(text: str) -> tuple[str, int]:
@@ -115,6 +175,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
             layout=b.get("layout", "vendor"),
             shim_sources=tuple(b.get("shim_sources", ("backends/shim/g4a_shim.cpp",))),
             patches=tuple(b.get("patches", ())),
+            ggml_contexts=ContextTable(**b["ggml_contexts"]) if "ggml_contexts" in b else None,
             extra={k: v for k, v in b.items() if k not in known},
         )
     return specs

@@ -1,52 +1,75 @@
-"""RAM / VRAM estimates for running a model file at a given context size and GPU offload.
+"""RAM / VRAM estimates for running a model file at a given context size and GPU offload, per era.
 
-The estimate has three parts, each reported on its own:
+The figures follow what each pinned engine allocates with the context parameters *our shim* sets
+(``backends/shim/g4a_shim.cpp``, ``compat_load``): ``n_ctx`` as asked, ``n_batch = n_ubatch =
+min(512, n_ctx)``, one sequence, f16 K and V, everything else at the engine's default (flash
+attention "auto", which the CPU backend of 2026-10 turns on; full-size SWA caches).  The parts:
 
 weights
-    The sum of the tensor bytes the reader counted (``FileFacts.tensor_types``).  With ``gpu_layers``
-    set, each offloaded repeating layer moves ``repeating_bytes / n_layer`` to VRAM, where
-    ``repeating_bytes`` is the weights minus the token embedding and the output matrix (each
-    estimated as ``n_vocab * n_embd`` weights at the file's mean bytes per weight, the output only
-    when the file has a separate one, i.e. ``n_tensors`` suggests it or the era always had one).
-    ``gpu_layers > n_layer`` also offloads the output matrix, as llama.cpp does.  The token
-    embedding always stays in RAM (llama.cpp keeps ``get_rows`` on the CPU).
+    The sum of the tensor bytes the reader counted.  Offloaded layers move their own ``blk.N.*``
+    bytes to VRAM (GGUF; other files: ``repeating_bytes / n_layer``); ``gpu_layers > n_layer``
+    also offloads the output matrix (an output tied to the token embedding is then a second copy
+    of it, in VRAM).  The token embedding always stays in RAM.
+
+repack (2026-10, AVX2 CPU builds)
+    ggml's CPU backend copies matrices of the types it has interleaved kernels for (``Q4_0``,
+    ``Q4_K``, ``IQ4_NL``, ``MXFP4`` with AVX2; ``ggml_repack_get_optimal_repack_type``) into a
+    ``CPU_REPACK`` buffer when their row count is a multiple of 8; the mapped file stays mapped, so
+    these bytes count twice.  The token embedding (read with ``get_rows``) is never repacked.
+
+output (2024-09, 2026-10)
+    ``n_vocab * 4`` bytes: logits for one output per sequence, reserved at context creation.
 
 KV cache
-    ``2 * n_layer * n_ctx * n_embd_k_gqa * 2`` bytes (K and V, f16), where
-    ``n_embd_k_gqa = head_dim * n_head_kv`` (``head_dim = key_length`` when the file states it, else
-    ``n_embd / n_head``).  The KV of offloaded layers is in VRAM.  Recurrent architectures (mamba,
-    rwkv) have a small fixed state instead; their estimate uses the same formula and is an upper bound.
+    Per layer ``(n_embd_k_gqa + n_embd_v_gqa) * cells * 2`` bytes with ``n_embd_k_gqa = key_length *
+    n_head_kv`` (``key_length`` = ``attention.key_length`` when stated, else ``n_embd / n_head``;
+    ``value_length`` likewise).  ``cells`` is ``n_ctx`` rounded up to the era's padding (256 in
+    2026-10, 32 in 2024-09).  Sliding-window layers get a full-size cache: 2026-10 would give them
+    ``pad(min(n_ctx, n_swa + n_ubatch), 256)`` cells only with ``swa_full = false``, which our shim
+    leaves at its default ``true``; older eras have no SWA cache at all.  Recurrent layers (Mamba:
+    ``ssm.*``; RWKV: ``wkv.head_size``) hold a fixed f32 state instead, ``(n_embd_r + n_embd_s) * 4``
+    bytes per layer for the one sequence (``llama_hparams::n_embd_r/n_embd_s``).
 
 compute
-    Legacy eras (ggml/ggmf/ggjt, llama.cpp up to b1011) reserved fixed scratch buffers chosen by
-    model size (``MEM_REQ_SCRATCH0``, ``MEM_REQ_SCRATCH1``, ``MEM_REQ_EVAL`` in llama.cpp):
+    Legacy eras (ggml/ggmf/ggjt) reserved fixed scratch buffers chosen by model size
+    (``MEM_REQ_SCRATCH0``, ``MEM_REQ_SCRATCH1``, ``MEM_REQ_EVAL`` in llama.cpp):
 
     * up to b566 (backends of 2023-04 and 2023-05): 7B 512+512+768 MiB, 13B 512+512+1024,
       30B 512+512+1280, 65B 1024+1024+1536 (independent of ``n_ctx``);
-    * b567..b1011 (2023-08): SCRATCH0 = ``n_ctx/16 + 100`` MiB (7B; 3B ``/16 + 92``, 13B ``/12 + 120``,
-      30B ``/9 + 160``, 65B ``/6 + 256``, 70B ``/7 + 164``), SCRATCH1 128/160/192/256/384/304 MiB and
-      EVAL 8/10/12/16/24/24 MiB for 3B/7B/13B/30B/65B/70B.  (b1011 builds without CUDA measure the graph
-      with ggml-alloc instead and usually need less; the table is the upper bound.)
+    * b567..b1011 (2023-08) CUDA builds: SCRATCH0 = ``n_ctx/16 + 100`` MiB (7B; 3B ``/16 + 92``, 13B
+      ``/12 + 120``, 30B ``/9 + 160``, 65B ``/6 + 256``, 70B ``/7 + 164``), SCRATCH1
+      128/160/192/256/384/304 MiB and EVAL 8/10/12/16/24/24 MiB for 3B/7B/13B/30B/65B/70B.  The
+      CPU builds of that era measure the graph with ggml-alloc instead (below).
 
     Model sizes are recognised the way those loaders did, by ``n_layer`` (26, 32, 40, 60, 80);
     any other size scales the 7B figures by ``n_embd / 4096``.
 
-    GGUF eras allocate a compute graph measured at load time.  We estimate it for one micro-batch of
-    ``n_ubatch = min(512, n_ctx)`` tokens as f32 activations::
+    GPT4All-era GPT-J and MPT files run on our own runner (``backends/legacy/g4a_gptj_mpt.cpp``),
+    which sizes its evaluation buffer with ``eval_bytes()`` for chunks of 32 tokens; the estimate
+    repeats that sum for a full context (the runner logs no sizes to check it against).
 
-        logits      n_vocab * n_ubatch * 4
-        attention   n_head * n_ctx * n_ubatch * 4        (KQ scores of one layer, no flash attention)
-        activations n_ubatch * (4 * n_embd + 2 * n_ff) * 4
-        compute     max(logits, attention + activations) + activations
+    Graph-allocator eras (2023-08 CPU, 2023-11, 2024-09, 2026-10) measure the graph of one
+    micro-batch of ``ub = min(512, n_ctx)`` tokens against a full cache of ``n_kv`` cells and keep
+    the peak.  Modelled as f32 activations::
 
-    The graph allocator reuses memory, so the logits and the attention scores are not live at once.
-    Checked against the engine's own "compute buffer size" (2026-10, SmolLM2-135M): 53 vs 49 MiB at
-    n_ctx 256, 106 vs 98 at 512, 106 vs 103 at 2048.
+        x           n_embd * ub * 4                (one hidden state)
+        inputs      KQ mask n_kv * ub (f32; f16 with flash attention; one per cache: base and SWA)
+        attention   n_head * n_kv * ub * 4         (KQ scores of one layer; none with flash attention,
+                                                    which our CUDA build of 2026-10 lacks)
+        layer       ub * (3 * n_embd + 2 * n_ff + n_head * key_length + 2 * n_embd_k_gqa) * 4
+        output      n_vocab * ub * 4 + 4 * x
+        compute     graph metadata + max(inputs + attention + 2 * x, inputs + layer, output)
 
-    The compute buffer lives on the GPU when any layer is offloaded, otherwise in RAM.
+    The 2023 eras count the graph's metadata (``ggml_tensor_overhead() * GGML_MAX_NODES``) in the
+    figure they log.  The compute buffer lives on the GPU when any layer is offloaded.
+
+The engine's own figures (``gpt4all-probe --estimate --exact``) come from its log lines, parsed by
+:func:`parse_engine_log`; ``tests/test_memory.py`` holds the formula within 5 % of them.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 MiB = 1024 * 1024
@@ -63,6 +86,45 @@ _SCRATCH1_2023_08 = {"3B": 128, "7B": 160, "13B": 192, "30B": 256, "65B": 384, "
 _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 
 DEFAULT_CTX = 2048
+MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
+
+
+@dataclass(frozen=True)
+class EraRules:
+    """How one pinned engine sizes its buffers, with the context parameters our shim passes."""
+
+    #: KV cells are n_ctx rounded up to this
+    kv_pad: int = 1
+    #: flash attention on by default on the CPU (no KQ score matrix in the graph; the mask cast to f16)
+    flash_attn: bool = False
+    #: ... and with layers on our CUDA build, which leaves out the FA kernels (manifest:
+    #: -DGGML_CUDA_FA=OFF), so "auto" finds FLASH_ATTN_EXT unsupported there and turns it off
+    flash_attn_cuda: bool = False
+    #: bytes per f32 KQ-mask element in the graph inputs (0: the era masks in place, no input tensor)
+    mask_bytes: int = 4
+    #: a separate KV cache (and mask) for sliding-window layers
+    swa_cache: bool = False
+    #: metadata counted in the logged compute buffer: ggml_tensor_overhead() * GGML_MAX_NODES + graph
+    graph_meta: int = 0
+    #: an output buffer (logits of one token) reserved at context creation
+    output_buffer: bool = False
+    #: tensor types the AVX2 CPU build repacks into CPU_REPACK
+    repack_types: frozenset[str] = frozenset()
+
+
+#: ggml_tensor_overhead() of the 2023 ggml (object header and tensor struct), with ggml_graph_overhead()
+#: below: the metadata buffer those eras add to the compute size they log (GGML_MAX_NODES tensors)
+_TENSOR_OVERHEAD_2023 = 368
+
+#: keyed by the manifest's era; GGUF files of unknown era use the newest rules
+ERAS: dict[str, EraRules] = {
+    "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * _TENSOR_OVERHEAD_2023 + 98_328),
+    "2023-11": EraRules(graph_meta=16384 * _TENSOR_OVERHEAD_2023 + 393_240),
+    "2024-09": EraRules(kv_pad=32, output_buffer=True),
+    "2026-10": EraRules(kv_pad=256, flash_attn=True, swa_cache=True, output_buffer=True,
+                        repack_types=frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})),
+}
+NEWEST = "2026-10"
 
 
 def _int(h: dict[str, Any], *keys: str, default: int = 0) -> int:
@@ -75,6 +137,10 @@ def _int(h: dict[str, Any], *keys: str, default: int = 0) -> int:
     return default
 
 
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to if to > 1 else n
+
+
 def _legacy_size(n_layer: int, n_embd: int, n_head: int, n_head_kv: int) -> tuple[str | None, float]:
     """The e_model name a legacy loader would pick, and a scale factor for unknown sizes."""
     if n_layer == 80 and n_head_kv and n_head_kv < n_head:
@@ -85,7 +151,7 @@ def _legacy_size(n_layer: int, n_embd: int, n_head: int, n_head_kv: int) -> tupl
     return None, max(n_embd, 1) / 4096.0
 
 
-def _compute_legacy(era: str, n_ctx: int, n_layer: int, n_embd: int, n_head: int, n_head_kv: int) -> int:
+def _scratch_legacy(era: str, n_ctx: int, n_layer: int, n_embd: int, n_head: int, n_head_kv: int) -> int:
     size, scale = _legacy_size(n_layer, n_embd, n_head, n_head_kv)
     if era < "2023-06":
         key = "65B" if size == "70B" else (size if size in _SCRATCH_2023_05 else "7B")
@@ -97,71 +163,197 @@ def _compute_legacy(era: str, n_ctx: int, n_layer: int, n_embd: int, n_head: int
     return int(total * MiB * scale)
 
 
-def _compute_gguf(n_ctx: int, n_vocab: int, n_embd: int, n_head: int, n_ff: int) -> int:
-    ub = min(512, n_ctx)
-    logits = n_vocab * ub * 4
-    attn = n_head * n_ctx * ub * 4
-    act = ub * (4 * n_embd + 2 * n_ff) * 4
-    return int(max(logits, attn + act) + act)
+@dataclass(frozen=True)
+class _Shape:
+    """The hyperparameters the formulas use, with the engine's fallbacks filled in."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    n_ff: int
+    key_length: int
+    value_length: int
+    n_swa: int
+    swa_layers: int
+    state_per_layer: int  # recurrent f32 state bytes per layer (0: attention layers)
+
+    @classmethod
+    def of(cls, facts: Any) -> "_Shape":
+        h = dict(getattr(facts, "hparams", None) or {})
+        n_layer = _int(h, "n_layer", "block_count")
+        n_embd = _int(h, "n_embd", "embedding_length")
+        n_head = _int(h, "n_head", "head_count", default=1)
+        n_head_kv = _int(h, "n_head_kv", "head_count_kv", default=n_head)
+        key_length = _int(h, "key_length", default=n_embd // n_head if n_head else 0)
+        value_length = _int(h, "value_length", default=key_length)
+        n_swa = _int(h, "sliding_window")
+        pattern = h.get("sliding_window_pattern")
+        if isinstance(pattern, list) and len(pattern) == n_layer:  # per-layer flags
+            swa_layers = sum(1 for p in pattern if p)
+        else:
+            every = _int(h, "sliding_window_pattern", default=_SWA_PATTERN.get(getattr(facts, "architecture", ""), 0))
+            swa_layers = (n_layer - n_layer // every if every else n_layer) if n_swa else 0
+        return cls(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                   n_vocab=_int(h, "n_vocab", "vocab_size"), n_ff=_int(h, "n_ff", "feed_forward_length",
+                                                                     default=4 * n_embd),
+                   key_length=key_length, value_length=value_length, n_swa=n_swa, swa_layers=swa_layers,
+                   state_per_layer=_recurrent_state(h, n_embd))
+
+
+#: architectures whose every n-th layer is a full-attention one (``load_swa_pattern`` defaults of
+#: 2026-10); other architectures with ``sliding_window`` use it on every layer
+_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 4, "gpt-oss": 2,
+                "exaone4": 4, "smallthinker": 4}
+
+
+def _recurrent_state(h: dict[str, Any], n_embd: int) -> int:
+    """f32 bytes of one layer's recurrent state for one sequence (``n_embd_r() + n_embd_s()``)."""
+    wkv = _int(h, "wkv_head_size")
+    if wkv:  # RWKV: token shift + wkv state
+        return (_int(h, "token_shift_count", default=2) * n_embd + n_embd * wkv) * 4
+    d_state = _int(h, "ssm_state_size")
+    if d_state:  # Mamba: conv state + ssm state
+        d_inner, d_conv = _int(h, "ssm_inner_size"), _int(h, "ssm_conv_kernel")
+        n_group = _int(h, "ssm_group_count")
+        conv = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
+        return (conv + d_state * d_inner) * 4
+    return 0
+
+
+def _layer_bytes(facts: Any, n_layer: int) -> list[int] | None:
+    """Bytes of each ``blk.N.*`` layer where the reader kept the tensor table (GGUF), else None."""
+    tensors = getattr(facts, "tensors", None) or {}
+    if not tensors or not n_layer:
+        return None
+    per = [0] * n_layer
+    for name, (_t, _ne, nbytes) in tensors.items():
+        if name.startswith("blk."):
+            idx = name.split(".", 2)[1]
+            if idx.isdigit() and int(idx) < n_layer:
+                per[int(idx)] += nbytes
+    return per
+
+
+def _repack_bytes(facts: Any, rules: EraRules) -> int:
+    tensors = getattr(facts, "tensors", None) or {}
+    return sum(nbytes for name, (t, ne, nbytes) in tensors.items()
+               if t in rules.repack_types and len(ne) >= 2 and ne[1] % 8 == 0
+               and not name.startswith("token_embd."))
+
+
+#: tokens per graph of our GPT-J/MPT runner (EVAL_CHUNK in backends/legacy/g4a_gptj_mpt.cpp)
+_GPTJ_MPT_CHUNK = 32
+
+
+def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
+    """The evaluation buffer our GPT-J/MPT runner sizes for a full context: ``eval_bytes(m, N, L)`` of
+    ``backends/legacy/g4a_gptj_mpt.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
+    n, ctx = min(_GPTJ_MPT_CHUNK, n_ctx), n_ctx
+    e, f, h, v = s.n_embd, 4 * s.n_embd, s.n_head, s.n_vocab
+    per_layer = 16 * n * e + 8 * n * f + 6 * h * n * ctx + e * ctx
+    head = 4 * n * e + 3 * n * v + n
+    objects = (s.n_layer * 100 + 100) * 400
+    work = 4 * max(n * f, h * n * ctx) + 64 * 16 + 4096
+    total = (s.n_layer * per_layer + head) * 4 + objects + work + (1 << 20)
+    return total + total // 4
+
+
+def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int, flash_attn: bool) -> int:
+    """The peak of one micro-batch's graph: the attention scores of a layer, the rest of a layer, or
+    the logits (the graph allocator frees the masks and a layer's activations before the logits)."""
+    ub = min(MAX_UBATCH, n_ctx)
+    f32 = 4
+    masks = 2 if rules.swa_cache and s.swa_layers and s.swa_layers < s.n_layer else 1
+    mask_bytes = rules.mask_bytes // 2 if flash_attn else rules.mask_bytes
+    inputs = 0 if s.state_per_layer else mask_bytes * n_kv * ub * masks
+    x = s.n_embd * ub * f32
+    attention = 0 if flash_attn or s.state_per_layer else s.n_head * n_kv * ub * f32
+    q_kv = s.n_head * s.key_length + 2 * s.n_head_kv * s.key_length
+    layer = ub * (3 * s.n_embd + 2 * s.n_ff + q_kv) * f32
+    output = s.n_vocab * ub * f32 + 4 * x
+    return rules.graph_meta + max(inputs + attention + 2 * x, inputs + layer, output)
 
 
 def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
              era: str | None = None) -> dict[str, Any]:
     """Estimate memory needs of ``facts`` (a FileFacts) at ``ctx_size`` tokens with ``gpu_layers`` offloaded.
 
-    ``era`` is the chosen backend's era ("2023-04" ...); None or a GGUF era uses the GGUF formula for
-    GGUF files and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the file's
-    training context capped at 2048 (or 512 for legacy files, their usual default).
-    Returns ``{ram_bytes, vram_bytes, weights_bytes, kv_bytes, compute_bytes, ctx_size, gpu_layers,
-    n_layer, ...}``; every value is an int (``None`` only where nothing could be said).
+    ``era`` is the chosen backend's era ("2023-04" ...); None uses the newest rules for GGUF files
+    and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the file's training
+    context capped at 2048 (or 512 for legacy files, their usual default).
+    Returns ``{ram_bytes, vram_bytes, weights_bytes, kv_bytes, compute_bytes, ...}`` (the keys the
+    README lists); every value is an int or a short string.
     """
-    h = dict(getattr(facts, "hparams", None) or {})
     fmt = getattr(facts, "format", None)
-    legacy = fmt in ("ggml", "ggmf", "ggjt")
-    n_layer = _int(h, "n_layer", "block_count")
-    n_embd = _int(h, "n_embd", "embedding_length")
-    n_head = _int(h, "n_head", "head_count", default=1)
-    n_head_kv = _int(h, "n_head_kv", "head_count_kv", default=n_head)
-    n_vocab = _int(h, "n_vocab", "vocab_size")
-    n_ff = _int(h, "n_ff", "feed_forward_length", default=4 * n_embd)
-    head_dim = _int(h, "key_length", "head_dim", default=(n_embd // n_head) if n_head else 0)
+    # GPT4All-era GPT-J and MPT files run on our own ggml runner (backends/legacy), not llama.cpp
+    gptj_mpt = fmt in ("ggml", "ggmm") and getattr(facts, "architecture", None) in ("gptj", "mpt")
+    legacy = fmt in ("ggml", "ggmf", "ggjt") and not gptj_mpt
+    s = _Shape.of(facts)
+    h = dict(getattr(facts, "hparams", None) or {})
     n_ctx_train = _int(h, "n_ctx_train", "context_length")
-
     if ctx_size is None or ctx_size <= 0:
-        ctx_size = 512 if legacy else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
     gpu_layers = max(0, int(gpu_layers or 0))
+    n_layer = s.n_layer
+    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)
+    # 2023-08 builds measure the graph unless built with CUDA (scratch buffers then)
+    scratch = legacy and (era < "2023-06" or gpu_layers > 0)
+    rules = EraRules() if gptj_mpt else ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
 
     tt = getattr(facts, "tensor_types", None) or {}
-    weights = int(sum(getattr(s, "bytes", 0) or 0 for s in tt.values()))
+    weights = int(sum(getattr(st, "bytes", 0) or 0 for st in tt.values()))
     n_params = int(getattr(facts, "n_params", 0) or 0)
     bpw = weights / n_params if n_params else 0.0
-    emb = int(n_vocab * n_embd * bpw)
+    emb = int(s.n_vocab * s.n_embd * bpw)
     # A separate output matrix: always in the legacy llama files; GGUF files may tie it to the embedding.
-    has_output = legacy or bool(h.get("has_output", True))
-    out = emb if has_output else 0
-    repeating = max(weights - emb - out, weights // 2 if weights else 0)
-    per_layer = repeating // n_layer if n_layer else 0
+    tensors = getattr(facts, "tensors", None) or {}
+    if tensors:
+        out = tensors["output.weight"][2] if "output.weight" in tensors else 0
+    else:
+        out = emb if (legacy or bool(h.get("has_output", True))) else 0
+    layers = _layer_bytes(facts, n_layer)
+    if layers is None:
+        repeating = max(weights - emb - out, weights // 2 if weights else 0)
+        layers = [repeating // n_layer] * n_layer if n_layer else []
+    per_layer = max(layers) if layers else 0
 
     offloaded = min(gpu_layers, n_layer) if n_layer else 0
-    vram_weights = per_layer * offloaded + (out if n_layer and gpu_layers > n_layer else 0)
+    # llama.cpp offloads the last layers first (i_gpu_start = n_layer - n_gpu_layers)
+    output_offloaded = bool(n_layer) and gpu_layers > n_layer
+    # an output tied to the token embedding is loaded a second time onto the GPU (TENSOR_DUPLICATED)
+    tied = output_offloaded and bool(tensors) and not out and "token_embd.weight" in tensors
+    copy = tensors["token_embd.weight"][2] if tied else 0
+    vram_weights = sum(layers[n_layer - offloaded:]) + (out if output_offloaded else 0) + copy
     if not n_layer and gpu_layers:  # nothing known about layers: all or nothing
         vram_weights = weights
-    vram_weights = min(vram_weights, weights)
+    vram_weights = min(vram_weights, weights + copy)
 
-    kv_per_layer = 2 * ctx_size * head_dim * n_head_kv * 2 if n_layer else 0
-    kv = kv_per_layer * n_layer
-    kv_vram = kv_per_layer * offloaded
+    cells = _pad(ctx_size, rules.kv_pad)
+    attn_layers = n_layer if not s.state_per_layer else 0
+    kv_per_layer = (s.key_length + s.value_length) * s.n_head_kv * cells * 2 if attn_layers else 0
+    state_per_layer = s.state_per_layer
+    kv = kv_per_layer * attn_layers
+    state = state_per_layer * n_layer
+    kv_vram = (kv_per_layer + state_per_layer) * offloaded
 
-    if not n_layer or not n_embd:
+    repack = 0 if gpu_layers or legacy or gptj_mpt else _repack_bytes(facts, rules)
+    output = s.n_vocab * 4 if rules.output_buffer and not (legacy or gptj_mpt) else 0
+    if not n_layer or not s.n_embd:
         compute = 0
-    elif legacy:
-        compute = _compute_legacy(era or "2023-08", ctx_size, n_layer, n_embd, n_head, n_head_kv)
+    elif gptj_mpt:
+        compute = _compute_gptj_mpt(s, ctx_size)
+    elif scratch:
+        compute = _scratch_legacy(era, ctx_size, n_layer, s.n_embd, s.n_head, s.n_head_kv)
     else:
-        compute = _compute_gguf(ctx_size, n_vocab, n_embd, n_head, n_ff)
-    compute_on_gpu = gpu_layers > 0 and not legacy
+        flash_attn = rules.flash_attn_cuda if gpu_layers else rules.flash_attn
+        compute = _compute_graph(s, rules, ctx_size, cells, flash_attn)
+    compute_on_gpu = gpu_layers > 0 and not (legacy and era < "2023-06")
 
     vram = vram_weights + kv_vram + (compute if compute_on_gpu else 0)
-    ram = (weights - vram_weights) + (kv - kv_vram) + (0 if compute_on_gpu else compute)
+    total = weights + copy + repack + output + kv + state + compute
+    ram = total - vram
     return {
         "ram_bytes": int(ram),
         "vram_bytes": int(vram),
@@ -172,5 +364,100 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
         "gpu_layers": int(offloaded + (1 if n_layer and gpu_layers > n_layer else 0)),
         "n_layer": n_layer,
         "per_layer_bytes": int(per_layer),
-        "formula": "legacy-scratch" if legacy else "gguf",
+        "formula": "gptj-mpt" if gptj_mpt else "legacy-scratch" if scratch else ("legacy-graph" if legacy else "gguf"),
+        "era": era,
+        "total_bytes": int(total),
+        "repack_bytes": int(repack),
+        "output_bytes": int(output),
+        "state_bytes": int(state),
+        "kv_cells": int(cells) if attn_layers else 0,
+        "swa_layers": s.swa_layers,
     }
+
+
+def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
+         free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> dict[str, Any]:
+    """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
+
+    ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
+    VRAM plus ``reserve_bytes`` (default: the manifest's ``[cuda] reserve_mib``) fits in
+    ``free_vram_bytes`` (default: what the CUDA driver reports for device 0; no driver: 0 layers),
+    by :func:`gpt4all_loader.variants.fit_layers`, the same figures ``load()`` uses to choose the CUDA
+    variant.  ``items`` follows gguf-parser's ``estimate.items[]``: one entry per device with its
+    bytes and the layers it runs.
+    """
+    from . import variants
+
+    auto = gpu_layers == "auto"
+    free = free_vram_bytes
+    if free is None and (auto or gpu_layers):
+        gi = variants.gpu_info(0)
+        free = gi.free_bytes if gi is not None else None
+    if reserve_bytes is None:
+        reserve_bytes = int(variants.cuda_table().get("reserve_mib", 768)) * MiB
+    if auto:
+        layers = variants.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
+            if free is not None else 0
+    else:
+        layers = max(0, int(gpu_layers or 0))
+    est = estimate(facts, ctx_size=ctx_size, gpu_layers=layers, era=era)
+    n_layer, on_gpu = est["n_layer"], min(est["gpu_layers"], est["n_layer"])
+    items: list[dict[str, Any]] = [{"device": "cpu", "bytes": est["ram_bytes"], "layers": n_layer - on_gpu,
+                                    "output": not (n_layer and est["gpu_layers"] > n_layer)}]
+    if layers:
+        gpu: dict[str, Any] = {"device": "cuda:0", "bytes": est["vram_bytes"], "layers": on_gpu,
+                               "output": bool(n_layer and est["gpu_layers"] > n_layer)}
+        if free is not None:
+            gpu.update(free_bytes=int(free), reserve_bytes=int(reserve_bytes),
+                       fits=est["vram_bytes"] + reserve_bytes <= free)
+        items.append(gpu)
+    est["gpu_layers_requested"] = "auto" if auto else layers
+    est["items"] = items
+    return est
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine's own figures, from its log lines (G4A_VERBOSE=1)
+
+#: (part, pattern): the buffer sizes each era logs while loading.  Values are MiB (the 2023 eras
+#: print "MB" but divide by 1024 * 1024 too).
+_LOG_LINES: list[tuple[str, re.Pattern[str]]] = [
+    ("model", re.compile(r"(?P<dev>\S+) model buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("model", re.compile(r"llm_load_tensors: +(?P<dev>\S+) buffer size = +(?P<mib>[\d.]+) MiB")),  # 2024-09
+    ("model", re.compile(r"mem required += +(?P<mib>[\d.]+) MB")),
+    ("output", re.compile(r"(?P<dev>\S+) +output buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("kv", re.compile(r"(?P<dev>\S+) KV buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("kv", re.compile(r"kv self size += +(?P<mib>[\d.]+) MB")),
+    ("state", re.compile(r"(?P<dev>\S+) RS buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("compute", re.compile(r"(?P<dev>\S+) compute buffer size = +(?P<mib>[\d.]+) MiB")),
+    ("compute", re.compile(r"compute buffer total size = +(?P<mib>[\d.]+) MB")),
+]
+
+
+def parse_engine_log(text: str) -> dict[str, Any]:
+    """The buffer sizes an engine logged while loading: ``{parts: {model, repack, output, kv, state,
+    compute}, devices: {name: bytes}, total_bytes, lines}``.  The ``CPU_REPACK`` model buffer is
+    reported as ``repack``.  Buffers add up (2026-10 logs one KV buffer per cache, base and SWA),
+    except the compute buffer, which a re-reservation logs again: it counts once, at its largest."""
+    seen: dict[tuple[str, str], int] = {}
+    lines: list[str] = []
+    for line in text.splitlines():
+        for part, pat in _LOG_LINES:
+            m = pat.search(line)
+            if not m:
+                continue
+            dev = m.groupdict().get("dev") or "CPU"
+            if part == "model" and dev == "CPU_REPACK":
+                part = "repack"
+            nbytes = int(round(float(m.group("mib")) * MiB))
+            key = (part, dev)
+            seen[key] = max(seen.get(key, 0), nbytes) if part == "compute" else seen.get(key, 0) + nbytes
+            lines.append(line.strip())
+            break
+    parts = {p: 0 for p in ("model", "repack", "output", "kv", "state", "compute")}
+    devices: dict[str, int] = {}
+    for (part, dev), nbytes in seen.items():
+        parts[part] += nbytes
+        name = dev.split("_")[0]  # CPU_Mapped, CPU_REPACK -> CPU
+        devices[name] = devices.get(name, 0) + nbytes
+    return {"parts": parts, "devices": devices, "total_bytes": sum(parts.values()), "lines": lines}

@@ -6,27 +6,73 @@ Sampling runs in the shim (C), identically in every era.
 
 Thread safety: all calls on one Model are serialized by a lock (a streaming generation holds it
 until the stream ends or is closed); different Models, even of different eras, run concurrently.
+``close()`` during a stream (from the loop body or a callback) frees nothing under the running
+generation: the model counts as closed at once, its next step raises ModelClosedError, and the
+native model is freed when the stream lets go of it.
 """
 from __future__ import annotations
 
 import codecs
+import math
+import numbers
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .errors import BackendError, DeviceError, ModelClosedError, UnsupportedModelError
+from .errors import BackendError, ChatTemplateError, DeviceError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
+from .manifest import build_command
 from . import native
 from .variants import VariantChoice, build_record, built_variants, choose_variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .chat import ChatSession
+    from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
 DEFAULT_N_CTX = 2048
 #: epsilon of the LLaMA-1 RMS norm; ggjt files do not record it and the 2023-08 era defaults to 5e-6
 LEGACY_RMS_EPS = 1e-6
 LEGACY_GQA_RMS_EPS = 1e-5
+#: the largest text tokenize() takes: the engines allocate several times the input (and tokens are
+#: counted in int32), so a bigger text is refused with a message instead of ending in bad_alloc
+MAX_TOKENIZE_BYTES = 64 << 20
+#: the largest n_ctx load() takes, beyond a file's own training context: 2**20 already costs 8 GiB on
+#: gguf-2023-11 for a tiny model, and the eras' int32 sizes overflow on the way to 2**31 (SIGSEGV)
+MAX_N_CTX = 1 << 20
+
+
+def max_threads() -> int:
+    """The largest n_threads load() takes: 4 per core this process may run on, at most 256.
+
+    More only stalls (the engines' threads spin at every barrier: n_threads=5000 took minutes per
+    token) or aborts (the ggml of 2024 and later asserts n_threads <= 512).
+    """
+    return min(256, 4 * len(os.sched_getaffinity(0)))
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in lo..hi, else a ValueError that names the parameter."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def _float(value: Any, what: str, lo: float, hi: float = math.inf, *, above: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (or (lo, hi] with ``above``), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (above and v == lo) or v > hi:
+        bound = f"above {lo}" if above else f"at least {lo}"
+        raise ValueError(f"{what} must be a finite number {bound}" + (f" and at most {hi}" if hi < math.inf else "")
+                         + f", got {value!r}")
+    return v
 
 
 @dataclass
@@ -52,6 +98,11 @@ class ModelInfo:
     why_variant: str
     rejected: dict[str, list[str]] = field(default_factory=dict)
     engine: str = ""
+    #: loaded for tokenizing only (no weights, no context): tokenize/detokenize work, evaluation does not
+    vocab_only: bool = False
+    #: how a full context makes room during generation: "cache" (the engine moves the kept positions)
+    #: or "re-evaluate" (the kept tokens are evaluated again); "" when nothing can be evaluated
+    context_shift: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,17 +118,34 @@ class Model:
         self._ffi = native.ffi()
         self._handle = handle
         self._lock = threading.RLock()
+        self._streams = 0        # generations of this thread now holding the lock
+        self._closing = False    # close() was called during one: free when the last one ends
         self.info = info
         self.facts = facts
         self._embeddings = embeddings
         self._piece_buf = self._ffi.new("char[256]")
+        #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
+        #: what follows the longest prefix it shares with them
+        self._kv: list[int] = []
+        #: prompt tokens the last generation evaluated (the others were already in the cache)
+        self.last_evaluated = 0
+        # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
+        self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
+        """Free the native model (deferred to the end of a running stream; see the module doc)."""
         with self._lock:
-            if self._handle is not None:
-                self._lib.g4a_free(self._handle)
-                self._handle = None
+            if self._handle is None or self._closing:
+                return
+            self._closing = True
+            if not self._streams:
+                self._free()
+
+    def _free(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._backend.free_model(handle)
 
     def __enter__(self) -> "Model":
         return self
@@ -93,12 +161,21 @@ class Model:
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        return self._handle is None or self._closing
 
     def _h(self) -> Any:
-        if self._handle is None:
+        """The native handle; every native call asks again, so a close() in between is seen."""
+        if self._handle is None or self._closing:
             raise ModelClosedError(f"{self.info.path}: the model was closed")
         return self._handle
+
+    def _weights(self) -> Any:
+        """The handle, for calls that evaluate: a vocabulary-only Model refuses them clearly."""
+        h = self._h()
+        if self.info.vocab_only:
+            raise BackendError(f"{self.info.path}: loaded for tokenizing only (vocab_only), so it cannot "
+                               f"evaluate; load the model file itself with vocab_only=False")
+        return h
 
     def _err(self, what: str) -> BackendError:
         return BackendError(f"{self.info.path} ({self.info.backend}/{self.info.variant}): {what}: "
@@ -122,8 +199,18 @@ class Model:
             return int(self._lib.g4a_token_eos(self._h()))
 
     def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
-        """Token ids of ``text``.  ``special``: parse control tokens written in the text (GGUF)."""
+        """The ids the model's own tokenizer gives for ``text``, the same in every era.
+
+        ``add_bos``: start with the beginning-of-sequence token where the model has one (LLaMA-style
+        vocabularies; GPT-J and MPT have none).  ``special``: read control tokens written in the text
+        (``"<s>"``, ``"<|im_start|>"``) as those tokens; otherwise they are plain text.  SentencePiece
+        vocabularies get the dummy prefix (a leading space) before each piece of text, as the
+        original tokenizer does, in the 2023 eras too (see the README's tokenization contract).
+        """
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if len(data) > MAX_TOKENIZE_BYTES:
+            raise ValueError(f"{self.info.path}: tokenize() takes at most {MAX_TOKENIZE_BYTES >> 20} MiB of text "
+                             f"at once, got {len(data)} bytes; split the text")
         with self._lock:
             h = self._h()
             cap = len(data) + 8
@@ -151,13 +238,67 @@ class Model:
             return bytes(self._ffi.buffer(self._piece_buf, n))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+        """The text of ``tokens``: ``detokenize(tokenize(text)) == text`` for every text.
+
+        Control tokens have no text; for SentencePiece vocabularies the dummy prefix that
+        :meth:`tokenize` adds (one leading space of the first piece of text) is removed, as the
+        original tokenizer's decode does.  Pieces of a generation are :meth:`token_bytes`, unstripped.
+        """
+        data = b"".join(self.token_bytes(t) for t in tokens)
+        if self._dummy_prefix and data.startswith(b" "):
+            data = data[1:]
+        return data.decode("utf-8", "replace")
 
     # -- evaluation -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything evaluated so far."""
         with self._lock:
             self._lib.g4a_reset(self._h())
+            self._kv = []
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens the engine's cache holds (the prompt and output of the last generation, or what
+        :meth:`evaluate` appended); the next prompt that starts with them evaluates only the rest."""
+        with self._lock:
+            return list(self._kv)
+
+    def _rewind(self, n_keep: int) -> None:
+        """Keep the first ``n_keep`` cached tokens; engines that cannot cut their state back (recurrent
+        models) start again from nothing, and the caller evaluates what is missing."""
+        if n_keep >= len(self._kv):
+            return
+        h = self._h()
+        if n_keep > 0 and self._lib.g4a_truncate(h, n_keep) == 0:
+            del self._kv[n_keep:]
+        else:
+            self._lib.g4a_reset(h)
+            self._kv = []
+
+    def _evaluate_to(self, tokens: Sequence[int]) -> int:
+        """Make the cache hold exactly ``tokens``, evaluating only what follows the longest common
+        prefix (at least the last token, so the logits belong to it); returns the tokens evaluated."""
+        keep = 0
+        for a, b in zip(self._kv, tokens[:-1]):
+            if a != b:
+                break
+            keep += 1
+        self._rewind(keep)
+        todo = list(tokens[len(self._kv):])
+        self.evaluate(todo)
+        return len(todo)
+
+    def _shift(self, n_keep: int) -> None:
+        """Context shift: keep the first ``n_keep`` tokens and drop the older half of the rest.  The
+        engine moves the kept tail back in its cache where it can (2026 era); otherwise the tail is
+        evaluated again at its new positions, which every era can (see ``info.context_shift``)."""
+        kv = self._kv
+        n_keep = min(n_keep, len(kv) - 1)
+        n_discard = max(1, (len(kv) - n_keep) // 2)
+        if self._lib.g4a_shift(self._h(), n_keep, n_discard) == 0:
+            del kv[n_keep:n_keep + n_discard]
+        else:
+            self._evaluate_to(kv[:n_keep] + kv[n_keep + n_discard:])
 
     @property
     def n_past(self) -> int:
@@ -169,15 +310,23 @@ class Model:
         if not tokens:
             return
         with self._lock:
-            h = self._h()
-            arr = self._ffi.new("int32_t[]", [int(t) for t in tokens])
-            if self._lib.g4a_eval(h, arr, len(tokens)) != 0:
-                raise self._err("evaluation failed")
+            h = self._weights()
+            # the shim checks each id against the vocabulary and the context; Python keeps them int32
+            ids = [_int(t, "a token id", -2**31, 2**31 - 1) for t in tokens]
+            arr = self._ffi.new("int32_t[]", ids)
+            with self._backend.evaluating():
+                rc = self._lib.g4a_eval(h, arr, len(ids))
+            if rc != 0:
+                err = self._err("evaluation failed")
+                self._lib.g4a_reset(h)   # what the engine holds after a failed batch is not known
+                self._kv = []
+                raise err
+            self._kv.extend(ids)
 
     def logits(self) -> list[float]:
         """Logits of the last evaluated position (n_vocab floats)."""
         with self._lock:
-            p = self._lib.g4a_logits(self._h())
+            p = self._lib.g4a_logits(self._weights())
             if p == self._ffi.NULL:
                 raise self._err("no logits")
             return list(self._ffi.unpack(p, self.info.n_vocab))
@@ -201,19 +350,30 @@ class Model:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
                  stream: bool = False, callback: Callable[[str], bool] | None = None,
-                 add_bos: bool = True, special: bool = False) -> str | Iterator[str]:
+                 add_bos: bool = True, special: bool = False, context_shift: bool = True,
+                 n_keep: int | None = None) -> str | Iterator[str]:
         """Continue ``prompt`` (text, or token ids).
 
         ``temperature=0`` is greedy and deterministic; otherwise sampling is seeded by ``seed``
         (a random seed when None).  Generation stops at an end-of-generation token, at a ``stop``
-        string (not included in the output), after ``max_tokens``, when the context is full, or
-        when ``callback(piece)`` returns False.  ``stream=True`` returns an iterator of text pieces
+        string (not included in the output), after ``max_tokens``, or when ``callback(piece)``
+        returns False.  Only what follows the longest prefix the prompt shares with the cached
+        tokens (:attr:`cached_tokens`) is evaluated.  When the context fills, ``context_shift`` keeps
+        the first ``n_keep`` tokens (default: the prompt's start, up to a quarter of the context, so
+        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.  ``stream=True`` returns an iterator of text pieces
         that never splits a UTF-8 character; breaking out of it cancels the generation.
+        Parameters are checked here, before anything runs (ValueError).
         """
-        it = self._generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                            repeat_last_n=repeat_last_n, seed=seed, stop=tuple(stop), callback=callback,
-                            add_bos=add_bos, special=special)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable or None, got {callback!r}")
+        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special,
+                                      context_shift=context_shift, n_keep=n_keep)
+        it = self._generate(tokens, stop=stops, callback=callback)
         if stream:
             return it
         return "".join(it)
@@ -221,55 +381,81 @@ class Model:
     def generate_tokens(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
                         top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                         repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
-                        special: bool = False) -> Iterator[int]:
+                        special: bool = False, context_shift: bool = True,
+                        n_keep: int | None = None) -> Iterator[int]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
+        sampling = dict(
+            temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
+            top_p=_float(top_p, "top_p", 0.0, 1.0), min_p=_float(min_p, "min_p", 0.0, 1.0),
+            repeat_penalty=_float(repeat_penalty, "repeat_penalty", 0.0, above=True),
+            # no more history than the context holds (the window is allocated)
+            repeat_last_n=min(_int(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), self.info.n_ctx))
+        max_tokens = _int(max_tokens, "max_tokens", 0, 2**31 - 1)
+        seed = _int(seed, "seed", -2**63, 2**64 - 1) if seed is not None else int.from_bytes(os.urandom(8), "little")
+        if not isinstance(prompt, (str, bytes)):
+            prompt = [_int(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
+        keep = None if n_keep is None else _int(n_keep, "n_keep", 0, 2**31 - 1)
+        shift = keep if context_shift else -1
+        return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special, shift)
+
+    def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, sampling: dict[str, Any],
+                      seed: int, add_bos: bool, special: bool, shift: int | None) -> Iterator[int]:
+        """generate_tokens() after its checks.  Each native call fetches the handle again (``_h``):
+        the consumer may close the model between two steps, and the free waits for this stream."""
         ffi = self._ffi
         with self._lock:
-            h = self._h()
-            tokens = (self.tokenize(prompt, add_bos=add_bos, special=special) if isinstance(prompt, (str, bytes))
-                      else [int(t) for t in prompt])
-            if not tokens:
-                tokens = [self.token_bos()]
-            if len(tokens) >= self.info.n_ctx:
-                raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
-            self._lib.g4a_reset(h)
-            self.evaluate(tokens)
-            params = ffi.new("g4a_sampling *", dict(
-                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-                repeat_penalty=float(repeat_penalty), repeat_last_n=int(repeat_last_n)))
-            rng = ffi.new("uint64_t *", (seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
-                          & 0xFFFFFFFFFFFFFFFF)
-            window_n = max(int(repeat_last_n), 1)
-            hist = ffi.new("int32_t[]", window_n)
-            recent = list(tokens[-window_n:])
-            one = ffi.new("int32_t[1]")
-            for _ in range(max_tokens):
-                hist[0:len(recent)] = recent
-                tok = self._lib.g4a_sample(h, params, hist, len(recent), rng)
-                if tok < 0:
-                    raise self._err("sampling failed")
-                if self._lib.g4a_is_eog(h, tok):
-                    return
-                yield tok
-                if self._lib.g4a_n_past(h) + 1 > self.info.n_ctx:
-                    return
-                recent.append(tok)
-                if len(recent) > window_n:
-                    del recent[0]
-                one[0] = tok
-                if self._lib.g4a_eval(h, one, 1) != 0:
-                    raise self._err("evaluation failed")
+            self._weights()
+            self._streams += 1
+            try:
+                tokens = (self.tokenize(prompt, add_bos=add_bos, special=special)
+                          if isinstance(prompt, (str, bytes)) else prompt)
+                if not tokens:
+                    tokens = [self.token_bos()]
+                if len(tokens) >= self.info.n_ctx:
+                    raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
+                self.last_evaluated = self._evaluate_to(tokens)
+                # context shift: -1 off; None the prompt's start, up to a quarter of the context
+                n_keep = min(len(tokens), max(1, self.info.n_ctx // 4)) if shift is None else shift
+                params = ffi.new("g4a_sampling *", sampling)
+                rng = ffi.new("uint64_t *", seed & 0xFFFFFFFFFFFFFFFF)
+                window_n = max(sampling["repeat_last_n"], 1)
+                hist = ffi.new("int32_t[]", window_n)
+                recent = list(tokens[-window_n:])
+                one = ffi.new("int32_t[1]")
+                for _ in range(max_tokens):
+                    hist[0:len(recent)] = recent
+                    tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
+                    if tok < 0:
+                        raise self._err("sampling failed")
+                    if self._lib.g4a_is_eog(self._h(), tok):
+                        return
+                    yield tok
+                    if len(self._kv) + 1 > self.info.n_ctx:
+                        if n_keep < 0:
+                            return
+                        self._shift(n_keep)
+                    recent.append(tok)
+                    if len(recent) > window_n:
+                        del recent[0]
+                    one[0] = tok
+                    with self._backend.evaluating():
+                        rc = self._lib.g4a_eval(self._h(), one, 1)
+                    if rc != 0:
+                        err = self._err("evaluation failed")
+                        self._lib.g4a_reset(self._h())
+                        self._kv = []
+                        raise err
+                    self._kv.append(tok)
+            finally:
+                self._streams -= 1
+                if self._closing and not self._streams:
+                    self._free()
 
-    def _generate(self, prompt: str | Sequence[int], *, max_tokens: int, temperature: float, top_k: int,
-                  top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int | None,
-                  stop: tuple[str, ...], callback: Callable[[str], bool] | None, add_bos: bool,
-                  special: bool) -> Iterator[str]:
+    def _generate(self, tokens: Iterator[int], *, stop: tuple[str, ...],
+                  callback: Callable[[str], bool] | None) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""          # text held back because it may be the start of a stop string
         hold = max((len(s) for s in stop), default=0)
-        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special)
         try:
             for tok in tokens:
                 pending += decoder.decode(self.token_bytes(tok))
@@ -302,15 +488,25 @@ class Model:
 
         template = self.facts.chat_template
         if not template:
-            raise UnsupportedModelError(
+            raise ChatTemplateError(
                 f"{self.info.path}: the file carries no chat template (tokenizer.chat_template); "
                 f"use generate() with a prompt written in the model's own format")
         bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
         eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
-        text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        try:
+            text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        except ChatTemplateError as e:
+            raise ChatTemplateError(f"{self.info.path}: {e}") from None
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
         return self.generate(text, add_bos=add_bos, **kwargs)
+
+    def chat_session(self, system: str | None = None) -> "ChatSession":
+        """A multi-turn conversation that keeps its messages and reuses the evaluated history
+        (``with model.chat_session() as chat: chat.send("Hi")``); :meth:`chat` stays stateless."""
+        from .chat import ChatSession
+
+        return ChatSession(self, system)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"n_ctx={self.info.n_ctx}"
@@ -331,19 +527,34 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 
 def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
-         embeddings: bool = False, seed: int = 0) -> Model:
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
+         worker_timeout: float | None = None) -> "Model | IsolatedModel":
     """Load a model file on the backend that reads it.
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
     by name (it must still accept the file: files are never handed to an engine that would misread
-    them).
+    them).  isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`:
+    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which
+    the model is closed: later calls raise ModelClosedError naming the cause).
+    vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
+    detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
+    (no tensors) and False otherwise.
     """
+    if isolated:
+        from .worker import DEFAULT_TIMEOUT, IsolatedModel
+
+        return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
+                                                   n_gpu_layers=n_gpu_layers, backend=backend,
+                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only),
+                             DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
     from .catalog import choose
     from .reader import read_facts
 
     path = os.fspath(path)
     facts = read_facts(path)
+    if vocab_only is None:
+        vocab_only = bool(facts.vocab_only)
     # among the backends that read the file, one built on this machine wins over a better unbuilt one
     best, verdicts = choose(facts, prefer=built_variants())
     rejected = {v.backend: list(v.reasons) for v in verdicts if not v.loadable}
@@ -370,20 +581,28 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
     if n_ctx is None:
         n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
+    n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
+    n_threads = _int(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
+    if n_gpu_layers is not None:
+        _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
+    seed = _int(seed, "seed", -2**63, 2**64 - 1)
     # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
     choice: VariantChoice = choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
                                            n_ctx=n_ctx)
     if choice.variant is None:
+        if not built_variants().get(chosen.backend):  # the common first-run case: say the one command
+            raise BackendError(f"{path}: {facts.description or facts.format}: backend {chosen.backend} reads it but "
+                               f"is not built here; build it with: {build_command(chosen.backend)}")
         raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
     be = native.open_backend(chosen.backend, choice.variant)
     n_gqa, eps = _legacy_params(facts)
     ffi = native.ffi()
     params = ffi.new("g4a_load_params *", dict(
-        n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
+        n_ctx=n_ctx, n_threads=n_threads,
         n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
-        vocab_only=0, embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
+        vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF))
     t0 = time.perf_counter()
-    handle = be.lib.g4a_load(os.fsencode(path), params)
+    handle = be.load_model(path, params)
     seconds = time.perf_counter() - t0
     if handle == ffi.NULL:
         raise BackendError(f"{path}: {be.name}/{be.variant} failed to load it: {be.last_error()}")
@@ -395,5 +614,6 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
         n_ctx_train=int(be.lib.g4a_n_ctx_train(handle)) or n_ctx_train, n_vocab=int(be.lib.g4a_n_vocab(handle)),
         n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
-        engine=be.info())
+        engine=be.info(), vocab_only=bool(vocab_only),
+        context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"))
     return Model(be, handle, info, facts, embeddings)

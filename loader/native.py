@@ -7,38 +7,96 @@ a message, not later with a crash.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import cache
 from .errors import BackendError
+from .manifest import ContextTable, build_command, load_manifest, package_data
 
-_HEADER_NAME = "g4a_shim.h"
+_HEADER = "backends/shim/g4a_shim.h"   # shipped inside the package (manifest.package_data)
 _lock = threading.Lock()
 _open: dict[str, "Backend"] = {}
+#: g4a_load and g4a_quantize point the process's fd 2 (and fd 1) at a temporary file while the engine
+#: talks, then restore the descriptor they saved: two at once, on any backend, would restore each
+#: other's temporary file for good.  Every call that captures holds this lock.
+_capture_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def capturing_output() -> Iterator[None]:
+    """Hold the process-wide lock that native calls which capture stdout/stderr need."""
+    with _capture_lock:
+        yield
+
+
+class ContextBudget:
+    """The ggml contexts of one library whose era keeps them in a fixed table.
+
+    Open models hold ``per_model`` contexts each; a load or an evaluation in flight one graph more.
+    A load beyond ``max_open_models`` is refused (the caller can close a model); an evaluation
+    waits while the table is full (other threads' evaluations end by themselves).
+    """
+
+    def __init__(self, table: ContextTable):
+        self.table = table
+        self.open_models = 0
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def _take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._used + n <= self.table.table)
+            self._used += n
+
+    def _give(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
+
+    def reserve_model(self) -> bool:
+        """Count one more open model; False when ``max_open_models`` are open already."""
+        with self._cond:
+            if self.open_models >= self.table.max_open_models:
+                return False
+            self.open_models += 1
+        self._take(self.table.per_model)
+        return True
+
+    def release_model(self) -> None:
+        with self._cond:
+            self.open_models -= 1
+        self._give(self.table.per_model)
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Room for the graph of one load or evaluation, for the duration of the call."""
+        self._take(self.table.per_call)
+        try:
+            yield
+        finally:
+            self._give(self.table.per_call)
 
 
 def _header_text() -> str:
-    root = cache.repo_root()
-    candidates = []
-    if root is not None:
-        candidates.append(root / "backends" / "shim" / _HEADER_NAME)
-    candidates.append(cache.lib_dir() / _HEADER_NAME)
-    for p in candidates:
-        if p.is_file():
-            text = p.read_text()
-            try:
-                start = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
-                end = text.index("/* CDEF-END */")
-            except ValueError:
-                raise BackendError(f"{p}: the shim header lacks its CDEF markers") from None
-            return text[start:end]
-    raise BackendError("the shim header g4a_shim.h was not found (looked in: "
-                       + ", ".join(str(c) for c in candidates) + ")")
+    p = package_data(_HEADER)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise BackendError(f"the shim header {p} cannot be read ({e.strerror or e}): this installation of "
+                           f"gpt4all_loader is incomplete; reinstall it") from None
+    try:
+        start = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
+        end = text.index("/* CDEF-END */")
+    except ValueError:
+        raise BackendError(f"{p}: the shim header lacks its CDEF markers") from None
+    return text[start:end]
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,6 +128,7 @@ class Backend:
     path: Path
     record: dict
     lib: Any
+    budget: ContextBudget | None = field(default=None, repr=False)
 
     def info(self) -> str:
         return ffi().string(self.lib.g4a_backend_info()).decode("utf-8", "replace")
@@ -81,6 +140,39 @@ class Backend:
     def gpu(self) -> bool:
         return bool(self.lib.g4a_gpu_build())
 
+    def evaluating(self) -> contextlib.AbstractContextManager:
+        """Wrap every native call that builds a graph (g4a_eval): it may need a context slot."""
+        return self.budget.call() if self.budget is not None else contextlib.nullcontext()
+
+    def load_model(self, path: str, params: Any) -> Any:
+        """g4a_load under the output-capture lock and this library's context budget.
+
+        Returns the handle, or NULL when the engine refused (``last_error()`` says why); raises
+        BackendError when the era's fixed context table has no room for another model.
+        """
+        budget = self.budget
+        if budget is not None and not budget.reserve_model():
+            spec = load_manifest()[self.name]
+            raise BackendError(
+                f"{path}: at most {budget.table.max_open_models} models of llama.cpp {spec.era} "
+                f"({self.name}) can be open at once in one process (its ggml has a fixed table of "
+                f"{budget.table.table} contexts and each model holds {budget.table.per_model}); "
+                f"close one first")
+        handle = ffi().NULL
+        try:
+            with self.evaluating(), capturing_output():
+                handle = self.lib.g4a_load(os.fsencode(path), params)
+        finally:
+            if handle == ffi().NULL and budget is not None:
+                budget.release_model()
+        return handle
+
+    def free_model(self, handle: Any) -> None:
+        """g4a_free, giving the model's contexts back to the budget."""
+        self.lib.g4a_free(handle)
+        if self.budget is not None:
+            self.budget.release_model()
+
 
 def record_for(name: str, variant: str) -> dict:
     """The build record (.json beside the .so), or an error that says how to build it."""
@@ -88,7 +180,7 @@ def record_for(name: str, variant: str) -> dict:
     rec = so.with_suffix(".json")
     if not so.exists():
         raise BackendError(f"backend {name}/{variant} is not built ({so} does not exist); "
-                           f"build it with: python build_backends.py --only {name} --variant {variant}")
+                           f"build it with: {build_command(name, variant)}")
     try:
         data = json.loads(rec.read_text()) if rec.exists() else {}
     except ValueError:
@@ -118,15 +210,18 @@ def open_backend(name: str, variant: str, *, path: Path | None = None) -> Backen
             lib = f.dlopen(key, f.RTLD_LOCAL | f.RTLD_NOW)
         except OSError as e:
             raise BackendError(f"cannot open backend library {so}: {e}; "
-                               f"rebuild it with: python build_backends.py --only {name} --clean && "
-                               f"python build_backends.py --only {name}") from None
+                               f"rebuild it with: {build_command(name, variant, clean=True)} && "
+                               f"{build_command(name, variant)}") from None
         try:
             got = int(lib.g4a_abi_version())
         except (AttributeError, OSError) as e:
             raise BackendError(f"{so} is not a gpt4all-loader backend (no g4a_abi_version: {e})") from None
         if got != abi_version():
             raise BackendError(f"{so} speaks shim ABI {got}, this package speaks {abi_version()}; "
-                               f"rebuild it with: python build_backends.py --only {name}")
-        b = Backend(name=name, variant=variant, path=so, record=record, lib=lib)
+                               f"rebuild it with: {build_command(name, variant)}")
+        spec = load_manifest().get(name)
+        table = spec.ggml_contexts if spec is not None else None
+        b = Backend(name=name, variant=variant, path=so, record=record, lib=lib,
+                    budget=ContextBudget(table) if table is not None else None)
         _open[key] = b
         return b

@@ -149,9 +149,12 @@ def _fill_from_facts(rep: ProbeReport, facts: Any) -> None:
         rep.kv = dict(facts.kv)
 
 
-def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int = 0, with_kv: bool = False,
-          device: str = "auto") -> ProbeReport:
-    """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file."""
+def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str = 0, with_kv: bool = False,
+          device: str = "auto", free_vram_bytes: int | None = None) -> ProbeReport:
+    """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file.
+
+    ``gpu_layers`` (a count or "auto") and ``free_vram_bytes`` shape the memory estimate's split
+    between the CPU and the GPU (see :func:`memory.plan`)."""
     spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     rep = ProbeReport(path=spath)
     try:
@@ -185,14 +188,16 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int = 0, wi
         rep.error_kind = "internal"
         return rep
     try:
-        _judge(rep, facts, estimate_ctx=estimate_ctx, gpu_layers=gpu_layers, device=device)
+        _judge(rep, facts, estimate_ctx=estimate_ctx, gpu_layers=gpu_layers, device=device,
+               free_vram_bytes=free_vram_bytes)
     except Exception as e:  # noqa: BLE001
         rep.error = f"internal error while judging the file: {type(e).__name__}: {e}"
         rep.error_kind = "internal"
     return rep
 
 
-def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers: int, device: str) -> None:
+def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers: int | str, device: str,
+           free_vram_bytes: int | None = None) -> None:
     _fill_from_facts(rep, facts)
     rep._facts = facts  # type: ignore[attr-defined]
     specs = catalog.load_manifest()
@@ -215,7 +220,9 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
                 rep.variant = None
                 rep.variant_reason = f"{type(e).__name__}: {e}"
         rep.ready = rep.variant is not None
-        if rep.variant is None:
+        if rep.variant is None and not (built or {}).get(best.backend):  # nothing of it built: one command
+            rep.suggestion = f"build it with: {catalog.build_command(best.backend)}"
+        elif rep.variant is None:
             why = rep.variant_reason or f"backend {best.backend} has no built variant"
             rep.suggestion = f"{why}; build it with: {catalog.build_command(best.backend)}"
     else:
@@ -224,4 +231,5 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
         rep.suggestion = catalog.upgrade_suggestion(facts, all_v, specs=specs)
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
-        rep.memory = _memory.estimate(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era)
+        rep.memory = _memory.plan(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era,
+                                  free_vram_bytes=free_vram_bytes)

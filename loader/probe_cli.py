@@ -3,6 +3,8 @@
     gpt4all-probe PATH...            files and directories (searched recursively for model files)
     gpt4all-probe --json PATH...     a JSON list of report objects (see the README for the keys)
     gpt4all-probe --estimate --ctx-size 4096 --gpu-layers 20 PATH
+    gpt4all-probe --estimate --gpu-layers auto [--free-vram MIB] PATH   the most layers that fit
+    gpt4all-probe --estimate --exact PATH   also the engine's own buffer sizes (loads it in a child process)
     gpt4all-probe --load [--all-backends] PATH   really load it (in a child process) and evaluate a token
 
 Exit status: 0 every file is loadable; 1 some file is not (or a --load failed); 2 usage error or an
@@ -203,9 +205,25 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
                       f"RAM {human_bytes(m['ram_bytes'])}, VRAM {human_bytes(m['vram_bytes'])} "
                       f"(weights {human_bytes(m['weights_bytes'])}, KV {human_bytes(m['kv_bytes'])}, "
                       f"compute {human_bytes(m['compute_bytes'])})")
+        if len(m.get("items") or []) > 1:
+            row("devices", ", ".join(
+                f"{it['device']} {human_bytes(it['bytes'])} ({it['layers']} layers"
+                + (" and the output" if it.get("output") else "")
+                + (f"; {'fits' if it['fits'] else 'does NOT fit'} in {human_bytes(it['free_bytes'])} free less "
+                   f"{human_bytes(it['reserve_bytes'])} reserve" if "fits" in it else "") + ")"
+                for it in m["items"]))
+        ex = m.get("exact")
+        if ex:
+            if ex.get("ok"):
+                p = ex["parts"]
+                row("engine", f"{human_bytes(ex['total_bytes'])} by {ex['backend']} (model {human_bytes(p['model'])}, "
+                              f"KV {human_bytes(p['kv'])}, compute {human_bytes(p['compute'])}); estimate "
+                              f"{human_bytes(m['total_bytes'])}, {ex['estimate_error_pct']:+.1f} %")
+            else:
+                row("engine", st.bad(f"no figures from {ex.get('backend')}: {ex.get('error')}"))
     if r.loadable:
-        where = f"{r.backend}/{r.variant}" if r.variant else f"{r.backend} (not built here)"
-        row("verdict", st.good(f"LOADABLE by {where}"))
+        row("verdict", st.good(f"LOADABLE by {r.backend}/{r.variant}: READY") if r.ready else
+            st.good(f"LOADABLE by {r.backend}") + ": " + st.bad(_not_ready(r)))
     else:
         top = _main_reason(r)
         row("verdict", st.bad("NOT LOADABLE") + (f": {top}" if top else ""))
@@ -224,6 +242,13 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         else:
             row("load", st.bad(f"FAILED with {ld.get('backend')}") + f": {ld.get('error')}")
     return "\n".join(lines)
+
+
+def _not_ready(r: ProbeReport) -> str:
+    """Why a loadable file cannot be loaded on this machine yet (the fix line says what to run)."""
+    if not (r.backends_built or {}).get(r.backend or ""):
+        return "not built here"
+    return "no built variant runs here"
 
 
 def _main_reason(r: ProbeReport) -> str | None:
@@ -284,7 +309,54 @@ def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, voca
     return res
 
 
+def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, timeout: float) -> dict[str, Any]:
+    """The buffer sizes the engine itself allocates for ``path`` at ``ctx`` tokens: loads it in a
+    child process (as ``--load`` does) with the engine's log on (``G4A_VERBOSE=1``) and parses the
+    "buffer size" lines (:func:`memory.parse_engine_log`).  ``ok`` is False with ``error`` set when
+    the load failed or the engine logged no sizes."""
+    from .memory import parse_engine_log
+
+    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", path, "--backend", backend, "--device", device,
+           "--ctx-size", str(ctx)]
+    out: dict[str, Any] = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                            env=dict(os.environ, G4A_VERBOSE="1"))
+    except subprocess.TimeoutExpired:
+        out["error"] = f"no answer within {timeout:.0f} s"
+        return out
+    except OSError as e:
+        out["error"] = f"cannot start the child process: {e}"
+        return out
+    if cp.returncode < 0:
+        try:
+            sig = signal.Signals(-cp.returncode).name
+        except ValueError:
+            sig = str(-cp.returncode)
+        out["error"] = f"the backend crashed ({sig})"
+        return out
+    parsed = parse_engine_log(cp.stderr or "")
+    res = next((json.loads(x) for x in reversed(cp.stdout.splitlines()) if x.strip().startswith("{")), {})
+    out.update(parsed, variant=res.get("variant"))
+    if not res.get("ok"):
+        out["error"] = res.get("error") or f"exit status {cp.returncode}"
+    elif not parsed["total_bytes"]:
+        out["error"] = f"backend {backend} logged no buffer sizes"
+    else:
+        out["ok"] = True
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
+
+def _gpu_layers(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of layers or 'auto', not {v!r}") from None
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -294,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print a JSON list of reports")
     ap.add_argument("--estimate", action="store_true", help="show the RAM/VRAM estimate")
     ap.add_argument("--ctx-size", type=int, default=None, metavar="N", help="context size for the estimate/load")
-    ap.add_argument("--gpu-layers", type=int, default=0, metavar="N", help="layers offloaded, for the estimate")
+    ap.add_argument("--gpu-layers", type=_gpu_layers, default=0, metavar="N|auto",
+                    help="layers offloaded, for the estimate; auto: the most that fit in free VRAM less a reserve")
+    ap.add_argument("--free-vram", type=int, default=None, metavar="MIB",
+                    help="free VRAM for --gpu-layers auto (default: what the CUDA driver reports)")
+    ap.add_argument("--exact", action="store_true",
+                    help="with --estimate: also load the file in a child process and report the engine's own buffer sizes")
     ap.add_argument("--device", default="auto", help="device for the variant choice and --load (auto, cpu, cuda)")
     ap.add_argument("--kv", action="store_true", help="include the GGUF key/values in --json output")
     ap.add_argument("--load", action="store_true", help="load with the chosen backend in a child process")
@@ -321,8 +398,13 @@ def printable(text: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     if args.ctx_size is not None and args.ctx_size <= 0:
         raise UsageError("--ctx-size must be positive")
-    if args.gpu_layers < 0:
+    if args.gpu_layers != "auto" and args.gpu_layers < 0:
         raise UsageError("--gpu-layers must not be negative")
+    if args.free_vram is not None and args.free_vram < 0:
+        raise UsageError("--free-vram must not be negative")
+    if args.exact and not args.estimate:
+        raise UsageError("--exact goes with --estimate")
+    free = args.free_vram * 1024 * 1024 if args.free_vram is not None else None
     items = expand(args.paths)
     reports: list[ProbeReport] = []
     unreadable = False
@@ -331,9 +413,15 @@ def _run(args: argparse.Namespace) -> int:
             r = ProbeReport(path=path, error=err, error_kind="unreadable")
         else:
             r = probe(path, estimate_ctx=args.ctx_size, gpu_layers=args.gpu_layers, with_kv=args.kv,
-                      device=args.device)
+                      device=args.device, free_vram_bytes=free)
         if r.error_kind == "unreadable":
             unreadable = True
+        if args.exact and r.loadable and r.backend and r.memory and not r.vocab_only:
+            ex = engine_memory_in_child(path, r.backend, device=args.device, ctx=r.memory["ctx_size"],
+                                        timeout=args.load_timeout)
+            if ex.get("ok"):
+                ex["estimate_error_pct"] = round((r.memory["total_bytes"] / ex["total_bytes"] - 1) * 100, 2)
+            r.memory["exact"] = ex
         if args.load and r.loadable:
             r.load = []
             from .catalog import verdicts as _verdicts

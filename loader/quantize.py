@@ -54,7 +54,9 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str | int, *
     fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
     os.close(fd)
     try:
-        if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(tmp), number, int(n_threads)) != 0:
+        with native.capturing_output():
+            rc = be.lib.g4a_quantize(os.fsencode(src), os.fsencode(tmp), number, int(n_threads))
+        if rc != 0:
             raise BackendError(f"{src}: {backend} could not quantize to {ftype}: {be.last_error()}")
         os.replace(tmp, dst)
     finally:

@@ -241,10 +241,10 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     max_end = 0
     split = False
     names: set[str] = set()
+    shapes: dict[str, tuple[str, tuple[int, ...], int]] = {}
     unknown_types: set[int] = set()
     ne_fmt = "I" if g.v1 else "q"
     table = TYPES["pr1508"]
-    infos: dict[str, tuple[str, tuple[int, ...]]] = {}
     #: where the next tensor's data must start (ggml packs tensors in order, each padded to the
     #: alignment); None once a tensor of unknown size makes it unknowable
     expected: int | None = 0
@@ -300,13 +300,13 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         if offset + padded >= MAX_DATA:
             raise src.error(f"{label} ne", f"tensor data that ends below 2^63 bytes (shape {ne} of {tname} "
                                            f"at offset {offset} needs {nbytes} bytes)", ne_off)
-        infos[name] = (tname, tuple(ne))
         st = stats.setdefault(tname, TensorTypeStat())
         st.count += 1
         st.bytes += nbytes
         n_params += n_el
         max_end = max(max_end, offset + nbytes)
         names.add(name)
+        shapes[name] = (tname, tuple(ne), nbytes)
         if not split and _SPLIT_EXPERT.match(name):
             split = True
 
@@ -333,8 +333,8 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         tokenizer=tok if isinstance(tok, str) else None,
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
-        data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names),
-        tensor_infos=infos, vocab=vocab, kv_types=kv_types, alignment=alignment,
+        data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names), tensors=shapes,
+        vocab=vocab, kv_types=kv_types, alignment=alignment,
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True
@@ -383,11 +383,25 @@ def _hparams(kv: dict[str, Any], arch: str | None) -> dict[str, Any]:
         "expert_used_count": "expert_used_count",
         "rms_norm_eps": "attention.layer_norm_rms_epsilon",
         "norm_eps": "attention.layer_norm_epsilon",
+        # head sizes and the attention/state layout the memory estimate needs (loader/memory.py)
+        "key_length": "attention.key_length",
+        "value_length": "attention.value_length",
+        "sliding_window": "attention.sliding_window",
+        "sliding_window_pattern": "attention.sliding_window_pattern",
+        "ssm_conv_kernel": "ssm.conv_kernel",
+        "ssm_inner_size": "ssm.inner_size",
+        "ssm_state_size": "ssm.state_size",
+        "ssm_group_count": "ssm.group_count",
+        "wkv_head_size": "wkv.head_size",
+        "token_shift_count": "token_shift_count",
     }
     for name, suffix in keys.items():
         v = kv.get(f"{arch}.{suffix}")
         if v is not None:
             hp[name] = _int(v)
+    prefix = kv.get("tokenizer.ggml.add_space_prefix")  # SentencePiece's dummy prefix (default: on)
+    if isinstance(prefix, bool):
+        hp["add_space_prefix"] = prefix
     if "n_vocab" not in hp and isinstance(kv.get(f"{arch}.vocab_size"), int):
         hp["n_vocab"] = kv[f"{arch}.vocab_size"]
     return hp

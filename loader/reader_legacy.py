@@ -43,8 +43,8 @@ class _Walk:
         self.n = 0
         self.n_params = 0
         self.shapes: dict[str, list[int]] = {}
-        #: name -> (ggml type name, shape) for the validator
-        self.infos: dict[str, tuple[str, tuple[int, ...]]] = {}
+        #: name -> (ggml type name, ne, bytes), FileFacts.tensors
+        self.tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}
         self.names: list[str] = []
         self.truncated = False
         self.note: str | None = None
@@ -104,7 +104,7 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         w.n_params += n_el
         w.names.append(name)
         w.shapes[name] = ne
-        w.infos[name] = (tname, tuple(ne))
+        w.tensors[name] = (tname, tuple(ne), nbytes)
         w.end = data + nbytes
         w.records.append((name, ttype, ne, data, nbytes))
         if data + nbytes > size:
@@ -177,7 +177,7 @@ def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
     f.data_bytes_expected = w.end - data_offset
     f.truncated = w.truncated
     f.tensor_names = frozenset(w.names)
-    f.tensor_infos = w.infos
+    f.tensors = w.tensors
     if w.note:
         f.notes.append(w.note)
 

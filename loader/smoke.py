@@ -37,7 +37,8 @@ def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_on
             model.evaluate(toks or [model.token_bos()])
             logits = model.logits()
             out["eval_s"] = round(time.perf_counter() - t1, 4)
-            out["text"] = model.detokenize([max(range(len(logits)), key=logits.__getitem__)])
+            best = max(range(len(logits)), key=logits.__getitem__)
+            out["text"] = model.token_bytes(best).decode("utf-8", "replace")  # the piece, as generate() streams it
             out["token_evaluated"] = True
         out["ok"] = True
     except BaseException as e:  # noqa: BLE001 - report everything as one JSON line

@@ -69,6 +69,9 @@ NON_WEIGHT_TYPES = frozenset({"I8", "I16", "I32", "I64", "F64", "Q8_1"})
 #: more layers than any released model has: a header number beyond it is damage, not a model
 MAX_LAYERS = 4096
 
+#: architectures whose graph divides by the head counts (the cases measured to crash)
+ATTENTION_ARCHS = frozenset({"llama"})
+
 _LEGACY = frozenset({"ggml", "ggmf", "ggjt"})
 _BLOCK = {"gguf": re.compile(r"^blk\.(\d+)\."), "legacy": re.compile(r"^layers\.(\d+)\.")}
 
@@ -112,7 +115,8 @@ def _heads(facts: FileFacts) -> list[str]:
     out = []
     for name in ("n_head", "n_head_kv"):
         v = _int(hp.get(name))
-        if v is not None and v <= 0:
+        # state-space models (mamba ...) state 0 heads on purpose: only attention graphs divide by it
+        if facts.architecture in ATTENTION_ARCHS and v is not None and v <= 0:
             out.append(f"{name} is {v}; it must be positive (the engine divides by it)")
     n_head, n_embd = _int(hp.get("n_head")), _int(hp.get("n_embd"))
     if facts.architecture == "llama" and n_head and n_head > 0 and n_embd is not None and n_embd % n_head:
@@ -147,7 +151,7 @@ def _legacy_llama(facts: FileFacts, era: EraLimits) -> list[str]:
     if era.rot_asserted and n_head and n_embd and n_embd % n_head == 0 and n_rot != n_embd // n_head:
         out.append(f"n_rot {n_rot} differs from n_embd / n_head = {n_embd // n_head}; this loader asserts "
                    "they are equal")
-    emb = facts.tensor_infos.get("tok_embeddings.weight")
+    emb = facts.tensors.get("tok_embeddings.weight")
     n_vocab = _int(hp.get("n_vocab"))
     if emb and len(emb[1]) == 2 and n_vocab is not None and emb[1][1] != n_vocab:
         out.append(f"n_vocab is {n_vocab} but tok_embeddings.weight has {emb[1][1]} rows")
@@ -157,11 +161,11 @@ def _legacy_llama(facts: FileFacts, era: EraLimits) -> list[str]:
 def _types(facts: FileFacts, era: EraLimits) -> list[str]:
     """Tensor types by role: weight matrices of a computable type; norms of the type the era assumes."""
     out = []
-    bad_w = sorted({t for t, shape in facts.tensor_infos.values()
+    bad_w = sorted({t for t, shape, _ in facts.tensors.values()
                     if t in NON_WEIGHT_TYPES and sum(d > 1 for d in shape) >= 2})
     if bad_w:
         out.append(f"weight matrices of type {'/'.join(bad_w)}, which no matrix multiplication takes")
-    vec = [(n, t) for n, (t, shape) in facts.tensor_infos.items() if len(shape) == 1]
+    vec = [(n, t) for n, (t, shape, _) in facts.tensors.items() if len(shape) == 1]
     if era.vector_types is not None:
         bad = sorted({t for _, t in vec if t not in era.vector_types})
         if bad:
@@ -211,7 +215,7 @@ def _vocab(facts: FileFacts, era: EraLimits) -> list[str]:
             out.append(f"tokenizer.ggml.{key} holds {etype}, not {want}")
         elif n != v.n_tokens:
             out.append(f"tokenizer.ggml.{key} has {n} entries for {v.n_tokens} tokens")
-    emb = facts.tensor_infos.get("token_embd.weight")
+    emb = facts.tensors.get("token_embd.weight")
     if emb and len(emb[1]) == 2 and emb[1][1] != v.n_tokens:
         out.append(f"the vocabulary has {v.n_tokens} tokens but token_embd.weight has {emb[1][1]} rows")
     if era.unique_tokens and v.duplicate is not None:

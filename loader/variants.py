@@ -32,7 +32,7 @@ from typing import Any
 
 from . import cache
 from .errors import BackendError, DeviceError
-from .manifest import load_manifest, manifest_path
+from .manifest import build_command, load_manifest, manifest_path
 
 MiB = 1024 * 1024
 
@@ -203,7 +203,7 @@ def _runtime_dirs() -> list[tuple[Path, str]]:
     dirs: list[tuple[Path, str]] = []
     if os.environ.get("G4A_CUDA_LIB_DIR"):
         dirs.append((Path(os.environ["G4A_CUDA_LIB_DIR"]), "$G4A_CUDA_LIB_DIR"))
-    dirs.append((cache.lib_dir() / "cuda", "the links made by build_backends.py"))
+    dirs.append((cache.lib_dir() / "cuda", "the links made by gpt4all-build"))
     try:  # an installed nvidia-cublas wheel: site-packages/nvidia/cu13/lib
         import importlib.util
 
@@ -263,7 +263,7 @@ def preload_cuda_runtime() -> str:
         f"the CUDA variants need {', '.join(names)} (cuBLAS of CUDA 13) and it was not found; looked in: "
         + "; ".join(looked)
         + f". Install it with: pip install {pins or 'nvidia-cublas'}  (or set G4A_CUDA_LIB_DIR to a folder "
-          f"holding {', '.join(names)}, or rebuild: python build_backends.py --variant cuda)")
+          f"holding {', '.join(names)}, or rebuild: gpt4all-build --variant cuda)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,8 +391,7 @@ def choose_variant(backend: str, device: str = "auto", facts: Any = None, n_gpu_
         if not gpu_variants:
             why_not = f"backend {backend} has no CUDA variant"
         elif not any(v.name in built for v in gpu_variants):
-            why_not = (f"the CUDA variant of {backend} is not built "
-                       f"(python build_backends.py --only {backend} --variant {gpu_variants[0].name})")
+            why_not = f"the CUDA variant of {backend} is not built ({build_command(backend, gpu_variants[0].name)})"
         else:
             v = next(v for v in gpu_variants if v.name in built)
             n, reason = cuda_driver()
@@ -424,7 +423,7 @@ def choose_variant(backend: str, device: str = "auto", facts: Any = None, n_gpu_
             notes.append(f"not {vname}: this CPU lacks {', '.join(missing)}")
             continue
         if vname not in built:
-            notes.append(f"not {vname}: not built (python build_backends.py --only {backend} --variant {vname})")
+            notes.append(f"not {vname}: not built ({build_command(backend, vname)})")
             continue
         return VariantChoice(vname, "cpu", "; ".join([f"{vname}: CPU has {', '.join(var.cpu_features)}", *notes]))
     return VariantChoice(None, "cpu", "; ".join(notes) or f"no usable variant of {backend}")

@@ -27,8 +27,9 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-__all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "write_llama", "write_gptj", "write_mpt", "write_gguf",
-           "LEGACY_TO_GGUF", "gguf_name"]
+__all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
+           "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
+           "legacy_tensor_header"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -97,11 +98,12 @@ class TinyLlama(_Tiny):
     ``n_layer`` defaults to 32 because the spring-2023 loaders size scratch buffers from a table of
     known layer counts (32 = "7B") and refuse others.  ``n_vocab`` defaults to the built-in vocabulary
     (3 control tokens, 256 byte tokens, word pieces); a larger value pads with filler pieces.
+    ``space_piece`` adds a piece for a lone space before the word pieces.
     """
 
     def __init__(self, seed: int = 0, n_vocab: int | None = None, n_embd: int = 64, n_head: int = 4,
                  n_head_kv: int | None = None, n_layer: int = 32, n_mult: int = 32, n_ctx: int = 256,
-                 rms_norm_eps: float = 1e-6):
+                 rms_norm_eps: float = 1e-6, space_piece: bool = False):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
@@ -112,7 +114,9 @@ class TinyLlama(_Tiny):
         self.n_layer, self.n_mult, self.n_ctx, self.rms_norm_eps = n_layer, n_mult, n_ctx, rms_norm_eps
         self.n_ff = ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
         self.n_rot = n_embd // n_head
-        words = _pieces()
+        # space_piece: a piece for a lone space ("\u2581" in GGUF), as every real LLaMA vocabulary has;
+        # without it the GGUF eras spell a space as the three UTF-8 bytes of "\u2581"
+        words = ([" "] if space_piece else []) + _pieces()
         base = 3 + 256 + len(words)
         n_vocab = base if n_vocab is None else n_vocab
         if n_vocab < base:
@@ -216,10 +220,14 @@ def _pad(f: BinaryIO, align: int) -> None:
         f.write(b"\0" * (align - pos % align))
 
 
-def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+def legacy_tensor_header(name: str, shape: list[int], ttype: int) -> bytes:
+    """A ggml-era tensor record before its data: n_dims, name length, type, ne[], name."""
     nb = name.encode()
-    f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape))
-    f.write(nb)
+    return struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape) + nb
+
+
+def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+    f.write(legacy_tensor_header(name, shape, ttype))
     if align:
         _pad(f, align)
     f.write(_data(values, ttype, "<"))
@@ -430,6 +438,123 @@ def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
     return path
 
 
+# -- Gemma 3 (GGUF only) -----------------------------------------------------------------------------
+class TinyGemma3(_Tiny):
+    """A tiny Gemma-3-style model: head size (``key_length``) unlike ``n_embd / n_head``, sliding-window
+    attention on five of every six layers, Q/K norms, post-norms, and an output tied to the token
+    embedding, the traits that make its memory use differ from a LLaMA's.  The vocabulary is
+    :class:`TinyLlama`'s (SentencePiece style), padded to ``n_vocab``."""
+
+    def __init__(self, seed: int = 0, n_vocab: int = 2048, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2,
+                 head_dim: int = 32, n_layer: int = 12, n_ff: int = 128, n_ctx: int = 8192, sliding_window: int = 64):
+        super().__init__()
+        self.vocab = TinyLlama(n_vocab=n_vocab)
+        self.seed, self.n_vocab, self.n_embd, self.n_head, self.n_head_kv = seed, n_vocab, n_embd, n_head, n_head_kv
+        self.head_dim, self.n_layer, self.n_ff, self.n_ctx = head_dim, n_layer, n_ff, n_ctx
+        self.sliding_window = sliding_window
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        e, f, v, q, kv = self.n_embd, self.n_ff, self.n_vocab, self.head_dim * self.n_head, self.head_dim * self.n_head_kv
+        s: dict[str, list[int]] = {"token_embd.weight": [e, v], "output_norm.weight": [e]}
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            s.update({p + "attn_norm.weight": [e], p + "attn_q.weight": [e, q], p + "attn_k.weight": [e, kv],
+                      p + "attn_v.weight": [e, kv], p + "attn_output.weight": [q, e],
+                      p + "attn_q_norm.weight": [self.head_dim], p + "attn_k_norm.weight": [self.head_dim],
+                      p + "post_attention_norm.weight": [e], p + "ffn_norm.weight": [e],
+                      p + "ffn_gate.weight": [e, f], p + "ffn_up.weight": [e, f], p + "ffn_down.weight": [f, e],
+                      p + "post_ffw_norm.weight": [e]})
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if len(shape) == 1:
+            return -0.1, 0.1  # Gemma norms scale by (1 + w)
+        b = 1.0 / math.sqrt(shape[0])
+        return -b, b
+
+    def kv(self, ftype: int) -> list[tuple]:
+        U32, I32, F32, STR = 4, 5, 6, 8
+        toks, scores, types = self.vocab.gguf_vocab()
+        a = "gemma3"
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"), ("general.file_type", U32, ftype),
+                (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
+                (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, self.n_ff),
+                (f"{a}.attention.head_count", U32, self.n_head), (f"{a}.attention.head_count_kv", U32, self.n_head_kv),
+                (f"{a}.attention.key_length", U32, self.head_dim), (f"{a}.attention.value_length", U32, self.head_dim),
+                (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-6),
+                (f"{a}.attention.sliding_window", U32, self.sliding_window), (f"{a}.rope.freq_base", F32, 1e6),
+                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (9, STR), toks),
+                ("tokenizer.ggml.scores", (9, F32), scores), ("tokenizer.ggml.token_type", (9, I32), types),
+                ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
+                ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
+
+
+def write_gemma3(path: str | os.PathLike, model: TinyGemma3, ftype: str = "f32") -> Path:
+    """``model`` as a GGUF v3 file (matrices F32 or F16, 1-D tensors F32)."""
+    ft = _check_ftype(ftype)
+    tensors = []
+    for name, shape in model.tensor_shapes().items():
+        tt = _ttype(shape, ft)
+        tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
+    return write_gguf(path, model.kv(ft), tensors)
+
+
+class TinyMamba(_Tiny):
+    """A tiny Mamba (selective state space, no attention): its memory is a fixed recurrent state per
+    layer instead of a KV cache.  ``d_inner = 2 * n_embd`` (the only expansion llama.cpp supports)."""
+
+    def __init__(self, seed: int = 0, n_vocab: int = 1024, n_embd: int = 64, n_layer: int = 4, d_conv: int = 4,
+                 d_state: int = 16, dt_rank: int = 8, n_ctx: int = 2048):
+        super().__init__()
+        self.vocab = TinyLlama(n_vocab=n_vocab)
+        self.seed, self.n_vocab, self.n_embd, self.n_layer, self.n_ctx = seed, n_vocab, n_embd, n_layer, n_ctx
+        self.d_inner, self.d_conv, self.d_state, self.dt_rank = 2 * n_embd, d_conv, d_state, dt_rank
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        e, di, ds, r = self.n_embd, self.d_inner, self.d_state, self.dt_rank
+        s: dict[str, list[int]] = {"token_embd.weight": [e, self.n_vocab], "output_norm.weight": [e]}
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            s.update({p + "attn_norm.weight": [e], p + "ssm_in.weight": [e, 2 * di],
+                      p + "ssm_conv1d.weight": [self.d_conv, di], p + "ssm_conv1d.bias": [di],
+                      p + "ssm_x.weight": [di, r + 2 * ds], p + "ssm_dt.weight": [r, di], p + "ssm_dt.bias": [di],
+                      p + "ssm_a": [ds, di], p + "ssm_d": [di], p + "ssm_out.weight": [di, e]})
+        return s
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if name.endswith("ssm_a"):
+            return -1.0, -0.1  # A = -exp(A_log): negative, a decaying state
+        if len(shape) == 1 or name.endswith("ssm_conv1d.weight"):
+            return 0.9, 1.1 if name.endswith("norm.weight") else 0.1
+        b = 1.0 / math.sqrt(shape[0])
+        return -b, b
+
+    def kv(self, ftype: int) -> list[tuple]:
+        U32, I32, F32, STR = 4, 5, 6, 8
+        toks, scores, types = self.vocab.gguf_vocab()
+        a = "mamba"
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"), ("general.file_type", U32, ftype),
+                (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
+                (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, 0),
+                (f"{a}.attention.head_count", U32, 0), (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-5),
+                (f"{a}.ssm.conv_kernel", U32, self.d_conv), (f"{a}.ssm.inner_size", U32, self.d_inner),
+                (f"{a}.ssm.state_size", U32, self.d_state), (f"{a}.ssm.time_step_rank", U32, self.dt_rank),
+                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (9, STR), toks),
+                ("tokenizer.ggml.scores", (9, F32), scores), ("tokenizer.ggml.token_type", (9, I32), types),
+                ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
+                ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
+
+
+def write_mamba(path: str | os.PathLike, model: TinyMamba, ftype: str = "f32") -> Path:
+    """``model`` as a GGUF v3 file (the large matrices F32 or F16; convolution, A and 1-D tensors F32)."""
+    ft = _check_ftype(ftype)
+    tensors = []
+    for name, shape in model.tensor_shapes().items():
+        tt = _ttype(shape, ft, force_f32=name.endswith(("ssm_a", "ssm_conv1d.weight")))
+        tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
+    return write_gguf(path, model.kv(ft), tensors)
+
+
 # -- GPT-J and MPT (GPT4All era) ------------------------------------------------------------------------
 def _gpt_vocab(n_vocab: int, specials: dict[int, bytes], utf8_safe: bool) -> list[bytes]:
     """ids 0..255 = single bytes, word pieces, filler up to n_vocab, specials at their ids."""
@@ -495,6 +620,25 @@ class TinyGPTJ(_Tiny):
         return -b, b
 
 
+def gptj_header(n_vocab: int, n_ctx: int, n_embd: int, n_head: int, n_layer: int, n_rot: int, ftype: int,
+                tokens: list[bytes]) -> bytes:
+    """Magic, hparams and vocabulary of a GPT4All-era GPT-J ``ggml`` file (tensor records follow)."""
+    parts = [struct.pack("<I7ii", 0x67676D6C, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype, len(tokens))]
+    for t in tokens:
+        parts.append(struct.pack("<I", len(t)) + t)
+    return b"".join(parts)
+
+
+def ggmm_header(n_vocab: int, n_ctx: int, n_layer: int, n_head: int, n_embd: int, alibi_bias_max: float,
+                clip_qkv: float, ftype: int, tokens: list[bytes], special: set[int]) -> bytes:
+    """Magic, hparams and vocabulary of a GPT4All ``ggmm`` MPT file; bit 31 of a length marks a special token."""
+    parts = [struct.pack("<6I2fII", 0x67676D6D, n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv,
+                         ftype, len(tokens))]
+    for i, t in enumerate(tokens):
+        parts.append(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)) + t)
+    return b"".join(parts)
+
+
 def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> Path:
     """GPT-J ggml file as GPT4All (and the ggml examples) read it: magic "ggml", 7 hparams, vocab count,
     vocab of (u32 length, bytes), unaligned tensor records; 2-D weights in ``ftype``, 1-D F32."""
@@ -502,11 +646,7 @@ def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> 
     path = Path(path)
     m = model
     with open(path, "wb") as f:
-        f.write(struct.pack("<I7ii", 0x67676D6C, m.n_vocab, m.n_ctx, m.n_embd, m.n_head, m.n_layer,
-                            m.n_rot, ft, m.n_vocab))
-        for t in m.vocab():
-            f.write(struct.pack("<I", len(t)))
-            f.write(t)
+        f.write(gptj_header(m.n_vocab, m.n_ctx, m.n_embd, m.n_head, m.n_layer, m.n_rot, ft, m.vocab()))
         for name, shape in m.tensor_shapes().items():
             _legacy_tensor(f, name, shape, _ttype(shape, ft), m.weights(name), 0)
     return path
@@ -570,11 +710,8 @@ def write_mpt(path: str | os.PathLike, model: TinyMPT, layout: str = "ggmm", fty
     special = set(m.special_ids)
     with open(path, "wb") as f:
         if layout == "ggmm":
-            f.write(struct.pack("<6I2fII", 0x67676D6D, m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd,
-                                m.alibi_bias_max, m.clip_qkv, ft, m.n_vocab))
-            for i, t in enumerate(toks):
-                f.write(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)))
-                f.write(t)
+            f.write(ggmm_header(m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd, m.alibi_bias_max, m.clip_qkv,
+                                ft, toks, special))
         elif layout == "ggml":
             f.write(struct.pack("<I5i2fi", 0x67676D6C, m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab,
                                 m.alibi_bias_max, m.clip_qkv, ft))

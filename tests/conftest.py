@@ -13,7 +13,7 @@ def backend_built(name: str, variant: str = "cpu") -> bool:
 def require_backend(name: str, variant: str = "cpu") -> None:
     """Skip (with the command that fixes it) when a backend variant is not built."""
     if not backend_built(name, variant):
-        pytest.skip(f"backend {name}/{variant} is not built: python build_backends.py --only {name} --variant {variant}")
+        pytest.skip(f"backend {name}/{variant} is not built: gpt4all-build --only {name} --variant {variant}")
 
 
 #: every container and version the writer produces, in the order they appeared

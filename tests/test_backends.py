@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_tampered_sdist_is_refused(tmp_path):
 
 
 def test_missing_and_corrupt_library_errors(tmp_path):
-    with pytest.raises(BackendError, match=r"not built .* build_backends.py --only nosuch"):
+    with pytest.raises(BackendError, match=r"not built .* gpt4all-build --only nosuch --variant cpu"):
         native.open_backend("nosuch", "cpu")
     bad = tmp_path / "libg4a-broken-cpu.so"
     bad.write_bytes(b"\x7fELF garbage")
@@ -162,21 +163,24 @@ DEQUANT_CHECK = r"""
 import json, struct, sys
 from gpt4all_loader import native
 out = {}
-for name in sys.argv[1:]:
-    be = native.open_backend(name, "cpu")
+for arg in sys.argv[1:]:
+    name, variant = arg.split(":")
+    be = native.open_backend(name, variant)
     ffi = native.ffi()
     src = ffi.new("uint16_t[2]", [0x3C00, 0xC000])          # F16 1.0 and -2.0
     dst = ffi.new("float[2]")
     rc = be.lib.g4a_dequantize(1, src, dst, 2)
-    out[name] = [rc, dst[0], dst[1]]
+    out[arg] = [rc, dst[0], dst[1]]
 print(json.dumps(out))
 """
 
 
 def test_fp16_tables_are_ready_before_any_load():
     """2023 ggml fills its fp16 table in ggml_init(): dequantize/quantize must not see zeros when they
-    run first in a process (a fresh process is the only honest test)."""
-    names = [b for b in SERVED if backend_built(b)]
+    run first in a process (a fresh process is the only honest test).  The cpu-avxonly variants
+    matter most: without F16C every F16 value goes through that table (the GPT-J/MPT backend gave
+    zeros there until its dequantizer initialised ggml before converting F16)."""
+    names = [f"{b}:{v}" for b in load_manifest() for v in ("cpu", "cpu-avxonly") if backend_built(b, v)]
     if not names:
         pytest.skip("no backend built")
     out = subprocess.run([sys.executable, "-c", DEQUANT_CHECK, *names], capture_output=True, text=True, check=True)
@@ -200,3 +204,33 @@ def test_quantizing_an_f16_file_first_thing_in_a_process(tiny_llama, tmp_path):
     out = subprocess.run([sys.executable, "-c", QUANT_F16, str(tiny_llama[("ggjt", 1, "f16")]),
                           str(tmp_path / "q.bin")], capture_output=True, text=True, check=True)
     assert float(out.stdout.split()[-1]) > 0.5   # an all-zero model would give 0 logits
+
+
+ABORT_AT_LOAD = r"""
+import sys
+from gpt4all_loader import native
+from gpt4all_loader.writer import TinyLlama, write_gguf
+m = TinyLlama(seed=0, n_layer=1)
+toks, scores, types = m.gguf_vocab()
+kv = [("general.architecture", 8, "llama"), ("llama.context_length", 4, 64), ("llama.embedding_length", 4, 64),
+      ("llama.block_count", 4, 1000), ("llama.feed_forward_length", 4, m.n_ff),
+      ("llama.attention.head_count", 4, 4), ("llama.attention.layer_norm_rms_epsilon", 6, 1e-6),
+      ("tokenizer.ggml.model", 8, "llama"), ("tokenizer.ggml.tokens", (9, 8), toks),
+      ("tokenizer.ggml.scores", (9, 6), scores), ("tokenizer.ggml.token_type", (9, 5), types)]
+write_gguf(sys.argv[1], kv, [("token_embd.weight", 0, [64, m.n_vocab])])
+be = native.open_backend("gguf-2026-10", "cpu")
+ffi = native.ffi()
+be.lib.g4a_load(sys.argv[1].encode(), ffi.new("g4a_load_params *", dict(n_ctx=64, n_threads=1)))
+print("the engine returned")
+"""
+
+
+def test_an_engine_abort_during_a_load_keeps_its_last_words(tmp_path):
+    """The shim points stderr at a capture file during a load; when the engine aborts there (here a
+    block_count above LLAMA_MAX_LAYERS, handed to native code directly, past every check of ours),
+    its assertion text must still reach the real stderr instead of dying with the capture file."""
+    require_backend("gguf-2026-10")
+    proc = subprocess.run([sys.executable, "-c", ABORT_AT_LOAD, str(tmp_path / "layers.gguf")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "GGML_NO_BACKTRACE": "1"})
+    assert proc.returncode != 0 and "the engine returned" not in proc.stdout
+    assert "GGML_ASSERT(hparams.n_layer_all > 0" in proc.stderr

@@ -84,7 +84,7 @@ def test_auto_falls_back_to_cpu_and_says_why(backend):
     assert choice.device == "cpu" and choice.n_gpu_layers is None
     assert "not cuda: " in choice.reason and expected_reason(backend) in choice.reason, choice.reason
     if not cuda_built(backend):
-        assert f"build_backends.py --only {backend} --variant cuda" in choice.reason
+        assert f"gpt4all-build --only {backend} --variant cuda" in choice.reason
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)

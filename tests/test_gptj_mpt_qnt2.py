@@ -121,3 +121,17 @@ def test_same_model_code_on_both_ggml_trees_agrees(files, arch):
     a, ta = logits(files[f"{arch}-f32"], NEW)
     b, tb = logits(files[f"{arch}-f32"], OLD)
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-2 and ta == tb
+
+
+def test_tensors_whose_size_is_not_a_multiple_of_16_bytes_load(tmp_path):
+    """The August 2023 ggml pads ggml_nbytes() to 16 bytes: an F32 lm_head.bias of 50257 values
+    (201028 bytes) was refused as a "size mismatch" until the loader compared the data size itself."""
+    from gpt4all_loader.writer import TinyGPTJ, write_gptj
+
+    require_backend(NEW)
+    path = write_gptj(tmp_path / "gptj-50257.bin", TinyGPTJ(seed=0, n_vocab=50257), "f32")
+    with g.load(path, backend=NEW, n_ctx=32, n_threads=1) as new, g.load(path, backend=OLD, n_ctx=32,
+                                                                          n_threads=1) as old:
+        new.evaluate([50, 60, 70])
+        old.evaluate([50, 60, 70])
+        assert max(abs(a - b) for a, b in zip(new.logits(), old.logits())) < 1e-2

@@ -504,7 +504,10 @@ bool load_weights(Reader &r, g4a_model &m, std::unordered_map<std::string, Slot>
     for (const TensorRec &t : recs) {
         ggml_tensor *x = t.n_dims == 1 ? ggml_new_tensor_1d(m.wctx, (ggml_type)t.type, t.ne[0])
                                        : ggml_new_tensor_2d(m.wctx, (ggml_type)t.type, t.ne[0], t.ne[1]);
-        if ((int64_t)ggml_nbytes(x) != t.nbytes) return fail(r, "tensor '" + t.name + "': size mismatch");
+        // ggml_nbytes() of the August 2023 ggml rounds up to GGML_MEM_ALIGN: compare the data itself
+        const int64_t data_bytes = ggml_nelements(x) / ggml_blck_size((ggml_type)t.type) *
+                                   (int64_t)ggml_type_size((ggml_type)t.type);
+        if (data_bytes != t.nbytes) return fail(r, "tensor '" + t.name + "': size mismatch");
         if (fseeko(r.f, (off_t)t.offset, SEEK_SET) != 0 || !r.read(x->data, (size_t)t.nbytes, "tensor data"))
             return false;
         *slots[t.name].dst = x;
@@ -815,6 +818,10 @@ bool eval_chunk(g4a_model &m, const int32_t *tokens, int N) {
 
 }  // namespace
 
+namespace {
+g4a_model *load_model(const char *path, const g4a_load_params *p);
+}
+
 // ---------------------------------------------------------------------------------------------
 // the C ABI
 
@@ -840,6 +847,11 @@ G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
 G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
     t_error.clear();
     if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
+    G4A_GUARD(nullptr, { return load_model(path, p); })
+}
+
+namespace {
+g4a_model *load_model(const char *path, const g4a_load_params *p) {
     ggml_init_once();
     std::unique_ptr<g4a_model> m(new (std::nothrow) g4a_model());
     if (!m) { set_error("out of memory"); return nullptr; }
@@ -869,11 +881,12 @@ G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
     }
     return m.release();
 }
+}  // namespace
 
 G4A_EXPORT void g4a_free(g4a_model *m) { delete m; }
 
 G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
-G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m ? m->n_ctx : 0; }
+G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m && !m->vocab_only ? m->n_ctx : 0; }
 G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { return m ? m->n_ctx_train : 0; }
 G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) { return m ? m->n_embd : 0; }
 // neither family has a beginning-of-text token; both use their end token where one is asked for
@@ -896,19 +909,15 @@ G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len
         set_error("g4a_tokenize: bad arguments");
         return INT32_MIN;
     }
-    std::vector<int32_t> out;
-    try {
-        // add_bos is ignored: GPT-J and MPT have no beginning-of-text token and GPT4All adds none
+    (void)add_bos;   // GPT-J and MPT have no beginning-of-text token and GPT4All adds none
+    G4A_GUARD(INT32_MIN, {
+        std::vector<int32_t> out;
         tokenize(*m, std::string(text ? text : "", (size_t)text_len), out);
-    } catch (const std::exception &e) {
-        set_error(std::string("g4a_tokenize: ") + e.what());
-        return INT32_MIN;
-    }
-    (void)add_bos;
-    int32_t n = (int32_t)out.size();
-    if (n > cap) return -n;
-    if (n) memcpy(tokens, out.data(), (size_t)n * sizeof(int32_t));
-    return n;
+        int32_t n = (int32_t)out.size();
+        if (n > cap) return -n;
+        if (n) memcpy(tokens, out.data(), (size_t)n * sizeof(int32_t));
+        return n;
+    })
 }
 
 G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
@@ -937,12 +946,14 @@ G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
                   " do not fit the context of " + std::to_string(m->n_ctx));
         return -1;
     }
-    for (int32_t done = 0; done < n;) {
-        int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
-        if (!eval_chunk(*m, tokens + done, k)) return -1;
-        done += k;
-    }
-    return 0;
+    G4A_GUARD(-1, {
+        for (int32_t done = 0; done < n;) {
+            int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
+            if (!eval_chunk(*m, tokens + done, k)) return -1;
+            done += k;
+        }
+        return 0;
+    })
 }
 
 G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
@@ -953,6 +964,27 @@ G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
     m->n_past = 0;
     m->has_logits = false;
     return 0;
+}
+
+G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
+    t_error.clear();
+    if (!m || !m->wctx) { set_error("g4a_truncate: the model was loaded without weights (vocab only)"); return -1; }
+    if (n_keep < 0 || n_keep > m->n_past) {
+        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
+        return -1;
+    }
+    if (n_keep < m->n_past) {
+        m->n_past = n_keep;   // the cache rows from n_keep on are written again by the next evaluation
+        m->has_logits = false;
+    }
+    return 0;
+}
+
+// GPT-J keys are stored rotated and MPT's ALiBi bias follows the key index: neither cache moves
+G4A_EXPORT int32_t g4a_shift(g4a_model *, int32_t, int32_t) {
+    t_error.clear();
+    set_error("g4a_shift: the GPT-J/MPT code cannot move cached positions");
+    return -1;
 }
 
 G4A_EXPORT const float *g4a_logits(g4a_model *m) {
@@ -972,9 +1004,10 @@ G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_
                               uint64_t *rng_state) {
     t_error.clear();
     if (!m || !sp) { set_error("g4a_sample: bad arguments"); return -1; }
+    if (n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
     const float *logits = g4a_logits(m);
     if (!logits) return -1;
-    return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order);
+    G4A_GUARD(-1, { return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order); })
 }
 
 G4A_EXPORT int32_t g4a_quantize(const char *, const char *, int32_t, int32_t) {
@@ -991,6 +1024,8 @@ G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int
         return -1;
     }
     const ggml_type t = (ggml_type)type;
+    // first: without F16C, ggml_fp16_to_fp32 reads the table that ggml_init() fills
+    ggml_init_once();
     if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return 0; }
     if (t == GGML_TYPE_F16) {
         const ggml_fp16_t *h = (const ggml_fp16_t *)src;
@@ -1002,7 +1037,6 @@ G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int
         set_error("g4a_dequantize: " + std::to_string(n) + " is not a whole number of blocks of " + type_label(type));
         return -1;
     }
-    ggml_init_once();
 #if G4A_LEGACY_QNT >= 2
     ggml_type_traits_t tr = ggml_internal_get_type_traits(t);
     if (!tr.to_float) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return -1; }

@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -21,6 +23,23 @@
 static thread_local std::string t_error;  // NOLINT: one per library, per thread
 
 static void set_error(const std::string &msg) { t_error = msg; }
+
+// No C++ exception may leave an extern "C" function: every exported g4a_* body runs inside
+// G4A_GUARD(value on failure, body), which turns an exception (std::out_of_range from a 2023
+// tokenizer, bad_alloc, a loader's runtime_error) into g4a_last_error() text and the error value.
+#define G4A_GUARD(fail, ...)                                                                  \
+    try {                                                                                     \
+        __VA_ARGS__                                                                           \
+    } catch (const std::bad_alloc &) {                                                        \
+        set_error(std::string(__func__) + ": out of memory");                                 \
+        return fail;                                                                          \
+    } catch (const std::exception &e) {                                                       \
+        set_error(std::string(__func__) + ": " + e.what());                                   \
+        return fail;                                                                          \
+    } catch (...) {                                                                           \
+        set_error(std::string(__func__) + ": an unknown C++ exception");                     \
+        return fail;                                                                          \
+    }
 
 static bool g4a_verbose() {
     static const bool v = [] {
@@ -43,6 +62,31 @@ static void g4a_log_sink(Level level, const char *text, void *user) {
     (void)level;
     (void)user;
     if (text && (g4a_verbose() || g4a_capturing())) fputs(text, stderr);
+}
+
+// While stderr goes to the capture file, a fatal signal (an engine's abort or assertion) would take
+// the engine's last words with it: this handler copies the tail of the capture file back to the
+// real stderr, then lets the previous handler (Python's faulthandler, or the default) act.
+static volatile sig_atomic_t g_cap_saved_fd = -1;
+static volatile sig_atomic_t g_cap_tmp_fd = -1;
+static const int g_cap_signals[] = {SIGABRT, SIGSEGV, SIGFPE, SIGBUS, SIGILL};
+static struct sigaction g_cap_old[sizeof g_cap_signals / sizeof g_cap_signals[0]];
+
+static void g4a_capture_crash(int sig) {
+    const int saved = g_cap_saved_fd, tmp = g_cap_tmp_fd;
+    if (saved >= 0 && tmp >= 0) {
+        dup2(saved, 2);
+        off_t end = lseek(tmp, 0, SEEK_END);
+        lseek(tmp, end > 8192 ? end - 8192 : 0, SEEK_SET);
+        char buf[1024];
+        ssize_t n;
+        while ((n = read(tmp, buf, sizeof buf)) > 0) {
+            if (write(2, buf, (size_t)n) < 0) break;
+        }
+    }
+    for (size_t i = 0; i < sizeof g_cap_signals / sizeof g_cap_signals[0]; ++i)
+        if (g_cap_signals[i] == sig) sigaction(sig, &g_cap_old[i], nullptr);
+    raise(sig);
 }
 
 // The 2023 eras print their diagnostics ("bad magic", "unknown tensor type") with fprintf(stderr)
@@ -68,9 +112,21 @@ struct stderr_capture {
         if (saved_out >= 0) dup2(fileno(tmp), 1);
         active = true;
         g4a_capturing() = true;
+        g_cap_saved_fd = saved_err;
+        g_cap_tmp_fd = fileno(tmp);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = g4a_capture_crash;
+        sigemptyset(&sa.sa_mask);
+        for (size_t i = 0; i < sizeof g_cap_signals / sizeof g_cap_signals[0]; ++i)
+            sigaction(g_cap_signals[i], &sa, &g_cap_old[i]);
     }
     void end() {
         if (!active) return;
+        for (size_t i = 0; i < sizeof g_cap_signals / sizeof g_cap_signals[0]; ++i)
+            sigaction(g_cap_signals[i], &g_cap_old[i], nullptr);
+        g_cap_saved_fd = -1;
+        g_cap_tmp_fd = -1;
         g4a_capturing() = false;
         fflush(stdout);
         fflush(stderr);

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -63,6 +64,15 @@ struct g4a_model {
     int32_t n_gpu_layers = 0;
     bool embeddings = false;
     bool has_logits = false;
+    bool vocab_only = false;
+    // SentencePiece vocabularies of the eras whose own tokenizer differs from the model's (see
+    // "tokenization" below): the shim splits out special tokens and adds the dummy prefix itself.
+    bool spm_in_shim = false;
+    int32_t unk = -1;                                           // the unknown token (its piece is "")
+    int32_t nul = -1;                                           // api 1-2: the byte token of 0x00
+    std::vector<std::pair<std::string, int32_t>> specials;      // control/unknown texts, longest first
+    std::vector<std::pair<std::string, int32_t>> user_defined;  // split out even without parse_special
+    std::vector<uint8_t> byte_token;                            // api 1-2: bytes with a one-byte token
     std::vector<float> scratch;   // sampling work space
     std::vector<int32_t> order;
     std::string piece;
@@ -248,6 +258,7 @@ static bool compat_is_eog(const g4a_model *m, int32_t tok) {
 #endif
 }
 
+// The era's own tokenizer on one text.  Returns the count, or -(count needed) when cap is too small.
 static int32_t compat_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
                                int32_t *out, int32_t cap) {
 #if G4A_API_GEN <= 2
@@ -260,8 +271,178 @@ static int32_t compat_tokenize(g4a_model *m, const std::string &text, bool add_b
 #endif
 }
 
-static int32_t compat_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
+static std::string compat_token_text(const g4a_model *m, int32_t tok) {
 #if G4A_API_GEN <= 2
+    const char *s = llama_token_to_str(m->ctx, tok);
+#elif G4A_API_GEN == 4
+    const char *s = llama_token_get_text(m->model, tok);
+#else
+    const char *s = llama_vocab_get_text(m->vocab, tok);
+#endif
+    return s ? std::string(s) : std::string();
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokenization: one behaviour in every era
+//
+// tokenize(text) gives the ids the model's own tokenizer gives.  For SentencePiece ("llama")
+// vocabularies that is the 2024+ llama.cpp behaviour, which follows the original tokenizer: when
+// parse_special is set, control/unknown token texts ("<s>", "</s>", "<unk>", ...) are split out of
+// the text first (user-defined tokens always are), and every remaining piece of text gets the
+// dummy prefix " " before it is tokenized.  The older eras differ, and the shim closes the gap:
+//   api 1-2 (2023-04/05/08): llama_tokenize adds no dummy prefix (llama.cpp's own `main` and
+//     gpt4all inserted it before the prompt) and knows no special tokens: the shim splits the text
+//     at "<unk>", "<s>", "</s>" (the ids 0, BOS and EOS of every 2023 LLaMA vocabulary) and
+//     prepends " " to each piece;
+//   2023-11 (G4A_SPM_SPECIAL_IN_SHIM): with parse_special it splits by its own heuristic list and
+//     adds no prefix at all: the shim splits by token type and lets the engine (parse_special off)
+//     add the prefix to each piece.
+// BPE vocabularies (GPT-2 style) are left to the engine in every era.
+
+static void spm_setup(g4a_model *m) {
+#if G4A_API_GEN <= 2
+    m->spm_in_shim = true;
+    const std::string unk_marker = " \xe2\x81\x87 ";   // what the 2023 converters stored for <unk>
+    if (m->n_vocab > 0 && (compat_token_text(m, 0) == unk_marker || compat_token_text(m, 0) == "<unk>")) m->unk = 0;
+    if (m->unk >= 0) m->specials.emplace_back("<unk>", m->unk);
+    m->specials.emplace_back("</s>", compat_eos(m));
+    m->specials.emplace_back("<s>", compat_bos(m));
+    m->byte_token.assign(256, 0);
+    for (int32_t id = 0; id < m->n_vocab; ++id) {
+        const char *t = llama_token_to_str(m->ctx, id);
+        if (t && t[0] && !t[1]) m->byte_token[(uint8_t)t[0]] = 1;
+    }
+    // the 2023 API hands out C strings, so the one-byte token "\0" reads as "": it is the one before
+    // "\x01" in the byte run (id = byte + 3 in every 2023 LLaMA vocabulary)
+    if (m->n_vocab > 4 && compat_token_text(m, 3).empty() && compat_token_text(m, 4) == "\x01") {
+        m->nul = 3;
+        m->byte_token[0] = 1;
+    }
+#elif defined(G4A_SPM_SPECIAL_IN_SHIM)
+    if (llama_vocab_type(m->model) != LLAMA_VOCAB_TYPE_SPM) return;
+    m->spm_in_shim = true;
+    for (int32_t id = 0; id < m->n_vocab; ++id) {
+        const enum llama_token_type t = llama_token_get_type(m->model, id);
+        if (t == LLAMA_TOKEN_TYPE_UNKNOWN && m->unk < 0) m->unk = id;
+        if (t != LLAMA_TOKEN_TYPE_CONTROL && t != LLAMA_TOKEN_TYPE_UNKNOWN && t != LLAMA_TOKEN_TYPE_USER_DEFINED) continue;
+        std::string text = compat_token_text(m, id);
+        if (text.empty()) continue;
+        (t == LLAMA_TOKEN_TYPE_USER_DEFINED ? m->user_defined : m->specials).emplace_back(text, id);
+    }
+#else
+    (void)m;
+#endif
+    auto longest_first = [](const std::pair<std::string, int32_t> &a, const std::pair<std::string, int32_t> &b) {
+        return a.first.size() > b.first.size();
+    };
+    std::stable_sort(m->specials.begin(), m->specials.end(), longest_first);
+    std::stable_sort(m->user_defined.begin(), m->user_defined.end(), longest_first);
+}
+
+// A piece of the text: plain text [off, off + len), or a special token.
+struct Fragment {
+    int32_t token;   // -1 for plain text
+    size_t off, len;
+};
+
+// Split plain fragments at every occurrence of each special text, longest texts first (as
+// llama.cpp's tokenizer_st_partition does).
+static void split_specials(const std::string &text, const std::vector<std::pair<std::string, int32_t>> &specials,
+                           std::vector<Fragment> &frags) {
+    for (const auto &sp : specials) {
+        std::vector<Fragment> next;
+        for (const Fragment &f : frags) {
+            if (f.token >= 0) { next.push_back(f); continue; }
+            size_t at = f.off, end = f.off + f.len;
+            while (at < end) {
+                size_t hit = text.find(sp.first, at);
+                if (hit == std::string::npos || hit + sp.first.size() > end) break;
+                if (hit > at) next.push_back({-1, at, hit - at});
+                next.push_back({sp.second, hit, sp.first.size()});
+                at = hit + sp.first.size();
+            }
+            if (at < end) next.push_back({-1, at, end - at});
+        }
+        frags.swap(next);
+    }
+}
+
+// The era's tokenizer, asked again with the size it reports when the first buffer is too small.
+static bool engine_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
+                            std::vector<int32_t> &out) {
+    std::vector<int32_t> buf(text.size() + 8);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        int32_t n = compat_tokenize(m, text, add_bos, special, buf.data(), (int32_t)buf.size());
+        if (n >= 0) {
+            out.insert(out.end(), buf.begin(), buf.begin() + n);
+            return true;
+        }
+        if (n == INT32_MIN || (size_t)-(int64_t)n <= buf.size()) break;   // a failure, not a short buffer
+        buf.resize((size_t)-(int64_t)n);
+    }
+    set_error("the tokenizer of this era failed on a text of " + std::to_string(text.size()) + " bytes");
+    return false;
+}
+
+#if G4A_API_GEN <= 2
+// The 2023 tokenizers fall back to one-byte tokens by looking the raw byte up with .at(): a byte
+// without such a token throws std::out_of_range.  Name the byte instead.
+static std::string missing_byte_reason(const g4a_model *m, const std::string &text) {
+    std::string list;
+    std::vector<uint8_t> seen(256, 0);
+    int shown = 0;
+    for (unsigned char c : text) {
+        if (m->byte_token.empty() || m->byte_token[c] || seen[c]) continue;
+        seen[c] = 1;
+        if (shown++ == 12) { list += " ..."; break; }
+        char b[8];
+        snprintf(b, sizeof b, "%s0x%02X", list.empty() ? "" : " ", c);
+        list += b;
+    }
+    if (list.empty()) return "";
+    return "the text needs a one-byte token that this vocabulary lacks (bytes of the text without one: " + list +
+           "): the 2023 tokenizers fall back to one-byte tokens, and this file stores its byte tokens another "
+           "way (e.g. as <0xXX> text); upgrade the file to GGUF with gpt4all-convert to tokenize such text";
+}
+#endif
+
+static bool tokenize_text(g4a_model *m, const std::string &text, bool add_bos, bool special, std::vector<int32_t> &out) {
+    out.clear();
+    if (!m->spm_in_shim) return engine_tokenize(m, text, add_bos, special, out);
+    if (add_bos) out.push_back(compat_bos(m));
+    if (text.empty()) return true;
+    std::vector<Fragment> frags{{-1, 0, text.size()}};
+    split_specials(text, m->user_defined, frags);
+    if (special) split_specials(text, m->specials, frags);
+    for (const Fragment &f : frags) {
+        if (f.token >= 0) { out.push_back(f.token); continue; }
+#if G4A_API_GEN <= 2
+        const std::string piece = " " + text.substr(f.off, f.len);   // the dummy prefix
+        try {
+            if (!engine_tokenize(m, piece, false, false, out)) return false;
+        } catch (const std::out_of_range &) {
+            std::string why = missing_byte_reason(m, piece);
+            if (why.empty()) throw;
+            set_error(why);
+            return false;
+        }
+#else
+        // parse_special off: the engine adds the dummy prefix and splits nothing
+        if (!engine_tokenize(m, text.substr(f.off, f.len), false, false, out)) return false;
+#endif
+    }
+    return true;
+}
+
+static int32_t compat_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
+    // the unknown token has no text (as the 2024+ eras decode it); the older eras print a marker
+    if (tok == m->unk) return 0;
+#if G4A_API_GEN <= 2
+    if (tok == m->nul) {
+        if (cap < 1) return -1;
+        buf[0] = 0;
+        return 1;
+    }
     const char *s = llama_token_to_str(m->ctx, tok);
     int32_t n = s ? (int32_t)strlen(s) : 0;
     if (n > cap) return -n;
@@ -270,6 +451,15 @@ static int32_t compat_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
 #elif G4A_API_GEN == 4 && defined(G4A_PIECE_LSTRIP)
     return llama_token_to_piece(m->model, tok, buf, cap, 0, false);
 #elif G4A_API_GEN == 4
+#if defined(G4A_SPM_SPECIAL_IN_SHIM)
+    if (m->spm_in_shim && llama_token_get_type(m->model, tok) == LLAMA_TOKEN_TYPE_USER_DEFINED) {
+        // 2023-11 prints nothing for user-defined tokens; later eras print their text
+        const std::string t = compat_token_text(m, tok);
+        if ((int32_t)t.size() > cap) return -(int32_t)t.size();
+        memcpy(buf, t.data(), t.size());
+        return (int32_t)t.size();
+    }
+#endif
     return llama_token_to_piece(m->model, tok, buf, cap);
 #else
     return llama_token_to_piece(m->vocab, tok, buf, cap, 0, false);
@@ -293,6 +483,40 @@ static void compat_reset(g4a_model *m) {
     llama_kv_cache_clear(m->ctx);
 #else
     llama_memory_clear(llama_get_memory(m->ctx), true);
+#endif
+}
+
+// Drop the cache entries of positions >= n_keep; false when the engine cannot (recurrent state).
+static bool compat_truncate(g4a_model *m, int32_t n_keep) {
+#if G4A_API_GEN <= 2
+    (void)m;
+    (void)n_keep;
+    return true;   // the next eval at n_past = n_keep overwrites what follows
+#elif G4A_API_GEN == 4 && defined(G4A_SPM_SPECIAL_IN_SHIM)
+    llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);   // 2023-11: no answer, and no recurrent models
+    return true;
+#elif G4A_API_GEN == 4
+    return llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);
+#else
+    return llama_memory_seq_rm(llama_get_memory(m->ctx), 0, n_keep, -1);
+#endif
+}
+
+// Move cached positions back (RoPE re-rotated by the engine); false where the era or model cannot.
+// Only the 2026 API says whether a model's cache can shift, so the older eras always say no.
+static bool compat_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+#if G4A_API_GEN >= 6
+    llama_memory_t mem = llama_get_memory(m->ctx);
+    if (!llama_memory_can_shift(mem)) return false;
+    if (n_discard == 0) return true;
+    if (!llama_memory_seq_rm(mem, 0, n_keep, n_keep + n_discard)) return false;
+    llama_memory_seq_add(mem, 0, n_keep + n_discard, -1, -n_discard);
+    return true;
+#else
+    (void)m;
+    (void)n_keep;
+    (void)n_discard;
+    return false;
 #endif
 }
 
@@ -352,6 +576,9 @@ static int compat_dequantize(int32_t type, const void *src, float *dst, int64_t 
     }
     int64_t blck = ggml_blck_size(t);
     if (blck <= 0 || n % blck != 0) return -1;
+#if defined(G4A_GGML_QUANTIZE_FNS) || defined(G4A_GGML_TYPE_TRAITS)
+    if (n > INT32_MAX) return -1;   // these eras take an int count
+#endif
 #if defined(G4A_GGML_QUANTIZE_FNS)
     quantize_fns_t fns = ggml_internal_get_quantize_fn((size_t)t);
     if (!fns.dequantize_row_q) return -1;
@@ -401,86 +628,97 @@ G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
         set_error(std::string(path) + ": cannot read: " + strerror(errno));
         return nullptr;
     }
-    backend_init_once();
-    g4a_model *m = new (std::nothrow) g4a_model();
-    if (!m) { set_error("out of memory"); return nullptr; }
-    m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
-    m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
-    m->n_batch = std::min<int32_t>(512, m->n_ctx);
-    m->embeddings = p->embeddings != 0;
-    stderr_capture cap;
-    cap.begin();
-    bool ok = false;
-    try {
-        ok = compat_load(m, path, p);
-    } catch (const std::exception &e) {
+    G4A_GUARD(nullptr, {
+        backend_init_once();
+        std::unique_ptr<g4a_model> m(new g4a_model());
+        m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
+        m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+        m->n_batch = std::min<int32_t>(512, m->n_ctx);
+        m->embeddings = p->embeddings != 0;
+        m->vocab_only = p->vocab_only != 0;
+        stderr_capture cap;
+        cap.begin();
+        bool ok = false;
+        try {
+            ok = compat_load(m.get(), path, p);
+        } catch (const std::exception &e) {
+            cap.end();
+            set_error(std::string("the engine failed to load ") + path + ": " + e.what());
+            compat_free(m.get());
+            return nullptr;
+        }
         cap.end();
-        set_error(std::string("the engine failed to load ") + path + ": " + e.what());
-        compat_free(m);
-        delete m;
-        return nullptr;
-    }
-    cap.end();
-    if (!ok) {
-        std::string why = last_lines(cap.text, 3);
-        set_error(std::string("the engine refused ") + path +
-                  (why.empty() ? std::string(" (it gave no reason)") : ": " + why));
-        compat_free(m);
-        delete m;
-        return nullptr;
-    }
-    compat_query(m);
-    if (!m->ctx) m->n_ctx = 0;   // vocab-only GGUF loads have no context
-    m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
-    return m;
+        if (!ok) {
+            std::string why = last_lines(cap.text, 3);
+            set_error(std::string("the engine refused ") + path +
+                      (why.empty() ? std::string(" (it gave no reason)") : ": " + why));
+            compat_free(m.get());
+            return nullptr;
+        }
+        compat_query(m.get());
+        if (!m->ctx || m->vocab_only) m->n_ctx = 0;   // a vocabulary-only load has no context to evaluate in
+        m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
+        spm_setup(m.get());
+        return m.release();
+    })
 }
 
 G4A_EXPORT void g4a_free(g4a_model *m) {
     if (!m) return;
-    compat_free(m);
+    try {
+        compat_free(m);
+    } catch (...) {
+    }
     delete m;
 }
 
 G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
 G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m ? m->n_ctx : 0; }
-G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { return m ? compat_n_ctx_train(m) : 0; }
-G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) { return m && (m->ctx || G4A_API_GEN >= 4) ? compat_n_embd(m) : 0; }
-G4A_EXPORT int32_t g4a_token_bos(const g4a_model *m) { return m ? compat_bos(m) : -1; }
-G4A_EXPORT int32_t g4a_token_eos(const g4a_model *m) { return m ? compat_eos(m) : -1; }
-G4A_EXPORT int32_t g4a_is_eog(const g4a_model *m, int32_t tok) { return m && compat_is_eog(m, tok) ? 1 : 0; }
+G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { G4A_GUARD(0, { return m ? compat_n_ctx_train(m) : 0; }) }
+G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) {
+    G4A_GUARD(0, { return m && (m->ctx || G4A_API_GEN >= 4) ? compat_n_embd(m) : 0; })
+}
+G4A_EXPORT int32_t g4a_token_bos(const g4a_model *m) { G4A_GUARD(-1, { return m ? compat_bos(m) : -1; }) }
+G4A_EXPORT int32_t g4a_token_eos(const g4a_model *m) { G4A_GUARD(-1, { return m ? compat_eos(m) : -1; }) }
+G4A_EXPORT int32_t g4a_is_eog(const g4a_model *m, int32_t tok) {
+    G4A_GUARD(0, { return m && tok >= 0 && tok < m->n_vocab && compat_is_eog(m, tok) ? 1 : 0; })
+}
 G4A_EXPORT int32_t g4a_n_gpu_layers(const g4a_model *m) { return m ? m->n_gpu_layers : 0; }
 
 G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len, int32_t add_bos,
                                 int32_t parse_special, int32_t *tokens, int32_t cap) {
     t_error.clear();
-    if (!m || !text || text_len < 0 || cap < 0) { set_error("g4a_tokenize: bad arguments"); return INT32_MIN; }
+    if (!m || (!text && text_len > 0) || text_len < 0 || cap < 0 || (!tokens && cap > 0)) {
+        set_error("g4a_tokenize: bad arguments");
+        return INT32_MIN;
+    }
 #if G4A_API_GEN <= 2
     if (!m->ctx) { set_error("g4a_tokenize: no context"); return INT32_MIN; }
 #endif
-    std::string s(text, (size_t)text_len);
-    // the 2023 tokenizers write up to n_max tokens and return a negative count when it did not fit;
-    // give them room for the worst case (one token per byte, plus BOS) so the count is exact
-    int32_t need_cap = text_len + 2;
-    std::vector<int32_t> tmp((size_t)std::max(need_cap, cap));
-    int32_t n = compat_tokenize(m, s, add_bos != 0, parse_special != 0, tmp.data(), (int32_t)tmp.size());
-    if (n < 0) {
-        set_error("the tokenizer failed");
-        return INT32_MIN;
-    }
-    if (n > cap) return -n;
-    std::copy(tmp.begin(), tmp.begin() + n, tokens);
-    return n;
+    G4A_GUARD(INT32_MIN, {
+        std::vector<int32_t> out;
+        if (!tokenize_text(m, std::string(text ? text : "", (size_t)text_len), add_bos != 0, parse_special != 0, out))
+            return INT32_MIN;
+        const int32_t n = (int32_t)out.size();
+        if (n > cap) return -n;
+        if (n) std::copy(out.begin(), out.end(), tokens);
+        return n;
+    })
 }
 
 G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
     t_error.clear();
     if (!m || tok < 0 || tok >= m->n_vocab) { set_error("g4a_token_to_piece: token out of range"); return INT32_MIN; }
-    return compat_piece(m, tok, buf, cap);
+    if (!buf && cap > 0) { set_error("g4a_token_to_piece: bad arguments"); return INT32_MIN; }
+    G4A_GUARD(INT32_MIN, { return compat_piece(m, tok, buf, cap); })
 }
 
 G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
     t_error.clear();
-    if (!m || !m->ctx) { set_error("g4a_eval: the model was loaded without a context (vocab only)"); return -1; }
+    if (!m || !m->ctx || m->vocab_only) {
+        set_error("g4a_eval: the model was loaded without a context (vocabulary only)");
+        return -1;
+    }
     if (n <= 0 || !tokens) { set_error("g4a_eval: no tokens"); return -1; }
     for (int32_t i = 0; i < n; ++i) {
         if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
@@ -489,99 +727,143 @@ G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
             return -1;
         }
     }
-    if (m->n_past + n > m->n_ctx) {
+    if (n > m->n_ctx - m->n_past) {
         set_error("g4a_eval: context full: " + std::to_string(m->n_past) + " + " + std::to_string(n) +
                   " tokens exceed n_ctx " + std::to_string(m->n_ctx));
         return -1;
     }
-    for (int32_t done = 0; done < n;) {
-        int32_t chunk = std::min(m->n_batch, n - done);
-        int rc;
-        try {
-            rc = compat_eval(m, tokens + done, chunk);
-        } catch (const std::exception &e) {
-            set_error(std::string("g4a_eval: ") + e.what());
-            return -1;
+    G4A_GUARD(-1, {
+        for (int32_t done = 0; done < n;) {
+            int32_t chunk = std::min(m->n_batch, n - done);
+            int rc = compat_eval(m, tokens + done, chunk);
+            if (rc != 0) {
+                set_error("g4a_eval: the engine returned " + std::to_string(rc));
+                m->has_logits = false;
+                return -1;
+            }
+            m->n_past += chunk;
+            done += chunk;
         }
-        if (rc != 0) {
-            set_error("g4a_eval: the engine returned " + std::to_string(rc));
-            m->has_logits = false;
-            return -1;
-        }
-        m->n_past += chunk;
-        done += chunk;
-    }
-    m->has_logits = true;
-    return 0;
+        m->has_logits = true;
+        return 0;
+    })
 }
 
 G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
 
 G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
-    if (!m) return -1;
-    if (m->ctx) compat_reset(m);
-    m->n_past = 0;
-    m->has_logits = false;
-    return 0;
+    t_error.clear();
+    if (!m) { set_error("g4a_reset: no model"); return -1; }
+    G4A_GUARD(-1, {
+        if (m->ctx && !m->vocab_only) compat_reset(m);
+        m->n_past = 0;
+        m->has_logits = false;
+        return 0;
+    })
+}
+
+G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
+    t_error.clear();
+    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_truncate: no context"); return -1; }
+    if (n_keep < 0 || n_keep > m->n_past) {
+        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
+        return -1;
+    }
+    if (n_keep == m->n_past) return 0;
+    G4A_GUARD(-1, {
+        if (!compat_truncate(m, n_keep)) {
+            set_error("g4a_truncate: this model's state cannot be cut back to a shorter prefix");
+            return -1;
+        }
+        m->n_past = n_keep;
+        m->has_logits = false;
+        return 0;
+    })
+}
+
+G4A_EXPORT int32_t g4a_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+    t_error.clear();
+    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_shift: no context"); return -1; }
+    if (n_keep < 0 || n_discard < 0 || n_keep > m->n_past || n_discard > m->n_past - n_keep) {
+        set_error("g4a_shift: keep " + std::to_string(n_keep) + " and discard " + std::to_string(n_discard) +
+                  " do not fit the " + std::to_string(m->n_past) + " cached positions");
+        return -1;
+    }
+    G4A_GUARD(-1, {
+        if (!compat_shift(m, n_keep, n_discard)) {
+            set_error("g4a_shift: this era or model cannot move cached positions");
+            return -1;
+        }
+        m->n_past -= n_discard;
+        return 0;
+    })
 }
 
 G4A_EXPORT const float *g4a_logits(g4a_model *m) {
     t_error.clear();
     if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
-    const float *l = compat_logits(m);
-    if (!l) set_error("g4a_logits: the engine has no logits for the last position");
-    return l;
+    G4A_GUARD(nullptr, {
+        const float *l = compat_logits(m);
+        if (!l) set_error("g4a_logits: the engine has no logits for the last position");
+        return l;
+    })
 }
 
 G4A_EXPORT const float *g4a_embeddings(g4a_model *m) {
     t_error.clear();
     if (!m || !m->has_logits) { set_error("g4a_embeddings: nothing has been evaluated yet"); return nullptr; }
     if (!m->embeddings) { set_error("g4a_embeddings: the model was not loaded with embeddings=1"); return nullptr; }
-    const float *e = compat_embeddings(m);
-    if (!e) set_error("g4a_embeddings: this engine produced no embedding for this model");
-    return e;
+    G4A_GUARD(nullptr, {
+        const float *e = compat_embeddings(m);
+        if (!e) set_error("g4a_embeddings: this engine produced no embedding for this model");
+        return e;
+    })
 }
 
 G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history,
                               int32_t n_history, uint64_t *rng_state) {
     t_error.clear();
-    if (!m || !sp) { set_error("g4a_sample: bad arguments"); return -1; }
+    if (!m || !sp || n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
     const float *logits = g4a_logits(m);
     if (!logits) return -1;
-    return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order);
+    G4A_GUARD(-1, { return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order); })
 }
 
 G4A_EXPORT int32_t g4a_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads) {
     t_error.clear();
     if (!in || !out) { set_error("g4a_quantize: paths are required"); return -1; }
-    backend_init_once();
-    stderr_capture cap;
-    cap.begin(true);
-    int rc;
-    try {
-        rc = compat_quantize(in, out, ftype, n_threads > 0 ? n_threads : default_threads());
-    } catch (const std::exception &e) {
+    G4A_GUARD(-1, {
+        backend_init_once();
+        stderr_capture cap;
+        cap.begin(true);
+        int rc;
+        try {
+            rc = compat_quantize(in, out, ftype, n_threads > 0 ? n_threads : default_threads());
+        } catch (const std::exception &e) {
+            cap.end();
+            set_error(std::string("quantize failed: ") + e.what());
+            return -1;
+        }
         cap.end();
-        set_error(std::string("quantize failed: ") + e.what());
-        return -1;
-    }
-    cap.end();
-    if (rc != 0) {
-        std::string why = last_lines(cap.text, 3);
-        set_error("quantize of " + std::string(in) + " to ftype " + std::to_string(ftype) + " failed" +
-                  (why.empty() ? std::string() : ": " + why));
-        return -1;
-    }
-    return 0;
+        if (rc != 0) {
+            std::string why = last_lines(cap.text, 3);
+            set_error("quantize of " + std::string(in) + " to ftype " + std::to_string(ftype) + " failed" +
+                      (why.empty() ? std::string() : ": " + why));
+            return -1;
+        }
+        return 0;
+    })
 }
 
 G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
     t_error.clear();
     if (!src || !dst || n < 0) { set_error("g4a_dequantize: bad arguments"); return -1; }
-    if (compat_dequantize(type, src, dst, n) != 0) {
-        set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this era or " +
-                  std::to_string(n) + " is not a whole number of blocks");
-        return -1;
-    }
-    return 0;
+    G4A_GUARD(-1, {
+        if (compat_dequantize(type, src, dst, n) != 0) {
+            set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this era or " +
+                      std::to_string(n) + " is not a whole number of blocks");
+            return -1;
+        }
+        return 0;
+    })
 }

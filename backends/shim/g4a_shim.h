@@ -81,6 +81,14 @@ int32_t     g4a_eval(g4a_model *model, const int32_t *tokens, int32_t n_tokens);
 int32_t     g4a_n_past(const g4a_model *model);
 /* Forget the evaluated tokens (clears the KV cache).  0 on success. */
 int32_t     g4a_reset(g4a_model *model);
+/* Keep the first n_keep evaluated tokens and forget the rest: n_past becomes n_keep and the logits
+ * are gone until the next eval.  -1 (with the reason) where the engine cannot drop part of its state
+ * (recurrent models): reset and evaluate again instead. */
+int32_t     g4a_truncate(g4a_model *model, int32_t n_keep);
+/* Context shift inside the engine's cache: forget positions [n_keep, n_keep + n_discard) and move the
+ * later ones back by n_discard (n_past shrinks by n_discard; the logits stay).  -1 where this era or
+ * model cannot move cached positions: evaluate the kept tokens again instead.  n_discard 0 only asks. */
+int32_t     g4a_shift(g4a_model *model, int32_t n_keep, int32_t n_discard);
 /* Logits of the last evaluated position: n_vocab floats, valid until the next eval/reset/free. */
 const float *g4a_logits(g4a_model *model);
 /* Embedding of the last evaluation (n_embd floats), or NULL with an error where the era has none. */

@@ -1,0 +1,637 @@
+"""gpt4all-serve: an OpenAI-compatible HTTP server over model files of every era.
+
+    gpt4all-serve PATH... [--host 127.0.0.1] [--port 4891] [--api-key KEY] [--max-loaded N]
+                          [--memory-budget MIB]
+
+Files are found and judged the way ``gpt4all-probe`` does; the model id is the file name.  Each loaded
+model runs in its own worker process (``load(..., isolated=True)``), so a native crash fails one request
+and the model loads again on the next one.  Requests to one model wait in order (an ``asyncio.Lock``
+queues its waiters first come, first served); different models run at the same time.  Models load on
+first use; at most ``--max-loaded`` stay loaded and the sum of the probe's RAM+VRAM estimates stays under
+``--memory-budget``: the least recently used idle model is unloaded first.
+
+Starlette and uvicorn come with the ``serve`` extra and are imported only here, so the core package
+keeps its small dependency set.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import math
+import os
+import struct
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from .errors import BackendError, ModelClosedError, UnsupportedModelError
+
+log = logging.getLogger("gpt4all_loader.serve")
+
+#: largest request body read (a longer one gets 413 before it is read)
+MAX_BODY_BYTES = 1 << 20
+#: largest max_tokens a request may ask for (the context bounds it further)
+MAX_TOKENS = 8192
+#: max_tokens when a request gives none: OpenAI's default for completions; chat replies run longer
+DEFAULT_MAX_TOKENS = {"completion": 16, "chat": 512}
+#: stop strings: at most this many, each at most this long (OpenAI allows 4)
+MAX_STOP, MAX_STOP_CHARS = 4, 256
+#: embeddings: at most this many inputs per request
+MAX_INPUTS = 256
+#: seconds a worker may stay silent before it counts as hung (then killed, and the request fails)
+WORKER_TIMEOUT = 300.0
+
+_END = object()
+
+
+class ApiError(Exception):
+    """An OpenAI error object with its HTTP status."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _engine_error(model_id: str, e: BaseException) -> ApiError:
+    """What a Model call raised, as the OpenAI error a client gets."""
+    if isinstance(e, (ValueError, UnsupportedModelError)):  # the prompt or conversation does not fit the model
+        code = "context_length_exceeded" if "context holds" in str(e) else None
+        return ApiError(400, f"{model_id}: {e}", code=code)
+    if isinstance(e, (BackendError, ModelClosedError)):
+        return ApiError(500, f"{model_id}: {e}; it loads again on the next request", type="server_error",
+                        code="worker_failed")
+    return ApiError(500, f"{model_id}: {type(e).__name__}: {e}", type="server_error")
+
+
+# ------------------------------------------------------------------------------------------------
+# Models and workers
+
+@dataclass
+class Entry:
+    """One servable file."""
+
+    id: str
+    path: str
+    memory_mib: float
+    chat_template: bool
+    created: int
+    waiting: int = 0
+
+
+@dataclass
+class Slot:
+    """One worker of an entry: generation and embeddings load separately (embeddings=True changes the engine)."""
+
+    entry: Entry
+    embeddings: bool
+    model: Any = None
+    loading: bool = False
+    busy: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def label(self) -> str:
+        return self.entry.id + (" (embeddings)" if self.embeddings else "")
+
+    @property
+    def held(self) -> bool:
+        """Counts against --max-loaded and --memory-budget."""
+        return self.loading or (self.model is not None and self.model.alive)
+
+
+def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
+    """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does."""
+    from .model import DEFAULT_N_CTX
+    from .probe import probe
+    from .probe_cli import _main_reason, expand
+
+    entries: dict[str, Entry] = {}
+    skipped: list[str] = []
+    for path, error in expand(paths):
+        if error:
+            skipped.append(f"not served: {error}")
+            continue
+        rep = probe(path)
+        name = os.path.basename(path)
+        if rep.error or not rep.loadable or not rep.ready:
+            why = rep.error or (rep.suggestion if rep.loadable else _main_reason(rep)) or "no backend loads it"
+            skipped.append(f"not served: {path}: {why}")
+            continue
+        if name in entries:
+            skipped.append(f"not served: {path}: model id {name} is taken by {entries[name].path}")
+            continue
+        n_ctx_train = int(rep.context_length or 0)
+        ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX  # load()'s default context
+        mem = rep.memory or {}
+        if mem and mem.get("ctx_size") != ctx:
+            mem = probe(path, estimate_ctx=ctx).memory or mem
+        mib = (int(mem.get("ram_bytes") or 0) + int(mem.get("vram_bytes") or 0)) / (1 << 20)
+        entries[name] = Entry(name, path, mib, rep.chat_template, int(os.stat(path).st_mtime))
+    return entries, skipped
+
+
+class Pool:
+    """Loaded workers, the per-model queues, and the LRU unloading under the limits."""
+
+    def __init__(self, entries: dict[str, Entry], *, max_loaded: int, memory_budget_mib: float | None,
+                 worker_timeout: float = WORKER_TIMEOUT, n_threads: int | None = None) -> None:
+        self.entries = entries
+        self.n_threads = n_threads
+        self.max_loaded = max_loaded
+        self.budget = memory_budget_mib
+        self.worker_timeout = worker_timeout
+        self.queues = {k: asyncio.Lock() for k in entries}
+        self.slots: dict[tuple[str, bool], Slot] = {}
+        self.changed = asyncio.Condition()
+
+    def entry(self, model_id: Any) -> Entry:
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "'model' is required: one of the ids GET /v1/models lists", param="model")
+        e = self.entries.get(model_id)
+        if e is None:
+            raise ApiError(404, f"the model {model_id!r} does not exist; GET /v1/models lists the models served",
+                           param="model", code="model_not_found")
+        return e
+
+    async def acquire(self, entry: Entry, embeddings: bool) -> Slot:
+        """Wait for this model's turn, load it if needed, and mark it busy; pair with :meth:`release`."""
+        queue = self.queues[entry.id]
+        entry.waiting += 1
+        try:
+            await queue.acquire()
+        finally:
+            entry.waiting -= 1
+        slot = self.slots.setdefault((entry.id, embeddings), Slot(entry, embeddings))
+        try:
+            if slot.model is None or not slot.model.alive:  # never loaded, unloaded, or its worker died idle
+                if slot.model is not None:
+                    log.info("%s: %s; loading it again", entry.id, slot.model.why_closed or "its worker is gone")
+                    slot.model.close()
+                slot.model = None
+                await self._load(slot)
+            slot.busy = True
+            return slot
+        except BaseException:
+            import anyio
+
+            with anyio.CancelScope(shield=True):  # whoever waits for room must see this slot give it back
+                await self.release(slot)
+            raise
+
+    async def release(self, slot: Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        if slot.model is not None and slot.model.closed:  # its worker died: load again next time
+            slot.model = None
+        self.queues[slot.entry.id].release()
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _over(self, slot: Slot) -> bool:
+        held = [s for s in self.slots.values() if s.held and s is not slot]
+        if len(held) + 1 > self.max_loaded:
+            return True
+        return self.budget is not None and sum(s.entry.memory_mib for s in held) + slot.entry.memory_mib > self.budget
+
+    async def _load(self, slot: Slot) -> None:
+        import anyio
+
+        from .model import load
+
+        async with self.changed:
+            while self._over(slot):
+                idle = sorted((s for s in self.slots.values() if s.held and not s.busy and not s.loading
+                               and s is not slot), key=lambda s: s.last_used)
+                if idle:
+                    victim = idle[0]
+                    log.info("unloading %s (least recently used) to make room for %s", victim.label, slot.label)
+                    model, victim.model = victim.model, None
+                    await anyio.to_thread.run_sync(model.close)
+                else:
+                    await self.changed.wait()  # every loaded model is busy: wait for one to finish
+            slot.loading = True
+        try:
+            t0 = time.monotonic()
+            slot.model = await anyio.to_thread.run_sync(lambda: load(
+                slot.entry.path, isolated=True, embeddings=slot.embeddings, worker_timeout=self.worker_timeout,
+                n_threads=self.n_threads))
+            log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
+                     slot.model.info.backend, slot.model.info.variant)
+        except Exception as e:  # noqa: BLE001 - a file that fails to load fails its request, clearly
+            raise ApiError(500, f"{slot.entry.id}: cannot load it: {e}", type="server_error",
+                           code="load_failed") from None
+        finally:
+            slot.loading = False
+
+    def close_all(self) -> None:
+        for s in self.slots.values():
+            if s.model is not None:
+                s.model.close()
+                s.model = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Request parameters
+
+def _int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ApiError(400, f"'{key}' must be an integer from {lo} to {hi}, not {v!r}", param=key)
+    return v
+
+
+def _float(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ApiError(400, f"'{key}' must be a number from {lo:g} to {hi:g}, not {v!r}", param=key)
+    return float(v)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    seq = [v] if isinstance(v, str) else v
+    if not isinstance(seq, list) or len(seq) > MAX_STOP or \
+            not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in seq):
+        raise ApiError(400, f"'stop' must be a string or a list of at most {MAX_STOP} non-empty strings of at most "
+                            f"{MAX_STOP_CHARS} characters", param="stop")
+    return tuple(seq)
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    v = body.get(key, False)
+    if not isinstance(v, bool) and v is not None:
+        raise ApiError(400, f"'{key}' must be true or false, not {v!r}", param=key)
+    return bool(v)
+
+
+def generation_params(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Model.generate() keywords from an OpenAI request (400 for anything out of range)."""
+    _int(body, "n", 1, 1, 1)  # one choice per request
+    seed = _int(body, "seed", None, -(2**63), 2**64 - 1)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    return dict(
+        max_tokens=_int({"max_tokens": max_tokens}, "max_tokens", DEFAULT_MAX_TOKENS[kind], 1, MAX_TOKENS),
+        temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
+        seed=None if seed is None else seed & 0xFFFFFFFFFFFFFFFF,
+        stop=_stop(body))
+
+
+def _prompt(body: dict[str, Any]) -> str | list[int]:
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+        p = p[0]
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in p):
+        return p
+    raise ApiError(400, "'prompt' must be a string (or a list of one string, or a list of token ids)", param="prompt")
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    ms = body.get("messages")
+    if not isinstance(ms, list) or not ms:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, m in enumerate(ms):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a string 'role'", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # the content-parts form: only text parts are understood
+            if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                       for c in content):
+                raise ApiError(400, f"messages[{i}].content: only text parts are supported", param="messages")
+            content = "".join(c["text"] for c in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The application
+
+def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
+    """The Starlette application over ``pool``."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    key = api_key.encode() if api_key else None
+
+    def error_response(e: ApiError) -> Response:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    def check_key(request: Request) -> None:
+        if key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+        if not hmac.compare_digest(given, key):  # constant time: the key is not guessable byte by byte
+            raise ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
+                           type="authentication_error", code="invalid_api_key")
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body has {declared} bytes; at most {MAX_BODY_BYTES} are read")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(bytes(data))
+        except ValueError as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+    def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                check_key(request)
+                return await handler(request)
+            except Exception as e:  # noqa: BLE001 - every failure answers with an OpenAI error object
+                err = e if isinstance(e, ApiError) else ApiError(
+                    500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+                if not isinstance(e, ApiError):
+                    log.exception("internal error on %s %s", request.method, request.url.path)
+                request.scope.setdefault("state", {})["error"] = err.message
+                return error_response(err)
+        return wrapped
+
+    async def health(request: Request) -> Response:
+        loaded = [{"id": s.entry.id, "embeddings": s.embeddings, "pid": s.model.pid, "busy": s.busy,
+                   "queued": s.entry.waiting} for s in pool.slots.values() if s.model is not None and s.model.alive]
+        return JSONResponse({"status": "ok", "models": len(pool.entries), "loaded": loaded})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": e.id, "object": "model", "created": e.created, "owned_by": "gpt4all-loader"}
+            for e in pool.entries.values()]})
+
+    async def completions(request: Request) -> Response:
+        return await _generate(request, "completion")
+
+    async def chat_completions(request: Request) -> Response:
+        return await _generate(request, "chat")
+
+    async def _generate(request: Request, kind: str) -> Response:
+        body = await read_json(request)
+        entry = pool.entry(body.get("model"))
+        request.scope.setdefault("state", {})["model"] = entry.id
+        params = generation_params(body, kind)
+        stream = _bool(body, "stream")
+        opts = body.get("stream_options") or {}
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        if kind == "chat":
+            messages = _messages(body)
+            if not entry.chat_template:
+                raise ApiError(400, f"{entry.id} carries no chat template (tokenizer.chat_template); "
+                                    f"use POST /v1/completions with a prompt in the model's own format",
+                               param="model", code="no_chat_template")
+        else:
+            prompt = _prompt(body)
+        slot = await pool.acquire(entry, False)
+        model = slot.model
+        try:
+            if kind == "completion" and not isinstance(prompt, str) and max(prompt) >= model.n_vocab:
+                raise ApiError(400, f"{entry.id}: token id {max(prompt)} in 'prompt' is out of range; the "
+                                    f"vocabulary has {model.n_vocab} tokens", param="prompt")
+            it = model.chat(messages, stream=True, **params) if kind == "chat" else \
+                model.generate(prompt, stream=True, **params)
+            first = await anyio.to_thread.run_sync(next, it, _END)
+        except BaseException as e:
+            await pool.release(slot)
+            if isinstance(e, Exception) and not isinstance(e, ApiError):
+                raise _engine_error(entry.id, e) from None
+            raise
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+
+        def usage() -> dict[str, int]:
+            p, c = int(it.stats.get("prompt_tokens", 0)), int(it.stats.get("completion_tokens", 0))
+            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+        if not stream:
+            try:
+                rest = await anyio.to_thread.run_sync(lambda: "".join(it)) if first is not _END else ""
+            except Exception as e:  # noqa: BLE001
+                raise _engine_error(entry.id, e) from None
+            finally:
+                await pool.release(slot)
+            text = ("" if first is _END else first) + rest
+            finish = it.stats.get("finish_reason", "stop")
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                       "finish_reason": finish} if kind == "chat" else
+                      {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+            return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+                                 "created": created, "model": entry.id, "choices": [choice], "usage": usage()})
+
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def chunk(piece: str | None, finish: str | None = None, *, role: bool = False) -> str:
+            if kind == "chat":
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
+                    ({} if piece is None else {"content": piece})
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+            return _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [choice]})
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                if kind == "chat":
+                    yield chunk(None, role=True)
+                piece = first
+                while piece is not _END:
+                    yield chunk(piece)
+                    piece = await anyio.to_thread.run_sync(next, it, _END)
+                yield chunk(None, it.stats.get("finish_reason", "stop"))
+                if include_usage:
+                    yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
+                                "usage": usage()})
+                yield "data: [DONE]\n\n"
+            except Exception as e:  # noqa: BLE001 - the status is sent: the error goes in the stream
+                err = _engine_error(entry.id, e)
+                request.scope.setdefault("state", {})["error"] = err.message
+                yield _sse(err.body())
+            finally:
+                with anyio.CancelScope(shield=True):  # a client that went away still frees the model
+                    await anyio.to_thread.run_sync(it.close)
+                    await pool.release(slot)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def embeddings(request: Request) -> Response:
+        body = await read_json(request)
+        entry = pool.entry(body.get("model"))
+        request.scope.setdefault("state", {})["model"] = entry.id
+        if _bool(body, "stream"):
+            raise ApiError(400, "embeddings do not stream; leave 'stream' out", param="stream")
+        inp = body.get("input")
+        texts = [inp] if isinstance(inp, str) else inp
+        if not isinstance(texts, list) or not texts or len(texts) > MAX_INPUTS or \
+                not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, f"'input' must be a string or a list of 1 to {MAX_INPUTS} strings", param="input")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+        slot = await pool.acquire(entry, True)
+        model = slot.model
+
+        def run() -> tuple[list[list[float]], int]:
+            n_tokens = 0
+            vectors = []
+            for t in texts:
+                n = len(model.tokenize(t))
+                if n >= model.n_ctx:
+                    raise ValueError(f"input has {n} tokens; the context holds {model.n_ctx}")
+                n_tokens += n
+                vectors.append(model.embed(t))
+            return vectors, n_tokens
+
+        try:
+            vectors, n_tokens = await anyio.to_thread.run_sync(run)
+        except Exception as e:  # noqa: BLE001
+            raise _engine_error(entry.id, e) from None
+        finally:
+            await pool.release(slot)
+        return JSONResponse({"object": "list", "model": entry.id,
+                             "data": [{"object": "embedding", "index": i,
+                                       "embedding": v if encoding == "float" else _base64_floats(v)}
+                                      for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+
+    app = Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", api(models), methods=["GET"]),
+        Route("/v1/completions", api(completions), methods=["POST"]),
+        Route("/v1/chat/completions", api(chat_completions), methods=["POST"]),
+        Route("/v1/embeddings", api(embeddings), methods=["POST"]),
+    ], exception_handlers={404: not_found, 405: bad_method})
+    app.state.pool = pool
+    return _RequestLog(app)
+
+
+def _base64_floats(v: list[float]) -> str:
+    """OpenAI's compact encoding (the openai client asks for it): little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _RequestLog:
+    """ASGI middleware: one log line per request, written when its response (stream included) ends."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.monotonic()
+        status = [0]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        state = scope.setdefault("state", {})
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            extra = "".join(f" {k}={state[k]!r}" for k in ("model", "error") if k in state)
+            log.info("%s %s %s %d %.3fs%s", client[0], scope["method"], scope["path"], status[0],
+                     time.monotonic() - t0, extra)
+
+
+# ------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gpt4all-serve",
+        description="Serve model files of every era over an OpenAI-compatible HTTP API, each model in its own "
+                    "worker process.")
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched recursively)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=4891, help="TCP port (default 4891, as the GPT4All app)")
+    ap.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: env GPT4ALL_API_KEY, if set)")
+    ap.add_argument("--max-loaded", type=int, default=2, metavar="N", help="models loaded at once (default 2)")
+    ap.add_argument("--memory-budget", type=float, default=None, metavar="MIB",
+                    help="keep the sum of the loaded models' RAM+VRAM estimates under MIB (default: no limit)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="CPU threads per model (default: the engine's own choice)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.max_loaded < 1:
+        print("gpt4all-serve: --max-loaded must be at least 1", file=sys.stderr)
+        return 2
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        print("gpt4all-serve: --memory-budget must be a positive number of MiB", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("gpt4all-serve needs the serve extra: pip install 'gpt4all-loader[serve]'", file=sys.stderr)
+        return 2
+    entries, skipped = discover(args.paths)
+    for line in skipped:
+        log.info("%s", line)
+    budget = args.memory_budget
+    for e in list(entries.values()):
+        if budget is not None and e.memory_mib > budget:
+            log.info("not served: %s: needs about %.0f MiB, over --memory-budget %.0f MiB", e.path, e.memory_mib, budget)
+            del entries[e.id]
+    if not entries:
+        print("gpt4all-serve: no model to serve (see the reasons above)", file=sys.stderr)
+        return 1
+    for e in entries.values():
+        log.info("serving %s (%s, about %.0f MiB)", e.id, e.path, e.memory_mib)
+    pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads)
+    app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    finally:
+        pool.close_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""load(..., isolated=True): the Model API with the engine in a worker process, and its faults as errors."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from conftest import require_backend
+
+from gpt4all_loader import BackendError, FormatError, ModelClosedError, UnsupportedModelError, load
+from gpt4all_loader.worker import IsolatedModel
+from gpt4all_loader.writer import TinyLlama, write_llama
+
+TEMPLATE = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]"
+#: every worker call in these tests answers within this many seconds, or fails the test
+TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory):
+    require_backend("gguf-2026-10")
+    p = tmp_path_factory.mktemp("iso") / "tiny.gguf"
+    return write_llama(p, TinyLlama(seed=0), "gguf", version=3, chat_template=TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def pair(gguf):
+    """(isolated, in-process) on the same file, with embeddings."""
+    iso = load(gguf, isolated=True, n_threads=1, embeddings=True, worker_timeout=TIMEOUT)
+    ref = load(gguf, n_threads=1, embeddings=True)
+    yield iso, ref
+    iso.close()
+    ref.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0): read its state
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_same_api_same_answers(pair):
+    iso, ref = pair
+    assert isinstance(iso, IsolatedModel) and iso.pid != os.getpid()
+    for key in ("path", "backend", "variant", "n_ctx", "n_vocab", "n_embd", "format"):
+        assert getattr(iso.info, key) == getattr(ref.info, key)
+    assert iso.facts.architecture == ref.facts.architecture
+    text = "hello world, once upon a time"
+    toks = iso.tokenize(text)
+    assert toks == ref.tokenize(text) and iso.detokenize(toks) == ref.detokenize(toks)
+    assert (iso.token_bos(), iso.token_eos(), iso.n_vocab, iso.n_ctx) == (ref.token_bos(), ref.token_eos(),
+                                                                            ref.n_vocab, ref.n_ctx)
+    for m in (iso, ref):
+        m.reset()
+        m.evaluate(toks)
+    assert iso.n_past == ref.n_past == len(toks)
+    assert iso.logits() == ref.logits()
+    assert iso.embed("hello") == ref.embed("hello")
+    kw = dict(max_tokens=12, temperature=0)
+    assert iso.generate("hello", **kw) == ref.generate("hello", **kw)
+    assert list(iso.generate_tokens("hello", **kw)) == list(ref.generate_tokens("hello", **kw))
+    sampled = dict(max_tokens=12, temperature=0.8, seed=5)
+    assert iso.generate("hello", **sampled) == ref.generate("hello", **sampled)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert iso.chat(msgs, max_tokens=6, temperature=0) == ref.chat(msgs, max_tokens=6, temperature=0)
+
+
+def test_streaming_stop_callback_and_cancel(pair):
+    iso, ref = pair
+    kw = dict(max_tokens=16, temperature=0)
+    it = iso.generate("hello", stream=True, **kw)
+    assert not isinstance(it, str)
+    pieces = list(it)
+    assert pieces == list(ref.generate("hello", stream=True, **kw))
+    assert it.stats["completion_tokens"] == 16 and it.stats["finish_reason"] == "length"
+    full = "".join(pieces)
+    stop = full[3:5]
+    assert iso.generate("hello", stop=[stop], **kw) == ref.generate("hello", stop=[stop], **kw) == full[:full.find(stop)]
+    seen_i: list[str] = []
+    seen_r: list[str] = []
+    got = iso.generate("hello", callback=lambda p: seen_i.append(p) or len(seen_i) < 3, **kw)
+    want = ref.generate("hello", callback=lambda p: seen_r.append(p) or len(seen_r) < 3, **kw)
+    assert got == want and seen_i == seen_r and len(seen_i) == 3
+    # breaking out cancels in the worker: the next call answers at once, from a short context
+    stream = iso.generate("hello", stream=True, max_tokens=200, temperature=0)
+    next(stream)
+    stream.close()
+    assert iso.n_past < 10
+    assert iso.tokenize("abc") == ref.tokenize("abc")
+    # a stream left open blocks other calls of the same thread with a clear error, not a deadlock
+    stream = iso.generate("hello", stream=True, max_tokens=4, temperature=0)
+    next(stream)
+    with pytest.raises(RuntimeError, match="stream of this model is open"):
+        iso.tokenize("x")
+    stream.close()
+
+
+def test_errors_cross_the_boundary(pair, tmp_path):
+    iso, ref = pair
+    with pytest.raises(ValueError, match="context holds"):
+        iso.generate("hello " * 400, max_tokens=1)
+    with pytest.raises(AttributeError):
+        iso.no_such_method  # noqa: B018
+    not_model = tmp_path / "notes.gguf"
+    not_model.write_text("hello\n")
+    with pytest.raises((FormatError, UnsupportedModelError)) as e:
+        load(not_model, isolated=True, worker_timeout=TIMEOUT)
+    assert str(not_model) in str(e.value)
+    assert iso.generate("hello", max_tokens=2, temperature=0) == ref.generate("hello", max_tokens=2, temperature=0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGABRT, signal.SIGSEGV])
+def test_a_dying_worker_is_an_error_not_a_crash(gguf, sig):
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
+    stream = m.generate("hello", stream=True, max_tokens=100, temperature=0)
+    next(stream)
+    os.kill(m.pid, sig)
+    with pytest.raises(BackendError) as e:
+        list(stream)
+    assert sig.name in str(e.value) and str(gguf) in str(e.value)
+    assert m.closed and _gone(m.pid)
+    with pytest.raises(ModelClosedError, match=sig.name):  # the next call reports it closed, and why
+        m.tokenize("x")
+    m.close()
+
+
+def test_a_hung_worker_times_out(gguf):
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=1.0)
+    os.kill(m.pid, signal.SIGSTOP)
+    with pytest.raises(BackendError, match=r"no answer to tokenize within 1 s") as e:
+        m.tokenize("hello")
+    assert str(gguf) in str(e.value) and _gone(m.pid)
+    with pytest.raises(ModelClosedError):
+        m.generate("x")
+
+
+def test_close_ends_the_worker(gguf):
+    with load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT) as m:
+        pid = m.pid
+        stream = m.generate("hello", stream=True, max_tokens=50, temperature=0)
+        next(stream)
+    assert m.closed and _gone(pid)
+    with pytest.raises(ModelClosedError):
+        m.tokenize("x")
+
+
+def test_legacy_era_isolated(tiny_llama):
+    require_backend("llama-2023-08")
+    path = tiny_llama[("ggjt", 3, "f32")]
+    with load(path, isolated=True, n_threads=1, worker_timeout=TIMEOUT) as iso, load(path, n_threads=1) as ref:
+        assert iso.info.backend == ref.info.backend
+        assert iso.generate("hello", max_tokens=8, temperature=0) == ref.generate("hello", max_tokens=8, temperature=0)
