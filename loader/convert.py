@@ -317,44 +317,8 @@ def _era_backend(facts) -> tuple[str, object]:
     if choice.variant is None:
         raise ConvertError(f"{facts.path}: dequantizing it needs backend {best.backend}, which cannot run here "
                            f"({choice.reason}); build it with: {build_command(best.backend)}")
-    be = native.open_backend(best.backend, choice.variant)
-    _prime_fp16_table(best.backend, be, facts)
-    return best.backend, be
-
-
-def _f16_ok(be) -> bool:
-    from .native import ffi as _ffi
-
-    f = _ffi()
-    src = struct.pack("<2e", 1.0, -2.5)
-    dst = f.new("float[2]")
-    return be.lib.g4a_dequantize(1, f.from_buffer(src), dst, 2) == 0 and list(dst) == [1.0, -2.5]
-
-
-def _prime_fp16_table(name: str, be, facts) -> None:
-    """Make sure the era's fp16 conversion works before dequantizing with it.
-
-    ggml before 2024 converts fp16 (F16 tensors and the f16 scales of most quant blocks) through a
-    lookup table that ggml_init() fills; an era that has not created a ggml context in this process
-    yet returns zeros.  Loading a tiny model of the file's own container once fills the table.
-    """
-    if _f16_ok(be):
-        return
-    from .native import ffi as _ffi
-    from .writer import TinyLlama, write_llama
-
-    f = _ffi()
-    with tempfile.TemporaryDirectory(prefix="g4a-prime-") as d:
-        tiny = Path(d) / "tiny.bin"
-        version = facts.format_version if facts.format != "ggml" else None
-        write_llama(tiny, TinyLlama(seed=0, n_embd=32, n_head=4), facts.format, version=version, ftype="f32")
-        params = f.new("g4a_load_params *", dict(n_ctx=8, n_threads=1))
-        h = be.load_model(str(tiny), params)
-        if h != f.NULL:
-            be.free_model(h)
-    if not _f16_ok(be):
-        raise ConvertError(f"backend {name} converts fp16 values wrongly in this process (its ggml fp16 table "
-                           f"is not initialized), so it cannot dequantize {facts.path}")
+    # (the shim fills the 2023 ggml's fp16 table before dequantizing: no warm-up load is needed)
+    return best.backend, native.open_backend(best.backend, choice.variant)
 
 
 def _read_legacy(src: Path):

@@ -80,10 +80,6 @@ class BackendSpec:
     def version(self) -> str:
         return pinned(self.sdist)[1]
 
-    @property
-    def package(self) -> str:
-        return pinned(self.sdist)[0]
-
 
 def pinned(requirement: str) -> tuple[str, str]:
     """``name==version`` as (name, version); anything but one exact pin raises BuildError.

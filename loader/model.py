@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .errors import BackendError, ChatTemplateError, DeviceError, ModelClosedError, UnsupportedModelError
+from .errors import BackendError, ChatTemplateError, ModelClosedError, UnsupportedModelError
 from .facts import FileFacts
 from .manifest import build_command
 from . import native

@@ -25,7 +25,7 @@ import struct
 import sys
 from array import array
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
@@ -724,13 +724,3 @@ def write_mpt(path: str | os.PathLike, model: TinyMPT, layout: str = "ggmm", fty
             force = layout == "ggmm" and name == "transformer.wte.weight"
             _legacy_tensor(f, name, shape, _ttype(shape, ft, force), m.weights(name), 0)
     return path
-
-
-def _iter_formats() -> Iterable[tuple[str, int | None]]:
-    """Every LLaMA (container, version) the writer produces."""
-    yield "ggml", None
-    yield "ggmf", 1
-    for v in (1, 2, 3):
-        yield "ggjt", v
-    for v in (1, 2, 3):
-        yield "gguf", v

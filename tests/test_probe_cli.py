@@ -60,9 +60,9 @@ def test_zero_byte_file(tmp_path):
     f.write_bytes(b"")
     rc, data = cli_json(f)
     assert rc == 1 and data[0]["loadable"] is False
-    assert data[0]["format"] == "empty" or data[0]["error"]
+    assert data[0]["format"] == "empty" and data[0]["kind"] == "not-a-model" and data[0]["error"] is None
     cp = cli(f)
-    assert cp.returncode == 1 and "NOT LOADABLE" in cp.stdout or "error" in cp.stdout
+    assert cp.returncode == 1 and "NOT LOADABLE: not a model file: an empty file" in cp.stdout
 
 
 def test_six_byte_file(tmp_path):
@@ -79,7 +79,7 @@ def test_random_bytes(tmp_path):
     f.write_bytes(bytes((i * 197 + 13) % 256 for i in range(4096)))
     rc, data = cli_json(f)
     assert rc == 1 and data[0]["loadable"] is False
-    assert data[0]["error"] or data[0]["kind"] == "not-a-model"
+    assert data[0]["format"] == "unknown" and data[0]["kind"] == "not-a-model" and data[0]["error"] is None
 
 
 def test_html_page(tmp_path):

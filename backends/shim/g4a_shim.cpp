@@ -507,7 +507,9 @@ static bool compat_truncate(g4a_model *m, int32_t n_keep) {
 static bool compat_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
 #if G4A_API_GEN >= 6
     llama_memory_t mem = llama_get_memory(m->ctx);
-    if (!llama_memory_can_shift(mem)) return false;
+    // a recurrent state has no positions to drop from the middle
+    if (!llama_memory_can_shift(mem) || llama_model_is_recurrent(m->model) || llama_model_is_hybrid(m->model))
+        return false;
     if (n_discard == 0) return true;
     if (!llama_memory_seq_rm(mem, 0, n_keep, n_keep + n_discard)) return false;
     llama_memory_seq_add(mem, 0, n_keep + n_discard, -1, -n_discard);

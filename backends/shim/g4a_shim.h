@@ -29,7 +29,7 @@ typedef struct g4a_model g4a_model;
 
 /* Our own parameter block: stable across eras, unlike llama_context_params. */
 typedef struct g4a_load_params {
-    int32_t n_ctx;          /* 0: the file's training context (capped by the era's own default) */
+    int32_t n_ctx;          /* <= 0: 512 (the GPT-J/MPT code: the file's training context) */
     int32_t n_threads;      /* <= 0: number of cores */
     int32_t n_gpu_layers;   /* 0 on CPU variants; -1: all layers */
     int32_t vocab_only;     /* load only the vocabulary (no weights) */
@@ -66,7 +66,7 @@ int32_t     g4a_n_embd(const g4a_model *model);
 int32_t     g4a_token_bos(const g4a_model *model);
 int32_t     g4a_token_eos(const g4a_model *model);
 int32_t     g4a_is_eog(const g4a_model *model, int32_t token);
-int32_t     g4a_n_gpu_layers(const g4a_model *model);  /* layers really offloaded */
+int32_t     g4a_n_gpu_layers(const g4a_model *model);  /* layers asked to be offloaded (0 on CPU variants) */
 
 /* Tokenize text (text_len bytes; eras before GGUF stop at a NUL byte).  parse_special: read control
  * tokens such as "<|im_start|>" written in the text (GGUF eras only).  Returns the count written,
