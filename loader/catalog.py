@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from . import validate
 from .manifest import AcceptRule, BackendSpec, build_command, load_manifest
 
 # --------------------------------------------------------------------------------------------------
@@ -217,8 +218,8 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
 
     arch = facts.architecture
     if arch is None:
-        if facts.kind != "vocab-only":
-            fails.append((50, "the file does not state its architecture"))
+        # even a vocabulary-only file needs it: the engines pick the tokenizer's defaults by architecture
+        fails.append((50, "the file does not state its architecture"))
     elif arch not in rule.architectures:
         fails.append((50, _arch_reason(arch, spec, all_archs)))
 
@@ -374,6 +375,10 @@ def verdict_for(facts: Any, spec: BackendSpec, all_archs: frozenset[str] | None 
     for rule in spec.accepts:
         fails = _check_rule(facts, spec, rule, all_archs)
         if not fails:
+            # the era reads this kind of file: now what the header says against what the tensors are
+            bad = validate.problems(facts, spec.name)
+            if bad:
+                return Verdict(spec.name, False, bad, None, spec.priority)
             return Verdict(spec.name, True, [], rule, spec.priority)
         score = sum(w for w, _ in fails)
         if best is None or score < best[0]:

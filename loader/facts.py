@@ -19,6 +19,27 @@ class TensorTypeStat:
 
 
 @dataclass
+class VocabFacts:
+    """What the validator needs to know about a vocabulary, gathered while the reader walks it.
+
+    Kept as counts and flags, not the token list, so that probing a 150k-token file stays cheap.
+    """
+
+    #: element type of the token array ("STRING" normally; GGUF value type name otherwise)
+    token_type: str = "STRING"
+    n_tokens: int = 0
+    #: (element type, length) of the score and token-type arrays, None where absent
+    scores: tuple[str, int] | None = None
+    token_types: tuple[str, int] | None = None
+    #: first token string that occurs twice, and how many repeats there are
+    duplicate: str | None = None
+    n_duplicates: int = 0
+    n_empty: int = 0
+    #: how many of the 256 byte tokens "<0x00>".."<0xFF>" the vocabulary holds
+    n_byte_tokens: int = 0
+
+
+@dataclass
 class FileFacts:
     path: str
     size: int
@@ -62,12 +83,19 @@ class FileFacts:
     notes: list[str] = field(default_factory=list)
     #: names of all tensors (for rules such as "needs output.weight"); not part of to_dict()
     tensor_names: frozenset[str] = field(default_factory=frozenset, repr=False)
-    #: GGUF only: name -> (type name, ne, bytes), for per-layer and per-use memory figures; not part
-    #: of to_dict()
+    #: name -> (ggml type name, ne, bytes) of every tensor: per-layer and per-use memory figures
+    #: (GGUF) and the checks of hyperparameters against the tensors (``validate.py``); not part of
+    #: to_dict()
     tensors: dict[str, tuple[str, tuple[int, ...], int]] = field(default_factory=dict, repr=False)
+    #: vocabulary summary (GGUF files with a token array); not part of to_dict()
+    vocab: VocabFacts | None = field(default=None, repr=False)
+    #: GGUF ``general.alignment`` (None: legacy container); not part of to_dict()
+    alignment: int | None = field(default=None, repr=False)
+    #: GGUF key -> value type name ("UINT32", "ARRAY[STRING]" ...); not part of to_dict()
+    kv_types: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("tensor_names", None)
-        d.pop("tensors", None)
+        for k in ("tensor_names", "tensors", "vocab", "kv_types", "alignment"):
+            d.pop(k, None)
         return d

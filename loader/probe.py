@@ -113,12 +113,11 @@ def _built() -> tuple[dict[str, list[str]] | None, Any]:
 
 
 def _precheck(path: str) -> None:
-    """Raise OSError for paths that cannot be read as a file (clear messages before the reader runs)."""
-    st = os.stat(path)  # ENOENT, ELOOP, ENOTDIR, EACCES
-    import stat as _stat
+    """Raise OSError for paths that cannot be read as a file (clear messages before the reader runs);
+    FIFOs and devices are refused before they are opened (opening a FIFO blocks)."""
+    from .reader import check_regular_file
 
-    if _stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(21, "is a directory", path)
+    check_regular_file(path)  # ENOENT, ELOOP, ENOTDIR, EACCES, EISDIR, EINVAL (not a regular file)
     with open(path, "rb"):
         pass
 

@@ -383,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of file names (kept by Python as surrogates) shown as ``\\xNN``
+    escapes, and with characters the output encoding lacks escaped too, so that no name stops the
+    report."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        return text.encode(enc, "backslashreplace").decode(enc)
+    except LookupError:
+        return text
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.ctx_size is not None and args.ctx_size <= 0:
         raise UsageError("--ctx-size must be positive")
@@ -428,7 +440,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         st = Style(sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
         blocks = [render(r, st, verbose=args.verbose, show_memory=args.estimate) for r in reports]
-        sys.stdout.write("\n\n".join(blocks) + "\n")
+        sys.stdout.write(printable("\n\n".join(blocks) + "\n"))
     sys.stdout.flush()
 
     if unreadable:

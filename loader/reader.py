@@ -13,7 +13,9 @@ Tensor data running past the end of the file is reported (``truncated=True``), n
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -120,17 +122,22 @@ class ByteSource:
         self.pos += n
 
     def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
-                     collect: bool = False, max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | None:
+                     collect: bool = False, texts: bool = False,
+                     max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | list[bytes] | None:
         """Walk ``count`` records of (length, bytes[length], ``extra`` bytes) as fast as possible.
 
         ``mask`` clears flag bits from the length (GPT4All MPT marks special tokens with bit 31).
-        With ``collect``, returns the (text, extra) pairs.  A length beyond the end of the file or
-        above ``max_len`` raises FormatError naming the record.
+        With ``collect``, returns the (text, extra) pairs; with ``texts`` (and no ``extra``), the texts
+        alone, which is cheaper.  A length beyond the end of the file or above ``max_len`` raises
+        FormatError naming the record.
         """
+        if texts and extra:
+            raise ValueError("texts=True returns records without extra bytes")
+        collect = collect or texts
         ls = self._struct(len_fmt)
         lsize = ls.size
         unpack_len = ls.unpack_from
-        out: list[tuple[bytes, bytes]] | None = [] if collect else None
+        out: list | None = [] if collect else None
         i = 0
         size = self.size
         while i < count:
@@ -151,12 +158,12 @@ class ByteSource:
                 if out is not None:
                     q = p + lsize
                     if q + n + extra <= end:
-                        out.append((buf[q:q + n], buf[q + n:q + n + extra]))
+                        out.append(buf[q:q + n] if texts else (buf[q:q + n], buf[q + n:q + n + extra]))
                     else:
                         self.pos = base + q
                         text = self.take(n, f"{field}[{i}]")
                         tail = self.take(extra, f"{field}[{i}] extra") if extra else b""
-                        out.append((text, tail))
+                        out.append(text if texts else (text, tail))
                         i += 1
                         break
                 p += lsize + n + extra
@@ -221,6 +228,26 @@ def _not_a_model(path: str, size: int, head: bytes) -> FileFacts:
     return facts("unknown", f"not a known model format (first bytes {shown})")
 
 
+#: what a path that is not a regular file is, for the message (stat.S_IFMT value -> words)
+_SPECIAL_FILES = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                  stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def check_regular_file(path: str) -> os.stat_result:
+    """``os.stat(path)``, refusing anything but a regular file before it is opened for reading.
+
+    Opening a FIFO blocks until a writer appears, and reading a device such as ``/dev/zero`` never
+    ends; a directory raises IsADirectoryError.  OSError (missing file, permission) propagates.
+    """
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        what = _SPECIAL_FILES.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise OSError(errno.EINVAL, f"{what}, not a regular file: only model files on disk are read", path)
+    return st
+
+
 def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
     """Identify ``path`` and describe it (container, version, architecture, hparams, tensor types ...).
 
@@ -230,12 +257,17 @@ def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bo
     ``"tokenizer.ggml.tokens"`` as raw bytes and, where stored, ``"tokenizer.ggml.scores"``).
 
     Non-model files give ``kind="not-a-model"``; a damaged header of a model container raises
-    FormatError; OSError (missing file, permission) propagates unchanged.
+    FormatError; OSError (missing file, permission) propagates unchanged, and anything that is not a
+    regular file (FIFO, device, /proc pseudo-file) raises OSError without being read.
     """
     p = str(Path(path))
+    check_regular_file(p)
     with open(p, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(4096)
+        if size == 0 and head:
+            raise OSError(errno.EINVAL, "a file whose size the system does not report (a /proc or /sys "
+                                        "pseudo-file), not a model file", p)
         try:
             if len(head) >= 4 and head[:4] == GGUF_MAGIC:
                 from . import reader_gguf

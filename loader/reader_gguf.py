@@ -14,7 +14,7 @@ import struct
 from array import array
 from typing import Any, BinaryIO
 
-from .facts import FileFacts, TensorTypeStat
+from .facts import FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import GGUF_SCALAR_FMT, GGUF_VALUE_TYPES, TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .reader import ByteSource
 
@@ -25,6 +25,13 @@ MAX_STRING_VALUE = 1 << 20
 MAX_KEY_LEN = 1 << 16
 MAX_TENSOR_NAME = 1 << 12
 MAX_NESTING = 3
+#: ggml's GGML_MAX_NAME: a tensor name must be shorter (it is copied into a fixed char array)
+GGML_MAX_NAME = 64
+#: tensor data must end below this many bytes from the data start (file offsets are signed 64-bit;
+#: ggml refuses sizes that overflow size_t after padding or when summed)
+MAX_DATA = 1 << 63
+#: the 256 byte tokens of a SentencePiece vocabulary with byte fallback
+_BYTE_TOKENS = frozenset(f"<0x{i:02X}>".encode() for i in range(256))
 _SPLIT_EXPERT = re.compile(r"^blk\.\d+\.ffn_(gate|down|up)\.\d+\.weight$")
 
 _SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in GGUF_SCALAR_FMT.items()}
@@ -106,6 +113,61 @@ class _Gguf:
             return items if full else {"type": tname, "length": count}
         raise src.error(field, f"a GGUF value type 0-12 (got {vtype})", src.pos - 4)
 
+    def tokens(self, field: str, keep: bool) -> tuple[Any, VocabFacts]:
+        """The token array (value as :meth:`value` returns it) and its :class:`VocabFacts`.
+
+        String arrays are walked once, collecting the raw bytes, so that duplicates, empty strings
+        and byte tokens are counted without decoding every token.
+        """
+        src = self.src
+        start = src.pos
+        raw4 = src.peek(4)
+        atype = int.from_bytes(raw4, "little" if src.endian == "<" else "big") if len(raw4) == 4 else -1
+        if atype != 8:
+            val = self.value(9, field, keep_arrays=keep)
+            n = len(val) if isinstance(val, list) else int(val.get("length", 0))
+            return val, VocabFacts(token_type=GGUF_VALUE_TYPES.get(atype, str(atype)), n_tokens=n)
+        src.u32(f"{field} array element type")
+        count = src.unpack(self.len_fmt, f"{field} array length")[0]
+        if count * self.len_size > src.remaining:
+            raise src.error(f"{field} array length", f"at most {src.remaining // self.len_size} STRING elements "
+                                                     f"in the {src.remaining} bytes left (got {count})", start + 4)
+        # counted with set and list operations that run in C
+        raw = src.walk_strings(count, self.len_fmt, field, texts=True, max_len=MAX_STRING_VALUE) or []
+        uniq = set(raw)
+        vf = VocabFacts(n_tokens=count, n_duplicates=len(raw) - len(uniq),
+                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS))
+        if vf.n_duplicates:
+            seen: set[bytes] = set()
+            for t in raw:
+                if t in seen:
+                    vf.duplicate = t.decode("utf-8", "replace")
+                    break
+                seen.add(t)
+        if keep or count <= SMALL_ARRAY:
+            return [t.decode("utf-8", "replace") for t in raw], vf
+        return {"type": "STRING", "length": count}, vf
+
+
+def _type_label(src: ByteSource, vtype: int) -> str:
+    """"UINT32", "STRING", "ARRAY[STRING]" ... of the value that starts at ``src.pos``."""
+    if vtype != 9:
+        return GGUF_VALUE_TYPES.get(vtype, str(vtype))
+    raw = src.peek(4)
+    atype = int.from_bytes(raw, "little" if src.endian == "<" else "big") if len(raw) == 4 else -1
+    return f"ARRAY[{GGUF_VALUE_TYPES.get(atype, str(atype))}]"
+
+
+def _array_shape(kv: dict[str, Any], kv_types: dict[str, str], key: str) -> tuple[str, int] | None:
+    """(element type, length) of an array value; (value type, 0) for a key that is not an array;
+    None when the key is absent."""
+    t = kv_types.get(key, "")
+    v = kv.get(key)
+    if not t.startswith("ARRAY["):
+        return (t, 0) if t else None
+    n = len(v) if isinstance(v, list) else int(v.get("length", 0)) if isinstance(v, dict) else 0
+    return t[6:-1], n
+
 
 def _version_and_endian(src: ByteSource) -> tuple[int, str]:
     raw = src.take(4, "version")
@@ -123,6 +185,8 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     src.take(4, "magic")
     version, endian = _version_and_endian(src)
     src.endian = endian
+    # GGUF v1 is read on purpose although ggml refuses it since Nov 2023: the gguf-2023-11 backend
+    # still loads it, and the probe can say so (the only deliberate difference from ggml's reader)
     if version not in (1, 2, 3):
         raise src.error("version", f"GGUF version 1, 2 or 3 (got {version}; a newer GGUF revision "
                                    f"or a damaged file)", 4)
@@ -141,17 +205,35 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
                                      f"{src.remaining} bytes left (got {n_tensors})", 8)
 
     kv: dict[str, Any] = {}
-    keys_seen: set[str] = set()
+    kv_types: dict[str, str] = {}
     notes: list[str] = []
+    vocab: VocabFacts | None = None
     for i in range(n_kv):
         key_off = src.pos
         key = g.string(f"kv[{i}] key", MAX_KEY_LEN)
+        # ggml's gguf reader refuses both (the engines would keep the first value, we the last)
+        if not key:
+            raise src.error(f"kv[{i}] key", "a non-empty key", key_off)
+        if key in kv:
+            raise src.error(f"kv[{i}] key", f"a key not seen before (got a second {key!r})", key_off)
         vtype = src.u32(f"kv[{i}] ({key}) value type")
-        val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab)
-        if key in keys_seen:
-            notes.append(f"duplicate key {key!r} at byte {key_off}")
-        keys_seen.add(key)
+        kv_types[key] = _type_label(src, vtype)
+        if key == "tokenizer.ggml.tokens" and vtype == 9:
+            val, vocab = g.tokens(f"kv[{i}] ({key})", keep=with_vocab)
+        else:
+            val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab)
         kv[key] = val
+    if vocab is not None:
+        vocab.scores = _array_shape(kv, kv_types, "tokenizer.ggml.scores")
+        vocab.token_types = _array_shape(kv, kv_types, "tokenizer.ggml.token_type")
+
+    # alignment: checked before the tensor infos, whose offsets must be multiples of it
+    alignment = kv.get("general.alignment", 32)
+    if "general.alignment" in kv and kv_types["general.alignment"] != "UINT32":
+        raise src.error("general.alignment", f"a UINT32 value (got {kv_types['general.alignment']}; "
+                                             f"llama.cpp aborts on any other type)")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise src.error("general.alignment", f"a power of two (got {alignment!r})")
 
     # tensor infos
     stats: dict[str, TensorTypeStat] = {}
@@ -163,9 +245,18 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     unknown_types: set[int] = set()
     ne_fmt = "I" if g.v1 else "q"
     table = TYPES["pr1508"]
+    #: where the next tensor's data must start (ggml packs tensors in order, each padded to the
+    #: alignment); None once a tensor of unknown size makes it unknowable
+    expected: int | None = 0
     for i in range(n_tensors):
+        name_off = src.pos
         name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
         label = f"tensor_info[{i}] ({name})"
+        if src.pos - name_off - g.len_size >= GGML_MAX_NAME:  # the length in bytes, as stored
+            raise src.error(f"{label} name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)", name_off)
+        if name in names:
+            raise src.error(f"{label} name", "a tensor name not used before (a second tensor of that name)",
+                            name_off)
         nd_off = src.pos
         n_dims = src.u32(f"{label} n_dims")
         if not 1 <= n_dims <= 4:
@@ -180,6 +271,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         if n_el >= 1 << 63:
             raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
         ttype = src.u32(f"{label} type")
+        off_off = src.pos
         offset = src.u64(f"{label} offset")
         t = table.get(ttype)
         if t is None:
@@ -195,6 +287,19 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
                 raise src.error(f"{label} ne[0]", f"a row length that is a multiple of the {t.name} "
                                                   f"block size {t.block} (got {ne[0]})", ne_off)
             nbytes = n_el // t.block * t.size
+        if offset % alignment:
+            raise src.error(f"{label} offset", f"a multiple of the alignment {alignment} (got {offset})", off_off)
+        if expected is not None and offset != expected:
+            raise src.error(f"{label} offset", f"{expected}, where the previous tensor's data ends "
+                                               f"(ggml stores tensors in order; got {offset})", off_off)
+        padded = nbytes + (-nbytes % alignment)
+        if t is None:
+            expected = None
+        elif expected is not None:
+            expected += padded
+        if offset + padded >= MAX_DATA:
+            raise src.error(f"{label} ne", f"tensor data that ends below 2^63 bytes (shape {ne} of {tname} "
+                                           f"at offset {offset} needs {nbytes} bytes)", ne_off)
         st = stats.setdefault(tname, TensorTypeStat())
         st.count += 1
         st.bytes += nbytes
@@ -205,11 +310,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         if not split and _SPLIT_EXPERT.match(name):
             split = True
 
-    # alignment and data start
-    alignment = kv.get("general.alignment", 32)
-    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
-            or alignment & (alignment - 1):
-        raise src.error("general.alignment", f"a power of two (got {alignment!r})")
+    # data start
     header_end = src.pos
     data_offset = header_end + (-header_end % alignment)
 
@@ -233,6 +334,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
         data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names), tensors=shapes,
+        vocab=vocab, kv_types=kv_types, alignment=alignment,
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True

@@ -43,6 +43,8 @@ class _Walk:
         self.n = 0
         self.n_params = 0
         self.shapes: dict[str, list[int]] = {}
+        #: name -> (ggml type name, ne, bytes), FileFacts.tensors
+        self.tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}
         self.names: list[str] = []
         self.truncated = False
         self.note: str | None = None
@@ -102,6 +104,7 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         w.n_params += n_el
         w.names.append(name)
         w.shapes[name] = ne
+        w.tensors[name] = (tname, tuple(ne), nbytes)
         w.end = data + nbytes
         w.records.append((name, ttype, ne, data, nbytes))
         if data + nbytes > size:
@@ -174,6 +177,7 @@ def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
     f.data_bytes_expected = w.end - data_offset
     f.truncated = w.truncated
     f.tensor_names = frozenset(w.names)
+    f.tensors = w.tensors
     if w.note:
         f.notes.append(w.note)
 

@@ -1,0 +1,260 @@
+"""Hyperparameters against tensors, per architecture and era, before any native code sees a file.
+
+The reader checks that a container is well formed; the catalog checks that an era reads the
+container, the architecture and the tensor types.  Neither compares what the header *says* with
+what the tensors *are*, and the engines do that with asserts (SIGABRT), divisions (SIGFPE) or not at
+all (SIGSEGV): ``n_head = 0``, ``n_layer`` outside a 2023 size table, an F16 norm, a vocabulary with a
+short score array, two tokens with the same text.  :func:`problems` lists, for one backend, every
+such reason the file would take that backend's process down, so that the catalog refuses the file
+with a reason instead.
+
+What each era asserts is data (:data:`ERAS`, keyed by backend name); the checks themselves are the
+same small functions for every era.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .facts import FileFacts
+
+
+@dataclass(frozen=True)
+class EraLimits:
+    """What one backend's engine asserts about a file, beyond what the manifest's accept rules say."""
+
+    #: legacy LLaMA: n_layer values of the loader's model-size table (others abort when the size
+    #: is printed); None: no table
+    layer_table: frozenset[int] | None = None
+    #: legacy LLaMA: n_layer below this is taken as 7B instead of aborting (2023-08)
+    layer_table_below: int = 0
+    #: legacy LLaMA: the loader asserts n_rot == n_embd / n_head
+    rot_asserted: bool = False
+    #: ggml types a 1-D tensor may have (norms and biases); None: any type the era reads
+    vector_types: frozenset[str] | None = None
+    #: GGUF: 1-D tensors named ``*norm.weight`` must be F32
+    norms_f32: bool = False
+    #: GGUF: two tokens with the same text abort the vocabulary load
+    unique_tokens: bool = False
+    #: GGUF: tokenizer models each architecture runs with (others abort or allocate without bound)
+    arch_tokenizers: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: GGUF: ``general.alignment`` must be a multiple of this (1 aborts 2026-10; ggml-backend of
+    #: 2024 on asserts its 32-byte TENSOR_ALIGNMENT on the mapped data, so 8 aborts those too)
+    alignment_multiple: int = 8
+
+
+_LAYER_TABLE_2023 = frozenset({32, 40, 60, 80})
+#: the tokenizers a LLaMA-graph GGUF file may name; "bert", "none", "no_vocab" abort in 2024-2026
+#: builds, "rwkv" allocates about 12 GiB first (measured)
+_LLAMA_TOKENIZERS = (("llama", frozenset({"llama", "gpt2"})),)
+
+ERAS: dict[str, EraLimits] = {
+    # llama_model_type_name(): LLAMA_ASSERT(false) for any other n_layer; 1-D tensors are assumed F32
+    "llama-2023-04": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
+    "llama-2023-05": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
+    # b1000 adds 26 (3B) and maps n_layer < 32 to 7B; asserts n_embd / n_head == n_rot in the graph
+    "llama-2023-08": EraLimits(layer_table=frozenset({26, 32, 40, 60, 80}), layer_table_below=32,
+                               rot_asserted=True),
+    "gguf-2023-11": EraLimits(),
+    "gguf-2024-09": EraLimits(unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS, alignment_multiple=32),
+    "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
+                              alignment_multiple=32),
+}
+
+#: element types ggml can hold but no matrix multiplication of any era takes as weights
+#: (SIGSEGV or SIGABRT in the first evaluation, measured on 2026-10)
+NON_WEIGHT_TYPES = frozenset({"I8", "I16", "I32", "I64", "F64", "Q8_1"})
+#: more layers than any released model has: a header number beyond it is damage, not a model
+MAX_LAYERS = 4096
+
+#: architectures whose graph divides by the head counts (the cases measured to crash)
+ATTENTION_ARCHS = frozenset({"llama"})
+
+_LEGACY = frozenset({"ggml", "ggmf", "ggjt"})
+_BLOCK = {"gguf": re.compile(r"^blk\.(\d+)\."), "legacy": re.compile(r"^layers\.(\d+)\.")}
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _blocks(facts: FileFacts, family: str) -> set[int]:
+    pat = _BLOCK[family]
+    out = set()
+    for name in facts.tensor_names:
+        m = pat.match(name)
+        if m:
+            out.add(int(m.group(1)))
+    return out
+
+
+def _layer_count(facts: FileFacts, family: str, exact: bool) -> list[str]:
+    """``n_layer`` against the ``blk.N.`` / ``layers.N.`` blocks the file holds."""
+    n_layer = _int(facts.hparams.get("n_layer"))
+    key = "block_count" if family == "gguf" else "n_layer"
+    if not facts.n_tensors:
+        return []
+    if n_layer is None:
+        return [f"the header states no {key}"] if family == "gguf" else []
+    if not 1 <= n_layer <= MAX_LAYERS:
+        return [f"{key} {n_layer} is outside 1..{MAX_LAYERS}"]
+    blocks = _blocks(facts, family)
+    if blocks and max(blocks) >= n_layer:
+        return [f"{key} is {n_layer} but the file holds tensors of block {max(blocks)}"]
+    # a file without any block tensors gets the engine's own "missing tensor" error instead
+    if exact and blocks and blocks != set(range(n_layer)):
+        return [f"{key} is {n_layer} but the file holds {len(blocks)} blocks of tensors"]
+    return []
+
+
+def _heads(facts: FileFacts) -> list[str]:
+    """Head counts: zero divides by zero (SIGFPE); LLaMA needs n_head to divide n_embd."""
+    hp = facts.hparams
+    out = []
+    for name in ("n_head", "n_head_kv"):
+        v = _int(hp.get(name))
+        # state-space models (mamba ...) state 0 heads on purpose: only attention graphs divide by it
+        if facts.architecture in ATTENTION_ARCHS and v is not None and v <= 0:
+            out.append(f"{name} is {v}; it must be positive (the engine divides by it)")
+    n_head, n_embd = _int(hp.get("n_head")), _int(hp.get("n_embd"))
+    if facts.architecture == "llama" and n_head and n_head > 0 and n_embd is not None and n_embd % n_head:
+        out.append(f"n_head {n_head} does not divide n_embd {n_embd}")
+    n_kv = _int(hp.get("n_head_kv"))
+    if facts.architecture == "llama" and n_head and n_kv and n_kv > 0 and n_head % n_kv:
+        out.append(f"n_head_kv {n_kv} does not divide n_head {n_head}")
+    if facts.architecture == "llama" and n_head and n_head > 0 and n_embd and n_embd % n_head == 0:
+        # RoPE turns pairs of values: ggml asserts an even number of rotated dimensions
+        head_dim, n_rot = n_embd // n_head, _int(hp.get("n_rot"))
+        if head_dim % 2:
+            out.append(f"the head dimension n_embd / n_head = {head_dim} is odd; RoPE needs it even")
+        elif n_rot is not None and (n_rot <= 0 or n_rot % 2 or n_rot > head_dim):
+            out.append(f"n_rot {n_rot} is not an even number of dimensions up to the head dimension {head_dim}")
+    return out
+
+
+def _legacy_llama(facts: FileFacts, era: EraLimits) -> list[str]:
+    hp = facts.hparams
+    out = []
+    n_mult = _int(hp.get("n_mult"))
+    if n_mult is not None and n_mult <= 0:
+        out.append(f"n_mult is {n_mult}; it must be positive (the loader divides by it)")
+    n_layer = _int(hp.get("n_layer"))
+    if era.layer_table is not None and n_layer is not None and n_layer not in era.layer_table \
+            and not n_layer < era.layer_table_below:
+        sizes = ", ".join(map(str, sorted(era.layer_table)))
+        below = f" or fewer than {era.layer_table_below}" if era.layer_table_below else ""
+        out.append(f"n_layer {n_layer} is not in this loader's model-size table ({sizes}{below}); "
+                   "it aborts on any other value")
+    n_head, n_embd, n_rot = _int(hp.get("n_head")), _int(hp.get("n_embd")), _int(hp.get("n_rot"))
+    if era.rot_asserted and n_head and n_embd and n_embd % n_head == 0 and n_rot != n_embd // n_head:
+        out.append(f"n_rot {n_rot} differs from n_embd / n_head = {n_embd // n_head}; this loader asserts "
+                   "they are equal")
+    emb = facts.tensors.get("tok_embeddings.weight")
+    n_vocab = _int(hp.get("n_vocab"))
+    if emb and len(emb[1]) == 2 and n_vocab is not None and emb[1][1] != n_vocab:
+        out.append(f"n_vocab is {n_vocab} but tok_embeddings.weight has {emb[1][1]} rows")
+    return out
+
+
+def _types(facts: FileFacts, era: EraLimits) -> list[str]:
+    """Tensor types by role: weight matrices of a computable type; norms of the type the era assumes."""
+    out = []
+    bad_w = sorted({t for t, shape, _ in facts.tensors.values()
+                    if t in NON_WEIGHT_TYPES and sum(d > 1 for d in shape) >= 2})
+    if bad_w:
+        out.append(f"weight matrices of type {'/'.join(bad_w)}, which no matrix multiplication takes")
+    vec = [(n, t) for n, (t, shape, _) in facts.tensors.items() if len(shape) == 1]
+    if era.vector_types is not None:
+        bad = sorted({t for _, t in vec if t not in era.vector_types})
+        if bad:
+            out.append(f"1-D tensors (norms) of type {'/'.join(bad)}; this loader needs "
+                       f"{'/'.join(sorted(era.vector_types))}")
+    if era.norms_f32:
+        bad = sorted({t for n, t in vec if n.endswith("norm.weight") and t != "F32"})
+        if bad:
+            out.append(f"norm tensors of type {'/'.join(bad)}; this engine needs F32 norms")
+    return out
+
+
+def _gguf_hparams(facts: FileFacts, era: EraLimits) -> list[str]:
+    hp = facts.hparams
+    out = []
+    # experts: both counts or neither (0 counts as absent), and no more used than there are
+    n_exp, n_used = _int(hp.get("expert_count")) or 0, _int(hp.get("expert_used_count")) or 0
+    if n_used and not n_exp:
+        out.append("expert_used_count is set without expert_count")
+    elif n_exp and not n_used:
+        out.append(f"expert_count is {n_exp} but expert_used_count is not set")
+    elif n_used > n_exp:
+        out.append(f"expert_used_count {n_used} exceeds expert_count {n_exp}")
+    for key in ("rms_norm_eps", "norm_eps"):
+        v = hp.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v > 0):
+            out.append(f"{key} is {v}; it must be a finite positive number")
+    # the reader already refused a general.alignment that is not a UINT32 power of two
+    if facts.alignment is not None and facts.alignment % era.alignment_multiple:
+        out.append(f"general.alignment is {facts.alignment}; this engine needs a multiple of "
+                   f"{era.alignment_multiple}")
+    return out
+
+
+def _vocab(facts: FileFacts, era: EraLimits) -> list[str]:
+    v = facts.vocab
+    if v is None:
+        return []
+    out = []
+    if v.token_type != "STRING":
+        return [f"tokenizer.ggml.tokens is an array of {v.token_type}, not of strings"]
+    for key, arr, want in (("scores", v.scores, "FLOAT32"), ("token_type", v.token_types, "INT32")):
+        if arr is None:
+            continue
+        etype, n = arr
+        if etype != want:
+            out.append(f"tokenizer.ggml.{key} holds {etype}, not {want}")
+        elif n != v.n_tokens:
+            out.append(f"tokenizer.ggml.{key} has {n} entries for {v.n_tokens} tokens")
+    emb = facts.tensors.get("token_embd.weight")
+    if emb and len(emb[1]) == 2 and emb[1][1] != v.n_tokens:
+        out.append(f"the vocabulary has {v.n_tokens} tokens but token_embd.weight has {emb[1][1]} rows")
+    if era.unique_tokens and v.duplicate is not None:
+        out.append(f"token text {v.duplicate!r} occurs more than once ({v.n_duplicates} repeats); this engine "
+                   "asserts every token text is unique")
+    if facts.tokenizer == "llama" and v.n_tokens:
+        if v.n_empty:
+            out.append(f"{v.n_empty} empty token string(s) in a SentencePiece vocabulary")
+        if v.n_byte_tokens < 256:
+            out.append(f"the SentencePiece vocabulary has {v.n_byte_tokens} of the 256 byte tokens <0x00>..<0xFF> "
+                       "its byte fallback needs")
+    for arch, toks in era.arch_tokenizers:
+        if facts.architecture == arch and facts.tokenizer is not None and facts.tokenizer not in toks:
+            out.append(f"tokenizer model '{facts.tokenizer}' cannot drive a {arch} model on this engine "
+                       f"(it takes {' or '.join(sorted(toks))})")
+    return out
+
+
+def _gguf_checks(facts: FileFacts, era: EraLimits) -> list[str]:
+    return (_layer_count(facts, "gguf", exact=facts.architecture == "llama") + _heads(facts)
+            + _gguf_hparams(facts, era) + _types(facts, era) + _vocab(facts, era))
+
+
+def _legacy_checks(facts: FileFacts, era: EraLimits) -> list[str]:
+    if facts.architecture != "llama":
+        return []
+    return (_heads(facts) + _legacy_llama(facts, era) + _layer_count(facts, "legacy", exact=True)
+            + _types(facts, era))
+
+
+_FAMILY: dict[str, Callable[[FileFacts, EraLimits], list[str]]] = {
+    "gguf": _gguf_checks, **{f: _legacy_checks for f in _LEGACY},
+}
+
+
+def problems(facts: FileFacts, backend: str) -> list[str]:
+    """Why ``backend``'s engine would crash on this file although it reads its container, architecture
+    and tensor types; empty when nothing is known to be wrong."""
+    check = _FAMILY.get(facts.format)
+    if check is None or facts.kind not in ("model", "vocab-only"):
+        return []
+    return check(facts, ERAS.get(backend, EraLimits()))
