@@ -122,3 +122,22 @@ def test_a_chat_session_resends_no_history(files, backend):
             history.append({"role": "assistant", "content": r})
     # later turns evaluate only their new text, far less than the whole conversation
     assert evaluated[-1] < full // 2, (evaluated, full)
+
+
+def test_flash_attention_is_a_load_option(files):
+    """flash_attn="auto" is the era's default (on for the CPU in 2026, off in 2024-09); True/False
+    set it; an era without flash attention refuses True.  The logits agree either way."""
+    out = {}
+    for backend, fa, want in (("gguf-2026-10", "auto", "auto"), ("gguf-2026-10", False, "off"),
+                              ("gguf-2026-10", True, "on"), ("gguf-2024-09", "auto", "off"),
+                              ("gguf-2024-09", True, "on"), ("llama-2023-08", "auto", "off")):
+        require_backend(backend)
+        with g.load(files[backend], backend=backend, n_ctx=64, n_threads=1, flash_attn=fa) as m:
+            assert m.info.flash_attn == want
+            m.evaluate([1, 300, 301, 302])
+            out[(backend, fa)] = m.logits()
+    ref = out[("gguf-2026-10", False)]
+    for key, logits in out.items():
+        assert max(abs(a - b) for a, b in zip(logits, ref)) < 1e-2, key
+    with pytest.raises(ValueError, match="no flash attention"):
+        g.load(files["llama-2023-08"], backend="llama-2023-08", n_ctx=64, flash_attn=True)
