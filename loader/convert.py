@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BuildError, FormatError
+from .errors import BackendError, BuildError, FormatError, UnsupportedModelError
 
 #: the backend whose sdist ships the HF converter and whose quantizer makes quantized outputs
 NEWEST = "gguf-2026-10"
@@ -302,23 +302,18 @@ def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[
 
 
 def _era_backend(facts) -> tuple[str, object]:
-    """The backend (and its opened library) that reads this file: it dequantizes the file's types."""
+    """The backend (and its opened library) that reads this file: it dequantizes the file's types.
+    (The shim fills the 2023 ggml's fp16 table before dequantizing: no warm-up load is needed.)"""
     from . import native
-    from .catalog import build_command, choose
-    from .variants import built_variants, choose_variant
+    from .plan import plan
 
-    built = [b for b, vs in built_variants().items() if vs]
-    best, all_v = choose(facts, prefer=built)
-    if best is None:
-        why = "; ".join(f"{v.backend}: {', '.join(v.reasons)}" for v in all_v if v.reasons)
-        raise ConvertError(f"{facts.path}: {facts.description}: no backend of ours reads it, so none can "
-                           f"dequantize it ({why})")
-    choice = choose_variant(best.backend, "cpu")
-    if choice.variant is None:
-        raise ConvertError(f"{facts.path}: dequantizing it needs backend {best.backend}, which cannot run here "
-                           f"({choice.reason}); build it with: {build_command(best.backend)}")
-    # (the shim fills the 2023 ggml's fp16 table before dequantizing: no warm-up load is needed)
-    return best.backend, native.open_backend(best.backend, choice.variant)
+    try:
+        name, choice = plan(facts, device="cpu").require()
+    except UnsupportedModelError as e:
+        raise ConvertError(f"{e}; so none can dequantize it") from None
+    except BackendError as e:
+        raise ConvertError(f"dequantizing it needs a backend that cannot run here: {e}") from None
+    return name, native.open_backend(name, choice.variant)
 
 
 def _read_legacy(src: Path):

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .errors import BackendError, ChatTemplateError, ModelClosedError, UnsupportedModelError
+from .errors import BackendError, ChatTemplateError, ModelClosedError
 from .facts import FileFacts
-from .manifest import build_command, load_manifest
+from .manifest import load_manifest
 from . import native
-from .variants import VariantChoice, build_record, built_variants, choose_variant
+from .variants import build_record
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
@@ -564,36 +564,13 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
                                                    embeddings=embeddings, seed=seed, vocab_only=vocab_only,
                                                    flash_attn=flash_attn),
                              DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
-    from .catalog import choose
+    from .plan import plan
     from .reader import read_facts
 
     path = os.fspath(path)
     facts = read_facts(path)
     if vocab_only is None:
         vocab_only = bool(facts.vocab_only)
-    # among the backends that read the file, one built on this machine wins over a better unbuilt one
-    best, verdicts = choose(facts, prefer=built_variants())
-    rejected = {v.backend: list(v.reasons) for v in verdicts if not v.loadable}
-    if facts.truncated:
-        raise UnsupportedModelError(
-            f"{path}: {facts.description or facts.format}: the file is truncated "
-            f"(the header describes {facts.data_bytes_expected} bytes of tensor data after offset "
-            f"{facts.data_offset}, the file has {facts.size} bytes in all); download it again")
-    if backend is not None:
-        chosen = next((v for v in verdicts if v.backend == backend), None)
-        if chosen is None:
-            raise BackendError(f"unknown backend {backend!r}; declared: {', '.join(v.backend for v in verdicts)}")
-        if not chosen.loadable:
-            raise UnsupportedModelError(f"{path}: {facts.description}: backend {backend} cannot load it: "
-                                        + "; ".join(chosen.reasons))
-        why_backend = f"backend {backend} requested by the caller"
-    else:
-        if best is None:
-            detail = "; ".join(f"{b}: {', '.join(r)}" for b, r in rejected.items())
-            raise UnsupportedModelError(f"{path}: {facts.description or facts.format}: no backend of ours loads it"
-                                        + (f" ({detail})" if detail else ""))
-        chosen = best
-        why_backend = f"{chosen.backend} reads {facts.description or facts.format}"
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
     if n_ctx is None:
         n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
@@ -602,17 +579,12 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     if n_gpu_layers is not None:
         _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
     seed = _int(seed, "seed", -2**63, 2**64 - 1)
-    # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
-    choice: VariantChoice = choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
-                                           n_ctx=n_ctx)
-    if choice.variant is None:
-        if not built_variants().get(chosen.backend):  # the common first-run case: say the one command
-            raise BackendError(f"{path}: {facts.description or facts.format}: backend {chosen.backend} reads it but "
-                               f"is not built here; build it with: {build_command(chosen.backend)}")
-        raise BackendError(f"{path}: backend {chosen.backend} has no variant this machine can run: {choice.reason}")
-    fa_default = str(load_manifest()[chosen.backend].extra.get("flash_attn", ""))
-    fa = _flash_attn(flash_attn, fa_default, chosen.backend)
-    be = native.open_backend(chosen.backend, choice.variant)
+    the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
+    name, choice = the_plan.require()
+    rejected, why_backend = the_plan.rejected, the_plan.why_backend
+    fa_default = str(load_manifest()[name].extra.get("flash_attn", ""))
+    fa = _flash_attn(flash_attn, fa_default, name)
+    be = native.open_backend(name, choice.variant)
     n_gqa, eps = _legacy_params(facts)
     ffi = native.ffi()
     params = ffi.new("g4a_load_params *", dict(

@@ -99,19 +99,6 @@ def _jsonable(v: Any, depth: int = 0) -> Any:
     return str(v)
 
 
-def _built() -> tuple[dict[str, list[str]] | None, Any]:
-    """(built_variants() or None when the variants module is absent, choose_variant or None)."""
-    try:
-        from .variants import built_variants, choose_variant  # type: ignore[attr-defined]
-    except ImportError:
-        return None, None
-    try:
-        built = {k: list(v) for k, v in (built_variants() or {}).items()}
-    except Exception:  # noqa: BLE001 - a broken cache must not break probing
-        built = {}
-    return built, choose_variant
-
-
 def _precheck(path: str) -> None:
     """Raise OSError for paths that cannot be read as a file (clear messages before the reader runs);
     FIFOs and devices are refused before they are opened (opening a FIFO blocks)."""
@@ -201,26 +188,29 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
     _fill_from_facts(rep, facts)
     rep._facts = facts  # type: ignore[attr-defined]
     specs = catalog.load_manifest()
-    built, choose_variant = _built()
+    from .errors import DeviceError
+    from .plan import plan
+
+    variant_error = None
+    try:  # the very plan load() makes, so that probe and load never name different variants
+        lp = plan(facts, device=device, n_ctx=estimate_ctx)
+    except DeviceError as e:  # device="cuda" that cannot be had here: say so, choose none
+        lp, variant_error = plan(facts, device="cpu", n_ctx=estimate_ctx), str(e)
+    built = lp.built
     rep.backends_built = built
-    prefer = [b for b, vs in built.items() if vs] if built is not None else None
-    best, all_v = catalog.choose(facts, specs, prefer=prefer)
+    prefer = [b for b, vs in built.items() if vs]
+    best, all_v = lp.chosen, lp.verdicts
     rep.reasons = {v.backend: list(v.reasons) for v in all_v}
     rep.loadable = best is not None
     if best is not None:
         rep.backend = best.backend
-        if choose_variant is None:
-            rep.variant_reason = "backend variants are not available in this installation"
-        else:
-            try:
-                vc = choose_variant(best.backend, device=device)
-                rep.variant = getattr(vc, "variant", None)
-                rep.variant_reason = getattr(vc, "reason", None) or None
-            except Exception as e:  # noqa: BLE001
-                rep.variant = None
-                rep.variant_reason = f"{type(e).__name__}: {e}"
+        if variant_error is not None:
+            rep.variant_reason = variant_error
+        elif lp.variant is not None:
+            rep.variant = lp.variant.variant
+            rep.variant_reason = lp.variant.reason or None
         rep.ready = rep.variant is not None
-        if rep.variant is None and not (built or {}).get(best.backend):  # nothing of it built: one command
+        if rep.variant is None and not built.get(best.backend):  # nothing of it built: one command
             rep.suggestion = f"build it with: {catalog.build_command(best.backend)}"
         elif rep.variant is None:
             why = rep.variant_reason or f"backend {best.backend} has no built variant"

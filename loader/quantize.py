@@ -12,7 +12,6 @@ from pathlib import Path
 from . import native
 from .errors import BackendError, UnsupportedModelError
 from .ggml_types import GGUF_FTYPE_NAMES
-from .variants import choose_variant
 
 _BY_NAME = {name.removeprefix("MOSTLY_").removeprefix("ALL_"): num for num, name in GGUF_FTYPE_NAMES.items()}
 
@@ -34,21 +33,15 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str | int, *
     ``src`` is validated by the reader and the catalog before any native code sees it; ``dst`` is
     written to a temporary file beside it and renamed, so a failure leaves nothing behind.
     """
-    from .catalog import choose
+    from .plan import plan
     from .reader import read_facts
 
     src, dst = Path(src), Path(dst)
     facts = read_facts(src)
-    best, verdicts = choose(facts)
-    if backend is None:
-        if best is None:
-            raise UnsupportedModelError(f"{src}: {facts.description}: no backend reads it, so none can quantize it")
-        backend = best.backend
-    elif not any(v.backend == backend and v.loadable for v in verdicts):
-        raise UnsupportedModelError(f"{src}: {facts.description}: backend {backend} does not read it")
-    choice = choose_variant(backend, "cpu")
-    if choice.variant is None:
-        raise BackendError(f"cannot quantize with {backend}: {choice.reason}")
+    try:
+        backend, choice = plan(facts, device="cpu", backend=backend).require()
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{e}; so it cannot be quantized") from None
     be = native.open_backend(backend, choice.variant)
     number = ftype_number(ftype)
     fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)

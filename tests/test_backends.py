@@ -143,15 +143,15 @@ def test_avxonly_variant_gives_the_same_tokens(tiny_llama):
     a = greedy(path, "llama-2023-08")[0]
     be = native.open_backend("llama-2023-08", "cpu-avxonly")
     assert "AVX2 = 0" in be.info()
-    import gpt4all_loader.model as model_mod
-    orig = model_mod.choose_variant
+    import gpt4all_loader.variants as variants_mod
+    orig = variants_mod.choose_variant
     try:
-        model_mod.choose_variant = lambda b, d, **kw: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
+        variants_mod.choose_variant = lambda b, d, **kw: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
         with _load(path, backend="llama-2023-08", n_ctx=64, n_threads=1) as m:
             assert m.info.variant == "cpu-avxonly"
             assert m.generate(PROBE_TOKENS, max_tokens=8) == a
     finally:
-        model_mod.choose_variant = orig
+        variants_mod.choose_variant = orig
 
 
 def test_cpu_flags_are_read():

@@ -253,3 +253,18 @@ def test_cuda_library_opens_and_reports_a_gpu_build(backend):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("gpu True"), proc.stdout
+
+
+def test_probe_and_load_make_the_same_plan(fake_gpu, tiny_llama):
+    """probe() asks the same plan as load(): with the file's facts, so an all-F32 file that the 2023
+    CUDA kernels would abort on is not promised to CUDA by the probe either."""
+    from gpt4all_loader import probe
+    from gpt4all_loader.plan import plan
+
+    for key, device in ((("ggjt", 3, "f32"), "cpu"), (("ggjt", 3, "f16"), "cuda")):
+        path = tiny_llama[key]
+        rep = probe(path)
+        lp = plan(read_facts(path))
+        assert rep.backend == lp.chosen.backend == "llama-2023-08"
+        assert rep.variant == lp.variant.variant and lp.variant.device == device, rep.variant_reason
+    assert "F32 weight matrices" in probe(tiny_llama[("ggjt", 3, "f32")]).variant_reason

@@ -209,10 +209,10 @@ def test_device_auto_on_a_cpu_machine_says_why(tiny_llama):
 def test_a_built_backend_is_preferred_to_a_better_unbuilt_one(tiny_llama, monkeypatch):
     """ggjt v1 F16 is read by 2023-08 (preferred) and 2023-04: with only 2023-04 built, it loads there."""
     require_backend("llama-2023-04")
-    import gpt4all_loader.model as model_mod
+    import gpt4all_loader.variants as variants_mod
 
-    real = model_mod.built_variants
-    monkeypatch.setattr(model_mod, "built_variants",
+    real = variants_mod.built_variants
+    monkeypatch.setattr(variants_mod, "built_variants",
                         lambda: {b: v for b, v in real().items() if b == "llama-2023-04"})
     with g.load(tiny_llama[("ggjt", 1, "f16")], n_ctx=64, n_threads=1) as m:
         assert m.info.backend == "llama-2023-04"
