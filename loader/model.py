@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 from .errors import BackendError, ChatTemplateError, ModelClosedError
 from .facts import FileFacts
@@ -111,7 +111,30 @@ class ModelInfo:
         return asdict(self)
 
 
-class Model:
+_C = TypeVar("_C", bound="Closing")
+
+
+class Closing:
+    """``with`` and garbage collection for objects with ``close()`` (Model, IsolatedModel): leaving the
+    block closes, and so does dropping the last reference (best effort at interpreter exit)."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Model(Closing):
     """A loaded model.  Create with :func:`load`; use as a context manager or call :meth:`close`."""
 
     def __init__(self, backend: native.Backend, handle: Any, info: ModelInfo, facts: FileFacts,
@@ -149,18 +172,6 @@ class Model:
         handle, self._handle = self._handle, None
         if handle is not None:
             self._backend.free_model(handle)
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def closed(self) -> bool:

@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import BackendError, ModelClosedError
+from .model import Closing
 
 #: seconds the worker may stay silent (no reply, no streamed piece) before it counts as hung
 DEFAULT_TIMEOUT = 300.0
@@ -140,7 +141,7 @@ class _Stream:
             pass
 
 
-class IsolatedModel:
+class IsolatedModel(Closing):
     """A Model whose engine runs in a worker process.
 
     Same API as :class:`~gpt4all_loader.model.Model`.  When the worker dies (a native crash, an abort,
@@ -288,18 +289,6 @@ class IsolatedModel:
     def alive(self) -> bool:
         """Open, and the worker process still runs (a worker that died while idle shows here first)."""
         return self.why_closed is None
-
-    def __enter__(self) -> "IsolatedModel":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def n_vocab(self) -> int:
