@@ -66,7 +66,6 @@
 #define G4A_LEGACY_QNT 0
 #endif
 
-#define G4A_EXPORT extern "C" __attribute__((visibility("default")))
 
 // ggml API differences between the two trees this file builds against
 #if G4A_LEGACY_QNT >= 2
@@ -124,13 +123,13 @@ struct Slot {
 
 }  // namespace
 
-struct g4a_model {
+struct g4a_model : g4a_model_state {
     Arch arch = Arch::gptj;
     Header header = Header::gptj;
     std::string path;
 
     // hyperparameters
-    int32_t n_vocab = 0, n_ctx_train = 0, n_embd = 0, n_head = 0, n_layer = 0, n_rot = 0, ftype = 0;
+    int32_t n_ctx_train = 0, n_embd = 0, n_head = 0, n_layer = 0, n_rot = 0, ftype = 0;
     float alibi_bias_max = 8.0f, clip_qkv = 0.0f;
 
     // vocabulary
@@ -153,16 +152,10 @@ struct g4a_model {
     void *kvbuf = nullptr;
     ggml_tensor *mk = nullptr, *mv = nullptr;
 
-    int32_t n_ctx = 0;
     int32_t n_threads = 1;
-    int32_t n_past = 0;
-    bool vocab_only = false;
 
     std::vector<float> logits;
-    bool has_logits = false;
     std::vector<uint8_t> work;         // compute buffer of one evaluation
-    std::vector<float> scratch;        // sampling work space
-    std::vector<int32_t> order;
 
     ~g4a_model() {
         if (wctx) ggml_free(wctx);
@@ -173,11 +166,6 @@ struct g4a_model {
 };
 
 namespace {
-
-int32_t default_threads() {
-    unsigned n = std::thread::hardware_concurrency();
-    return n ? (int32_t)n : 1;
-}
 
 void ggml_init_once() {
     // the first ggml_init builds ggml's fp16 tables; do it once under a lock of our own
@@ -818,40 +806,16 @@ bool eval_chunk(g4a_model &m, const int32_t *tokens, int N) {
 
 }  // namespace
 
-namespace {
-g4a_model *load_model(const char *path, const g4a_load_params *p);
-}
-
 // ---------------------------------------------------------------------------------------------
-// the C ABI
+// this engine's part of the shared exports (g4a_exports.h)
 
-G4A_EXPORT int32_t g4a_abi_version(void) { return G4A_ABI_VERSION; }
-
-G4A_EXPORT const char *g4a_backend_info(void) {
-    static std::string info;
-    static std::once_flag once;
-    std::call_once(once, [] {
-        info = std::string(G4A_BACKEND_NAME) + " llama.cpp " + G4A_LLAMA_COMMIT + " api=" + std::to_string(G4A_API_GEN) +
-               " variant=" + G4A_VARIANT + " | GPT-J/MPT model code, ggml quant version " +
-               std::to_string(G4A_LEGACY_QNT) + " | AVX = " + std::to_string(ggml_cpu_has_avx()) +
-               " | AVX2 = " + std::to_string(ggml_cpu_has_avx2()) + " | FMA = " + std::to_string(ggml_cpu_has_fma()) +
-               " | F16C = " + std::to_string(ggml_cpu_has_f16c());
-    });
-    return info.c_str();
+static std::string engine_info() {
+    return "GPT-J/MPT model code, ggml quant version " + std::to_string(G4A_LEGACY_QNT) +
+           " | AVX = " + std::to_string(ggml_cpu_has_avx()) + " | AVX2 = " + std::to_string(ggml_cpu_has_avx2()) +
+           " | FMA = " + std::to_string(ggml_cpu_has_fma()) + " | F16C = " + std::to_string(ggml_cpu_has_f16c());
 }
 
-G4A_EXPORT const char *g4a_last_error(void) { return t_error.c_str(); }
-
-G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
-
-G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
-    t_error.clear();
-    if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
-    G4A_GUARD(nullptr, { return load_model(path, p); })
-}
-
-namespace {
-g4a_model *load_model(const char *path, const g4a_load_params *p) {
+static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
     ggml_init_once();
     std::unique_ptr<g4a_model> m(new (std::nothrow) g4a_model());
     if (!m) { set_error("out of memory"); return nullptr; }
@@ -881,170 +845,91 @@ g4a_model *load_model(const char *path, const g4a_load_params *p) {
     }
     return m.release();
 }
-}  // namespace
 
-G4A_EXPORT void g4a_free(g4a_model *m) { delete m; }
-
-G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
-G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m && !m->vocab_only ? m->n_ctx : 0; }
-G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { return m ? m->n_ctx_train : 0; }
-G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) { return m ? m->n_embd : 0; }
+static void engine_free(g4a_model *m) { delete m; }
+static bool engine_can_eval(const g4a_model *m) { return m->wctx != nullptr; }
+static int32_t engine_n_ctx_train(const g4a_model *m) { return m->n_ctx_train; }
+static int32_t engine_n_embd(const g4a_model *m) { return m->n_embd; }
 // neither family has a beginning-of-text token; both use their end token where one is asked for
-G4A_EXPORT int32_t g4a_token_bos(const g4a_model *m) { return m ? m->eos : -1; }
-G4A_EXPORT int32_t g4a_token_eos(const g4a_model *m) { return m ? m->eos : -1; }
-G4A_EXPORT int32_t g4a_is_eog(const g4a_model *m, int32_t tok) {
-    if (!m) return 0;
-    if (tok == m->eos) return 1;
+static int32_t engine_bos(const g4a_model *m) { return m->eos; }
+static int32_t engine_eos(const g4a_model *m) { return m->eos; }
+static int32_t engine_n_gpu_layers(const g4a_model *) { return 0; }
+
+static bool engine_is_eog(const g4a_model *m, int32_t tok) {
+    if (tok == m->eos) return true;
     // GPT4All stops MPT at id 0 and at <|im_end|>
-    if (m->arch == Arch::mpt && (tok == 0 || (m->im_end >= 0 && tok == m->im_end))) return 1;
-    return 0;
-}
-G4A_EXPORT int32_t g4a_n_gpu_layers(const g4a_model *) { return 0; }
-
-G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len, int32_t add_bos,
-                                int32_t parse_special, int32_t *tokens, int32_t cap) {
-    t_error.clear();
-    (void)parse_special;
-    if (!m || (!text && text_len > 0) || text_len < 0 || cap < 0 || (!tokens && cap > 0)) {
-        set_error("g4a_tokenize: bad arguments");
-        return INT32_MIN;
-    }
-    (void)add_bos;   // GPT-J and MPT have no beginning-of-text token and GPT4All adds none
-    G4A_GUARD(INT32_MIN, {
-        std::vector<int32_t> out;
-        tokenize(*m, std::string(text ? text : "", (size_t)text_len), out);
-        int32_t n = (int32_t)out.size();
-        if (n > cap) return -n;
-        if (n) memcpy(tokens, out.data(), (size_t)n * sizeof(int32_t));
-        return n;
-    })
+    return m->arch == Arch::mpt && (tok == 0 || (m->im_end >= 0 && tok == m->im_end));
 }
 
-G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
-    t_error.clear();
-    if (!m || tok < 0 || tok >= m->n_vocab) { set_error("g4a_token_to_piece: token out of range"); return INT32_MIN; }
+// add_bos is ignored: GPT-J and MPT have no beginning-of-text token and GPT4All adds none; the special
+// tokens of ggmm files are always cut out (as GPT4All does), whatever parse_special says
+static bool engine_tokenize(g4a_model *m, const std::string &text, bool, bool, std::vector<int32_t> &out) {
+    tokenize(*m, text, out);
+    return true;
+}
+
+static int32_t engine_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
     const std::string &s = m->tokens[(size_t)tok];
-    int32_t n = (int32_t)s.size();
+    const int32_t n = (int32_t)s.size();
     if (n > cap) return -n;
     if (n) memcpy(buf, s.data(), (size_t)n);
     return n;
 }
 
-G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
-    t_error.clear();
-    if (!m || !m->wctx) { set_error("g4a_eval: the model was loaded without weights (vocab only)"); return -1; }
-    if (n <= 0 || !tokens) { set_error("g4a_eval: no tokens"); return -1; }
-    for (int32_t i = 0; i < n; ++i) {
-        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
-            set_error("g4a_eval: token " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
-                      std::to_string(m->n_vocab - 1) + ")");
-            return -1;
-        }
+static bool engine_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
+    for (int32_t done = 0; done < n;) {
+        const int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
+        if (!eval_chunk(*m, tokens + done, k)) return false;
+        done += k;
     }
-    if ((int64_t)m->n_past + n > m->n_ctx) {
-        set_error("g4a_eval: " + std::to_string(n) + " tokens after " + std::to_string(m->n_past) +
-                  " do not fit the context of " + std::to_string(m->n_ctx));
-        return -1;
-    }
-    G4A_GUARD(-1, {
-        for (int32_t done = 0; done < n;) {
-            int32_t k = std::min<int32_t>(EVAL_CHUNK, n - done);
-            if (!eval_chunk(*m, tokens + done, k)) return -1;
-            done += k;
-        }
-        return 0;
-    })
+    return true;
 }
 
-G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
-
-G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
-    t_error.clear();
-    if (!m) { set_error("g4a_reset: no model"); return -1; }
-    m->n_past = 0;
-    m->has_logits = false;
-    return 0;
-}
-
-G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
-    t_error.clear();
-    if (!m || !m->wctx) { set_error("g4a_truncate: the model was loaded without weights (vocab only)"); return -1; }
-    if (n_keep < 0 || n_keep > m->n_past) {
-        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
-        return -1;
-    }
-    if (n_keep < m->n_past) {
-        m->n_past = n_keep;   // the cache rows from n_keep on are written again by the next evaluation
-        m->has_logits = false;
-    }
-    return 0;
-}
-
+static void engine_reset(g4a_model *) {}   // the next evaluation writes the cache from position 0
+static bool engine_truncate(g4a_model *, int32_t) { return true; }   // rows from n_keep on are written again
 // GPT-J keys are stored rotated and MPT's ALiBi bias follows the key index: neither cache moves
-G4A_EXPORT int32_t g4a_shift(g4a_model *, int32_t, int32_t) {
-    t_error.clear();
-    set_error("g4a_shift: the GPT-J/MPT code cannot move cached positions");
-    return -1;
-}
+static bool engine_shift(g4a_model *, int32_t, int32_t) { return false; }
+static const float *engine_logits(g4a_model *m) { return m->logits.data(); }
 
-G4A_EXPORT const float *g4a_logits(g4a_model *m) {
-    t_error.clear();
-    if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
-    return m->logits.data();
-}
-
-G4A_EXPORT const float *g4a_embeddings(g4a_model *m) {
-    t_error.clear();
-    (void)m;
+static const float *engine_embeddings(g4a_model *) {
     set_error("g4a_embeddings: the GPT-J and MPT model code of this backend produces no embeddings");
     return nullptr;
 }
 
-G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history, int32_t n_history,
-                              uint64_t *rng_state) {
-    t_error.clear();
-    if (!m || !sp) { set_error("g4a_sample: bad arguments"); return -1; }
-    if (n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
-    const float *logits = g4a_logits(m);
-    if (!logits) return -1;
-    G4A_GUARD(-1, { return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order); })
-}
-
-G4A_EXPORT int32_t g4a_quantize(const char *, const char *, int32_t, int32_t) {
-    t_error.clear();
+static int engine_quantize(const char *, const char *, int32_t, int32_t) {
     set_error("g4a_quantize: not supported by the GPT-J/MPT backend (quantize with the tools of the file's era)");
     return -1;
 }
 
-G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
-    t_error.clear();
-    if (!src || !dst || n < 0) { set_error("g4a_dequantize: bad arguments"); return -1; }
+static bool engine_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
     if (type < 0 || type >= (int32_t)GGML_TYPE_COUNT) {
         set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this ggml");
-        return -1;
+        return false;
     }
     const ggml_type t = (ggml_type)type;
     // first: without F16C, ggml_fp16_to_fp32 reads the table that ggml_init() fills
     ggml_init_once();
-    if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return 0; }
+    if (t == GGML_TYPE_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return true; }
     if (t == GGML_TYPE_F16) {
         const ggml_fp16_t *h = (const ggml_fp16_t *)src;
         for (int64_t i = 0; i < n; ++i) dst[i] = ggml_fp16_to_fp32(h[i]);
-        return 0;
+        return true;
     }
     const int64_t blck = ggml_blck_size(t);
     if (blck <= 0 || n % blck != 0 || n > INT32_MAX) {
         set_error("g4a_dequantize: " + std::to_string(n) + " is not a whole number of blocks of " + type_label(type));
-        return -1;
+        return false;
     }
 #if G4A_LEGACY_QNT >= 2
     ggml_type_traits_t tr = ggml_internal_get_type_traits(t);
-    if (!tr.to_float) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return -1; }
+    if (!tr.to_float) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return false; }
     tr.to_float(src, dst, (int)n);
 #else
     quantize_fns_t fns = ggml_internal_get_quantize_fn((size_t)t);
-    if (!fns.dequantize_row_q) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return -1; }
+    if (!fns.dequantize_row_q) { set_error("g4a_dequantize: no dequantizer for " + type_label(type)); return false; }
     fns.dequantize_row_q(src, dst, (int)n);
 #endif
-    return 0;
+    return true;
 }
+
+#include "g4a_exports.h"

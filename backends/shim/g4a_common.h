@@ -13,9 +13,28 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
+
+// What every engine's model handle holds for the shared exports (g4a_exports.h): an engine defines
+// `struct g4a_model : g4a_model_state` with its own fields besides.
+struct g4a_model_state {
+    int32_t n_vocab = 0;
+    int32_t n_ctx = 0;        // positions the context holds (0: vocabulary only)
+    int32_t n_past = 0;       // positions evaluated
+    bool has_logits = false;  // the last evaluation left logits to read
+    bool vocab_only = false;
+    std::vector<float> scratch;     // sampling work space, reused token after token
+    std::vector<int32_t> order;
+};
+
+static int32_t default_threads() {
+    unsigned n = std::thread::hardware_concurrency();
+    return n ? (int32_t)n : 1;
+}
 
 // ---------------------------------------------------------------------------------------------
 // errors: one message per thread, plus the engine's own log lines captured during a load

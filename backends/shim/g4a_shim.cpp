@@ -43,12 +43,11 @@
 #define G4A_GPU 0
 #endif
 
-#define G4A_EXPORT extern "C" __attribute__((visibility("default")))
 
 // ---------------------------------------------------------------------------------------------
 // the model handle
 
-struct g4a_model {
+struct g4a_model : g4a_model_state {
     llama_context *ctx = nullptr;
 #if G4A_API_GEN >= 2
     llama_model *model = nullptr;
@@ -56,15 +55,10 @@ struct g4a_model {
 #if G4A_API_GEN >= 6
     const llama_vocab *vocab = nullptr;
 #endif
-    int32_t n_past = 0;
-    int32_t n_ctx = 0;
     int32_t n_batch = 512;
     int32_t n_threads = 1;
-    int32_t n_vocab = 0;
     int32_t n_gpu_layers = 0;
     bool embeddings = false;
-    bool has_logits = false;
-    bool vocab_only = false;
     // SentencePiece vocabularies of the eras whose own tokenizer differs from the model's (see
     // "tokenization" below): the shim splits out special tokens and adds the dummy prefix itself.
     bool spm_in_shim = false;
@@ -73,15 +67,7 @@ struct g4a_model {
     std::vector<std::pair<std::string, int32_t>> specials;      // control/unknown texts, longest first
     std::vector<std::pair<std::string, int32_t>> user_defined;  // split out even without parse_special
     std::vector<uint8_t> byte_token;                            // api 1-2: bytes with a one-byte token
-    std::vector<float> scratch;   // sampling work space
-    std::vector<int32_t> order;
-    std::string piece;
 };
-
-static int32_t default_threads() {
-    unsigned n = std::thread::hardware_concurrency();
-    return n ? (int32_t)n : 1;
-}
 
 static void backend_init_once() {
     static std::once_flag once;
@@ -373,7 +359,7 @@ static void split_specials(const std::string &text, const std::vector<std::pair<
 }
 
 // The era's tokenizer, asked again with the size it reports when the first buffer is too small.
-static bool engine_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
+static bool era_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
                             std::vector<int32_t> &out) {
     std::vector<int32_t> buf(text.size() + 8);
     for (int attempt = 0; attempt < 2; ++attempt) {
@@ -413,7 +399,7 @@ static std::string missing_byte_reason(const g4a_model *m, const std::string &te
 
 static bool tokenize_text(g4a_model *m, const std::string &text, bool add_bos, bool special, std::vector<int32_t> &out) {
     out.clear();
-    if (!m->spm_in_shim) return engine_tokenize(m, text, add_bos, special, out);
+    if (!m->spm_in_shim) return era_tokenize(m, text, add_bos, special, out);
     if (add_bos) out.push_back(compat_bos(m));
     if (text.empty()) return true;
     std::vector<Fragment> frags{{-1, 0, text.size()}};
@@ -424,7 +410,7 @@ static bool tokenize_text(g4a_model *m, const std::string &text, bool add_bos, b
 #if G4A_API_GEN <= 2
         const std::string piece = " " + text.substr(f.off, f.len);   // the dummy prefix
         try {
-            if (!engine_tokenize(m, piece, false, false, out)) return false;
+            if (!era_tokenize(m, piece, false, false, out)) return false;
         } catch (const std::out_of_range &) {
             std::string why = missing_byte_reason(m, piece);
             if (why.empty()) throw;
@@ -433,7 +419,7 @@ static bool tokenize_text(g4a_model *m, const std::string &text, bool add_bos, b
         }
 #else
         // parse_special off: the engine adds the dummy prefix and splits nothing
-        if (!engine_tokenize(m, text.substr(f.off, f.len), false, false, out)) return false;
+        if (!era_tokenize(m, text.substr(f.off, f.len), false, false, out)) return false;
 #endif
     }
     return true;
@@ -608,269 +594,124 @@ static std::string compat_system_info() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// exported ABI
+// this engine's part of the shared exports (g4a_exports.h)
 
-G4A_EXPORT int32_t g4a_abi_version(void) { return G4A_ABI_VERSION; }
+static std::string engine_info() { return compat_system_info(); }
 
-G4A_EXPORT const char *g4a_backend_info(void) {
-    static std::string info;
-    static std::once_flag once;
-    std::call_once(once, [] {
-        info = std::string(G4A_BACKEND_NAME) + " llama.cpp " + G4A_LLAMA_COMMIT +
-               " api=" + std::to_string(G4A_API_GEN) + " variant=" + G4A_VARIANT + " | " +
-               compat_system_info();
-        while (!info.empty() && (info.back() == ' ' || info.back() == '|')) info.pop_back();
-    });
-    return info.c_str();
-}
-
-G4A_EXPORT const char *g4a_last_error(void) { return t_error.c_str(); }
-
-G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
-
-G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
-    t_error.clear();
-    if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
+static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
     if (access(path, R_OK) != 0) {
         set_error(std::string(path) + ": cannot read: " + strerror(errno));
         return nullptr;
     }
-    G4A_GUARD(nullptr, {
-        backend_init_once();
-        std::unique_ptr<g4a_model> m(new g4a_model());
-        m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
-        m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
-        m->n_batch = std::min<int32_t>(512, m->n_ctx);
-        m->embeddings = p->embeddings != 0;
-        m->vocab_only = p->vocab_only != 0;
-        stderr_capture cap;
-        cap.begin();
-        bool ok = false;
-        try {
-            ok = compat_load(m.get(), path, p);
-        } catch (const std::exception &e) {
-            cap.end();
-            set_error(std::string("the engine failed to load ") + path + ": " + e.what());
-            compat_free(m.get());
-            return nullptr;
-        }
+    backend_init_once();
+    std::unique_ptr<g4a_model> m(new g4a_model());
+    m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
+    m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+    m->n_batch = std::min<int32_t>(512, m->n_ctx);
+    m->embeddings = p->embeddings != 0;
+    m->vocab_only = p->vocab_only != 0;
+    stderr_capture cap;
+    cap.begin();
+    bool ok = false;
+    try {
+        ok = compat_load(m.get(), path, p);
+    } catch (const std::exception &e) {
         cap.end();
-        if (!ok) {
-            std::string why = last_lines(cap.text, 3);
-            set_error(std::string("the engine refused ") + path +
-                      (why.empty() ? std::string(" (it gave no reason)") : ": " + why));
-            compat_free(m.get());
-            return nullptr;
-        }
-        compat_query(m.get());
-        if (!m->ctx || m->vocab_only) m->n_ctx = 0;   // a vocabulary-only load has no context to evaluate in
-        m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
-        spm_setup(m.get());
-        return m.release();
-    })
+        set_error(std::string("the engine failed to load ") + path + ": " + e.what());
+        compat_free(m.get());
+        return nullptr;
+    }
+    cap.end();
+    if (!ok) {
+        std::string why = last_lines(cap.text, 3);
+        set_error(std::string("the engine refused ") + path +
+                  (why.empty() ? std::string(" (it gave no reason)") : ": " + why));
+        compat_free(m.get());
+        return nullptr;
+    }
+    compat_query(m.get());
+    if (!m->ctx || m->vocab_only) m->n_ctx = 0;   // a vocabulary-only load has no context to evaluate in
+    m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
+    spm_setup(m.get());
+    return m.release();
 }
 
-G4A_EXPORT void g4a_free(g4a_model *m) {
-    if (!m) return;
-    try {
-        compat_free(m);
-    } catch (...) {
-    }
+static void engine_free(g4a_model *m) {
+    compat_free(m);
     delete m;
 }
 
-G4A_EXPORT int32_t g4a_n_vocab(const g4a_model *m) { return m ? m->n_vocab : 0; }
-G4A_EXPORT int32_t g4a_n_ctx(const g4a_model *m) { return m ? m->n_ctx : 0; }
-G4A_EXPORT int32_t g4a_n_ctx_train(const g4a_model *m) { G4A_GUARD(0, { return m ? compat_n_ctx_train(m) : 0; }) }
-G4A_EXPORT int32_t g4a_n_embd(const g4a_model *m) {
-    G4A_GUARD(0, { return m && (m->ctx || G4A_API_GEN >= 4) ? compat_n_embd(m) : 0; })
-}
-G4A_EXPORT int32_t g4a_token_bos(const g4a_model *m) { G4A_GUARD(-1, { return m ? compat_bos(m) : -1; }) }
-G4A_EXPORT int32_t g4a_token_eos(const g4a_model *m) { G4A_GUARD(-1, { return m ? compat_eos(m) : -1; }) }
-G4A_EXPORT int32_t g4a_is_eog(const g4a_model *m, int32_t tok) {
-    G4A_GUARD(0, { return m && tok >= 0 && tok < m->n_vocab && compat_is_eog(m, tok) ? 1 : 0; })
-}
-G4A_EXPORT int32_t g4a_n_gpu_layers(const g4a_model *m) { return m ? m->n_gpu_layers : 0; }
+static bool engine_can_eval(const g4a_model *m) { return m->ctx != nullptr; }
+static int32_t engine_n_ctx_train(const g4a_model *m) { return compat_n_ctx_train(m); }
+static int32_t engine_n_embd(const g4a_model *m) { return m->ctx || G4A_API_GEN >= 4 ? compat_n_embd(m) : 0; }
+static int32_t engine_bos(const g4a_model *m) { return compat_bos(m); }
+static int32_t engine_eos(const g4a_model *m) { return compat_eos(m); }
+static bool engine_is_eog(const g4a_model *m, int32_t tok) { return compat_is_eog(m, tok); }
+static int32_t engine_n_gpu_layers(const g4a_model *m) { return m->n_gpu_layers; }
 
-G4A_EXPORT int32_t g4a_tokenize(g4a_model *m, const char *text, int32_t text_len, int32_t add_bos,
-                                int32_t parse_special, int32_t *tokens, int32_t cap) {
-    t_error.clear();
-    if (!m || (!text && text_len > 0) || text_len < 0 || cap < 0 || (!tokens && cap > 0)) {
-        set_error("g4a_tokenize: bad arguments");
-        return INT32_MIN;
-    }
+static bool engine_tokenize(g4a_model *m, const std::string &text, bool add_bos, bool special,
+                            std::vector<int32_t> &out) {
 #if G4A_API_GEN <= 2
-    if (!m->ctx) { set_error("g4a_tokenize: no context"); return INT32_MIN; }
+    if (!m->ctx) { set_error("g4a_tokenize: no context"); return false; }
 #endif
-    G4A_GUARD(INT32_MIN, {
-        std::vector<int32_t> out;
-        if (!tokenize_text(m, std::string(text ? text : "", (size_t)text_len), add_bos != 0, parse_special != 0, out))
-            return INT32_MIN;
-        const int32_t n = (int32_t)out.size();
-        if (n > cap) return -n;
-        if (n) std::copy(out.begin(), out.end(), tokens);
-        return n;
-    })
+    return tokenize_text(m, text, add_bos, special, out);
 }
 
-G4A_EXPORT int32_t g4a_token_to_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) {
-    t_error.clear();
-    if (!m || tok < 0 || tok >= m->n_vocab) { set_error("g4a_token_to_piece: token out of range"); return INT32_MIN; }
-    if (!buf && cap > 0) { set_error("g4a_token_to_piece: bad arguments"); return INT32_MIN; }
-    G4A_GUARD(INT32_MIN, { return compat_piece(m, tok, buf, cap); })
-}
+static int32_t engine_piece(g4a_model *m, int32_t tok, char *buf, int32_t cap) { return compat_piece(m, tok, buf, cap); }
 
-G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
-    t_error.clear();
-    if (!m || !m->ctx || m->vocab_only) {
-        set_error("g4a_eval: the model was loaded without a context (vocabulary only)");
-        return -1;
-    }
-    if (n <= 0 || !tokens) { set_error("g4a_eval: no tokens"); return -1; }
-    for (int32_t i = 0; i < n; ++i) {
-        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
-            set_error("g4a_eval: token " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
-                      std::to_string(m->n_vocab - 1) + ")");
-            return -1;
-        }
-    }
-    if (n > m->n_ctx - m->n_past) {
-        set_error("g4a_eval: context full: " + std::to_string(m->n_past) + " + " + std::to_string(n) +
-                  " tokens exceed n_ctx " + std::to_string(m->n_ctx));
-        return -1;
-    }
-    G4A_GUARD(-1, {
-        for (int32_t done = 0; done < n;) {
-            int32_t chunk = std::min(m->n_batch, n - done);
-            int rc = compat_eval(m, tokens + done, chunk);
-            if (rc != 0) {
-                set_error("g4a_eval: the engine returned " + std::to_string(rc));
-                m->has_logits = false;
-                return -1;
-            }
-            m->n_past += chunk;
-            done += chunk;
-        }
-        m->has_logits = true;
-        return 0;
-    })
-}
-
-G4A_EXPORT int32_t g4a_n_past(const g4a_model *m) { return m ? m->n_past : 0; }
-
-G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
-    t_error.clear();
-    if (!m) { set_error("g4a_reset: no model"); return -1; }
-    G4A_GUARD(-1, {
-        if (m->ctx && !m->vocab_only) compat_reset(m);
-        m->n_past = 0;
-        m->has_logits = false;
-        return 0;
-    })
-}
-
-G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
-    t_error.clear();
-    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_truncate: no context"); return -1; }
-    if (n_keep < 0 || n_keep > m->n_past) {
-        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
-        return -1;
-    }
-    if (n_keep == m->n_past) return 0;
-    G4A_GUARD(-1, {
-        if (!compat_truncate(m, n_keep)) {
-            set_error("g4a_truncate: this model's state cannot be cut back to a shorter prefix");
-            return -1;
-        }
-        m->n_past = n_keep;
-        m->has_logits = false;
-        return 0;
-    })
-}
-
-G4A_EXPORT int32_t g4a_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
-    t_error.clear();
-    if (!m || !m->ctx || m->vocab_only) { set_error("g4a_shift: no context"); return -1; }
-    if (n_keep < 0 || n_discard < 0 || n_keep > m->n_past || n_discard > m->n_past - n_keep) {
-        set_error("g4a_shift: keep " + std::to_string(n_keep) + " and discard " + std::to_string(n_discard) +
-                  " do not fit the " + std::to_string(m->n_past) + " cached positions");
-        return -1;
-    }
-    G4A_GUARD(-1, {
-        if (!compat_shift(m, n_keep, n_discard)) {
-            set_error("g4a_shift: this era or model cannot move cached positions");
-            return -1;
-        }
-        m->n_past -= n_discard;
-        return 0;
-    })
-}
-
-G4A_EXPORT const float *g4a_logits(g4a_model *m) {
-    t_error.clear();
-    if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
-    G4A_GUARD(nullptr, {
-        const float *l = compat_logits(m);
-        if (!l) set_error("g4a_logits: the engine has no logits for the last position");
-        return l;
-    })
-}
-
-G4A_EXPORT const float *g4a_embeddings(g4a_model *m) {
-    t_error.clear();
-    if (!m || !m->has_logits) { set_error("g4a_embeddings: nothing has been evaluated yet"); return nullptr; }
-    if (!m->embeddings) { set_error("g4a_embeddings: the model was not loaded with embeddings=1"); return nullptr; }
-    G4A_GUARD(nullptr, {
-        const float *e = compat_embeddings(m);
-        if (!e) set_error("g4a_embeddings: this engine produced no embedding for this model");
-        return e;
-    })
-}
-
-G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history,
-                              int32_t n_history, uint64_t *rng_state) {
-    t_error.clear();
-    if (!m || !sp || n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
-    const float *logits = g4a_logits(m);
-    if (!logits) return -1;
-    G4A_GUARD(-1, { return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order); })
-}
-
-G4A_EXPORT int32_t g4a_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads) {
-    t_error.clear();
-    if (!in || !out) { set_error("g4a_quantize: paths are required"); return -1; }
-    G4A_GUARD(-1, {
-        backend_init_once();
-        stderr_capture cap;
-        cap.begin(true);
-        int rc;
-        try {
-            rc = compat_quantize(in, out, ftype, n_threads > 0 ? n_threads : default_threads());
-        } catch (const std::exception &e) {
-            cap.end();
-            set_error(std::string("quantize failed: ") + e.what());
-            return -1;
-        }
-        cap.end();
+static bool engine_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
+    for (int32_t done = 0; done < n;) {
+        const int32_t chunk = std::min(m->n_batch, n - done);
+        const int rc = compat_eval(m, tokens + done, chunk);
         if (rc != 0) {
-            std::string why = last_lines(cap.text, 3);
-            set_error("quantize of " + std::string(in) + " to ftype " + std::to_string(ftype) + " failed" +
-                      (why.empty() ? std::string() : ": " + why));
-            return -1;
+            set_error("g4a_eval: the engine returned " + std::to_string(rc));
+            return false;
         }
-        return 0;
-    })
+        m->n_past += chunk;
+        done += chunk;
+    }
+    return true;
 }
 
-G4A_EXPORT int32_t g4a_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
-    t_error.clear();
-    if (!src || !dst || n < 0) { set_error("g4a_dequantize: bad arguments"); return -1; }
-    G4A_GUARD(-1, {
-        if (compat_dequantize(type, src, dst, n) != 0) {
-            set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this era or " +
-                      std::to_string(n) + " is not a whole number of blocks");
-            return -1;
-        }
-        return 0;
-    })
+static void engine_reset(g4a_model *m) { compat_reset(m); }
+static bool engine_truncate(g4a_model *m, int32_t n_keep) { return compat_truncate(m, n_keep); }
+static bool engine_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) { return compat_shift(m, n_keep, n_discard); }
+static const float *engine_logits(g4a_model *m) { return compat_logits(m); }
+
+static const float *engine_embeddings(g4a_model *m) {
+    if (!m->embeddings) { set_error("g4a_embeddings: the model was not loaded with embeddings=1"); return nullptr; }
+    const float *e = compat_embeddings(m);
+    if (!e) set_error("g4a_embeddings: this engine produced no embedding for this model");
+    return e;
 }
+
+static int engine_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads) {
+    backend_init_once();
+    stderr_capture cap;
+    cap.begin(true);
+    int rc;
+    try {
+        rc = compat_quantize(in, out, ftype, n_threads);
+    } catch (const std::exception &e) {
+        cap.end();
+        set_error(std::string("quantize failed: ") + e.what());
+        return -1;
+    }
+    cap.end();
+    if (rc != 0) {
+        std::string why = last_lines(cap.text, 3);
+        set_error("quantize of " + std::string(in) + " to ftype " + std::to_string(ftype) + " failed" +
+                  (why.empty() ? std::string() : ": " + why));
+        return -1;
+    }
+    return 0;
+}
+
+static bool engine_dequantize(int32_t type, const void *src, float *dst, int64_t n) {
+    if (compat_dequantize(type, src, dst, n) == 0) return true;
+    set_error("g4a_dequantize: type " + std::to_string(type) + " is unknown to this era or " + std::to_string(n) +
+              " is not a whole number of blocks");
+    return false;
+}
+
+#include "g4a_exports.h"
