@@ -694,7 +694,8 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     f16 = ftype_out == 1
     total = sum(4 * max(1, _prod(t.shape)) for t in tensors)
     _check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
-    meta_fn = (lambda ft: _gguf_meta(src, plan, bpe, spm, ft, config))
+    def meta_fn(ft: int) -> _Meta:
+        return _gguf_meta(src, plan, bpe, spm, ft, config)
     if fmt == "gguf":
         meta_fn(0)  # vocabulary checks before anything is written
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from array import array
 
-import pytest
 
 import gpt4all_loader as g
 from gpt4all_loader.catalog import verdicts

@@ -1,0 +1,18 @@
+"""The tree stays free of what pyflakes and pycodestyle call errors (unused imports and names, undefined
+names, ...): ruff, configured in pyproject.toml, run as part of the test command."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_finds_nothing():
+    pytest.importorskip("ruff", reason="ruff is in the test extra: pip install -e '.[test]'")
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "loader", "tests", "bench", "tools",
+                           "build_backends.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
