@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import BackendError, BuildError, FormatError, UnsupportedModelError
+from .gguf import GgufHeader, TokenType, ValueType
 
 #: the backend whose sdist ships the HF converter and whose quantizer makes quantized outputs
 NEWEST = "gguf-2026-10"
@@ -75,9 +76,6 @@ _LEGACY = ("ggml", "ggmf", "ggjt")
 _ALIGN = 32
 _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
 
-# GGUF value types and token types
-_U32, _I32, _F32, _BOOL, _STR, _ARR = 4, 5, 6, 7, 8, 9
-TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
 _BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -220,50 +218,6 @@ def _check_paths(src: Path, out: Path, opts: Options) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# GGUF v3 writer (metadata first, then tensor data streamed one tensor at a time)
-
-class _Meta:
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-
-    @staticmethod
-    def _s(text: str | bytes) -> bytes:
-        b = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        return struct.pack("<Q", len(b)) + b
-
-    def add(self, key: str, vtype: int, value) -> None:
-        body = self._s(key) + struct.pack("<I", vtype)
-        if vtype == _STR:
-            body += self._s(value)
-        else:
-            body += struct.pack("<" + {_U32: "I", _I32: "i", _F32: "f", _BOOL: "?"}[vtype], value)
-        self.items.append(body)
-
-    def add_array(self, key: str, etype: int, values: Sequence) -> None:
-        body = [self._s(key), struct.pack("<IIQ", _ARR, etype, len(values))]
-        if etype == _STR:
-            body.extend(self._s(v) for v in values)
-        else:
-            body.append(struct.pack(f"<{len(values)}" + {_U32: "I", _I32: "i", _F32: "f"}[etype], *values))
-        self.items.append(b"".join(body))
-
-
-def _gguf_header(meta: _Meta, tensors: list[tuple[str, list[int], int, int]]) -> tuple[bytes, list[int]]:
-    """Header bytes (padded to the alignment) and each tensor's offset in the data section.
-
-    ``tensors``: (GGUF name, ne, ggml type id, nbytes)."""
-    parts = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(meta.items)), *meta.items]
-    offsets, off = [], 0
-    for name, ne, ttype, nbytes in tensors:
-        off += -off % _ALIGN
-        parts.append(_Meta._s(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, ttype, off))
-        offsets.append(off)
-        off += nbytes
-    head = b"".join(parts)
-    return head + b"\0" * (-len(head) % _ALIGN), offsets
-
-
-# --------------------------------------------------------------------------------------------------
 # Legacy LLaMA -> GGUF
 
 def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[bytes], list[float], list[int]]:
@@ -283,20 +237,20 @@ def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[
         t = bytes(t)
         if i == 0:
             out_t.append(b"<unk>")
-            out_ty.append(TT_UNKNOWN)
+            out_ty.append(TokenType.UNKNOWN)
         elif i in (1, 2):
             out_t.append(b"<s>" if i == 1 else b"</s>")
-            out_ty.append(TT_CONTROL)
+            out_ty.append(TokenType.CONTROL)
         elif 3 <= i <= 258 and (len(t) == 1 or _BYTE_TEXT.fullmatch(t)):
             value = t[0] if len(t) == 1 else int(t[3:5], 16)
             out_t.append(f"<0x{value:02X}>".encode())
-            out_ty.append(TT_BYTE)
+            out_ty.append(TokenType.BYTE)
         elif not t:
             out_t.append(t)
-            out_ty.append(TT_CONTROL)
+            out_ty.append(TokenType.CONTROL)
         else:
             out_t.append(t.replace(b" ", "\u2581".encode()))
-            out_ty.append(TT_NORMAL)
+            out_ty.append(TokenType.NORMAL)
     sc = [float(s) for s in scores] if scores is not None else [0.0] * len(tokens)
     return out_t, sc, out_ty
 
@@ -447,33 +401,33 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     needs_quantizer = ftype_out not in (0, 1) or (ftype_out == 1 and any_f32_matrix)
     file_type = 1 if any(p[6] == 1 for p in plan) else 0
 
-    meta = _Meta()
-    meta.add("general.architecture", _STR, "llama")
-    meta.add("general.name", _STR, src.stem)
-    meta.add("general.description", _STR, f"upgraded by gpt4all-convert from {facts.description}")
-    meta.add("general.file_type", _U32, file_type)
-    meta.add("llama.context_length", _U32, int(opts.context_length))
-    meta.add("llama.embedding_length", _U32, n_embd)
-    meta.add("llama.block_count", _U32, n_layer)
-    meta.add("llama.feed_forward_length", _U32, int(hp["n_ff"]))
-    meta.add("llama.rope.dimension_count", _U32, n_rot)
-    meta.add("llama.attention.head_count", _U32, n_head)
-    meta.add("llama.attention.head_count_kv", _U32, n_head_kv)
-    meta.add("llama.attention.layer_norm_rms_epsilon", _F32, float(eps))
+    meta = GgufHeader()
+    meta.add("general.architecture", ValueType.STRING, "llama")
+    meta.add("general.name", ValueType.STRING, src.stem)
+    meta.add("general.description", ValueType.STRING, f"upgraded by gpt4all-convert from {facts.description}")
+    meta.add("general.file_type", ValueType.UINT32, file_type)
+    meta.add("llama.context_length", ValueType.UINT32, int(opts.context_length))
+    meta.add("llama.embedding_length", ValueType.UINT32, n_embd)
+    meta.add("llama.block_count", ValueType.UINT32, n_layer)
+    meta.add("llama.feed_forward_length", ValueType.UINT32, int(hp["n_ff"]))
+    meta.add("llama.rope.dimension_count", ValueType.UINT32, n_rot)
+    meta.add("llama.attention.head_count", ValueType.UINT32, n_head)
+    meta.add("llama.attention.head_count_kv", ValueType.UINT32, n_head_kv)
+    meta.add("llama.attention.layer_norm_rms_epsilon", ValueType.FLOAT32, float(eps))
     if opts.rope_freq_base:
-        meta.add("llama.rope.freq_base", _F32, float(opts.rope_freq_base))
-    meta.add("tokenizer.ggml.model", _STR, "llama")
-    meta.add_array("tokenizer.ggml.tokens", _STR, tokens)
-    meta.add_array("tokenizer.ggml.scores", _F32, scores)
-    meta.add_array("tokenizer.ggml.token_type", _I32, types)
-    meta.add("tokenizer.ggml.bos_token_id", _U32, 1)
-    meta.add("tokenizer.ggml.eos_token_id", _U32, 2)
-    meta.add("tokenizer.ggml.unknown_token_id", _U32, 0)
+        meta.add("llama.rope.freq_base", ValueType.FLOAT32, float(opts.rope_freq_base))
+    meta.add("tokenizer.ggml.model", ValueType.STRING, "llama")
+    meta.add_array("tokenizer.ggml.tokens", ValueType.STRING, tokens)
+    meta.add_array("tokenizer.ggml.scores", ValueType.FLOAT32, scores)
+    meta.add_array("tokenizer.ggml.token_type", ValueType.INT32, types)
+    meta.add("tokenizer.ggml.bos_token_id", ValueType.UINT32, 1)
+    meta.add("tokenizer.ggml.eos_token_id", ValueType.UINT32, 2)
+    meta.add("tokenizer.ggml.unknown_token_id", ValueType.UINT32, 0)
     # said explicitly, so that no engine default decides: the 2023 LLaMA tokenizer adds BOS and
     # SentencePiece's dummy prefix, and no EOS
-    meta.add("tokenizer.ggml.add_bos_token", _BOOL, True)
-    meta.add("tokenizer.ggml.add_eos_token", _BOOL, False)
-    meta.add("tokenizer.ggml.add_space_prefix", _BOOL, True)
+    meta.add("tokenizer.ggml.add_bos_token", ValueType.BOOL, True)
+    meta.add("tokenizer.ggml.add_eos_token", ValueType.BOOL, False)
+    meta.add("tokenizer.ggml.add_space_prefix", ValueType.BOOL, True)
 
     def n_el(ne):
         n = 1
@@ -482,7 +436,9 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         return n
 
     infos = [(g, ne, ot, n_el(ne) * (4 if ot == 0 else 2)) for _, g, ne, _, _, _, ot in plan]
-    header, offsets = _gguf_header(meta, infos)
+    for name, ne, ot, nbytes in infos:
+        meta.add_tensor(name, ne, ot, nbytes)
+    header, offsets = meta.encode(_ALIGN)
     total = len(header) + offsets[-1] + infos[-1][3] if infos else len(header)
     _check_space(out.parent, total * (2 if needs_quantizer else 1), f"{out.name} ({opts.outtype})")
 

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .convert import (ConvertError, Options, UsageError, _F32, _I32, _Meta, _STR, _Temps, _U32,
-                      _check_space, _gguf_header, _say, _write_error, outtype_number, quantize_in_child)
+from .convert import (_ALIGN, ConvertError, Options, UsageError, _Temps, _check_space, _say, _write_error,
+                      outtype_number, quantize_in_child)
+from .gguf import GgufHeader, TokenType, ValueType
 
 #: ``architectures[0]`` (or ``model_type``) of config.json -> our name for it
 ARCHITECTURES = {"GPTJForCausalLM": "gptj", "gptj": "gptj", "LlamaForCausalLM": "llama", "llama": "llama",
@@ -49,7 +50,6 @@ _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 #: tensors HF checkpoints carry that are buffers, not weights (causal masks, rotary tables)
 _BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 #: GGUF token types
-_TT_NORMAL, _TT_UNKNOWN, _TT_CONTROL, _TT_USER, _TT_UNUSED, _TT_BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _need_numpy():
@@ -248,8 +248,8 @@ def read_spm(path: Path) -> SpmVocab:
     for i in range(sp.get_piece_size()):
         toks.append(sp.id_to_piece(i))
         scores.append(float(sp.get_score(i)))
-        types.append(_TT_UNKNOWN if sp.is_unknown(i) else _TT_CONTROL if sp.is_control(i)
-                     else _TT_UNUSED if sp.is_unused(i) else _TT_BYTE if sp.is_byte(i) else _TT_NORMAL)
+        types.append(TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
+                     else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
     return SpmVocab(toks, scores, types, sp.bos_id(), sp.eos_id(), sp.unk_id())
 
 
@@ -602,57 +602,57 @@ def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], b
 
 
 def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None, file_type: int,
-               config: dict) -> _Meta:
+               config: dict) -> GgufHeader:
     hp, a = plan.hp, plan.arch
-    m = _Meta()
-    m.add("general.architecture", _STR, a)
-    m.add("general.name", _STR, src.name)
-    m.add("general.description", _STR, f"converted by gpt4all-convert from a Hugging Face {a} folder")
-    m.add("general.file_type", _U32, file_type)
-    m.add(f"{a}.context_length", _U32, hp["n_ctx"])
-    m.add(f"{a}.embedding_length", _U32, hp["n_embd"])
-    m.add(f"{a}.block_count", _U32, hp["n_layer"])
-    m.add(f"{a}.attention.head_count", _U32, hp["n_head"])
+    m = GgufHeader()
+    m.add("general.architecture", ValueType.STRING, a)
+    m.add("general.name", ValueType.STRING, src.name)
+    m.add("general.description", ValueType.STRING, f"converted by gpt4all-convert from a Hugging Face {a} folder")
+    m.add("general.file_type", ValueType.UINT32, file_type)
+    m.add(f"{a}.context_length", ValueType.UINT32, hp["n_ctx"])
+    m.add(f"{a}.embedding_length", ValueType.UINT32, hp["n_embd"])
+    m.add(f"{a}.block_count", ValueType.UINT32, hp["n_layer"])
+    m.add(f"{a}.attention.head_count", ValueType.UINT32, hp["n_head"])
     if a == "llama":
-        m.add("llama.feed_forward_length", _U32, hp["n_ff"])
-        m.add("llama.rope.dimension_count", _U32, hp["n_rot"])
-        m.add("llama.attention.head_count_kv", _U32, hp["n_head_kv"])
-        m.add("llama.attention.layer_norm_rms_epsilon", _F32, hp["eps"])
+        m.add("llama.feed_forward_length", ValueType.UINT32, hp["n_ff"])
+        m.add("llama.rope.dimension_count", ValueType.UINT32, hp["n_rot"])
+        m.add("llama.attention.head_count_kv", ValueType.UINT32, hp["n_head_kv"])
+        m.add("llama.attention.layer_norm_rms_epsilon", ValueType.FLOAT32, hp["eps"])
         if hp["rope_theta"]:
-            m.add("llama.rope.freq_base", _F32, float(hp["rope_theta"]))
+            m.add("llama.rope.freq_base", ValueType.FLOAT32, float(hp["rope_theta"]))
     else:
-        m.add("mpt.feed_forward_length", _U32, 4 * hp["n_embd"])
-        m.add("mpt.attention.layer_norm_epsilon", _F32, 1e-5)
-        m.add("mpt.attention.max_alibi_bias", _F32, hp["alibi_bias_max"])
+        m.add("mpt.feed_forward_length", ValueType.UINT32, 4 * hp["n_embd"])
+        m.add("mpt.attention.layer_norm_epsilon", ValueType.FLOAT32, 1e-5)
+        m.add("mpt.attention.max_alibi_bias", ValueType.FLOAT32, hp["alibi_bias_max"])
         if hp["clip_qkv"]:
-            m.add("mpt.attention.clamp_kqv", _F32, hp["clip_qkv"])
+            m.add("mpt.attention.clamp_kqv", ValueType.FLOAT32, hp["clip_qkv"])
     n = hp["n_vocab"]
     if spm is not None:
         if len(spm.tokens) > n:
             raise ConvertError(f"{src}: tokenizer.model has {len(spm.tokens)} pieces, more than vocab_size {n}")
         pad = n - len(spm.tokens)
-        m.add("tokenizer.ggml.model", _STR, "llama")
-        m.add_array("tokenizer.ggml.tokens", _STR, spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
-        m.add_array("tokenizer.ggml.scores", _F32, spm.scores + [-1000.0] * pad)
-        m.add_array("tokenizer.ggml.token_type", _I32, spm.types + [_TT_UNUSED] * pad)
+        m.add("tokenizer.ggml.model", ValueType.STRING, "llama")
+        m.add_array("tokenizer.ggml.tokens", ValueType.STRING, spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
+        m.add_array("tokenizer.ggml.scores", ValueType.FLOAT32, spm.scores + [-1000.0] * pad)
+        m.add_array("tokenizer.ggml.token_type", ValueType.INT32, spm.types + [TokenType.UNUSED] * pad)
         bos, eos, unk = config.get("bos_token_id", spm.bos), config.get("eos_token_id", spm.eos), spm.unk
     else:
         assert bpe is not None
         if len(bpe.tokens) > n:
             raise ConvertError(f"{src}: the tokenizer has {len(bpe.tokens)} tokens, more than vocab_size {n}")
         toks = [bpe.tokens[i] if i < len(bpe.tokens) and bpe.tokens[i] is not None else f"[PAD{i}]" for i in range(n)]
-        types = [_TT_CONTROL if i in bpe.special else _TT_USER if i in bpe.added else
-                 _TT_NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else _TT_UNUSED for i in range(n)]
-        m.add("tokenizer.ggml.model", _STR, "gpt2")
-        m.add("tokenizer.ggml.pre", _STR, "mpt" if a == "mpt" else "gpt-2")
-        m.add_array("tokenizer.ggml.tokens", _STR, toks)
-        m.add_array("tokenizer.ggml.token_type", _I32, types)
-        m.add_array("tokenizer.ggml.merges", _STR, bpe.merges)
+        types = [TokenType.CONTROL if i in bpe.special else TokenType.USER_DEFINED if i in bpe.added else
+                 TokenType.NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else TokenType.UNUSED for i in range(n)]
+        m.add("tokenizer.ggml.model", ValueType.STRING, "gpt2")
+        m.add("tokenizer.ggml.pre", ValueType.STRING, "mpt" if a == "mpt" else "gpt-2")
+        m.add_array("tokenizer.ggml.tokens", ValueType.STRING, toks)
+        m.add_array("tokenizer.ggml.token_type", ValueType.INT32, types)
+        m.add_array("tokenizer.ggml.merges", ValueType.STRING, bpe.merges)
         end = next((i for i, t in enumerate(bpe.tokens) if t == "<|endoftext|>"), None)
         bos, eos, unk = config.get("bos_token_id", end), config.get("eos_token_id", end), None
     for key, tid in (("bos", bos), ("eos", eos), ("unknown", unk)):
         if isinstance(tid, int) and 0 <= tid < n:
-            m.add(f"tokenizer.ggml.{key}_token_id", _U32, tid)
+            m.add(f"tokenizer.ggml.{key}_token_id", ValueType.UINT32, tid)
     return m
 
 
@@ -663,7 +663,9 @@ def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], met
         ot = _otype(t.shape, f16)
         infos.append((t.gguf, list(reversed(t.shape)), ot, _prod(t.shape) * (4 if ot == 0 else 2)))
     meta = meta_fn(1 if f16 else 0)
-    head, offsets = _gguf_header(meta, infos)
+    for name, ne, ot, nbytes in infos:
+        meta.add_tensor(name, ne, ot, nbytes)
+    head, offsets = meta.encode(_ALIGN)
     parts: list[_Part] = [(len(head) + off, b"", _values(ck, t, ot))
                           for t, off, (_, _, ot, _) in zip(tensors, offsets, infos)]
     _stream(stage, head, parts, out)
@@ -694,7 +696,7 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     f16 = ftype_out == 1
     total = sum(4 * max(1, _prod(t.shape)) for t in tensors)
     _check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
-    def meta_fn(ft: int) -> _Meta:
+    def meta_fn(ft: int) -> GgufHeader:
         return _gguf_meta(src, plan, bpe, spm, ft, config)
     if fmt == "gguf":
         meta_fn(0)  # vocabulary checks before anything is written

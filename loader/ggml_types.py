@@ -230,14 +230,3 @@ def tensor_nbytes(type_id: int, shape: Iterable[int], layout: str = "pr1508") ->
             f"tensor of type {t.name} has row length {row} (shape {shape}), not a multiple of its "
             f"block size {t.block}")
     return n // t.block * t.size
-
-
-#: GGUF key/value types
-GGUF_VALUE_TYPES: dict[int, str] = {
-    0: "UINT8", 1: "INT8", 2: "UINT16", 3: "INT16", 4: "UINT32", 5: "INT32", 6: "FLOAT32",
-    7: "BOOL", 8: "STRING", 9: "ARRAY", 10: "UINT64", 11: "INT64", 12: "FLOAT64",
-}
-#: struct format character of each fixed-size GGUF value type
-GGUF_SCALAR_FMT: dict[int, str] = {
-    0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
-}

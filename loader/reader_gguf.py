@@ -15,7 +15,8 @@ from array import array
 from typing import Any, BinaryIO
 
 from .facts import FileFacts, TensorTypeStat, VocabFacts
-from .ggml_types import GGUF_SCALAR_FMT, GGUF_VALUE_TYPES, TYPE_NAMES, TYPES, ftype_name, ftype_phrase
+from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
+from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
 from .reader import ByteSource
 
 #: arrays up to this many elements are returned as lists by ``with_kv``; longer ones are summarized
@@ -34,7 +35,7 @@ MAX_DATA = 1 << 63
 _BYTE_TOKENS = frozenset(f"<0x{i:02X}>".encode() for i in range(256))
 _SPLIT_EXPERT = re.compile(r"^blk\.\d+\.ffn_(gate|down|up)\.\d+\.weight$")
 
-_SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in GGUF_SCALAR_FMT.items()}
+_SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in SCALAR_FORMAT.items()}
 _ARRAY_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
 
 
@@ -58,8 +59,8 @@ class _Gguf:
 
     def value(self, vtype: int, field: str, depth: int = 0, *, keep_arrays: bool = False) -> Any:
         src = self.src
-        if vtype in GGUF_SCALAR_FMT:
-            return src.unpack(GGUF_SCALAR_FMT[vtype], field)[0]
+        if vtype in SCALAR_FORMAT:
+            return src.unpack(SCALAR_FORMAT[vtype], field)[0]
         if vtype == 8:
             start = src.pos
             n = src.unpack(self.len_fmt, f"{field} length")[0]
@@ -76,10 +77,10 @@ class _Gguf:
             atype = src.u32(f"{field} array element type")
             start = src.pos
             count = src.unpack(self.len_fmt, f"{field} array length")[0]
-            if atype not in GGUF_VALUE_TYPES:
+            if atype not in VALUE_TYPE_NAMES:
                 raise src.error(f"{field} array element type",
                                 f"a GGUF value type 0-12 (got {atype})", start - 4)
-            tname = GGUF_VALUE_TYPES[atype]
+            tname = VALUE_TYPE_NAMES[atype]
             # smallest possible encoding of one element: check the count before looping
             min_el = _SCALAR_SIZES.get(atype, self.len_size if atype == 8 else 4 + self.len_size)
             if count * min_el > src.remaining:
@@ -87,7 +88,7 @@ class _Gguf:
                                 f"at most {src.remaining // max(min_el, 1)} {tname} elements in the "
                                 f"{src.remaining} bytes left (got {count})", start)
             full = keep_arrays or count <= SMALL_ARRAY
-            if atype in GGUF_SCALAR_FMT:
+            if atype in SCALAR_FORMAT:
                 nbytes = count * min_el
                 if not full:
                     src.skip(nbytes, field)
@@ -97,7 +98,7 @@ class _Gguf:
                     return [b != 0 for b in raw]
                 arr = array(_ARRAY_CODES[atype])
                 if arr.itemsize != min_el:  # platform without an exact-size typecode
-                    return list(struct.unpack(f"{src.endian}{count}{GGUF_SCALAR_FMT[atype]}", raw))
+                    return list(struct.unpack(f"{src.endian}{count}{SCALAR_FORMAT[atype]}", raw))
                 arr.frombytes(raw)
                 if src.endian == ">":
                     arr.byteswap()
@@ -126,7 +127,7 @@ class _Gguf:
         if atype != 8:
             val = self.value(9, field, keep_arrays=keep)
             n = len(val) if isinstance(val, list) else int(val.get("length", 0))
-            return val, VocabFacts(token_type=GGUF_VALUE_TYPES.get(atype, str(atype)), n_tokens=n)
+            return val, VocabFacts(token_type=VALUE_TYPE_NAMES.get(atype, str(atype)), n_tokens=n)
         src.u32(f"{field} array element type")
         count = src.unpack(self.len_fmt, f"{field} array length")[0]
         if count * self.len_size > src.remaining:
@@ -152,10 +153,10 @@ class _Gguf:
 def _type_label(src: ByteSource, vtype: int) -> str:
     """"UINT32", "STRING", "ARRAY[STRING]" ... of the value that starts at ``src.pos``."""
     if vtype != 9:
-        return GGUF_VALUE_TYPES.get(vtype, str(vtype))
+        return VALUE_TYPE_NAMES.get(vtype, str(vtype))
     raw = src.peek(4)
     atype = int.from_bytes(raw, "little" if src.endian == "<" else "big") if len(raw) == 4 else -1
-    return f"ARRAY[{GGUF_VALUE_TYPES.get(atype, str(atype))}]"
+    return f"ARRAY[{VALUE_TYPE_NAMES.get(atype, str(atype))}]"
 
 
 def _array_shape(kv: dict[str, Any], kv_types: dict[str, str], key: str) -> tuple[str, int] | None:

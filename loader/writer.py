@@ -27,6 +27,8 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO
 
+from .gguf import GgufHeader, TokenType, ValueType
+
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
            "legacy_tensor_header"]
@@ -54,8 +56,6 @@ def _pieces() -> list[str]:
     return out
 
 
-# token types of GGUF tokenizer.ggml.token_type
-TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
 
 
 def _uniform(seed: int, name: str, n: int, lo: float, hi: float) -> array:
@@ -132,7 +132,8 @@ class TinyLlama(_Tiny):
         toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
         toks += [w.replace(" ", "\u2581") for w in self.words]
         scores = [0.0] * 259 + [-float(i) for i in range(len(self.words))]
-        types = [TT_UNKNOWN, TT_CONTROL, TT_CONTROL] + [TT_BYTE] * 256 + [TT_NORMAL] * len(self.words)
+        T = TokenType
+        types = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256 + [T.NORMAL] * len(self.words)
         return toks, scores, types
 
     def legacy_vocab(self) -> list[tuple[bytes, float]]:
@@ -289,106 +290,37 @@ def write_llama(path: str | os.PathLike, model: TinyLlama, fmt: str, version: in
     return path
 
 
-class _GgufOut:
-    def __init__(self, e: str, version: int):
-        self.e = e
-        self.lf = "I" if version == 1 else "Q"
-        self.parts: list[bytes] = []
-
-    def raw(self, fmt: str, *v) -> None:
-        self.parts.append(struct.pack(self.e + fmt, *v))
-
-    def string(self, s: str) -> None:
-        b = s.encode()
-        self.raw(self.lf, len(b))
-        self.parts.append(b)
-
-    def kv(self, key: str, vtype: int, value) -> None:
-        self.string(key)
-        self.raw("I", vtype)
-        self.value(vtype, value)
-
-    def value(self, vtype: int, value) -> None:
-        fmt = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-        if vtype == 8:
-            self.string(value)
-        elif vtype in fmt:
-            self.raw(fmt[vtype], value)
-        else:
-            raise ValueError(f"use kv_array for arrays (type {vtype})")
-
-    def kv_array(self, key: str, etype: int, values: list) -> None:
-        self.string(key)
-        self.raw("I", 9)
-        self.raw("I", etype)
-        self.raw(self.lf, len(values))
-        if etype == 8:
-            for v in values:
-                self.string(v)
-        else:
-            fmt = {4: "I", 5: "i", 6: "f"}[etype]
-            self.raw(f"{len(values)}{fmt}", *values)
-
-
 def _write_gguf(path: Path, m: TinyLlama, version: int, ft: int, vocab_only: bool, e: str,
                 chat_template: str | None, name: str) -> None:
-    out = _GgufOut(e, version)
     toks, scores, types = m.gguf_vocab()
-    U32, I32, F32, STR = 4, 5, 6, 8
+    V = ValueType
     kvs: list[tuple] = [
-        ("general.architecture", STR, "llama"),
-        ("general.name", STR, name),
-        ("general.file_type", U32, ft),
-        ("general.alignment", U32, 32),
-        ("llama.context_length", U32, m.n_ctx),
-        ("llama.embedding_length", U32, m.n_embd),
-        ("llama.block_count", U32, m.n_layer),
-        ("llama.feed_forward_length", U32, m.n_ff),
-        ("llama.rope.dimension_count", U32, m.n_rot),
-        ("llama.attention.head_count", U32, m.n_head),
-        ("llama.attention.head_count_kv", U32, m.n_head_kv),
-        ("llama.attention.layer_norm_rms_epsilon", F32, m.rms_norm_eps),
-        ("tokenizer.ggml.model", STR, "llama"),
-        ("tokenizer.ggml.tokens", (9, STR), toks),
-        ("tokenizer.ggml.scores", (9, F32), scores),
-        ("tokenizer.ggml.token_type", (9, I32), types),
-        ("tokenizer.ggml.bos_token_id", U32, m.bos_id),
-        ("tokenizer.ggml.eos_token_id", U32, m.eos_id),
-        ("tokenizer.ggml.unknown_token_id", U32, m.unk_id),
+        ("general.architecture", V.STRING, "llama"),
+        ("general.name", V.STRING, name),
+        ("general.file_type", V.UINT32, ft),
+        ("general.alignment", V.UINT32, 32),
+        ("llama.context_length", V.UINT32, m.n_ctx),
+        ("llama.embedding_length", V.UINT32, m.n_embd),
+        ("llama.block_count", V.UINT32, m.n_layer),
+        ("llama.feed_forward_length", V.UINT32, m.n_ff),
+        ("llama.rope.dimension_count", V.UINT32, m.n_rot),
+        ("llama.attention.head_count", V.UINT32, m.n_head),
+        ("llama.attention.head_count_kv", V.UINT32, m.n_head_kv),
+        ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, m.rms_norm_eps),
+        ("tokenizer.ggml.model", V.STRING, "llama"),
+        ("tokenizer.ggml.tokens", (V.ARRAY, V.STRING), toks),
+        ("tokenizer.ggml.scores", (V.ARRAY, V.FLOAT32), scores),
+        ("tokenizer.ggml.token_type", (V.ARRAY, V.INT32), types),
+        ("tokenizer.ggml.bos_token_id", V.UINT32, m.bos_id),
+        ("tokenizer.ggml.eos_token_id", V.UINT32, m.eos_id),
+        ("tokenizer.ggml.unknown_token_id", V.UINT32, m.unk_id),
     ]
     if chat_template is not None:
-        kvs.append(("tokenizer.chat_template", STR, chat_template))
+        kvs.append(("tokenizer.chat_template", V.STRING, chat_template))
     shapes = {} if vocab_only else m.tensor_shapes()
-    out.raw("4s", b"GGUF")  # the magic is bytes, not a number: same in both byte orders
-    out.raw("I", version)
-    out.raw(out.lf, len(shapes))
-    out.raw(out.lf, len(kvs))
-    for key, vt, val in kvs:
-        if isinstance(vt, tuple):
-            out.kv_array(key, vt[1], val)
-        else:
-            out.kv(key, vt, val)
-    offset = 0
-    layout = []
-    for lname, shape in shapes.items():
-        tt = _ttype(shape, ft)
-        nbytes = math.prod(shape) * (4 if tt == 0 else 2)
-        offset += -offset % 32
-        out.string(gguf_name(lname))
-        out.raw("I", len(shape))
-        out.raw(("I" if version == 1 else "Q") * len(shape), *shape)
-        out.raw("I", tt)
-        out.raw("Q", offset)
-        layout.append((lname, tt, offset))
-        offset += nbytes
-    with open(path, "wb") as f:
-        for p in out.parts:
-            f.write(p)
-        _pad(f, 32)
-        start = f.tell()
-        for lname, tt, off in layout:
-            f.write(b"\0" * (start + off - f.tell()))
-            f.write(_data(m.weights(lname), tt, e))
+    tensors = [(gguf_name(lname), _ttype(shape, ft), shape, _data(m.weights(lname), _ttype(shape, ft), e))
+               for lname, shape in shapes.items()]
+    _write(path, _header(kvs, version, e), tensors, 32)
 
 
 def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
@@ -400,42 +332,38 @@ def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
     ``tensors``: (name, ggml type id, ne) for zero-filled data, or (name, ggml type id, ne, data bytes);
     sizes from :func:`ggml_types.tensor_nbytes`.
     """
-    from .ggml_types import tensor_nbytes
+    path = Path(path)
+    _write(path, _header(kv, version, "<" if endian == "little" else ">"), tensors, alignment)
+    return path
 
-    out = _GgufOut("<" if endian == "little" else ">", version)
-    out.raw("4s", b"GGUF")
-    out.raw("I", version)
-    out.raw(out.lf, len(tensors))
-    out.raw(out.lf, len(kv))
+
+def _header(kv: list[tuple], version: int, e: str) -> GgufHeader:
+    head = GgufHeader(version, e)
     for key, vt, val in kv:
         if isinstance(vt, tuple):
-            out.kv_array(key, vt[1], val)  # type: ignore[arg-type]
+            head.add_array(key, vt[1], val)
         else:
-            out.kv(key, vt, val)
-    offset = 0
-    blobs: list[tuple[int, bytes | None, int]] = []
+            head.add(key, vt, val)
+    return head
+
+
+def _write(path: Path, head: GgufHeader, tensors: list[tuple], alignment: int) -> None:
+    """The header, then each tensor's data (zeros when none is given) at its aligned offset."""
+    from .ggml_types import tensor_nbytes
+
+    blobs: list[tuple[bytes | None, int]] = []
     for name, tt, shape, *data in tensors:
-        offset += -offset % alignment
-        out.string(name)
-        out.raw("I", len(shape))
-        out.raw(("I" if version == 1 else "Q") * len(shape), *shape)
-        out.raw("I", tt)
-        out.raw("Q", offset)
         nbytes = tensor_nbytes(tt, shape)
         if data and len(data[0]) != nbytes:
             raise ValueError(f"tensor {name}: {len(data[0])} bytes of data, the shape needs {nbytes}")
-        blobs.append((offset, data[0] if data else None, nbytes))
-        offset += nbytes
-    path = Path(path)
+        head.add_tensor(name, shape, tt, nbytes)
+        blobs.append((data[0] if data else None, nbytes))
+    header, offsets = head.encode(alignment)
     with open(path, "wb") as f:
-        for p in out.parts:
-            f.write(p)
-        _pad(f, alignment)
-        start = f.tell()
-        for off, blob, nbytes in blobs:
-            f.write(b"\0" * (start + off - f.tell()))
+        f.write(header)
+        for off, (blob, nbytes) in zip(offsets, blobs):
+            f.write(b"\0" * (len(header) + off - f.tell()))
             f.write(blob if blob is not None else b"\0" * nbytes)
-    return path
 
 
 # -- Gemma 3 (GGUF only) -----------------------------------------------------------------------------
@@ -473,7 +401,7 @@ class TinyGemma3(_Tiny):
         return -b, b
 
     def kv(self, ftype: int) -> list[tuple]:
-        U32, I32, F32, STR = 4, 5, 6, 8
+        U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "gemma3"
         return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"), ("general.file_type", U32, ftype),
@@ -483,8 +411,8 @@ class TinyGemma3(_Tiny):
                 (f"{a}.attention.key_length", U32, self.head_dim), (f"{a}.attention.value_length", U32, self.head_dim),
                 (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-6),
                 (f"{a}.attention.sliding_window", U32, self.sliding_window), (f"{a}.rope.freq_base", F32, 1e6),
-                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (9, STR), toks),
-                ("tokenizer.ggml.scores", (9, F32), scores), ("tokenizer.ggml.token_type", (9, I32), types),
+                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 
@@ -530,7 +458,7 @@ class TinyMamba(_Tiny):
         return -b, b
 
     def kv(self, ftype: int) -> list[tuple]:
-        U32, I32, F32, STR = 4, 5, 6, 8
+        U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "mamba"
         return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"), ("general.file_type", U32, ftype),
@@ -539,8 +467,8 @@ class TinyMamba(_Tiny):
                 (f"{a}.attention.head_count", U32, 0), (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-5),
                 (f"{a}.ssm.conv_kernel", U32, self.d_conv), (f"{a}.ssm.inner_size", U32, self.d_inner),
                 (f"{a}.ssm.state_size", U32, self.d_state), (f"{a}.ssm.time_step_rank", U32, self.dt_rank),
-                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (9, STR), toks),
-                ("tokenizer.ggml.scores", (9, F32), scores), ("tokenizer.ggml.token_type", (9, I32), types),
+                ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 import struct
 
-from gpt4all_loader.ggml_types import GGUF_SCALAR_FMT, TYPES
+from gpt4all_loader.ggml_types import TYPES
+from gpt4all_loader.gguf import SCALAR_FORMAT
 
 HEADER = ["HEADER_BAD_MAGIC", "HEADER_BAD_VERSION_0", "HEADER_BAD_VERSION_1", "HEADER_BAD_VERSION_FUTURE",
           "HEADER_BAD_N_TENSORS", "HEADER_BAD_N_KV", "HEADER_EMPTY"]
@@ -116,13 +117,13 @@ def handcrafted(kind: str, seed: int) -> bytes:
                     n = rng.randrange(5)
                     b += struct.pack("<Q", n) + data[4 * j:4 * j + n]
             else:
-                size = struct.calcsize("<" + GGUF_SCALAR_FMT[ta])
+                size = struct.calcsize("<" + SCALAR_FORMAT[ta])
                 n = rng.randrange(64) // size
                 b += struct.pack("<Q", n) + data[:n * size]
         elif t == 13:
             b += data[:1]
         else:
-            b += data[:struct.calcsize("<" + GGUF_SCALAR_FMT[t])]
+            b += data[:struct.calcsize("<" + SCALAR_FORMAT[t])]
     if kind in _ALIGN_KINDS:
         key = b"general.alignment"
         b += struct.pack("<Q", len(key)) + key
