@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.util
+import io
 import json
 import os
 import threading
@@ -100,11 +103,40 @@ def _header_text() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def ffi():
+def ffi() -> Any:
+    """The cffi declarations of the shim header.
+
+    Parsing C (pycparser) costs tens of milliseconds in every process that loads a model, so the
+    parsed form is kept in the cache as a small generated module (cffi's out-of-line ABI mode), named
+    by the header's hash: made once, then imported in about a millisecond.
+    """
+    text = _header_text()
+    name = "_g4a_ffi_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = cache.lib_dir() / f"{name}.py"
+    if path.is_file():
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is not None and spec.loader is not None:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module.ffi
+        except Exception:  # noqa: BLE001 - a damaged file: parse the header again and rewrite it
+            pass
     import cffi
 
     f = cffi.FFI()
-    f.cdef(_header_text())
+    f.cdef(text)
+    try:
+        builder = cffi.FFI()
+        builder.cdef(text)
+        builder.set_source(name, None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with contextlib.redirect_stdout(io.StringIO()):  # it announces the file; stdout may be JSON
+            builder.emit_python_code(str(tmp))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: parse in every process, as before
+        pass
     return f
 
 
