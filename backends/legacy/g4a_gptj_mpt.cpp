@@ -47,20 +47,8 @@
 #include <unordered_map>
 #include <vector>
 
-#ifndef G4A_BACKEND_NAME
-#define G4A_BACKEND_NAME "ggml-gptj-mpt"
-#endif
-#ifndef G4A_VARIANT
-#define G4A_VARIANT "cpu"
-#endif
-#ifndef G4A_LLAMA_COMMIT
-#define G4A_LLAMA_COMMIT "unknown"
-#endif
 #ifndef G4A_API_GEN
 #define G4A_API_GEN 0
-#endif
-#ifndef G4A_GPU
-#define G4A_GPU 0
 #endif
 #ifndef G4A_LEGACY_QNT
 #define G4A_LEGACY_QNT 0

@@ -6,6 +6,20 @@
 
 #include "g4a_shim.h"
 
+// set by the build for each library (g4a_backend_info); defaults for a compile by hand
+#ifndef G4A_BACKEND_NAME
+#define G4A_BACKEND_NAME "unknown"
+#endif
+#ifndef G4A_VARIANT
+#define G4A_VARIANT "cpu"
+#endif
+#ifndef G4A_LLAMA_COMMIT
+#define G4A_LLAMA_COMMIT "unknown"
+#endif
+#ifndef G4A_GPU
+#define G4A_GPU 0
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <csignal>

@@ -25,19 +25,6 @@
 #ifndef G4A_EXPORTS_H
 #define G4A_EXPORTS_H
 
-#ifndef G4A_BACKEND_NAME
-#define G4A_BACKEND_NAME "unknown"
-#endif
-#ifndef G4A_VARIANT
-#define G4A_VARIANT "cpu"
-#endif
-#ifndef G4A_LLAMA_COMMIT
-#define G4A_LLAMA_COMMIT "unknown"
-#endif
-#ifndef G4A_GPU
-#define G4A_GPU 0
-#endif
-
 #define G4A_EXPORT extern "C" __attribute__((visibility("default")))
 
 G4A_EXPORT int32_t g4a_abi_version(void) { return G4A_ABI_VERSION; }

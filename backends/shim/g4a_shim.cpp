@@ -30,18 +30,6 @@
 #ifndef G4A_API_GEN
 #error "G4A_API_GEN must be defined by the build"
 #endif
-#ifndef G4A_BACKEND_NAME
-#define G4A_BACKEND_NAME "unknown"
-#endif
-#ifndef G4A_VARIANT
-#define G4A_VARIANT "cpu"
-#endif
-#ifndef G4A_LLAMA_COMMIT
-#define G4A_LLAMA_COMMIT "unknown"
-#endif
-#ifndef G4A_GPU
-#define G4A_GPU 0
-#endif
 
 
 // ---------------------------------------------------------------------------------------------
