@@ -327,15 +327,18 @@ class Model(Closing):
             h = self._weights()
             # the shim checks each id against the vocabulary and the context; Python keeps them int32
             ids = [_int(t, "a token id", -2**31, 2**31 - 1) for t in tokens]
-            arr = self._ffi.new("int32_t[]", ids)
-            with self._backend.evaluating():
-                rc = self._lib.g4a_eval(h, arr, len(ids))
-            if rc != 0:
-                err = self._err("evaluation failed")
-                self._lib.g4a_reset(h)   # what the engine holds after a failed batch is not known
-                self._kv = []
-                raise err
-            self._kv.extend(ids)
+            self._eval(h, self._ffi.new("int32_t[]", ids), ids)
+
+    def _eval(self, h: Any, arr: Any, ids: Sequence[int]) -> None:
+        """Evaluate ``ids`` (already in ``arr``) after the cache, and remember them there."""
+        with self._backend.evaluating():
+            rc = self._lib.g4a_eval(h, arr, len(ids))
+        if rc != 0:
+            err = self._err("evaluation failed")
+            self._lib.g4a_reset(h)   # what the engine holds after a failed batch is not known
+            self._kv = []
+            raise err
+        self._kv.extend(ids)
 
     def logits(self) -> list[float]:
         """Logits of the last evaluated position (n_vocab floats)."""
@@ -452,14 +455,7 @@ class Model(Closing):
                     if len(recent) > window_n:
                         del recent[0]
                     one[0] = tok
-                    with self._backend.evaluating():
-                        rc = self._lib.g4a_eval(self._h(), one, 1)
-                    if rc != 0:
-                        err = self._err("evaluation failed")
-                        self._lib.g4a_reset(self._h())
-                        self._kv = []
-                        raise err
-                    self._kv.append(tok)
+                    self._eval(self._h(), one, (tok,))
             finally:
                 self._streams -= 1
                 if self._closing and not self._streams:
