@@ -45,3 +45,18 @@ def tiny_llama(tiny_dir):
             write_llama(p, model, fmt, version=version, ftype=ftype)
             paths[(fmt, version, ftype)] = p
     return paths
+
+
+def spm_model(sentences: list[str], vocab_size: int = 320) -> bytes:
+    """A tiny SentencePiece BPE model trained here (byte fallback, LLaMA's ids for unk/BOS/EOS), as the
+    bytes of a tokenizer.model: the vocabulary of the test's Hugging Face LLaMA folders."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences * 20), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, hard_vocab_limit=False,
+                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   minloglevel=2)
+    return buf.getvalue()

@@ -37,7 +37,7 @@ from gpt4all_loader import convert as cv
 from gpt4all_loader.catalog import choose
 from gpt4all_loader.reader import read_facts
 
-from conftest import PROBE_TOKENS, backend_built, fmt_label, require_backend
+from conftest import PROBE_TOKENS, backend_built, fmt_label, require_backend, spm_model
 
 NEWEST = "gguf-2026-10"
 LEGACY = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
@@ -385,7 +385,6 @@ def hf_llama(tmp_path_factory):
                     + " (pip install torch transformers sentencepiece numpy pyyaml tqdm)")
     if not backend_built(NEWEST):
         pytest.skip(f"{NEWEST} is not built")
-    import io
 
     import sentencepiece as spm
     import torch
@@ -393,13 +392,9 @@ def hf_llama(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("hf") / "tiny-llama-hf"
     d.mkdir()
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(_SENTENCES * 20), model_writer=buf, vocab_size=320,
-                                   model_type="bpe", byte_fallback=True, hard_vocab_limit=False,
-                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                                   minloglevel=2)
-    (d / "tokenizer.model").write_bytes(buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    model = spm_model(_SENTENCES)
+    (d / "tokenizer.model").write_bytes(model)
+    sp = spm.SentencePieceProcessor(model_proto=model)
     try:  # the transformers tokenizer files too, as a real model folder has them
         from transformers import LlamaTokenizer
 

@@ -40,7 +40,7 @@ from gpt4all_loader import convert as cv  # noqa: E402
 from gpt4all_loader.reader import read_facts  # noqa: E402
 from gpt4all_loader.reader_legacy import tensor_records  # noqa: E402
 
-from conftest import backend_built, require_backend  # noqa: E402
+from conftest import backend_built, require_backend, spm_model  # noqa: E402
 
 NEWEST = "gguf-2026-10"
 GPTJ_MPT = ("ggml-gptj-mpt-2023-08", "ggml-gptj-mpt-2023-05")
@@ -140,17 +140,12 @@ def hf_gptj(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_llama(tmp_path_factory):
-    import io
 
     d = tmp_path_factory.mktemp("hf") / "tiny-llama"
     d.mkdir()
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES * 20), model_writer=buf, vocab_size=320,
-                                   model_type="bpe", byte_fallback=True, hard_vocab_limit=False,
-                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                                   minloglevel=2)
-    (d / "tokenizer.model").write_bytes(buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    model = spm_model(SENTENCES)
+    (d / "tokenizer.model").write_bytes(model)
+    sp = spm.SentencePieceProcessor(model_proto=model)
     e, f, n, h, kv, v = 64, 128, 2, 4, 2, sp.get_piece_size() + 4
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": v, "hidden_size": e,
            "intermediate_size": f, "num_hidden_layers": n, "num_attention_heads": h, "num_key_value_heads": kv,
