@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the pinned backends from this checkout: ``gpt4all-build`` (gpt4all_loader.build) run from the tree.
+"""Build the pinned backends from this checkout: ``gpt4all-build`` (gpt4all_loader.cli.build) run from the tree.
 
 Works before the package is installed, and always uses this tree's ``loader/`` (and, through its
 ``backends`` link, this tree's manifest and shim), never another installed copy.  Same flags:
@@ -21,6 +21,6 @@ if __name__ == "__main__":
     sys.modules["gpt4all_loader"] = package
     spec.loader.exec_module(package)
 
-    from gpt4all_loader.build import main
+    from gpt4all_loader.cli.build import main
 
     raise SystemExit(main())

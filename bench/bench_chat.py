@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(a.child, a.model, a.threads, a.max_tokens, a.n_ctx)))
         return 0
     if a.model is None:
-        from gpt4all_loader import realfiles
-
+        from gpt4all_loader.testing import realfiles
         a.model = str(realfiles.smollm2_path())
     peer = a.lcp_venv / "bin" / "python"
     engines = [("ours-session", sys.executable), ("ours-fresh", sys.executable)]

@@ -53,7 +53,7 @@ GPT4ALL1 = "gpt4all==1.0.8"
 # -- setup ----------------------------------------------------------------------------------------------
 def lcp_cmake_args(backend: str = NEW, variant: str = "cpu") -> list[str]:
     """CMake options of our backend variant, for llama-cpp-python's own build (no llava/mtmd, no tools)."""
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines.manifest import load_manifest
 
     spec = load_manifest()[backend]
     keep = [o for o in spec.cmake if not o.startswith(("-DLLAMA_BUILD_COMMON", "-DLLAMA_BUILD_APP"))]
@@ -63,8 +63,8 @@ def lcp_cmake_args(backend: str = NEW, variant: str = "cpu") -> list[str]:
 def link_archives(backend: str, out: Path) -> Path:
     """One shared library holding the static archives that build_backends.py left for ``backend``/cpu:
     the object code our backend library carries, for a peer's Python package to load."""
-    from gpt4all_loader import cache
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines import cache
+    from gpt4all_loader.engines.manifest import load_manifest
 
     spec = load_manifest()[backend]
     archives = [cache.build_dir() / backend / "cpu" / "cmake" / a for a in spec.archives]
@@ -82,8 +82,8 @@ def setup_lcp_archives(args: argparse.Namespace) -> None:
     archives: the peers' bindings over exactly our object code, without their own 30-minute builds."""
     import tarfile
 
-    from gpt4all_loader import sdist
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines import sdist
+    from gpt4all_loader.engines.manifest import load_manifest
 
     man = load_manifest()
     new = man[NEW]
@@ -113,8 +113,8 @@ def setup_lcp_archives(args: argparse.Namespace) -> None:
 
 def setup(args: argparse.Namespace) -> int:
     """Create the peer venvs.  llama-cpp-python comes from the sdist that build_backends.py verified."""
-    from gpt4all_loader import sdist
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines import sdist
+    from gpt4all_loader.engines.manifest import load_manifest
 
     spec = load_manifest()[NEW]
     archive = sdist.fetch(spec.sdist, spec.sha256)  # refuses a file whose sha256 differs from the manifest
@@ -138,8 +138,7 @@ def setup(args: argparse.Namespace) -> int:
 
 # -- inputs -------------------------------------------------------------------------------------------------
 def bench_dir() -> Path:
-    from gpt4all_loader import cache
-
+    from gpt4all_loader.engines import cache
     d = cache.files_dir() / "bench"
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -172,7 +171,7 @@ def smollm2_renamed_pre(src: Path) -> Path:
 
 
 def tiny_gptj() -> Path:
-    from gpt4all_loader.writer import TinyGPTJ, write_gptj
+    from gpt4all_loader.formats.writer import TinyGPTJ, write_gptj
 
     p = bench_dir() / "gptj-e256-l4-f16.bin"
     if not p.is_file():
@@ -181,7 +180,7 @@ def tiny_gptj() -> Path:
 
 
 def tiny_llama_ggjt3() -> Path:
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     p = bench_dir() / "llama-e256-l32-ggjt3-f16.bin"
     if not p.is_file():
@@ -191,8 +190,8 @@ def tiny_llama_ggjt3() -> Path:
 
 def bare_loop_exe() -> Path:
     """Compile bench/bare_loop.cpp against the gguf-2026-10 cpu archives in the cache (when newer)."""
-    from gpt4all_loader import cache
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines import cache
+    from gpt4all_loader.engines.manifest import load_manifest
 
     spec = load_manifest()[NEW]
     bdir = cache.build_dir() / NEW / "cpu"
@@ -271,8 +270,8 @@ def venv_python(venv: Path, module: str) -> Path | None:
 
 def build_groups(a: argparse.Namespace) -> list[tuple[str, str, list[Runner], list[str]]]:
     """[(title, file description, runners (ours first), notes)]"""
-    from gpt4all_loader import realfiles
-    from gpt4all_loader.variants import built_variants
+    from gpt4all_loader.engines.variants import built_variants
+    from gpt4all_loader.testing import realfiles
 
     built = built_variants()
     prompt = prompt_file()

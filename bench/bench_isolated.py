@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from gpt4all_loader import load
-    from gpt4all_loader.realfiles import smollm2_path
+    from gpt4all_loader.testing.realfiles import smollm2_path
 
     path = args.file or str(smollm2_path())
     models = {"in-process": load(path, n_threads=args.threads, n_ctx=512),

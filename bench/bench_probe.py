@@ -6,7 +6,7 @@
 Part 1 times ``gpt4all_loader.probe(path)`` (header, key/values, tensor directory, catalog verdict,
 memory estimate) and ``gguf.GGUFReader(path)`` on the same GGUF files: the median of ``--runs`` runs
 each, and the ratio.  Files: those named on the command line, the real SmolLM2 file when
-``gpt4all_loader.realfiles`` can provide it, and generated ones.
+``gpt4all_loader.testing.realfiles`` can provide it, and generated ones.
 
 Part 2 times the probe on generated GGUF files of 1 MB, 100 MB and 4 GB (sparse: the tensor data is a
 hole, so the disk holds only the header) to show that the cost depends on the header, not the size.
@@ -79,7 +79,7 @@ VOCAB_KINDS = ("gguf-v1-llama", "gguf-llama-spm", "gguf-llama-bpe", "gguf-qwen2"
 def real_files() -> list[Path]:
     out: list[Path] = []
     try:
-        from gpt4all_loader import realfiles  # type: ignore[attr-defined]
+        from gpt4all_loader.testing import realfiles  # type: ignore[attr-defined]
     except ImportError:
         return out
     for getter in ("smollm2_path",):

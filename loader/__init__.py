@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (BackendError, BuildError, ChatTemplateError, DeviceError, FormatError, ModelClosedError,
-                     UnsupportedModelError)
+from .errors import (
+    BackendError,
+    BuildError,
+    ChatTemplateError,
+    DeviceError,
+    FormatError,
+    ModelClosedError,
+    UnsupportedModelError,
+)
+
 # imported eagerly (pure Python, no native code): the function must shadow the submodule of the same name
 from .probe import ProbeReport, probe
 
@@ -28,6 +36,6 @@ def load(path: Any, **kwargs: Any) -> "Model":
 
 
 def read_facts(path: Any, **kwargs: Any):
-    from .reader import read_facts as _read
+    from .formats.sniff import read_facts as _read
 
     return _read(path, **kwargs)

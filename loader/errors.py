@@ -37,3 +37,17 @@ class DeviceError(RuntimeError):
 
 class ModelClosedError(RuntimeError):
     """A Model was used after close()."""
+
+
+class ConvertError(Exception):
+    """A conversion that cannot be done; the message says why and what would help.  ``exit_code`` is
+    gpt4all-convert's exit status for it."""
+
+    exit_code = 1
+
+
+class UsageError(ConvertError):
+    """A command line or call that asks for something impossible (bad arguments, SRC missing, OUT exists):
+    exit status 2 of every command.  A ``ConvertError`` so that callers of ``convert()`` catch one type."""
+
+    exit_code = 2

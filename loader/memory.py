@@ -382,21 +382,21 @@ def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, 
     ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
     VRAM plus ``reserve_bytes`` (default: the manifest's ``[cuda] reserve_mib``) fits in
     ``free_vram_bytes`` (default: what the CUDA driver reports for device 0; no driver: 0 layers),
-    by :func:`gpt4all_loader.variants.fit_layers`, the same figures ``load()`` uses to choose the CUDA
+    by :func:`gpt4all_loader.engines.cuda.fit_layers`, the same figures ``load()`` uses to choose the CUDA
     variant.  ``items`` follows gguf-parser's ``estimate.items[]``: one entry per device with its
     bytes and the layers it runs.
     """
-    from . import variants
+    from .engines import cuda
 
     auto = gpu_layers == "auto"
     free = free_vram_bytes
     if free is None and (auto or gpu_layers):
-        gi = variants.gpu_info(0)
+        gi = cuda.gpu_info(0)
         free = gi.free_bytes if gi is not None else None
     if reserve_bytes is None:
-        reserve_bytes = int(variants.cuda_table().get("reserve_mib", 768)) * MiB
+        reserve_bytes = int(cuda.cuda_table().get("reserve_mib", 768)) * MiB
     if auto:
-        layers = variants.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
+        layers = cuda.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
             if free is not None else 0
     else:
         layers = max(0, int(gpu_layers or 0))

@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
+from .engines import cache, native
+from .engines.manifest import load_manifest
 from .errors import BackendError, ChatTemplateError, ModelClosedError
-from .facts import FileFacts
-from .manifest import load_manifest
-from . import native
-from .variants import build_record
+from .formats.facts import FileFacts
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
@@ -571,8 +570,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
                                                    embeddings=embeddings, seed=seed, vocab_only=vocab_only,
                                                    flash_attn=flash_attn),
                              DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
+    from .formats.sniff import read_facts
     from .plan import plan
-    from .reader import read_facts
 
     path = os.fspath(path)
     facts = read_facts(path)
@@ -604,7 +603,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = N
     seconds = time.perf_counter() - t0
     if handle == ffi.NULL:
         raise BackendError(f"{path}: {be.name}/{be.variant} failed to load it: {be.last_error()}")
-    rec = build_record(be.name, be.variant)
+    rec = cache.read_record(be.name, be.variant)
     info = ModelInfo(
         path=path, backend=be.name, llama_cpp=rec.get("llama_cpp", ""), sdist=rec.get("sdist", ""),
         variant=be.variant, device=choice.device, format=facts.format, format_version=facts.format_version,

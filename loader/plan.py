@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import variants
-from .catalog import Verdict, choose
+from .engines import variants
+from .engines.catalog import Verdict, choose
+from .engines.manifest import build_command
+from .engines.variants import VariantChoice
 from .errors import BackendError, UnsupportedModelError
-from .facts import FileFacts
-from .manifest import build_command
-from .variants import VariantChoice
+from .formats.facts import FileFacts
 
 
 @dataclass(frozen=True)

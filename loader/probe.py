@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catalog
 from . import memory as _memory
+from .engines import catalog
 
 #: bump when a key is removed or changes meaning (adding keys keeps the version)
 SCHEMA_VERSION = 1
@@ -102,7 +102,7 @@ def _jsonable(v: Any, depth: int = 0) -> Any:
 def _precheck(path: str) -> None:
     """Raise OSError for paths that cannot be read as a file (clear messages before the reader runs);
     FIFOs and devices are refused before they are opened (opening a FIFO blocks)."""
-    from .reader import check_regular_file
+    from .formats.sniff import check_regular_file
 
     check_regular_file(path)  # ENOENT, ELOOP, ENOTDIR, EACCES, EISDIR, EINVAL (not a regular file)
     with open(path, "rb"):
@@ -155,7 +155,7 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
         rep.error_kind = "unreadable"
         return rep
     try:
-        from .reader import read_facts
+        from .formats.sniff import read_facts
     except ImportError as e:
         rep.error = f"the file reader is not available: {e}"
         rep.error_kind = "internal"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt4all_loader.variants import built_variants
+from gpt4all_loader.engines.variants import built_variants
 
 
 def backend_built(name: str, variant: str = "cpu") -> bool:
@@ -35,7 +35,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_dir):
     """One seeded tiny LLaMA written in every container, F32 and F16: {(fmt, version, ftype): path}."""
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     model = TinyLlama(seed=0)
     paths = {}

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import struct
 
-from gpt4all_loader.ggml_types import TYPES
-from gpt4all_loader.gguf import SCALAR_FORMAT
+from gpt4all_loader.formats.ggml_types import TYPES
+from gpt4all_loader.formats.gguf import SCALAR_FORMAT
 
 HEADER = ["HEADER_BAD_MAGIC", "HEADER_BAD_VERSION_0", "HEADER_BAD_VERSION_1", "HEADER_BAD_VERSION_FUTURE",
           "HEADER_BAD_N_TENSORS", "HEADER_BAD_N_KV", "HEADER_EMPTY"]

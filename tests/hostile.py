@@ -16,8 +16,17 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gpt4all_loader.writer import (TinyGPTJ, TinyLlama, TinyMPT, _legacy_tensor, gguf_name, write_gguf, write_gptj,
-                                   write_llama, write_mpt)
+from gpt4all_loader.formats.writer import (
+    TinyGPTJ,
+    TinyLlama,
+    TinyMPT,
+    _legacy_tensor,
+    gguf_name,
+    write_gguf,
+    write_gptj,
+    write_llama,
+    write_mpt,
+)
 
 GGUF_ERAS = ("gguf-2023-11", "gguf-2024-09", "gguf-2026-10")
 U32, I32, F32, STR, ARR = 4, 5, 6, 8, 9
@@ -199,7 +208,7 @@ CHILD_CASES = [
 #: address space a child may map: the tiny models need a few hundred MB; an engine that tries to
 #: allocate gigabytes for a hostile header fails inside the limit instead of exhausting the machine
 CHILD_ADDRESS_SPACE = 8 << 30
-#: what a refusal or failure inside the library looks like in gpt4all_loader.smoke's "error"
+#: what a refusal or failure inside the library looks like in gpt4all_loader.testing.smoke's "error"
 LIBRARY_ERRORS = ("UnsupportedModelError", "FormatError", "BackendError", "OSError", "MemoryError")
 
 
@@ -208,10 +217,10 @@ def _limit_address_space() -> None:
 
 
 def run_child(path: Path, backend: str | None, timeout: float = 120) -> dict:
-    """``load()`` + one ``evaluate`` of ``path`` in a child (``python -m gpt4all_loader.smoke``, the
+    """``load()`` + one ``evaluate`` of ``path`` in a child (``python -m gpt4all_loader.testing.smoke``, the
     probe's ``--load`` step) under an address-space limit: its JSON line, or a dict saying how it
     ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
-    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", str(path), "--device", "cpu", "--ctx-size", "64"]
+    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", str(path), "--device", "cpu", "--ctx-size", "64"]
     if backend:
         cmd += ["--backend", backend]
     try:

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROBE_TOKENS, backend_built, require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader import cache, native, sdist
+from gpt4all_loader.engines import cache, native, sdist
+from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.engines.variants import VariantChoice, built_variants, choose_variant, cpu_flags
 from gpt4all_loader.errors import BackendError, BuildError
-from gpt4all_loader.manifest import load_manifest
-from gpt4all_loader.variants import VariantChoice, built_variants, choose_variant, cpu_flags
-
-from conftest import PROBE_TOKENS, backend_built, require_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +114,7 @@ def test_build_list_json_contract():
 def test_variant_needing_missing_cpu_features_is_never_chosen(monkeypatch):
     require_backend("llama-2023-04")
     # a CPU with AVX but no AVX2/FMA/F16C must get the avx-only build, never the AVX2 one
-    monkeypatch.setattr("gpt4all_loader.variants.cpu_flags", lambda: frozenset({"avx", "sse3"}))
+    monkeypatch.setattr("gpt4all_loader.engines.variants.cpu_flags", lambda: frozenset({"avx", "sse3"}))
     choice = choose_variant("llama-2023-04", "cpu")
     if "cpu-avxonly" in built_variants()["llama-2023-04"]:
         assert choice.variant == "cpu-avxonly"
@@ -123,7 +122,7 @@ def test_variant_needing_missing_cpu_features_is_never_chosen(monkeypatch):
         assert choice.variant is None
     assert "lacks avx2" in choice.reason
     # and a CPU without AVX gets nothing rather than a crash
-    monkeypatch.setattr("gpt4all_loader.variants.cpu_flags", lambda: frozenset({"sse3"}))
+    monkeypatch.setattr("gpt4all_loader.engines.variants.cpu_flags", lambda: frozenset({"sse3"}))
     assert choose_variant("llama-2023-04", "cpu").variant is None
 
 
@@ -136,7 +135,7 @@ def test_avxonly_variant_gives_the_same_tokens(tiny_llama):
     a = greedy(path, "llama-2023-08")[0]
     be = native.open_backend("llama-2023-08", "cpu-avxonly")
     assert "AVX2 = 0" in be.info()
-    import gpt4all_loader.variants as variants_mod
+    import gpt4all_loader.engines.variants as variants_mod
     orig = variants_mod.choose_variant
     try:
         variants_mod.choose_variant = lambda b, d, **kw: VariantChoice("cpu-avxonly", "cpu", "test: old CPU")
@@ -154,7 +153,7 @@ def test_cpu_flags_are_read():
 
 DEQUANT_CHECK = r"""
 import json, struct, sys
-from gpt4all_loader import native
+from gpt4all_loader.engines import native
 out = {}
 for arg in sys.argv[1:]:
     name, variant = arg.split(":")
@@ -183,7 +182,7 @@ def test_fp16_tables_are_ready_before_any_load():
 
 QUANT_F16 = r"""
 import sys
-from gpt4all_loader.quantize import quantize
+from gpt4all_loader.convert.quantize import quantize
 import gpt4all_loader as g
 quantize(sys.argv[1], sys.argv[2], "Q4_0", backend="llama-2023-04")
 with g.load(sys.argv[2], n_ctx=64, n_threads=1) as m:
@@ -201,8 +200,8 @@ def test_quantizing_an_f16_file_first_thing_in_a_process(tiny_llama, tmp_path):
 
 ABORT_AT_LOAD = r"""
 import sys
-from gpt4all_loader import native
-from gpt4all_loader.writer import TinyLlama, write_gguf
+from gpt4all_loader.engines import native
+from gpt4all_loader.formats.writer import TinyLlama, write_gguf
 m = TinyLlama(seed=0, n_layer=1)
 toks, scores, types = m.gguf_vocab()
 kv = [("general.architecture", 8, "llama"), ("llama.context_length", 4, 64), ("llama.embedding_length", 4, 64),

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 import gpt4all_loader as g
-from gpt4all_loader import cache, probe_cli
-from gpt4all_loader.build import Progress, inputs_key
+from gpt4all_loader.cli import probe as probe_cli
+from gpt4all_loader.engines import cache
+from gpt4all_loader.engines.build import Progress, inputs_key
+from gpt4all_loader.engines.manifest import build_command, load_manifest, pinned
 from gpt4all_loader.errors import BackendError, BuildError
-from gpt4all_loader.manifest import build_command, load_manifest, pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 NINJA = ["[1/4] Building C object CMakeFiles/ggml.dir/ggml.c.o\n", "warning: something\n",

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpt4all_loader.manifest import load_manifest
-
-from gpt4all_loader.catalog import choose, suggest, type_id
-from gpt4all_loader.facts import FileFacts, TensorTypeStat
+from gpt4all_loader.engines.catalog import choose, suggest, type_id
+from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.formats.facts import FileFacts, TensorTypeStat
 from gpt4all_loader.memory import estimate
 
 

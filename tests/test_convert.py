@@ -31,13 +31,13 @@ from array import array
 from pathlib import Path
 
 import pytest
+from conftest import PROBE_TOKENS, backend_built, fmt_label, require_backend, spm_model
 
 import gpt4all_loader as g
-from gpt4all_loader import convert as cv
-from gpt4all_loader.catalog import choose
-from gpt4all_loader.reader import read_facts
-
-from conftest import PROBE_TOKENS, backend_built, fmt_label, require_backend, spm_model
+import gpt4all_loader.convert as cv
+from gpt4all_loader.cli import convert as convert_cli
+from gpt4all_loader.engines.catalog import choose
+from gpt4all_loader.formats.sniff import read_facts
 
 NEWEST = "gguf-2026-10"
 LEGACY = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
@@ -62,7 +62,7 @@ def own_era(path) -> str:
 
 
 def cli(argv, capsys):
-    rc = cv.main([str(a) for a in argv])
+    rc = convert_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return rc, out, err
@@ -159,8 +159,8 @@ def _decode_q4_0(raw: bytes, layout: str) -> list[float]:
 
 @pytest.mark.parametrize("era,version,layout", Q4_SOURCES, ids=[s[0] for s in Q4_SOURCES])
 def test_quantized_legacy_upgrade(tiny_llama, tmp_path, capsys, era, version, layout):
-    from gpt4all_loader.quantize import quantize
-    from gpt4all_loader.reader_legacy import tensor_records
+    from gpt4all_loader.convert.quantize import quantize
+    from gpt4all_loader.formats.legacy import tensor_records
 
     require_backend(era)
     require_backend(NEWEST)
@@ -218,7 +218,7 @@ def test_requantize_with_newest_quantizer(tiny_llama, tmp_path, capsys):
 
 
 def test_probe_suggests_the_upgrade(tiny_llama, tmp_path):
-    from gpt4all_loader.quantize import quantize
+    from gpt4all_loader.convert.quantize import quantize
 
     require_backend("llama-2023-04")
     src = quantize(tiny_llama[("ggjt", 1, "f32")], tmp_path / "old.bin", "Q4_0", backend="llama-2023-04")
@@ -264,7 +264,7 @@ def test_garbage_file(tmp_path, capsys):
 
 
 def test_gptj_file_is_refused(tmp_path, capsys):
-    from gpt4all_loader.writer import TinyGPTJ, write_gptj
+    from gpt4all_loader.formats.writer import TinyGPTJ, write_gptj
 
     src = write_gptj(tmp_path / "gptj.bin", TinyGPTJ(seed=0))
     rc, _, err = cli([src, "-o", tmp_path / "x.gguf"], capsys)
@@ -317,7 +317,7 @@ def test_usage_errors(tiny_llama, tmp_path, capsys):
     assert rc == 2 and "--force" in err
     assert (tmp_path / "exists.gguf").read_text() == "keep me"
     with pytest.raises(SystemExit) as e:
-        cv.main([str(src)])  # no -o
+        convert_cli.main([str(src)])  # no -o
     assert e.value.code == 2
     assert _listing(tmp_path) == ["exists.gguf"]
 
@@ -325,7 +325,7 @@ def test_usage_errors(tiny_llama, tmp_path, capsys):
 def test_not_enough_space(tiny_llama, tmp_path, capsys, monkeypatch):
     import shutil as _sh
 
-    monkeypatch.setattr(cv.shutil, "disk_usage", lambda p: _sh._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20))
+    monkeypatch.setattr(_sh, "disk_usage", lambda p, _real=_sh.disk_usage: _sh._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20))
     rc, _, err = cli([tiny_llama[("ggjt", 3, "f32")], "-o", tmp_path / "x.gguf"], capsys)
     assert rc == 1 and "not enough free space" in err
     assert _listing(tmp_path) == []
@@ -341,7 +341,7 @@ def test_disk_full_while_writing(tiny_llama, tmp_path, capsys, monkeypatch):
             raise OSError(28, "No space left on device")
         fo.write(b"\0" * nbytes)
 
-    monkeypatch.setattr(cv, "_copy", full)
+    monkeypatch.setattr(cv.legacy, "_copy", full)
     rc, _, err = cli([tiny_llama[("ggjt", 3, "f32")], "-o", tmp_path / "x.gguf", "--outtype", "f32"], capsys)
     assert rc == 1 and "is full" in err
     assert _listing(tmp_path) == []
@@ -349,7 +349,7 @@ def test_disk_full_while_writing(tiny_llama, tmp_path, capsys, monkeypatch):
 
 def test_console_script_exit_status(tmp_path):
     exe = Path(sys.executable).with_name("gpt4all-convert")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gpt4all_loader.convert"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gpt4all_loader.cli.convert"]
     src = tmp_path / "empty"
     src.mkdir()
     p = subprocess.run(cmd + [str(src), "-o", str(tmp_path / "x.gguf")], capture_output=True, text=True)
@@ -361,7 +361,7 @@ def test_missing_converter_packages(tmp_path, capsys, monkeypatch):
     src.mkdir()
     (src / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (src / "model.safetensors").write_bytes(b"\0" * 16)
-    monkeypatch.setattr(cv, "missing_hf_packages", lambda: ["torch", "transformers"])
+    monkeypatch.setattr(cv.upstream, "missing_hf_packages", lambda: ["torch", "transformers"])
     rc, _, err = cli([src, "-o", tmp_path / "x.gguf"], capsys)
     assert rc == 1 and "pip install torch transformers" in err
     assert _listing(tmp_path) == ["hf"]

@@ -35,12 +35,13 @@ st = pytest.importorskip("safetensors.numpy")
 tokenizers = pytest.importorskip("tokenizers")
 spm = pytest.importorskip("sentencepiece")
 
-import gpt4all_loader as g  # noqa: E402
-from gpt4all_loader import convert as cv  # noqa: E402
-from gpt4all_loader.reader import read_facts  # noqa: E402
-from gpt4all_loader.reader_legacy import tensor_records  # noqa: E402
-
 from conftest import backend_built, require_backend, spm_model  # noqa: E402
+
+import gpt4all_loader as g  # noqa: E402
+import gpt4all_loader.convert as cv  # noqa: E402
+from gpt4all_loader.cli import convert as convert_cli  # noqa: E402
+from gpt4all_loader.formats.legacy import tensor_records  # noqa: E402
+from gpt4all_loader.formats.sniff import read_facts  # noqa: E402
 
 NEWEST = "gguf-2026-10"
 GPTJ_MPT = ("ggml-gptj-mpt-2023-08", "ggml-gptj-mpt-2023-05")
@@ -52,7 +53,7 @@ PROMPT = "Once upon a time there lived"
 
 
 def cli(argv, capsys):
-    rc = cv.main([str(a) for a in argv])
+    rc = convert_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return rc, out, err
@@ -482,7 +483,7 @@ def test_mpt_gguf_tokenizes_like_tokenizers(hf_mpt, tmp_path, capsys):
 
 
 def test_bf16_checkpoint_reads_exactly(tmp_path):
-    from gpt4all_loader.convert_hf import Checkpoint
+    from gpt4all_loader.convert.hf import Checkpoint
 
     a = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
     bf = (a.view(np.uint32) >> 16).astype(np.uint16)
@@ -546,7 +547,7 @@ def test_layer_count_beyond_the_weights(hf_llama, tmp_path, capsys):
 def test_unknown_architecture(hf_mpt, tmp_path, capsys, monkeypatch):
     src = _copy(hf_mpt[0], tmp_path / "m")
     (src / "config.json").write_text(json.dumps({"architectures": ["FancyNewForCausalLM"]}))
-    monkeypatch.setattr(cv, "missing_hf_packages", lambda: ["torch"])
+    monkeypatch.setattr(cv.upstream, "missing_hf_packages", lambda: ["torch"])
     _refused(src, tmp_path, capsys, ["'FancyNewForCausalLM' is not GPT-J, LLaMA or MPT", "pip install torch"])
 
 
@@ -570,7 +571,7 @@ def test_malformed_safetensors_header(hf_mpt, tmp_path, capsys, header):
 # issue 12 part 5: a header that lies about n_layer; each conversion in a child process
 
 def _lying_header(tmp_path: Path, ftype: str) -> Path:
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     p = write_llama(tmp_path / f"ok-{ftype}.bin", TinyLlama(seed=0), "ggjt", ftype=ftype)
     b = bytearray(p.read_bytes())
@@ -586,7 +587,7 @@ def test_lying_n_layer_is_refused_before_writing(tmp_path, ftype):
     src = _lying_header(tmp_path, ftype)
     outdir = tmp_path / "out"
     outdir.mkdir()
-    p = subprocess.run([sys.executable, "-m", "gpt4all_loader.convert", str(src), "-o", str(outdir / "x.gguf"),
+    p = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.convert", str(src), "-o", str(outdir / "x.gguf"),
                         "--outtype", "f16"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1, p.stderr  # not 134 (SIGABRT) nor a negative signal
     assert "n_layer is 1000, the file holds 32 layers" in p.stderr and "Traceback" not in p.stderr
@@ -598,10 +599,10 @@ def test_quantizer_abort_leaves_nothing(tmp_path):
     quantizer runs in a child process.  The staged GGUF claims 1000 blocks over 2 (what an unvalidated
     n_layer 1000 header used to stage); the newest quantizer aborts on it (SIGABRT), or refuses it
     once the catalog validates block counts: either way a ConvertError and nothing left behind."""
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     require_backend(NEWEST)
-    temps = cv._Temps(tmp_path / "x.gguf")
+    temps = cv.Temps(tmp_path / "x.gguf")
     stage = temps.new("f32")
     write_llama(stage, TinyLlama(seed=0, n_layer=2), "gguf", ftype="f32")
     b = bytearray(stage.read_bytes())
@@ -620,7 +621,7 @@ def test_quantizer_abort_leaves_nothing(tmp_path):
 
 
 def test_import_needs_no_numpy():
-    code = "import sys, gpt4all_loader, gpt4all_loader.convert; sys.exit('numpy' in sys.modules)"
+    code = "import sys, gpt4all_loader, gpt4all_loader.cli.convert; sys.exit('numpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
@@ -632,6 +633,6 @@ def test_format_ggml_only_for_gptj_and_mpt(hf_llama, tmp_path, capsys):
 
 def test_help_says_which_path(capsys):
     with pytest.raises(SystemExit):
-        cv.main(["--help"])
+        convert_cli.main(["--help"])
     out = capsys.readouterr().out
     assert "numpy, no torch" in out and "convert_hf_to_gguf.py" in out and "--format" in out

@@ -8,12 +8,11 @@ files.  Greedy tokens must be identical everywhere.  (Logits span about +-3 on t
 from __future__ import annotations
 
 import pytest
+from conftest import LLAMA_FORMATS, PROBE_TOKENS, backend_built, fmt_label
 
 import gpt4all_loader as g
-from gpt4all_loader.catalog import verdicts
-from gpt4all_loader.reader import read_facts
-
-from conftest import LLAMA_FORMATS, PROBE_TOKENS, backend_built, fmt_label
+from gpt4all_loader.engines.catalog import verdicts
+from gpt4all_loader.formats.sniff import read_facts
 
 TOL = {"f32": 1e-2, "f16": 1e-2}   # measured: up to 5.9e-3 (2023-04, which keeps an F16 KV cache)
 REFERENCE = ("gguf", 3)
@@ -75,7 +74,7 @@ SAME_VALUES = 1e-6   # two layouts of the same quantized values
 
 @pytest.mark.parametrize("quant", ["Q4_0", "Q8_0"])
 def test_each_eras_quant_layout_reads_back_its_values(tiny_llama, tmp_path, quant):
-    from gpt4all_loader.quantize import quantize
+    from gpt4all_loader.convert.quantize import quantize
 
     built = [s for s in Q4_SOURCES if backend_built(s[0])]
     if len(built) < 2:
@@ -100,7 +99,7 @@ def test_each_eras_quant_layout_reads_back_its_values(tiny_llama, tmp_path, quan
 
 def test_old_layout_q4_0_is_refused_by_later_eras(tiny_llama, tmp_path):
     """A ggjt v1 Q4_0 file never reaches the 2023-05/08 loaders, which would misread its blocks."""
-    from gpt4all_loader.quantize import quantize
+    from gpt4all_loader.convert.quantize import quantize
 
     if not backend_built("llama-2023-04"):
         pytest.skip("llama-2023-04 not built")

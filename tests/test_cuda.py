@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader import cache, native, variants
+from gpt4all_loader.engines import cache, cuda, native, variants
+from gpt4all_loader.engines.cuda import GpuInfo
+from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.engines.variants import choose_variant
 from gpt4all_loader.errors import BackendError, DeviceError
-from gpt4all_loader.manifest import load_manifest
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.variants import GpuInfo, choose_variant
-
-from conftest import require_backend
+from gpt4all_loader.formats.sniff import read_facts
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_BACKENDS = sorted(n for n, s in load_manifest().items() if any(v.gpu == "cuda" for v in s.variants.values()))
@@ -30,7 +30,7 @@ GiB = 1024 ** 3
 
 
 def has_driver() -> bool:
-    return variants.cuda_driver()[0] > 0
+    return cuda.cuda_driver()[0] > 0
 
 
 def cuda_built(backend: str) -> bool:
@@ -47,7 +47,7 @@ def expected_reason(backend: str) -> str:
 
 def test_manifest_declares_cuda_variants_of_the_newest_and_a_2023_backend():
     assert {"gguf-2026-10", "llama-2023-08"} <= set(CUDA_BACKENDS)
-    table = variants.cuda_table()
+    table = cuda.cuda_table()
     assert table["architectures"] and all(int(re.sub(r"\D", "", a.split("-")[0])) >= 75
                                           for a in table["architectures"].split(";"))  # CUDA 13: sm_75+
     for w in table["wheels"]:
@@ -137,12 +137,12 @@ def fake_gpu(monkeypatch):
         return out
 
     monkeypatch.setattr(variants, "built_variants", built)
-    monkeypatch.setattr(variants, "cuda_driver", lambda: (1, "1 CUDA device(s)"))
-    monkeypatch.setattr(variants, "gpu_info", lambda index=0: GpuInfo(
+    monkeypatch.setattr(cuda, "cuda_driver", lambda: (1, "1 CUDA device(s)"))
+    monkeypatch.setattr(cuda, "gpu_info", lambda index=0: GpuInfo(
         0, "Simulated H100", state["cc"], state["free"], 80 * GiB, "cuMemGetInfo"))
-    monkeypatch.setattr(variants, "build_record", lambda b, v: {"cuda": {"architectures": state["archs"]}})
+    monkeypatch.setattr(cache, "read_record", lambda b, v: {"cuda": {"architectures": state["archs"]}})
     monkeypatch.setattr(variants, "missing_features", lambda needed: [])
-    monkeypatch.setattr(variants, "preload_cuda_runtime", lambda: "simulated")
+    monkeypatch.setattr(cuda, "preload_cuda_runtime", lambda: "simulated")
     return state
 
 
@@ -176,7 +176,7 @@ def test_free_memory_decides_how_many_layers(fake_gpu, tiny_llama):
     from gpt4all_loader.memory import estimate
 
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
-    reserve = variants.cuda_table()["reserve_mib"] * 1024 * 1024
+    reserve = cuda.cuda_table()["reserve_mib"] * 1024 * 1024
     ten = estimate(facts, ctx_size=64, gpu_layers=10, era="2026-10")["vram_bytes"]
     eleven = estimate(facts, ctx_size=64, gpu_layers=11, era="2026-10")["vram_bytes"]
     assert ten < eleven
@@ -207,7 +207,7 @@ def test_missing_cuda_runtime_falls_back_or_fails_loudly(fake_gpu, monkeypatch, 
     def missing():
         raise BackendError("the CUDA variants need libcublas.so.13 ... pip install nvidia-cublas==13.0.2.14")
 
-    monkeypatch.setattr(variants, "preload_cuda_runtime", missing)
+    monkeypatch.setattr(cuda, "preload_cuda_runtime", missing)
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
     choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64)
     assert choice.device == "cpu" and "pip install nvidia-cublas" in choice.reason
@@ -216,12 +216,12 @@ def test_missing_cuda_runtime_falls_back_or_fails_loudly(fake_gpu, monkeypatch, 
 
 
 def test_missing_cuda_runtime_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(variants, "_runtime_dirs", lambda: [(tmp_path, "nowhere")])
-    monkeypatch.setattr(variants, "cuda_table", lambda: {"runtime_libraries": ["libg4a-no-such-cublas.so.13"],
+    monkeypatch.setattr(cuda, "_runtime_dirs", lambda: [(tmp_path, "nowhere")])
+    monkeypatch.setattr(cuda, "cuda_table", lambda: {"runtime_libraries": ["libg4a-no-such-cublas.so.13"],
                                                          "wheels": [{"requirement": "nvidia-cublas==13.0.2.14"}]})
-    monkeypatch.setattr(variants, "_preloaded", {})
+    monkeypatch.setattr(cuda, "_preloaded", {})
     with pytest.raises(BackendError, match=r"libg4a-no-such-cublas.so.13.*pip install nvidia-cublas==13.0.2.14"):
-        variants.preload_cuda_runtime()
+        cuda.preload_cuda_runtime()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The demo's table: readable text for random models, and the column that makes the point."""
 from __future__ import annotations
 
-from gpt4all_loader.demo import readable, same_as_original
+from gpt4all_loader.cli.demo import readable, same_as_original
 
 
 def test_random_bytes_and_control_characters_read_as_escapes():

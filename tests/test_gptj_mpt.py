@@ -1,7 +1,7 @@
 """GPT4All-era GPT-J and MPT files on backend ggml-gptj-mpt-2023-05 (our model code on the ggml of
 llama-cpp-python 0.1.49), compared with gpt4all 1.0.8, the last gpt4all that read these files.
 
-Fixtures come from ``gpt4all_loader.writer`` (F32/F16).  The Q4_0 fixtures use the QNT v0 block layout
+Fixtures come from ``gpt4all_loader.formats.writer`` (F32/F16).  The Q4_0 fixtures use the QNT v0 block layout
 of spring-2023 ggml (20 bytes per 32 values: f32 scale ``d``, then 16 bytes where byte j holds value
 2j in its low nibble and value 2j+1 in its high nibble; x = (q - 8) * d).  They are made by
 :func:`requantize_q4_0` below, a Python port of ggml's reference quantizer of that time, and checked
@@ -23,7 +23,6 @@ from array import array
 from pathlib import Path
 
 import pytest
-
 from conftest import require_backend
 
 BACKEND = "ggml-gptj-mpt-2023-05"
@@ -143,7 +142,7 @@ def requantize_q4_0(src: Path, dst: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    from gpt4all_loader.writer import TinyGPTJ, TinyMPT, write_gptj, write_mpt
+    from gpt4all_loader.formats.writer import TinyGPTJ, TinyMPT, write_gptj, write_mpt
 
     d = tmp_path_factory.mktemp("gptj-mpt")
     out: dict[str, Path] = {}
@@ -168,7 +167,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def gpt4all_lib_dir() -> Path:
     """The build folder of the extracted gpt4all 1.0.8 wheel (libllmodel.so and its model libraries)."""
-    from gpt4all_loader import cache, sdist
+    from gpt4all_loader.engines import cache, sdist
     from gpt4all_loader.errors import BuildError
 
     try:
@@ -321,8 +320,7 @@ def test_kv_cache_matches_full_evaluation(files):
 def test_q4_0_fixture_layout_matches_the_backends_ggml(files):
     """The Python QNT v0 quantizer writes what this ggml reads: dequantize with both and compare."""
     require_backend(BACKEND)
-    from gpt4all_loader import native
-
+    from gpt4all_loader.engines import native
     be = native.open_backend(BACKEND, "cpu")
     f = native.ffi()
     vals = array("f", [math.sin(i * 0.37) * (1 + i % 7) for i in range(4 * QK)])
@@ -338,8 +336,7 @@ def test_q4_0_fixture_layout_matches_the_backends_ggml(files):
 def test_embeddings_and_quantize_are_refused_cleanly(files):
     require_backend(BACKEND)
     import gpt4all_loader
-    from gpt4all_loader import native
-
+    from gpt4all_loader.engines import native
     be = native.open_backend(BACKEND, "cpu")
     f = native.ffi()
     assert be.lib.g4a_quantize(b"/nonexistent", b"/tmp/x", 2, 1) == -1
@@ -368,8 +365,7 @@ def test_sampled_generation_is_reproducible(files):
 # bad files fail with a message, never an abort
 
 def _native_load(path: Path) -> tuple[bool, str]:
-    from gpt4all_loader import native
-
+    from gpt4all_loader.engines import native
     be = native.open_backend(BACKEND, "cpu")
     f = native.ffi()
     p = f.new("g4a_load_params *", dict(n_ctx=0, n_threads=1))
@@ -438,7 +434,7 @@ def test_native_loader_rejects_qnt2_quantized(files, tmp_path):
 
 def test_native_loader_rejects_llama_file(tmp_path):
     require_backend(BACKEND)
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     p = write_llama(tmp_path / "llama-ggml.bin", TinyLlama(seed=1, n_layer=1), "ggml")
     ok, err = _native_load(p)
@@ -450,16 +446,16 @@ def test_native_loader_rejects_llama_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["gptj-f32", "gptj-f16", "gptj-q4_0", "mpt-ggmm-f32", "mpt-ggmm-q4_0", "mpt-ggml-f32"])
 def test_catalog_picks_this_backend(files, name):
-    from gpt4all_loader.catalog import choose
-    from gpt4all_loader.reader import read_facts
+    from gpt4all_loader.engines.catalog import choose
+    from gpt4all_loader.formats.sniff import read_facts
 
     best, _ = choose(read_facts(str(files[name])))
     assert best is not None and best.backend == BACKEND
 
 
 def test_catalog_refuses_qnt2_file_here(files, tmp_path):
-    from gpt4all_loader.catalog import verdicts
-    from gpt4all_loader.reader import read_facts
+    from gpt4all_loader.engines.catalog import verdicts
+    from gpt4all_loader.formats.sniff import read_facts
 
     buf = bytearray(files["gptj-f32"].read_bytes())
     _, ftype_at = _vocab_end(bytes(buf), "gptj")

@@ -13,14 +13,13 @@ from array import array
 from pathlib import Path
 
 import pytest
-
-import gpt4all_loader as g
-from gpt4all_loader import native
-from gpt4all_loader.catalog import choose
-from gpt4all_loader.reader import read_facts
-
 from conftest import require_backend
 from test_gptj_mpt import _vocab_end
+
+import gpt4all_loader as g
+from gpt4all_loader.engines import native
+from gpt4all_loader.engines.catalog import choose
+from gpt4all_loader.formats.sniff import read_facts
 
 NEW, OLD = "ggml-gptj-mpt-2023-08", "ggml-gptj-mpt-2023-05"
 QK, F32, Q4_0 = 32, 0, 2
@@ -71,7 +70,7 @@ def requantize_qnt2(src: Path, dst: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from gpt4all_loader.writer import TinyGPTJ, TinyMPT, write_gptj, write_mpt
+    from gpt4all_loader.formats.writer import TinyGPTJ, TinyMPT, write_gptj, write_mpt
 
     d = tmp_path_factory.mktemp("qnt2")
     gj = write_gptj(d / "gptj-f32.bin", TinyGPTJ(seed=12, n_vocab=50300, n_embd=64, n_head=4, n_rot=8), "f32")
@@ -126,7 +125,7 @@ def test_same_model_code_on_both_ggml_trees_agrees(files, arch):
 def test_tensors_whose_size_is_not_a_multiple_of_16_bytes_load(tmp_path):
     """The August 2023 ggml pads ggml_nbytes() to 16 bytes: an F32 lm_head.bias of 50257 values
     (201028 bytes) was refused as a "size mismatch" until the loader compared the data size itself."""
-    from gpt4all_loader.writer import TinyGPTJ, write_gptj
+    from gpt4all_loader.formats.writer import TinyGPTJ, write_gptj
 
     require_backend(NEW)
     path = write_gptj(tmp_path / "gptj-50257.bin", TinyGPTJ(seed=0, n_vocab=50257), "f32")

@@ -15,16 +15,15 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import backend_built
 from gguf_handcrafted import EXPECTED, KINDS, handcrafted
 from hostile import CASES, CHILD_CASES, GGUF_ERAS, GPTJ_MPT_CASES, LIBRARY_ERRORS, gguf, legacy, run_child
 
 from gpt4all_loader import probe
-from gpt4all_loader.catalog import verdicts
+from gpt4all_loader.engines.catalog import verdicts
 from gpt4all_loader.errors import FormatError, UnsupportedModelError
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import write_gguf
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import write_gguf
 
 #: seeds per handcrafted kind; G4A_HOSTILE_SEEDS=200 for the long run of the issue
 SEEDS = range(int(os.environ.get("G4A_HOSTILE_SEEDS", "4")))
@@ -125,7 +124,7 @@ def test_special_files_refused_without_blocking(path, tmp_path):
 
     with pytest.raises(OSError, match=path):
         load(path)
-    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", path], capture_output=True, text=True,
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.probe", path], capture_output=True, text=True,
                         timeout=60)
     out = cp.stdout + cp.stderr
     assert cp.returncode == 2 and ("not a regular file" in out or "does not report" in out), out
@@ -186,7 +185,7 @@ def test_probe_cli_reports_non_utf8_names(tmp_path):
     with open(bad, "wb") as f:
         f.write(gguf(tmp_path / "good.gguf").read_bytes())
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", str(tmp_path)],
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.probe", str(tmp_path)],
                         capture_output=True, timeout=120, env=env)
     out = cp.stdout.decode("utf-8")
     assert cp.returncode == 0 and "internal error" not in cp.stderr.decode(), cp.stderr

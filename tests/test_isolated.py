@@ -5,12 +5,11 @@ import os
 import signal
 
 import pytest
-
 from conftest import require_backend
 
 from gpt4all_loader import BackendError, FormatError, ModelClosedError, UnsupportedModelError, load
+from gpt4all_loader.formats.writer import TinyLlama, write_llama
 from gpt4all_loader.worker import IsolatedModel
-from gpt4all_loader.writer import TinyLlama, write_llama
 
 TEMPLATE = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]"
 #: every worker call in these tests answers within this many seconds, or fails the test

@@ -11,19 +11,28 @@ import subprocess
 import sys
 
 import pytest
-
-from gpt4all_loader import realfiles
-from gpt4all_loader.catalog import load_manifest
-from gpt4all_loader.errors import BuildError
-from gpt4all_loader.memory import MiB, estimate, parse_engine_log, plan
-from gpt4all_loader.probe_cli import engine_memory_in_child
-from gpt4all_loader.quantize import quantize
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.variants import fit_layers
-from gpt4all_loader.writer import (TinyGemma3, TinyGPTJ, TinyLlama, TinyMamba, TinyMPT, write_gemma3, write_gptj,
-                                   write_llama, write_mamba, write_mpt)
-
 from conftest import require_backend
+
+from gpt4all_loader.cli.probe import engine_memory_in_child
+from gpt4all_loader.convert.quantize import quantize
+from gpt4all_loader.engines.catalog import load_manifest
+from gpt4all_loader.engines.cuda import fit_layers
+from gpt4all_loader.errors import BuildError
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import (
+    TinyGemma3,
+    TinyGPTJ,
+    TinyLlama,
+    TinyMamba,
+    TinyMPT,
+    write_gemma3,
+    write_gptj,
+    write_llama,
+    write_mamba,
+    write_mpt,
+)
+from gpt4all_loader.memory import MiB, estimate, parse_engine_log, plan
+from gpt4all_loader.testing import realfiles
 
 CONTEXTS = (256, 2048, 8192)
 TOLERANCE = 0.05
@@ -131,7 +140,7 @@ def test_key_length_and_swa_layers_size_the_kv_cache(files):
 def test_gemma3_270m_figures_of_the_engine():
     """Gemma 3 270M Q4_K_M (not fetchable here) from its header facts, against what llama.cpp 0c1e570
     logged for it (issue 17: model 235.16 + repack 12.66 + output 1.00 + KV + compute 514.50 MiB)."""
-    from gpt4all_loader.facts import FileFacts, TensorTypeStat
+    from gpt4all_loader.formats.facts import FileFacts, TensorTypeStat
 
     facts = FileFacts(path="gemma-3-270m-it-Q4_K_M.gguf", size=253_000_000, format="gguf", architecture="gemma3",
                       hparams={"n_vocab": 262144, "n_embd": 640, "n_layer": 18, "n_head": 4, "n_head_kv": 1,
@@ -222,7 +231,7 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
 
 
 def _cli(*args):
-    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", *map(str, args)],
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.probe", *map(str, args)],
                         capture_output=True, text=True, timeout=300)
     return cp.returncode, cp.stdout, cp.stderr
 

@@ -12,9 +12,9 @@ import sys
 import textwrap
 
 import pytest
-
-from gpt4all_loader.manifest import load_manifest
 from conftest import require_backend
+
+from gpt4all_loader.engines.manifest import load_manifest
 
 #: (backend, how its tiny test model is written)
 ERAS = [
@@ -34,7 +34,7 @@ _PRELUDE = """
 import json, os, sys, threading
 from gpt4all_loader import load
 from gpt4all_loader.errors import BackendError, ChatTemplateError, ModelClosedError
-from gpt4all_loader.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
 
 def tiny(kind, path):
     if kind == "gptj":

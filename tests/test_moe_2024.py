@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from array import array
 
+from conftest import PROBE_TOKENS, require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader.catalog import verdicts
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import TinyLlama, gguf_name, write_gguf, write_llama
-
-from conftest import PROBE_TOKENS, require_backend
+from gpt4all_loader.engines.catalog import verdicts
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyLlama, gguf_name, write_gguf, write_llama
 
 U32, I32, F32, STR = 4, 5, 6, 8
 N_EXPERT = 2

@@ -16,13 +16,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader import realfiles
-from gpt4all_loader.build import inputs_key, listing
-from gpt4all_loader.manifest import load_manifest
-
-from conftest import require_backend
+from gpt4all_loader.engines.build import inputs_key, listing
+from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.testing import realfiles
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +30,8 @@ SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "backends").rglob("*"
 #: prints the build key of every CPU variant, as the installed package computes it
 KEYS_SCRIPT = """
 import json
-from gpt4all_loader.build import inputs_key
-from gpt4all_loader.manifest import load_manifest
+from gpt4all_loader.engines.build import inputs_key
+from gpt4all_loader.engines.manifest import load_manifest
 print(json.dumps({f"{n}/{v}": inputs_key(s, v) for n, s in load_manifest().items()
                   for v, var in s.variants.items() if var.gpu is None}))
 """

@@ -7,12 +7,19 @@ what is generated (greedy), in any era.
 from __future__ import annotations
 
 import pytest
+from conftest import require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader.writer import (TinyGPTJ, TinyLlama, TinyMamba, TinyMPT, write_gptj, write_llama, write_mamba,
-                                   write_mpt)
-
-from conftest import require_backend
+from gpt4all_loader.formats.writer import (
+    TinyGPTJ,
+    TinyLlama,
+    TinyMamba,
+    TinyMPT,
+    write_gptj,
+    write_llama,
+    write_mamba,
+    write_mpt,
+)
 
 TEMPLATE = ("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant:{% endif %}")

@@ -40,7 +40,7 @@ def write_gguf(path, *, arch="llama", truncate=False, ttype=0):
 def cli(*args, env=None):
     e = dict(os.environ)
     e.update(env or {})
-    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", *map(str, args)],
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.probe", *map(str, args)],
                         capture_output=True, text=True, timeout=60, env=e)
     assert "Traceback" not in cp.stderr and "Traceback" not in cp.stdout
     return cp

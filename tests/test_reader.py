@@ -8,9 +8,9 @@ import time
 import pytest
 
 from gpt4all_loader.errors import FormatError
-from gpt4all_loader.ggml_types import TYPES, ftype_name, tensor_nbytes
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gguf, write_gptj, write_llama, write_mpt
+from gpt4all_loader.formats.ggml_types import TYPES, ftype_name, tensor_nbytes
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gguf, write_gptj, write_llama, write_mpt
 
 FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2),
            ("gguf", 3)]

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpt4all_loader.errors import FormatError
-from gpt4all_loader.facts import FileFacts
-from gpt4all_loader.reader import read_facts
+from gpt4all_loader.formats.facts import FileFacts
+from gpt4all_loader.formats.sniff import read_facts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fuzz_reader  # noqa: E402

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from gpt4all_loader import realfiles
 from gpt4all_loader.errors import BuildError
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import write_gguf
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import write_gguf
+from gpt4all_loader.testing import realfiles
 
 
 def _get(fn, *args):

@@ -22,7 +22,7 @@ openai = pytest.importorskip("openai")
 from conftest import backend_built, require_backend  # noqa: E402
 
 from gpt4all_loader import load  # noqa: E402
-from gpt4all_loader.writer import TinyGPTJ, TinyLlama, write_gptj, write_llama  # noqa: E402
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, write_gptj, write_llama  # noqa: E402
 
 TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -45,7 +45,7 @@ class Server:
         self.log_path = log
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt4all_loader.serve", *map(str, paths), "--port", str(self.port),
+            [sys.executable, "-m", "gpt4all_loader.cli.serve", *map(str, paths), "--port", str(self.port),
              "--threads", "1", *extra], stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_S
         while True:
@@ -308,7 +308,7 @@ def test_least_recently_used_unloads_first(server):
 
 
 def test_memory_budget(folder, tmp_path):
-    from gpt4all_loader.serve import discover
+    from gpt4all_loader.cli.serve import discover
 
     entries, _ = discover([str(folder / GGUF), str(folder / GGJT)])
     a, b = entries[GGUF].memory_mib, entries[GGJT].memory_mib
@@ -332,11 +332,11 @@ def test_gptj_file_served_when_its_era_is_built(server, greedy):
 
 
 def test_core_import_stays_small_and_nothing_to_serve_is_an_error(tmp_path):
-    code = ("import sys, gpt4all_loader, gpt4all_loader.model, gpt4all_loader.worker, gpt4all_loader.serve; "
+    code = ("import sys, gpt4all_loader, gpt4all_loader.model, gpt4all_loader.worker, gpt4all_loader.cli.serve; "
             "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
     (tmp_path / "notes.gguf").write_text("not a model\n")
-    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.serve", str(tmp_path), "--port", str(_free_port())],
+    cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.serve", str(tmp_path), "--port", str(_free_port())],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and "no model to serve" in cp.stderr and "not a model" in cp.stderr

@@ -12,13 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA_FORMATS, backend_built, fmt_label, require_backend
 
 import gpt4all_loader as g
-from gpt4all_loader.catalog import verdicts
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import TinyLlama, write_llama
-
-from conftest import LLAMA_FORMATS, backend_built, fmt_label, require_backend
+from gpt4all_loader.engines.catalog import verdicts
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
 REFERENCE = "gguf-2026-10"
 
@@ -157,8 +156,7 @@ REAL_TEXTS = ["Hello world", " Hello  world ", "The quick brown fox\njumps over\
 
 
 def _real(kind: str) -> Path:
-    from gpt4all_loader import realfiles
-
+    from gpt4all_loader.testing import realfiles
     try:
         return realfiles.vocab_file(kind)
     except Exception as e:  # noqa: BLE001 - the package index is unreachable
@@ -203,7 +201,7 @@ def test_byte_tokens_stored_as_text_give_an_error_not_an_abort(tmp_path):
     require_backend("llama-2023-08")
     path = tmp_path / "bytes-as-text.bin"
     proc = _child(f"""
-        from gpt4all_loader.writer import TinyLlama, write_llama
+        from gpt4all_loader.formats.writer import TinyLlama, write_llama
         import gpt4all_loader as g
 
         class ByteText(TinyLlama):
@@ -247,7 +245,7 @@ def test_probe_load_of_a_vocabulary_file_succeeds():
     """gpt4all-probe --load of a vocabulary-only file loads it for tokenizing (it used to report FAILED)."""
     require_backend("llama-2023-04")
     path = _real("ggjt-v1")
-    proc = subprocess.run([sys.executable, "-m", "gpt4all_loader.probe_cli", "--load", "--json", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.probe", "--load", "--json", str(path)],
                           capture_output=True, text=True, timeout=300)
     import json
 

@@ -6,9 +6,8 @@ from array import array
 
 import pytest
 
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import (TinyGPTJ, TinyLlama, TinyMPT, gguf_name, write_gptj, write_llama,
-                                   write_mpt)
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, gguf_name, write_gptj, write_llama, write_mpt
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ BACKEND, VARIANT = "gguf-2026-10", "cpu"
 
 
 def build() -> Path:
-    from gpt4all_loader import cache
-    from gpt4all_loader.manifest import load_manifest
+    from gpt4all_loader.engines import cache
+    from gpt4all_loader.engines.manifest import load_manifest
 
     spec = load_manifest()[BACKEND]
     bdir = cache.build_dir() / BACKEND / VARIANT

@@ -6,7 +6,7 @@ or a time-out is a finding (a check missing from ``validate.py``); a library err
     python tools/fuzz_native.py 200 [--seed 1] [--timeout 60]
 
 Prints the count of each outcome; files that crashed are kept (``fuzz-native-SEED-I.bin``) for replay
-with ``python -m gpt4all_loader.smoke FILE --backend NAME``.
+with ``python -m gpt4all_loader.testing.smoke FILE --backend NAME``.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpt4all_loader.catalog import verdicts
+from gpt4all_loader.engines.catalog import verdicts
+from gpt4all_loader.engines.variants import built_variants
 from gpt4all_loader.errors import FormatError
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.variants import built_variants
-from gpt4all_loader.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
 
 INTERESTING = [0, 1, 2, 3, 7, 8, 13, 31, 32, 33, 64, 255, 1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 ADDRESS_SPACE = 8 << 30
@@ -105,7 +105,7 @@ def main() -> int:
                 counts["catalog refused"] += 1
                 continue
             for backend in ok:
-                cmd = [sys.executable, "-m", "gpt4all_loader.smoke", str(target), "--backend", backend,
+                cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", str(target), "--backend", backend,
                        "--device", "cpu", "--ctx-size", "64"]
                 try:
                     cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=_limit)

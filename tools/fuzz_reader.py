@@ -18,8 +18,8 @@ import traceback
 from pathlib import Path
 
 from gpt4all_loader.errors import FormatError
-from gpt4all_loader.reader import read_facts
-from gpt4all_loader.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gguf, write_gptj, write_llama, write_mpt
+from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gguf, write_gptj, write_llama, write_mpt
 
 INTERESTING = [0, 1, 2, 3, 4, 31, 32, 255, 256, 1000, 2002, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFE]
 

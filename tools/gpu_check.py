@@ -138,7 +138,7 @@ def argmax(v: list[float]) -> int:
 
 def make_cases(work: Path) -> tuple[list[dict], list[str]]:
     """The models: tiny ones written here (and one quantized by the 2023-08 engine), and SmolLM2."""
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
 
     notes: list[str] = []
     tiny = TinyLlama(seed=0)
@@ -147,7 +147,7 @@ def make_cases(work: Path) -> tuple[list[dict], list[str]]:
     p = write_llama(work / "tiny-ggjt3-f16.bin", tiny, "ggjt", version=3, ftype="f16")
     cases.append(dict(name="tiny ggjt3 F16", path=p, backend="llama-2023-08", tokens=probe, tol=1e-2))
     try:
-        from gpt4all_loader.quantize import quantize
+        from gpt4all_loader.convert.quantize import quantize
 
         q = quantize(p, work / "tiny-ggjt3-q4_0.bin", "Q4_0", backend="llama-2023-08")
         cases.append(dict(name="tiny ggjt3 Q4_0", path=Path(q), backend="llama-2023-08", tokens=probe, tol=1e-2))
@@ -161,7 +161,7 @@ def make_cases(work: Path) -> tuple[list[dict], list[str]]:
     p = write_llama(work / "tiny-gguf3-f32.gguf", tiny, "gguf", version=3, ftype="f32")
     cases.append(dict(name="tiny gguf3 F32", path=p, backend="gguf-2026-10", tokens=probe, tol=1e-2))
     try:
-        from gpt4all_loader.realfiles import smollm2_path
+        from gpt4all_loader.testing.realfiles import smollm2_path
 
         cases.append(dict(name="SmolLM2-135M Q4_1", path=smollm2_path(), backend="gguf-2026-10",
                           prompt="The capital of France is", tol=5e-2))
@@ -172,10 +172,9 @@ def make_cases(work: Path) -> tuple[list[dict], list[str]]:
 
 def main_parent() -> int:
     _import_package()
-    from gpt4all_loader import variants
-
-    n, why = variants.cuda_driver()
-    gi = variants.gpu_info(0) if n else None
+    from gpt4all_loader.engines import cuda, variants
+    n, why = cuda.cuda_driver()
+    gi = cuda.gpu_info(0) if n else None
     print(f"CUDA driver: {why}" + (f"; {gi.name}, cc {gi.capability[0]}.{gi.capability[1]}, "
                                    f"{gi.free_bytes >> 20} MiB free of {gi.total_bytes >> 20} MiB ({gi.source})"
                                    if gi else ""))

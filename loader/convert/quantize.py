@@ -9,9 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import native
-from .errors import BackendError, UnsupportedModelError
-from .ggml_types import GGUF_FTYPE_NAMES
+from ..engines import native
+from ..errors import BackendError, UnsupportedModelError
+from ..formats.ggml_types import GGUF_FTYPE_NAMES
 
 _BY_NAME = {name.removeprefix("MOSTLY_").removeprefix("ALL_"): num for num, name in GGUF_FTYPE_NAMES.items()}
 
@@ -33,8 +33,8 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str | int, *
     ``src`` is validated by the reader and the catalog before any native code sees it; ``dst`` is
     written to a temporary file beside it and renamed, so a failure leaves nothing behind.
     """
-    from .plan import plan
-    from .reader import read_facts
+    from ..formats.sniff import read_facts
+    from ..plan import plan
 
     src, dst = Path(src), Path(dst)
     facts = read_facts(src)

@@ -11,7 +11,7 @@ quantizers from these.  Pure Python (``struct``/``array``), no third-party packa
 
 Example::
 
-    from gpt4all_loader.writer import TinyLlama, write_llama
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
     m = TinyLlama(seed=1)
     write_llama("tiny-ggjt-v3.bin", m, "ggjt", version=3, ftype="f16")
     write_llama("tiny.gguf", m, "gguf", chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")

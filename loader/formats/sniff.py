@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError
+from ..errors import FormatError
 from .facts import FileFacts
 
 MAGIC_GGML = 0x67676D6C  # "ggml" (bytes "lmgg")
@@ -270,11 +270,11 @@ def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bo
                                         "pseudo-file), not a model file", p)
         try:
             if len(head) >= 4 and head[:4] == GGUF_MAGIC:
-                from . import reader_gguf
+                from . import gguf_reader as reader_gguf
 
                 return reader_gguf.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
             if len(head) >= 4 and int.from_bytes(head[:4], "little") in LEGACY_MAGICS:
-                from . import reader_legacy
+                from . import legacy as reader_legacy
 
                 return reader_legacy.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
             return _not_a_model(p, size, head)

@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import BuildError
 from .cache import sdist_dir
-from .errors import BuildError
 from .manifest import pinned
 
 
@@ -55,8 +55,13 @@ def fetch(requirement: str, sha256: str, *, binary: bool = False, dest: Path | N
 
 def _names_pin(filename: str, name: str, version: str) -> bool:
     """Whether a downloaded file (sdist or wheel, as pip names it) is the one of ``name==version``."""
-    from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name,
-                                 parse_sdist_filename, parse_wheel_filename)
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
     from packaging.version import Version
 
     try:

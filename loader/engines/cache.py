@@ -5,8 +5,10 @@ CI and the library all find the same builds, and a rebuild of an unchanged backe
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 ENV_VAR = "GPT4ALL_LOADER_CACHE"
 
@@ -38,3 +40,22 @@ def files_dir() -> Path:
     """Real model files taken from registry packages (vocab files inside sdists, model wheels)."""
     return cache_root() / "files"
 
+
+
+def library_path(backend: str, variant: str) -> Path:
+    """The built library of one backend variant."""
+    return lib_dir() / f"libg4a-{backend}-{variant}.so"
+
+
+def record_path(backend: str, variant: str) -> Path:
+    """The build record beside the library: how it was made (sdist, flags, CUDA architectures, time)."""
+    return library_path(backend, variant).with_suffix(".json")
+
+
+def read_record(backend: str, variant: str) -> dict[str, Any]:
+    """The build record, or {} when it is missing or unreadable (a library without one still loads)."""
+    try:
+        data = json.loads(record_path(backend, variant).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from .facts import FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
-from .reader import ByteSource
+from .sniff import ByteSource
 
 #: arrays up to this many elements are returned as lists by ``with_kv``; longer ones are summarized
 SMALL_ARRAY = 64

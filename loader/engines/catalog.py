@@ -1,6 +1,6 @@
 """Which backend loads a file, and why each of the others does not.
 
-The catalog compares what the reader found (:class:`~gpt4all_loader.facts.FileFacts`) with the
+The catalog compares what the reader found (:class:`~gpt4all_loader.formats.facts.FileFacts`) with the
 ``accepts`` rules of every backend in the manifest.  A backend loads a file when one of its rules
 matches all of: container and version, architecture, every tensor type the file really holds, the
 header ftype (legacy loaders checked only that) and the tokenizer model (GGUF).

@@ -30,9 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from .errors import BackendError, ModelClosedError, UnsupportedModelError
+from ..errors import BackendError, ModelClosedError, UnsupportedModelError
 
-log = logging.getLogger("gpt4all_loader.serve")
+log = logging.getLogger("gpt4all_loader.cli.serve")
 
 #: largest request body read (a longer one gets 413 before it is read)
 MAX_BODY_BYTES = 1 << 20
@@ -111,9 +111,9 @@ class Slot:
 
 def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does."""
-    from .model import DEFAULT_N_CTX
-    from .probe import probe
-    from .probe_cli import _main_reason, expand
+    from ..model import DEFAULT_N_CTX
+    from ..probe import probe
+    from .probe import _main_reason, expand
 
     entries: dict[str, Entry] = {}
     skipped: list[str] = []
@@ -206,7 +206,7 @@ class Pool:
     async def _load(self, slot: Slot) -> None:
         import anyio
 
-        from .model import load
+        from ..model import load
 
         async with self.changed:
             while self._over(slot):

@@ -23,16 +23,13 @@ import sys
 import time
 from typing import Any, Iterable
 
-from .probe import ProbeReport, probe
+from ..errors import UsageError
+from ..probe import ProbeReport, probe
 
 MODEL_EXTENSIONS = {".bin", ".gguf", ".ggml", ".ggjt", ".ggmf", ".ggla"}
 _QUANT_SUFFIX = re.compile(r"\.(q\d(_[0-9a-z]+)*|f16|f32|bf16|iq\d\w*)$", re.I)
 #: first four bytes of the containers we know (little-endian u32 magics as they lie on disk, and GGUF)
 MAGICS = {b"GGUF", b"lmgg", b"fmgg", b"tjgg", b"algg", b"mmgg"}
-
-
-class UsageError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +148,7 @@ class Style:
 
 
 def _format_line(r: ProbeReport) -> str:
-    from .catalog import format_label
+    from ..engines.catalog import format_label
 
     parts = [format_label(r.format, r.format_version)]
     if r.endianness and r.endianness != "little":
@@ -270,7 +267,7 @@ def _main_reason(r: ProbeReport) -> str | None:
 
 def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool,
                   timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", path, "--backend", backend, "--device", device]
+    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", path, "--backend", backend, "--device", device]
     if ctx:
         cmd += ["--ctx-size", str(ctx)]
     if vocab_only:
@@ -314,9 +311,9 @@ def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, ti
     child process (as ``--load`` does) with the engine's log on (``G4A_VERBOSE=1``) and parses the
     "buffer size" lines (:func:`memory.parse_engine_log`).  ``ok`` is False with ``error`` set when
     the load failed or the engine logged no sizes."""
-    from .memory import parse_engine_log
+    from ..memory import parse_engine_log
 
-    cmd = [sys.executable, "-m", "gpt4all_loader.smoke", path, "--backend", backend, "--device", device,
+    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", path, "--backend", backend, "--device", device,
            "--ctx-size", str(ctx)]
     out: dict[str, Any] = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
     try:
@@ -424,7 +421,7 @@ def _run(args: argparse.Namespace) -> int:
             r.memory["exact"] = ex
         if args.load and r.loadable:
             r.load = []
-            from .catalog import verdicts as _verdicts
+            from ..engines.catalog import verdicts as _verdicts
 
             if args.all_backends and r.facts is not None:
                 cands = [v.backend for v in sorted(_verdicts(r.facts), key=lambda v: -v.priority) if v.loadable]

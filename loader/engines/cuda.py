@@ -1,11 +1,8 @@
-"""Which build variant of a backend this machine can run, and why.
-
-A variant compiled for CPU features the processor lacks dies with SIGILL at the first vector
-instruction: that cannot be caught, so the check happens before dlopen, from /proc/cpuinfo.
+"""The CUDA side of choosing a variant: driver, device memory, runtime libraries, what the kernels take.
 
 A CUDA variant is chosen (device="auto") only when every one of these holds, checked in this order:
 
-1. the backend declares a CUDA variant and it is built;
+1. the backend declares a CUDA variant and it is built (:mod:`.variants`);
 2. the CUDA driver loads (libcuda.so.1) and reports a device;
 3. the file's weight-matrix types are ones that era's CUDA kernels take (``matrix_types`` of
    ``[backends.NAME.cuda]`` in the manifest: the 2023-08 kernels abort the process on an F32 matrix);
@@ -14,73 +11,23 @@ A CUDA variant is chosen (device="auto") only when every one of these holds, che
    device's free memory (cuMemGetInfo in a context of the device, else NVML);
 6. the CUDA runtime libraries the variant needs (cuBLAS 13) can be loaded.
 
-Otherwise the best CPU variant is loaded and the reason names the first condition that failed;
-device="cuda" raises DeviceError with that reason instead.  n_gpu_layers=None means "all that fit".
-The reason for every choice (and every fallback) is returned so Model.info can show it.
+Every function answers with a reason, so a fallback to the CPU can say why.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
-import platform
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import BackendError
+from ..formats.facts import FileFacts
 from . import cache
-from .errors import BackendError, DeviceError
-from .manifest import build_command, load_manifest, manifest_path
+from .manifest import cuda_table, load_manifest
 
 MiB = 1024 * 1024
-
-#: preference among CPU variants: the fastest the CPU can run first
-CPU_ORDER = ("cpu", "cpu-avxonly")
-
-
-@dataclass(frozen=True)
-class VariantChoice:
-    variant: str | None
-    device: str            # "cpu" or "cuda"
-    reason: str
-    #: layers to offload when device == "cuda" (-1: all, as the engine counts them); None on CPU
-    n_gpu_layers: int | None = None
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of this machine (lower case, as /proc/cpuinfo names them)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def missing_features(needed: tuple[str, ...] | list[str]) -> list[str]:
-    flags = cpu_flags()
-    if not flags and platform.machine() not in ("x86_64", "AMD64", "i686"):
-        return list(needed)
-    # /proc/cpuinfo calls F16C "f16c" and FMA "fma"; names in the manifest use the same spelling
-    return [f for f in needed if f not in flags]
-
-
-def built_variants() -> dict[str, list[str]]:
-    """backend name -> variants whose library exists in the cache."""
-    out: dict[str, list[str]] = {}
-    lib_dir = cache.lib_dir()
-    if not lib_dir.is_dir():
-        return out
-    for spec in load_manifest().values():
-        for vname in spec.variants:
-            if (lib_dir / f"libg4a-{spec.name}-{vname}.so").is_file():
-                out.setdefault(spec.name, []).append(vname)
-    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,14 +135,6 @@ def _nvml_memory(index: int) -> tuple[int, int] | None:
 # ------------------------------------------------------------------------------------------------
 # the manifest's [cuda] table and the CUDA runtime libraries
 
-@functools.lru_cache(maxsize=1)
-def cuda_table() -> dict[str, Any]:
-    """The top-level [cuda] table of backends/manifest.toml ({} when absent)."""
-    try:
-        with open(manifest_path(), "rb") as f:
-            return tomllib.load(f).get("cuda", {})
-    except (OSError, ValueError):
-        return {}
 
 
 def _runtime_dirs() -> list[tuple[Path, str]]:
@@ -316,7 +255,7 @@ def fit_layers(facts: Any, *, era: str | None, n_ctx: int | None, free_bytes: in
                reserve_bytes: int) -> tuple[int, int, dict]:
     """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
     output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes``."""
-    from .memory import estimate
+    from ..memory import estimate
 
     budget = free_bytes - reserve_bytes
     n_layer = int(estimate(facts, ctx_size=n_ctx, gpu_layers=0, era=era)["n_layer"] or 0)
@@ -338,7 +277,7 @@ def _cuda_plan(backend: str, vname: str, facts: Any, n_gpu_layers: int | None,
     gi = gpu_info(0)
     if gi is None:
         return None, "the CUDA driver reports a device but its memory could not be queried"
-    lowest = _min_arch(build_record(backend, vname))
+    lowest = _min_arch(cache.read_record(backend, vname))
     if lowest and gi.capability < lowest:
         return None, (f"{gi.name} has compute capability {gi.capability[0]}.{gi.capability[1]}, older than the "
                       f"oldest architecture of the {vname} build (sm_{lowest[0]}{lowest[1]})")
@@ -365,73 +304,17 @@ def _cuda_plan(backend: str, vname: str, facts: Any, n_gpu_layers: int | None,
     return fit, f"{dev}; {fit}/{n_layer} layers fit (the rest runs on the CPU)"
 
 
-def choose_variant(backend: str, device: str = "auto", facts: Any = None, n_gpu_layers: int | None = None,
-                   n_ctx: int | None = None) -> VariantChoice:
-    """Pick the variant of ``backend`` to load on this machine.
-
-    ``device``: "auto" (GPU when possible, else the best CPU variant), "cpu", or "cuda" (fails
-    loudly with DeviceError instead of falling back).  ``facts`` (the file's FileFacts), with
-    ``n_ctx``, lets the tensor-type and memory conditions be checked; without them only the build
-    and the driver are.  ``n_gpu_layers``: None = all that fit, -1 = all (or none), N = exactly N.
-    """
-    spec = load_manifest().get(backend)
-    if spec is None:
-        raise DeviceError(f"unknown backend {backend!r}")
-    built = set(built_variants().get(backend, []))
-    notes: list[str] = []
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeviceError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
-
-    if device == "auto" and n_gpu_layers == 0:
-        notes.append("not cuda: n_gpu_layers=0 requested")
-    elif device in ("auto", "cuda"):
-        gpu_variants = [v for v in spec.variants.values() if v.gpu == "cuda"]
-        why_not = None
-        if not gpu_variants:
-            why_not = f"backend {backend} has no CUDA variant"
-        elif not any(v.name in built for v in gpu_variants):
-            why_not = f"the CUDA variant of {backend} is not built ({build_command(backend, gpu_variants[0].name)})"
-        else:
-            v = next(v for v in gpu_variants if v.name in built)
-            n, reason = cuda_driver()
-            missing = missing_features(v.cpu_features)
-            if n == 0:
-                why_not = reason
-            elif missing:
-                why_not = f"this CPU lacks {', '.join(missing)} (needed by the CPU part of {v.name})"
-            else:
-                layers, detail = _cuda_plan(backend, v.name, facts, n_gpu_layers, n_ctx)
-                if layers is not None:
-                    try:
-                        preload_cuda_runtime()
-                    except BackendError as e:
-                        layers, detail = None, str(e)
-                if layers is not None:
-                    return VariantChoice(v.name, "cuda", f"{v.name}: {reason}: {detail}", layers)
-                why_not = detail
-        if device == "cuda":
-            raise DeviceError(f"device='cuda' requested but {why_not}")
-        notes.append(f"not cuda: {why_not}")
-
-    for vname in CPU_ORDER:
-        var = spec.variants.get(vname)
-        if var is None:
-            continue
-        missing = missing_features(var.cpu_features)
-        if missing:
-            notes.append(f"not {vname}: this CPU lacks {', '.join(missing)}")
-            continue
-        if vname not in built:
-            notes.append(f"not {vname}: not built ({build_command(backend, vname)})")
-            continue
-        return VariantChoice(vname, "cpu", "; ".join([f"{vname}: CPU has {', '.join(var.cpu_features)}", *notes]))
-    return VariantChoice(None, "cpu", "; ".join(notes) or f"no usable variant of {backend}")
-
-
-def build_record(backend: str, variant: str) -> dict:
-    p = cache.lib_dir() / f"libg4a-{backend}-{variant}.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
+def plan_offload(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: int | None,
+                 n_ctx: int | None) -> tuple[int | None, str]:
+    """Conditions 2-6 for the built CUDA variant ``vname``: (layers to offload, reason); layers None
+    means the file does not go to CUDA and the reason says why."""
+    n, reason = cuda_driver()
+    if n == 0:
+        return None, reason
+    layers, detail = _cuda_plan(backend, vname, facts, n_gpu_layers, n_ctx)
+    if layers is not None:
+        try:
+            preload_cuda_runtime()
+        except BackendError as e:
+            return None, str(e)
+    return layers, (f"{vname}: {reason}: {detail}" if layers is not None else detail)

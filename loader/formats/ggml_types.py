@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import FormatError
+from ..errors import FormatError
 
 QK_K = 256
 

@@ -12,15 +12,14 @@ import functools
 import hashlib
 import importlib.util
 import io
-import json
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import BackendError
 from . import cache
-from .errors import BackendError
 from .manifest import ContextTable, build_command, load_manifest, package_data
 
 _HEADER = "backends/shim/g4a_shim.h"   # shipped inside the package (manifest.package_data)
@@ -208,15 +207,11 @@ class Backend:
 
 def record_for(name: str, variant: str) -> dict:
     """The build record (.json beside the .so), or an error that says how to build it."""
-    so = cache.lib_dir() / f"libg4a-{name}-{variant}.so"
-    rec = so.with_suffix(".json")
+    so = cache.library_path(name, variant)
     if not so.exists():
         raise BackendError(f"backend {name}/{variant} is not built ({so} does not exist); "
                            f"build it with: {build_command(name, variant)}")
-    try:
-        data = json.loads(rec.read_text()) if rec.exists() else {}
-    except ValueError:
-        data = {}
+    data = cache.read_record(name, variant)
     data.setdefault("path", str(so))
     return data
 
@@ -227,14 +222,14 @@ def open_backend(name: str, variant: str, *, path: Path | None = None) -> Backen
     Callers must have checked that this CPU can run the variant (see variants.py): an illegal
     instruction cannot be caught.
     """
-    so = Path(path) if path else cache.lib_dir() / f"libg4a-{name}-{variant}.so"
+    so = Path(path) if path else cache.library_path(name, variant)
     key = str(so)
     with _lock:
         if key in _open:
             return _open[key]
         record = record_for(name, variant) if path is None else {"path": key}
         if record.get("gpu") == "cuda":
-            from .variants import preload_cuda_runtime
+            from .cuda import preload_cuda_runtime
 
             record["cuda_runtime_from"] = preload_cuda_runtime()  # BackendError, saying how to fix, if absent
         f = ffi()

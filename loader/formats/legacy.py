@@ -19,10 +19,10 @@ from __future__ import annotations
 import struct
 from typing import Any, BinaryIO
 
-from .errors import FormatError
+from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat
 from .ggml_types import LEGACY_FTYPE_NAMES, QNT_LAYOUT, TYPES, ftype_phrase, tensor_nbytes
-from .reader import MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, ByteSource
+from .sniff import MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, ByteSource
 
 MAX_TENSOR_NAME = 4096
 MAX_TOKEN_LEN = 1 << 16
@@ -442,14 +442,14 @@ def tensor_records(path: str, facts: FileFacts | None = None) -> list[tuple[str,
     """(name, ggml type id, ne, data offset, data bytes) of every tensor of a ggml/ggmf/ggjt/ggmm/ggla
     file, in file order; type ids and sizes are those of the file's quant layout (``facts.quant_layout``).
 
-    ``facts``: the file's :func:`~gpt4all_loader.reader.read_facts` result (read here when None).
+    ``facts``: the file's :func:`~gpt4all_loader.formats.sniff.read_facts` result (read here when None).
     Raises FormatError for a file that is not a legacy model container or whose tensor data runs
     past its end.
     """
     import os
 
     if facts is None:
-        from .reader import read_facts
+        from .sniff import read_facts
 
         facts = read_facts(path)
     layout = facts.quant_layout
