@@ -154,12 +154,8 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
         rep.error = f"cannot read {spath!r}: invalid path ({e})"
         rep.error_kind = "unreadable"
         return rep
-    try:
-        from .formats.sniff import read_facts
-    except ImportError as e:
-        rep.error = f"the file reader is not available: {e}"
-        rep.error_kind = "internal"
-        return rep
+    from .formats.sniff import read_facts
+
     try:
         facts = read_facts(spath, with_kv=with_kv)
     except OSError as e:

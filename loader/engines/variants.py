@@ -13,7 +13,7 @@ import functools
 import platform
 from dataclasses import dataclass
 
-from ..errors import DeviceError
+from ..errors import BackendError, DeviceError
 from ..formats.facts import FileFacts
 from . import cache, cuda
 from .manifest import build_command, load_manifest
@@ -77,7 +77,7 @@ def choose_variant(backend: str, device: str = "auto", facts: FileFacts | None =
     """
     spec = load_manifest().get(backend)
     if spec is None:
-        raise DeviceError(f"unknown backend {backend!r}")
+        raise BackendError(f"unknown backend {backend!r}; declared: {', '.join(load_manifest())}")
     built = set(built_variants().get(backend, []))
     notes: list[str] = []
 

@@ -182,12 +182,6 @@ def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
         f.notes.append(w.note)
 
 
-def _main_type(w: _Walk | None) -> str | None:
-    if not w or not w.stats:
-        return None
-    return max(w.stats.items(), key=lambda kv: kv[1].bytes)[0]
-
-
 def _describe(f: FileFacts, family: str, w: _Walk | None) -> str:
     ver = f.format if f.format_version in (None, 0) else f"{f.format} v{f.format_version}"
     parts = [f"{ver} {family}"]
