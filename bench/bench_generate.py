@@ -188,8 +188,9 @@ def tiny_llama_ggjt3() -> Path:
     return p
 
 
-def bare_loop_exe() -> Path:
-    """Compile bench/bare_loop.cpp against the gguf-2026-10 cpu archives in the cache (when newer)."""
+def compile_c_loop(src: Path, name: str) -> Path:
+    """Compile a C++ driver of llama.h (bare_loop.cpp, shift_loop.cpp) against the gguf-2026-10 cpu
+    archives in the cache, i.e. the very object code our library carries (again only when newer)."""
     from gpt4all_loader.engines import cache
     from gpt4all_loader.engines.manifest import load_manifest
 
@@ -200,15 +201,19 @@ def bare_loop_exe() -> Path:
     missing = [str(a) for a in archives if not a.is_file()]
     if not trees or missing:
         raise FileNotFoundError(f"{NEW}/cpu is not built (python build_backends.py --only {NEW} --variant cpu)")
-    exe = bdir / "bench_bare_loop"
-    newest = max(BARE_SRC.stat().st_mtime, *(a.stat().st_mtime for a in archives))
+    exe = bdir / name
+    newest = max(src.stat().st_mtime, *(a.stat().st_mtime for a in archives))
     if not exe.is_file() or exe.stat().st_mtime < newest:
         cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-O2", f"-I{trees[0] / 'include'}",
-               f"-I{trees[0] / 'ggml' / 'include'}", str(BARE_SRC), "-o", str(exe), "-Wl,--start-group",
+               f"-I{trees[0] / 'ggml' / 'include'}", str(src), "-o", str(exe), "-Wl,--start-group",
                *map(str, archives), "-Wl,--end-group", "-pthread", "-ldl", "-lm"]
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
     return exe
+
+
+def bare_loop_exe() -> Path:
+    return compile_c_loop(BARE_SRC, "bench_bare_loop")
 
 
 # -- running ------------------------------------------------------------------------------------------------
