@@ -10,12 +10,12 @@ The reason for every choice (and every fallback) is returned so Model.info can s
 from __future__ import annotations
 
 import functools
-import platform
+import os
 from dataclasses import dataclass
 
 from ..errors import BackendError, DeviceError
 from ..formats.facts import FileFacts
-from . import cache, cuda
+from . import cache
 from .manifest import build_command, load_manifest
 
 #: preference among CPU variants: the fastest the CPU can run first
@@ -46,7 +46,7 @@ def cpu_flags() -> frozenset[str]:
 
 def missing_features(needed: tuple[str, ...] | list[str]) -> list[str]:
     flags = cpu_flags()
-    if not flags and platform.machine() not in ("x86_64", "AMD64", "i686"):
+    if not flags and os.uname().machine not in ("x86_64", "AMD64", "i686"):
         return list(needed)
     # /proc/cpuinfo calls F16C "f16c" and FMA "fma"; names in the manifest use the same spelling
     return [f for f in needed if f not in flags]
@@ -99,6 +99,8 @@ def choose_variant(backend: str, device: str = "auto", facts: FileFacts | None =
             if missing:
                 why_not = f"this CPU lacks {', '.join(missing)} (needed by the CPU part of {v.name})"
             else:
+                from . import cuda  # ctypes, the driver and NVML only where a CUDA build exists
+
                 layers, detail = cuda.plan_offload(backend, v.name, facts, n_gpu_layers, n_ctx)
                 if layers is not None:
                     return VariantChoice(v.name, "cuda", detail, layers)
