@@ -72,6 +72,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
+
 MiB = 1024 * 1024
 
 # llama.cpp legacy model-size tables (MiB), keyed by the e_model the loader derived from n_layer.
@@ -85,7 +87,7 @@ _SCRATCH0_2023_08 = {  # (divisor, base) of n_ctx / divisor + base
 _SCRATCH1_2023_08 = {"3B": 128, "7B": 160, "13B": 192, "30B": 256, "65B": 384, "70B": 304}
 _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 
-DEFAULT_CTX = 2048
+DEFAULT_CTX = LEGACY_N_CTX
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
 
 
@@ -289,7 +291,7 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     fmt = getattr(facts, "format", None)
     # GPT4All-era GPT-J and MPT files run on our own ggml runner (backends/legacy), not llama.cpp
     gptj_mpt = fmt in ("ggml", "ggmm") and getattr(facts, "architecture", None) in ("gptj", "mpt")
-    legacy = fmt in ("ggml", "ggmf", "ggjt") and not gptj_mpt
+    legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(getattr(facts, "hparams", None) or {})
     n_ctx_train = _int(h, "n_ctx_train", "context_length")

@@ -26,16 +26,14 @@ from .engines import cache, native
 from .engines.manifest import load_manifest
 from .errors import BackendError, ChatTemplateError, ModelClosedError
 from .formats.facts import FileFacts
+from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
     from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
-DEFAULT_N_CTX = 2048
-#: epsilon of the LLaMA-1 RMS norm; ggjt files do not record it and the 2023-08 era defaults to 5e-6
-LEGACY_RMS_EPS = 1e-6
-LEGACY_GQA_RMS_EPS = 1e-5
+DEFAULT_N_CTX = LEGACY_N_CTX
 #: the largest text tokenize() takes: the engines allocate several times the input (and tokens are
 #: counted in int32), so a bigger text is refused with a message instead of ending in bad_alloc
 MAX_TOKENIZE_BYTES = 64 << 20
@@ -535,7 +533,7 @@ def _flash_attn(value: str | bool, era_default: str, backend: str) -> str:
 
 def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     """(n_gqa, rms_norm_eps) that ggjt-era files need but do not carry."""
-    if facts.format not in ("ggml", "ggmf", "ggjt"):
+    if facts.format not in LEGACY_CONTAINERS:
         return 0, 0.0
     n_head = int(facts.hparams.get("n_head") or 0)
     n_head_kv = int(facts.hparams.get("n_head_kv") or n_head or 0)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..convert import DEFAULT_CONTEXT, NEWEST, convert
-from ..convert.legacy import RMS_EPS, RMS_EPS_GQA
+from ..formats.legacy import LEGACY_GQA_RMS_EPS as RMS_EPS_GQA
+from ..formats.legacy import LEGACY_RMS_EPS as RMS_EPS
 from ..errors import ConvertError
 
 

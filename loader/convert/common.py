@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConvertError, UsageError
+from ..formats.legacy import LEGACY_N_CTX
 
 #: the backend whose sdist ships the HF converter and whose quantizer makes quantized outputs
 NEWEST = "gguf-2026-10"
-#: legacy LLaMA files do not store their training context; the 2023 LLaMA models used 2048
-DEFAULT_CONTEXT = 2048
+#: the training context written into upgraded legacy files, which do not store one
+DEFAULT_CONTEXT = LEGACY_N_CTX
 #: GGUF tensor data alignment written by every route
 ALIGN = 32
 

@@ -30,6 +30,7 @@ Needs numpy (and sentencepiece for ``tokenizer.model``): ``pip install 'gpt4all-
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class Checkpoint:
             if dtype not in _DTYPES:
                 raise ConvertError(f"{f}: tensor {name} is {dtype}; only F32, F16 and BF16 checkpoints convert")
             if min(shape, default=1) < 0 or not (0 <= lo <= hi and base + hi <= size
-                                                 and hi - lo == _prod(shape) * _DTYPES[dtype][1]):
+                                                 and hi - lo == math.prod(shape) * _DTYPES[dtype][1]):
                 raise ConvertError(f"{f}: tensor {name} ({dtype} {list(shape)}) does not fit its data offsets "
                                    f"[{lo}, {hi}) in a {size} B file: the file is damaged or cut short")
             if name in self.entries:
@@ -553,7 +554,7 @@ def _carrier_file(plan: Plan, ck: Checkpoint, tensors: list[Tensor], stage: Path
             pos += len(rec)
             pad = -pos % 32
             parts.append((-1, rec + b"\0" * pad, _values(ck, t, 0)))
-            pos += pad + 4 * _prod(t.shape)
+            pos += pad + 4 * math.prod(t.shape)
     _stream(stage, head, parts, out)
 
 
@@ -661,7 +662,7 @@ def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], met
     infos = []
     for t in tensors:
         ot = _otype(t.shape, f16)
-        infos.append((t.gguf, list(reversed(t.shape)), ot, _prod(t.shape) * (4 if ot == 0 else 2)))
+        infos.append((t.gguf, list(reversed(t.shape)), ot, math.prod(t.shape) * (4 if ot == 0 else 2)))
     meta = meta_fn(1 if f16 else 0)
     for name, ne, ot, nbytes in infos:
         meta.add_tensor(name, ne, ot, nbytes)
@@ -694,7 +695,7 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     if quantize and fmt == "ggml":
         _check_legacy_quantizer(src, plan, tensors, opts)
     f16 = ftype_out == 1
-    total = sum(4 * max(1, _prod(t.shape)) for t in tensors)
+    total = sum(4 * max(1, math.prod(t.shape)) for t in tensors)
     check_space(out.parent, (total if not f16 else total // 2) * (2 if quantize else 1), f"{out.name}")
     def meta_fn(ft: int) -> GgufHeader:
         return _gguf_meta(src, plan, bpe, spm, ft, config)
@@ -737,13 +738,6 @@ def _check_legacy_quantizer(src: Path, plan: Plan, tensors: list[Tensor], opts: 
         raise ConvertError(f"{opts.outtype} {plan.arch} files are quantized by backend {LEGACY_QUANTIZER}, which "
                            f"cannot run here ({choice.reason}); build it with: {build_command(LEGACY_QUANTIZER)}, "
                            f"or use --outtype f16")
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 #: for the CLI help: which folder takes which path

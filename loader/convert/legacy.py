@@ -16,16 +16,16 @@ upgraded F32 file holds the very values the old engine multiplied with).
 from __future__ import annotations
 
 import os
+import math
 import re
 from pathlib import Path
 
 from ..errors import BackendError, ConvertError, FormatError, UnsupportedModelError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
+from ..formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_RMS_EPS
 from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
 
 #: RMS-norm epsilon of LLaMA-1 (and of the 2023 loaders), and of LLaMA-2 GQA models
-RMS_EPS, RMS_EPS_GQA = 1e-6, 1e-5
-_LEGACY = ("ggml", "ggmf", "ggjt")
 _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
 _BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 
@@ -104,7 +104,7 @@ def _refuse_non_legacy(facts, src: Path) -> None:
                            f"(the directory with config.json) instead of one weights file")
     if facts.kind == "not-a-model":
         raise ConvertError(f"{src} is {facts.description}")
-    if fmt not in _LEGACY or facts.architecture != "llama" or facts.kind not in ("model", "vocab-only"):
+    if fmt not in LEGACY_CONTAINERS or facts.architecture != "llama" or facts.kind not in ("model", "vocab-only"):
         raise ConvertError(f"{src}: {facts.description}: only ggml/ggmf/ggjt LLaMA files can be upgraded "
                            f"(architecture {facts.architecture or 'unknown'} is not supported by the converter)")
     if facts.vocab_only:
@@ -187,7 +187,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     n_embd, n_head, n_layer = int(hp["n_embd"]), int(hp["n_head"]), int(hp["n_layer"])
     n_head_kv = int(hp.get("n_head_kv") or n_head)
     n_rot = int(hp.get("n_rot") or 0) or n_embd // n_head
-    eps = opts.rms_norm_eps if opts.rms_norm_eps is not None else (RMS_EPS_GQA if n_head_kv < n_head else RMS_EPS)
+    eps = opts.rms_norm_eps if opts.rms_norm_eps is not None else (LEGACY_GQA_RMS_EPS if n_head_kv < n_head else LEGACY_RMS_EPS)
     toks = (facts.kv or {}).get("tokenizer.ggml.tokens")
     if not toks:
         raise ConvertError(f"{src}: the vocabulary could not be read")
@@ -239,13 +239,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     meta.add("tokenizer.ggml.add_eos_token", ValueType.BOOL, False)
     meta.add("tokenizer.ggml.add_space_prefix", ValueType.BOOL, True)
 
-    def n_el(ne):
-        n = 1
-        for d in ne:
-            n *= d
-        return n
-
-    infos = [(g, ne, ot, n_el(ne) * (4 if ot == 0 else 2)) for _, g, ne, _, _, _, ot in plan]
+    infos = [(g, ne, ot, math.prod(ne) * (4 if ot == 0 else 2)) for _, g, ne, _, _, _, ot in plan]
     for name, ne, ot, nbytes in infos:
         meta.add_tensor(name, ne, ot, nbytes)
     header, offsets = meta.encode(ALIGN)
@@ -275,7 +269,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
                     per = max(1, _CHUNK // t.block) * t.block
                     if buf is None:
                         buf = ffi.new("float[]", _CHUNK + 256)
-                    n_total = n_el(ne)
+                    n_total = math.prod(ne)
                     fin.seek(off)
                     done = 0
                     while done < n_total:

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..formats.legacy import LEGACY_CONTAINERS
+
 from . import validate
 from .manifest import AcceptRule, BackendSpec, build_command, load_manifest
 
@@ -56,7 +58,6 @@ TYPE_REMOVED: dict[str, str] = {
           "release" for t in ("IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8")},
 }
 
-_LEGACY = ("ggml", "ggmf", "ggjt")
 _PRE_1405 = {("ggml", 0), ("ggmf", 1), ("ggjt", 1)}
 
 #: why a type in a legacy container cannot be read by a later legacy loader:
@@ -275,7 +276,7 @@ def _format_reason(facts: Any, spec: BackendSpec) -> str:
         return f"{history}; llama.cpp {spec.era} reads {reads}"
     if fmt == "gguf" and ver > 3:
         return f"GGUF v{ver} is newer than any llama.cpp writes (v3 is the latest); llama.cpp {spec.era} reads {reads}"
-    if fmt in _LEGACY and spec_is_gguf:
+    if fmt in LEGACY_CONTAINERS and spec_is_gguf:
         return (f"llama.cpp {spec.era} reads {reads} only: ggml-era files ({this}) stopped loading at b1012 "
                 "(Aug 2023)")
     if fmt == "gguf":
@@ -422,7 +423,7 @@ def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,
     import shlex
     from pathlib import PurePath
 
-    if (facts.format not in _LEGACY or facts.architecture != "llama" or getattr(facts, "kind", "model") != "model"
+    if (facts.format not in LEGACY_CONTAINERS or facts.architecture != "llama" or getattr(facts, "kind", "model") != "model"
             or facts.truncated or facts.vocab_only):
         return None
     specs = specs if specs is not None else load_manifest()
@@ -487,7 +488,7 @@ def suggest(facts: Any, all_v: list[Verdict], *, built: Iterable[str] | None = N
         return f"architecture '{arch}' needs a llama.cpp newer than the newest pinned backend"
     if arch == "persimmon":
         return "persimmon needs llama.cpp b2951 or older (e.g. the gguf-2023-11 backend with a supported tokenizer)"
-    if fmt in _LEGACY:
+    if fmt in LEGACY_CONTAINERS:
         return ("convert it to GGUF with llama.cpp's convert_llama_ggml_to_gguf.py (from a ggjt v3 file), or "
                 "re-convert from the original weights")
     refusing = [v for v in all_v if v.reasons]

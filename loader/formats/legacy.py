@@ -16,6 +16,7 @@ tokens, bytes), tensor records.  ggml-examples ftypes >= 1000 are ``1000 * quant
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, BinaryIO
 
@@ -23,6 +24,13 @@ from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat
 from .ggml_types import LEGACY_FTYPE_NAMES, QNT_LAYOUT, TYPES, ftype_phrase, tensor_nbytes
 from .sniff import MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, ByteSource
+
+#: the LLaMA containers of llama.cpp's 2023 releases (GPT4All's GPT-J files also say "ggml")
+LEGACY_CONTAINERS = ("ggml", "ggmf", "ggjt")
+#: what those files do not record: the training context (the 2023 LLaMA models used 2048) and the
+#: RMS-norm epsilon of LLaMA-1 and of LLaMA-2 GQA models (the 2023-08 loader itself defaults to 5e-6)
+LEGACY_N_CTX = 2048
+LEGACY_RMS_EPS, LEGACY_GQA_RMS_EPS = 1e-6, 1e-5
 
 MAX_TENSOR_NAME = 4096
 MAX_TOKEN_LEN = 1 << 16
@@ -98,10 +106,7 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         st.count += 1
         st.bytes += nbytes
         w.n += 1
-        n_el = 1
-        for d in ne:
-            n_el *= d
-        w.n_params += n_el
+        w.n_params += math.prod(ne)
         w.names.append(name)
         w.shapes[name] = ne
         w.tensors[name] = (tname, tuple(ne), nbytes)
