@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..formats.ggml_types import LEGACY_FTYPE_NAMES, TYPE_NAMES
 from ..formats.legacy import LEGACY_CONTAINERS
 
 from . import validate
@@ -23,15 +24,7 @@ from .manifest import AcceptRule, BackendSpec, build_command, load_manifest
 # History: data keyed by type, (format, version) and architecture.
 
 #: ggml type ids, used to name a type in messages ("Q4_0_4_4 (id 31)") and to parse unnamed ids
-TYPE_IDS: dict[str, int] = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q4_2": 4, "Q4_3": 5, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
-    "Q8_1": 9, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15, "IQ2_XXS": 16,
-    "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19, "IQ4_NL": 20, "IQ3_S": 21, "IQ2_S": 22, "IQ4_XS": 23,
-    "I8": 24, "I16": 25, "I32": 26, "I64": 27, "F64": 28, "IQ1_M": 29, "BF16": 30, "Q4_0_4_4": 31,
-    "Q4_0_4_8": 32, "Q4_0_8_8": 33, "TQ1_0": 34, "TQ2_0": 35, "IQ4_NL_4_4": 36, "IQ4_NL_4_8": 37,
-    "IQ4_NL_8_8": 38, "MXFP4": 39, "NVFP4": 40, "Q1_0": 41, "Q2_0": 42,
-}
-TYPE_NAMES: dict[int, str] = {v: k for k, v in TYPE_IDS.items()}
+TYPE_IDS: dict[str, int] = {name: i for i, name in TYPE_NAMES.items()}
 NEWEST_TYPE_ID = max(TYPE_IDS.values())
 
 #: when a tensor type entered llama.cpp (shown when an older backend does not know it)
@@ -87,13 +80,6 @@ ARCH_HISTORY: dict[str, str] = {
     "gptj": "architecture 'gptj' has no graph in any llama.cpp (it is only named in llama.cpp's tables)",
     "clip": "architecture 'clip' is a quantize-only placeholder in llama.cpp, not a runnable model",
     "persimmon": "architecture 'persimmon' was removed from llama.cpp at b2952 (May 2024)",
-}
-
-_HEADER_FTYPE_NAMES = {
-    0: "ALL_F32", 1: "MOSTLY_F16", 2: "MOSTLY_Q4_0", 3: "MOSTLY_Q4_1", 4: "MOSTLY_Q4_1_SOME_F16",
-    5: "MOSTLY_Q4_2", 6: "MOSTLY_Q4_3", 7: "MOSTLY_Q8_0", 8: "MOSTLY_Q5_0", 9: "MOSTLY_Q5_1",
-    10: "MOSTLY_Q2_K", 11: "MOSTLY_Q3_K_S", 12: "MOSTLY_Q3_K_M", 13: "MOSTLY_Q3_K_L", 14: "MOSTLY_Q4_K_S",
-    15: "MOSTLY_Q4_K_M", 16: "MOSTLY_Q5_K_S", 17: "MOSTLY_Q5_K_M", 18: "MOSTLY_Q6_K",
 }
 
 _NON_MODEL_HINTS: dict[str, str] = {
@@ -230,7 +216,7 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
         fails.append((10 + len(bad), _types_reason(facts, spec, rule, bad, this)))
 
     if rule.header_ftypes is not None and facts.file_type is not None and facts.file_type not in rule.header_ftypes:
-        name = facts.file_type_name or _HEADER_FTYPE_NAMES.get(facts.file_type, "unknown")
+        name = facts.file_type_name or LEGACY_FTYPE_NAMES.get(facts.file_type, "unknown")
         fails.append((5, f"its loader checks the header ftype and refuses {facts.file_type} ({name}); "
                          f"it takes {_join([str(x) for x in sorted(rule.header_ftypes)], 'or')}"))
 
