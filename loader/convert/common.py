@@ -158,7 +158,7 @@ def check_paths(src: Path, out: Path, opts: Options) -> None:
 
 #: the quantizer's child process: one line on stderr and exit 1 on a library error.  ``catalog``:
 #: quantize() with the backend the catalog approves; ``carrier``: g4a_quantize of a backend directly, for
-#: the ggjt carrier files of convert_hf.py that no catalog entry describes
+#: the ggjt carrier files of convert/hf.py that no catalog entry describes
 _QUANTIZE_CHILD = """
 import os, sys
 from {pkg}.errors import BackendError

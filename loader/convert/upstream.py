@@ -112,7 +112,7 @@ def _hf_param_bytes(src: Path) -> int:
 
 
 def convert_hf(src: Path, out: Path, opts: Options) -> Path:
-    """Convert a Hugging Face model folder: GPT-J/LLaMA/MPT safetensors here (convert_hf.py), the rest with
+    """Convert a Hugging Face model folder: GPT-J/LLaMA/MPT safetensors here (:mod:`.hf`), the rest with
     the pinned sdist's convert_hf_to_gguf.py."""
     from .hf import route
 

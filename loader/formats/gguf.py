@@ -1,7 +1,7 @@
 """GGUF's own vocabulary: key/value types, token types, and the one writer of GGUF headers.
 
 Value types are ggml's ``enum gguf_type``; token types llama.cpp's ``enum llama_token_type``.  The
-reader (``reader_gguf``) parses with these tables, and every GGUF the project writes (the tiny test
+reader (``gguf_reader``) parses with these tables, and every GGUF the project writes (the tiny test
 models of ``writer``, the upgrades of ``convert``, the Hugging Face conversions of ``convert_hf``)
 is encoded by :class:`GgufHeader`, in v1-v3 and either byte order.
 """
