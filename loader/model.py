@@ -544,7 +544,7 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     return 0, LEGACY_RMS_EPS
 
 
-def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
+def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
          worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> "Model | IsolatedModel":

@@ -314,8 +314,8 @@ def _types_reason(facts: Any, spec: BackendSpec, rule: AcceptRule, bad: set[str]
     group = _layout_group(facts)
     if group:
         # legacy container: explain by the quant-layout history of the file's era
-        why = [(_LAYOUT_CHANGE.get((group, t)) or TYPE_REMOVED.get(t)) for t in sorted(bad)]
-        why = [w for w in dict.fromkeys(why) if w]
+        causes = [(_LAYOUT_CHANGE.get((group, t)) or TYPE_REMOVED.get(t)) for t in sorted(bad)]
+        why = [w for w in dict.fromkeys(causes) if w]
         fmts = _formats_label(rule.formats)
         msg = f"llama.cpp {spec.era} reads {fmts} only with {accepts} tensors; this file is {this} with {bad_label}"
         if why:

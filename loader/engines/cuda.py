@@ -238,7 +238,7 @@ def cuda_type_refusal(backend: str, facts: Any) -> str | None:
             f"(llama.cpp {spec.era}) take {', '.join(allowed)} only (offloading would abort the process)")
 
 
-def _min_arch(record: dict) -> tuple[int, int] | None:
+def _min_arch(record: dict[str, Any]) -> tuple[int, int] | None:
     archs = ((record.get("cuda") or {}).get("architectures") or "").replace(",", ";")
     nums = []
     for a in archs.split(";"):
@@ -252,7 +252,7 @@ def _min_arch(record: dict) -> tuple[int, int] | None:
 
 
 def fit_layers(facts: Any, *, era: str | None, n_ctx: int | None, free_bytes: int,
-               reserve_bytes: int) -> tuple[int, int, dict]:
+               reserve_bytes: int) -> tuple[int, int, dict[str, Any]]:
     """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
     output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes``."""
     from ..memory import estimate
