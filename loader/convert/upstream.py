@@ -151,18 +151,17 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
                "--outtype", hf_outtype]
         say(opts, f"gpt4all-convert: {src} -> {out} with {NEWEST}'s convert_hf_to_gguf.py ({hf_outtype})")
         if opts.quiet:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  errors="replace")
-            log = proc.stdout or ""
+            captured = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      errors="replace")
+            rc, log = captured.returncode, captured.stdout or ""
         else:
-            proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
-            log = ""
-        if proc.returncode != 0:
+            rc, log = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr).returncode, ""
+        if rc != 0:
             tail = "\n".join(log.strip().splitlines()[-15:])
-            if proc.returncode < 0 or proc.returncode == 137:
+            if rc < 0 or rc == 137:
                 why = "it was killed (out of memory?)"
             else:
-                why = f"it exited with status {proc.returncode}"
+                why = f"it exited with status {rc}"
             if "No space left on device" in log:
                 why = "the disk is full"
             raise ConvertError(f"convert_hf_to_gguf.py could not convert {src}: {why}"

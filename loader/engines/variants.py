@@ -31,6 +31,14 @@ class VariantChoice:
     n_gpu_layers: int | None = None
 
 
+@dataclass(frozen=True)
+class RunnableChoice(VariantChoice):
+    """A choice with a variant this machine runs (what LoadPlan.require hands out), so that callers
+    can open the library without checking for None again."""
+
+    variant: str
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags of this machine (lower case, as /proc/cpuinfo names them)."""
