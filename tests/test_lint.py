@@ -24,3 +24,26 @@ def test_mypy_strict_finds_nothing():
     pytest.importorskip("mypy", reason="mypy is in the test extra: pip install -e '.[test]'")
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def _parameters(f):
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+def test_the_package_level_functions_mirror_the_ones_they_call():
+    """gpt4all_loader.load and read_facts spell out the parameters of the functions they import on first
+    call (so that the package import stays cheap): the copies must not drift."""
+    import gpt4all_loader as g
+    from gpt4all_loader import model
+    from gpt4all_loader.formats import sniff
+
+    assert _parameters(g.load) == _parameters(model.load)
+    assert _parameters(g.read_facts) == _parameters(sniff.read_facts)
+
+
+def test_importing_the_package_loads_no_model_code():
+    code = "import sys, gpt4all_loader; print(sorted(m for m in ('gpt4all_loader.model', 'cffi') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
