@@ -333,7 +333,8 @@ def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, ti
         out["error"] = f"the backend crashed ({sig})"
         return out
     parsed = parse_engine_log(cp.stderr or "")
-    res = next((json.loads(x) for x in reversed(cp.stdout.splitlines()) if x.strip().startswith("{")), {})
+    res: dict[str, Any] = next((json.loads(x) for x in reversed(cp.stdout.splitlines())
+                                if x.strip().startswith("{")), {})
     out.update(parsed, variant=res.get("variant"))
     if not res.get("ok"):
         out["error"] = res.get("error") or f"exit status {cp.returncode}"
