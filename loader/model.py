@@ -400,8 +400,9 @@ class Model(Closing):
         returns False.  Only what follows the longest prefix the prompt shares with the cached
         tokens (:attr:`cached_tokens`) is evaluated.  When the context fills, ``context_shift`` keeps
         the first ``n_keep`` tokens (default: the prompt's start, up to a quarter of the context, so
-        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.  ``stream=True`` returns an iterator of text pieces
-        that never splits a UTF-8 character; breaking out of it cancels the generation.
+        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.
+        ``stream=True`` returns an iterator of text pieces that never splits a UTF-8 character;
+        breaking out of it cancels the generation.
         Parameters are checked here, before anything runs (ValueError).
         """
         stops = (stop,) if isinstance(stop, str) else tuple(stop)

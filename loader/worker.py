@@ -9,8 +9,8 @@ Why ``subprocess`` (the same interpreter, the caller's ``sys.path``, running :fu
 ``multiprocessing``: the spawn start method re-imports the caller's ``__main__`` in the child, which
 re-runs scripts without a ``if __name__ == "__main__"`` guard (and refuses to start from them); a plain
 child process of our own module starts the same way from a script, a REPL or a server.  The channel is
-a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own child), whose ``poll``
-gives the time-out that turns a hang into an error.
+a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
+child), whose ``poll`` gives the time-out that turns a hang into an error.
 
 Protocol (parent -> worker, one request at a time):
     ("load", path, kwargs)            -> ("ok", (info, facts))

@@ -90,7 +90,8 @@ def original_of(path: Path) -> str | None:
 def run_one(path: Path) -> dict[str, Any]:
     from .. import load, probe
 
-    row: dict[str, Any] = {"file": path.name, "format": "?", "backend": "-", "ok": False, "detail": "", "tokens": None, "text": ""}
+    row: dict[str, Any] = {"file": path.name, "format": "?", "backend": "-", "ok": False, "detail": "", "tokens": None,
+                           "text": ""}
     report = probe(path)
     d = report.to_dict()
     ver = d.get("format_version")
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  same as the GGUF v3 original")
     for r in tiny:
         text = r["text"] if r["ok"] else "FAIL"
-        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<28} {text:<{tw}}  {r['same']}")
+        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<28} {text:<{tw}}  "
+              f"{r['same']}")
     compared = [r for r in tiny if r["same"] in ("yes", "NO")]
     print(f"\n{sum(r['same'] == 'yes' for r in compared)} of {len(compared)} files in other containers and eras "
           f"give exactly the tokens of the GGUF v3 original (quantized files hold other weights)")

@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--free-vram", type=int, default=None, metavar="MIB",
                     help="free VRAM for --gpu-layers auto (default: what the CUDA driver reports)")
     ap.add_argument("--exact", action="store_true",
-                    help="with --estimate: also load the file in a child process and report the engine's own buffer sizes")
+                    help="with --estimate: also load the file in a child process and report the engine's own "
+                         "buffer sizes")
     ap.add_argument("--device", default="auto", help="device for the variant choice and --load (auto, cpu, cuda)")
     ap.add_argument("--kv", action="store_true", help="include the GGUF key/values in --json output")
     ap.add_argument("--load", action="store_true", help="load with the chosen backend in a child process")

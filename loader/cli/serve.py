@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.memory_budget
     for e in list(entries.values()):
         if budget is not None and e.memory_mib > budget:
-            log.info("not served: %s: needs about %.0f MiB, over --memory-budget %.0f MiB", e.path, e.memory_mib, budget)
+            log.info("not served: %s: needs about %.0f MiB, over --memory-budget %.0f MiB", e.path, e.memory_mib,
+                     budget)
             del entries[e.id]
     if not entries:
         print("gpt4all-serve: no model to serve (see the reasons above)", file=sys.stderr)

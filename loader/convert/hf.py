@@ -259,7 +259,8 @@ def read_spm(path: Path) -> SpmVocab:
         toks.append(sp.id_to_piece(i))
         scores.append(float(sp.get_score(i)))
         types.append(TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
-                     else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
+                     else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i)
+                     else TokenType.NORMAL)
     return SpmVocab(toks, scores, types, sp.bos_id(), sp.eos_id(), sp.unk_id())
 
 
@@ -642,7 +643,8 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
             raise ConvertError(f"{src}: tokenizer.model has {len(spm.tokens)} pieces, more than vocab_size {n}")
         pad = n - len(spm.tokens)
         m.add("tokenizer.ggml.model", ValueType.STRING, "llama")
-        m.add_array("tokenizer.ggml.tokens", ValueType.STRING, spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
+        m.add_array("tokenizer.ggml.tokens", ValueType.STRING,
+                    spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
         m.add_array("tokenizer.ggml.scores", ValueType.FLOAT32, spm.scores + [-1000.0] * pad)
         m.add_array("tokenizer.ggml.token_type", ValueType.INT32, spm.types + [TokenType.UNUSED] * pad)
         bos, eos, unk = config.get("bos_token_id", spm.bos), config.get("eos_token_id", spm.eos), spm.unk
@@ -652,7 +654,8 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
             raise ConvertError(f"{src}: the tokenizer has {len(bpe.tokens)} tokens, more than vocab_size {n}")
         toks = [bpe.tokens[i] if i < len(bpe.tokens) and bpe.tokens[i] is not None else f"[PAD{i}]" for i in range(n)]
         types = [TokenType.CONTROL if i in bpe.special else TokenType.USER_DEFINED if i in bpe.added else
-                 TokenType.NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else TokenType.UNUSED for i in range(n)]
+                 TokenType.NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else TokenType.UNUSED
+                 for i in range(n)]
         m.add("tokenizer.ggml.model", ValueType.STRING, "gpt2")
         m.add("tokenizer.ggml.pre", ValueType.STRING, "mpt" if a == "mpt" else "gpt-2")
         m.add_array("tokenizer.ggml.tokens", ValueType.STRING, toks)

@@ -123,7 +123,7 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
         return convert_folder(src, out, opts, what)
     if opts.format == "ggml":
         raise UsageError(f"--format ggml is offered for GPT-J and MPT folders only; {src}: {what}")
-    weights = list(src.glob("*.safetensors")) + list(src.glob("pytorch_model*.bin")) + list(src.glob("consolidated*.pth"))
+    weights = [*src.glob("*.safetensors"), *src.glob("pytorch_model*.bin"), *src.glob("consolidated*.pth")]
     if not weights:
         raise ConvertError(f"{src} has a config.json but no weights (*.safetensors or pytorch_model*.bin)")
     ftype_out = outtype_number(opts.outtype)
@@ -145,7 +145,8 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
     try:
         stage = temps.new(hf_outtype)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(conv / "gguf-py")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONPATH"] = os.pathsep.join([str(conv / "gguf-py")]
+                                            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.pop("NO_LOCAL_GGUF", None)
         cmd = [sys.executable, str(conv / "convert_hf_to_gguf.py"), str(src), "--outfile", str(stage),
                "--outtype", hf_outtype]

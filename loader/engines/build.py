@@ -324,7 +324,8 @@ def extract(spec: BackendSpec, archive: Path) -> Path:
     root = cache.build_dir() / spec.name / "src"
     marker = root / ".extracted"
     # the tree is the sdist plus our patches: a changed patch means a fresh extraction
-    stamp = hashlib.sha256(spec.sha256.encode() + b"".join(package_data(p).read_bytes() for p in spec.patches)).hexdigest()
+    patches = b"".join(package_data(p).read_bytes() for p in spec.patches)
+    stamp = hashlib.sha256(spec.sha256.encode() + patches).hexdigest()
     if marker.exists() and marker.read_text() == stamp:
         return _llama_dir(root)
     if root.exists():

@@ -208,7 +208,8 @@ def _spec_knows_type(spec: BackendSpec, t: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Checks of one rule.  Each failure is (weight, message); the lightest failing rule explains a refusal.
 
-def _check_rule(facts: FileFacts, spec: BackendSpec, rule: AcceptRule, all_archs: frozenset[str]) -> list[tuple[int, str]]:
+def _check_rule(facts: FileFacts, spec: BackendSpec, rule: AcceptRule,
+                all_archs: frozenset[str]) -> list[tuple[int, str]]:
     fails: list[tuple[int, str]] = []
     fmt, ver = facts.format, _file_version(facts)
     this = format_label(fmt, facts.format_version)
@@ -324,9 +325,12 @@ def _types_reason(facts: FileFacts, spec: BackendSpec, rule: AcceptRule, bad: se
         else:
             msg += " tensors"
         return msg
-    later = [f"{t} arrived at llama.cpp {TYPE_ADDED[t]}" for t in sorted(bad) if t in TYPE_ADDED and t not in TYPE_REMOVED]
+    later = [f"{t} arrived at llama.cpp {TYPE_ADDED[t]}" for t in sorted(bad)
+             if t in TYPE_ADDED and t not in TYPE_REMOVED]
     rem = [TYPE_REMOVED[t] for t in sorted(bad) if t in TYPE_REMOVED]
-    msg = f"tensor type{'s' if len(bad) > 1 else ''} {bad_label} {'are' if len(bad) > 1 else 'is'} unknown to llama.cpp {spec.era}"
+    plural = len(bad) > 1
+    msg = (f"tensor type{'s' if plural else ''} {bad_label} {'are' if plural else 'is'} unknown to "
+           f"llama.cpp {spec.era}")
     extra = later + rem
     return msg + (" (" + "; ".join(extra) + ")" if extra else "")
 

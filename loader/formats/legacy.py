@@ -91,8 +91,9 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         try:
             nbytes = tensor_nbytes(ttype, ne, layout)
         except FormatError as exc:
-            raise src.error(f"tensor[{i}] ({name}) type/shape", f"a ggml type of the {layout} layout "
-                                                                f"with a whole number of blocks ({exc})", rec + 8) from None
+            raise src.error(f"tensor[{i}] ({name}) type/shape",
+                            f"a ggml type of the {layout} layout with a whole number of blocks ({exc})",
+                            rec + 8) from None
         tname = TYPES[layout][ttype].name
         st = w.stats.setdefault(tname, TensorTypeStat())
         st.count += 1

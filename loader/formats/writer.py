@@ -388,7 +388,8 @@ class TinyGemma3(_Tiny):
         self.sliding_window = sliding_window
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, f, v, q, kv = self.n_embd, self.n_ff, self.n_vocab, self.head_dim * self.n_head, self.head_dim * self.n_head_kv
+        e, f, v = self.n_embd, self.n_ff, self.n_vocab
+        q, kv = self.head_dim * self.n_head, self.head_dim * self.n_head_kv
         s: dict[str, list[int]] = {"token_embd.weight": [e, v], "output_norm.weight": [e]}
         for i in range(self.n_layer):
             p = f"blk.{i}."
@@ -410,7 +411,8 @@ class TinyGemma3(_Tiny):
         U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "gemma3"
-        return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"), ("general.file_type", U32, ftype),
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"),
+                ("general.file_type", U32, ftype),
                 (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
                 (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, self.n_ff),
                 (f"{a}.attention.head_count", U32, self.n_head), (f"{a}.attention.head_count_kv", U32, self.n_head_kv),
@@ -418,7 +420,8 @@ class TinyGemma3(_Tiny):
                 (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-6),
                 (f"{a}.attention.sliding_window", U32, self.sliding_window), (f"{a}.rope.freq_base", F32, 1e6),
                 ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
-                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores),
+                ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 
@@ -467,14 +470,16 @@ class TinyMamba(_Tiny):
         U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "mamba"
-        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"), ("general.file_type", U32, ftype),
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"),
+                ("general.file_type", U32, ftype),
                 (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
                 (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, 0),
                 (f"{a}.attention.head_count", U32, 0), (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-5),
                 (f"{a}.ssm.conv_kernel", U32, self.d_conv), (f"{a}.ssm.inner_size", U32, self.d_inner),
                 (f"{a}.ssm.state_size", U32, self.d_state), (f"{a}.ssm.time_step_rank", U32, self.dt_rank),
                 ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
-                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores),
+                ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 
