@@ -90,7 +90,8 @@ def setup_lcp_archives(args: argparse.Namespace) -> None:
     archive = sdist.fetch(new.sdist, new.sha256)
     venv = args.lcp_arch_venv
     for cmd, env in (([sys.executable, "-m", "venv", str(venv)], {}),
-                     ([str(venv / "bin" / "pip"), "install", str(archive)], {"CMAKE_ARGS": "-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"})):
+                     ([str(venv / "bin" / "pip"), "install", str(archive)],
+                      {"CMAKE_ARGS": "-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"})):
         print("$", " ".join(f"{k}={v!r}" for k, v in env.items()), " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, **env})
     site = next((venv / "lib").glob("python3*/site-packages/llama_cpp"))
@@ -249,7 +250,8 @@ class Runner:
         tg = [v for r in self.results for v in r["tg"]]
         return {"label": self.label, "runs": len(self.results), "load_s": med("load_s"), "ttft_s": med("ttft_s"),
                 "hwm_after_load_mb": med("hwm_after_load_kb") / 1024,
-                "load_delta_mb": statistics.median(r["hwm_after_load_kb"] - r["hwm_before_kb"] for r in self.results) / 1024,
+                "load_delta_mb": statistics.median(r["hwm_after_load_kb"] - r["hwm_before_kb"]
+                                                   for r in self.results) / 1024,
                 "hwm_end_mb": med("hwm_end_kb") / 1024,
                 "pp_tps": statistics.median(pp) if pp else None, "pp_n": len(pp),
                 "tg_tps": statistics.median(tg) if tg else None, "tg_n": len(tg),
@@ -296,16 +298,20 @@ def build_groups(a: argparse.Namespace) -> list[tuple[str, str, list[Runner], li
             notes.append(f"bare C loop skipped: {e}")
         lcp = venv_python(a.lcp_venv, "llama_cpp")
         if lcp:
-            runners.append(Runner("llama-cpp-python 0.3.36 (pip build), flash_attn=True", child(lcp, "llama-cpp-python-fa", smol, prompt, a)))
-            runners.append(Runner("llama-cpp-python 0.3.36 (pip build), defaults: flash_attn=False", child(lcp, "llama-cpp-python", smol, prompt, a)))
+            runners.append(Runner("llama-cpp-python 0.3.36 (pip build), flash_attn=True",
+                                  child(lcp, "llama-cpp-python-fa", smol, prompt, a)))
+            runners.append(Runner("llama-cpp-python 0.3.36 (pip build), defaults: flash_attn=False",
+                                  child(lcp, "llama-cpp-python", smol, prompt, a)))
         else:
             notes.append(f"llama-cpp-python (pip build) skipped: no venv with llama_cpp at {a.lcp_venv} (run --setup)")
         arch = venv_python(a.lcp_arch_venv, "llama_cpp")
         if arch:
-            runners.append(Runner("llama-cpp-python 0.3.36 (our archives), flash_attn=True", child(arch, "llama-cpp-python-fa", smol, prompt, a)))
+            runners.append(Runner("llama-cpp-python 0.3.36 (our archives), flash_attn=True",
+                                  child(arch, "llama-cpp-python-fa", smol, prompt, a)))
         else:
             notes.append(f"llama-cpp-python over our archives skipped: nothing at {a.lcp_arch_venv} (run --setup)")
-        groups.append((f"{NEW} vs llama-cpp-python 0.3.36 (same sdist) vs bare C", f"{smol.name} ({smol.stat().st_size / 1e6:.0f} MB)", runners, notes))
+        groups.append((f"{NEW} vs llama-cpp-python 0.3.36 (same sdist) vs bare C",
+                       f"{smol.name} ({smol.stat().st_size / 1e6:.0f} MB)", runners, notes))
 
     # 2: gpt4all 2.8.2 (GGUF)
     g2 = venv_python(a.gpt4all2_venv, "gpt4all")
@@ -322,8 +328,10 @@ def build_groups(a: argparse.Namespace) -> list[tuple[str, str, list[Runner], li
     if g1 and "cpu" in built.get("ggml-gptj-mpt-2023-05", []):
         path = tiny_gptj()
         n_prompt = _count_tokens(path, prompt)
-        groups.append(("ours vs gpt4all 1.0.8: GPT-J ggml", f"{path.name} ({path.stat().st_size / 1e6:.0f} MB, seeded weights)", [
-            Runner("ours (ggml-gptj-mpt-2023-05/cpu)", child(ours_py, "ours", path, prompt, a, backend="ggml-gptj-mpt-2023-05")),
+        groups.append(("ours vs gpt4all 1.0.8: GPT-J ggml",
+                       f"{path.name} ({path.stat().st_size / 1e6:.0f} MB, seeded weights)", [
+            Runner("ours (ggml-gptj-mpt-2023-05/cpu)",
+                   child(ours_py, "ours", path, prompt, a, backend="ggml-gptj-mpt-2023-05")),
             Runner("gpt4all 1.0.8", child(g1, "gpt4all1", path, prompt, a, n_prompt_hint=n_prompt)),
         ], ["gpt4all 1.0.8 always allocates a 2048-token context; ours uses --n-ctx"]))
 
@@ -334,13 +342,15 @@ def build_groups(a: argparse.Namespace) -> list[tuple[str, str, list[Runner], li
         notes = []
         arch = venv_python(a.lcp_arch_venv, "numpy")
         if arch and (a.lcp_old_path / "llama_cpp" / "libllama.so").is_file():
-            runners.append(Runner("llama-cpp-python 0.1.78 (our archives)", child(arch, "llama-cpp-python", path, prompt, a),
+            runners.append(Runner("llama-cpp-python 0.1.78 (our archives)",
+                                  child(arch, "llama-cpp-python", path, prompt, a),
                                   env={"PYTHONPATH": str(a.lcp_old_path)}))
             notes.append("llama-cpp-python 0.1.78 tokenizes ' ' + prompt for create_completion: its output may differ")
         else:
             notes.append(f"llama-cpp-python 0.1.78 skipped: nothing at {a.lcp_old_path} (run --setup)")
         if g1:
-            runners.append(Runner("gpt4all 1.0.8", child(g1, "gpt4all1", path, prompt, a, n_prompt_hint=_count_tokens(path, prompt))))
+            runners.append(Runner("gpt4all 1.0.8",
+                                  child(g1, "gpt4all1", path, prompt, a, n_prompt_hint=_count_tokens(path, prompt))))
         groups.append(("llama-2023-08 vs llama-cpp-python 0.1.78 vs gpt4all 1.0.8: LLaMA ggjt v3",
                        f"{path.name} ({path.stat().st_size / 1e6:.0f} MB, seeded weights)", runners, notes))
     return groups
@@ -372,11 +382,13 @@ def render(groups_out: list[dict], a: argparse.Namespace, markdown: bool) -> str
         rows = g["rows"]
         if markdown:
             lines += [f"#### {g['title']}", "", f"File: `{g['file']}`", "",
-                      "| engine | load s | TTFT s | peak RSS after load MB | prompt tok/s | gen tok/s | output = ours |",
+                      "| engine | load s | TTFT s | peak RSS after load MB | prompt tok/s | gen tok/s "
+                      "| output = ours |",
                       "|---|---:|---:|---:|---:|---:|---|"]
         else:
             lines += [f"== {g['title']}", f"   file: {g['file']}",
-                      f"   {'engine':<52} {'load s':>7} {'TTFT s':>7} {'RSS MB':>7} {'pp tok/s':>9} {'tg tok/s':>9}  same"]
+                      f"   {'engine':<52} {'load s':>7} {'TTFT s':>7} {'RSS MB':>7} {'pp tok/s':>9} "
+                      f"{'tg tok/s':>9}  same"]
         ours = rows[0]
         for r in rows:
             if "error" in r:
@@ -418,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lcp-venv", type=Path, default=DEFAULT_VENVS["llama-cpp-python"])
     ap.add_argument("--gpt4all2-venv", type=Path, default=DEFAULT_VENVS["gpt4all2"])
     ap.add_argument("--gpt4all1-venv", type=Path, default=DEFAULT_VENVS["gpt4all1"])
-    ap.add_argument("--lcp-arch-venv", type=Path, default=Path(os.environ.get("BENCH_LCP_ARCH_VENV", "/tmp/bench-venv-arch")),
+    ap.add_argument("--lcp-arch-venv", type=Path,
+                    default=Path(os.environ.get("BENCH_LCP_ARCH_VENV", "/tmp/bench-venv-arch")),
                     help="llama-cpp-python 0.3.36's Python package over a libllama.so linked from our archives")
     ap.add_argument("--lcp-old-path", type=Path, default=Path(os.environ.get("BENCH_LCP_OLD", "/tmp/lcp0178")),
                     help="llama-cpp-python 0.1.78's package over the llama-2023-08 archives (run with --lcp-arch-venv)")
@@ -442,10 +455,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(load, TTFT, RSS) and {a.procs}x{a.reps} repetitions (tok/s); {time.time() - t0:.0f} s; "
               f"{platform.node()} {time.strftime('%Y-%m-%d %H:%M:%S')}")
     if a.json:
-        print(json.dumps({"settings": vars(a) | {"lcp_venv": str(a.lcp_venv), "gpt4all2_venv": str(a.gpt4all2_venv),
-                                                  "gpt4all1_venv": str(a.gpt4all1_venv), "markdown": str(a.markdown),
-                                                  "lcp_arch_venv": str(a.lcp_arch_venv), "lcp_old_path": str(a.lcp_old_path)},
-                          "groups": out}, indent=2, default=str))
+        paths = {"lcp_venv": str(a.lcp_venv), "gpt4all2_venv": str(a.gpt4all2_venv),
+                 "gpt4all1_venv": str(a.gpt4all1_venv), "markdown": str(a.markdown),
+                 "lcp_arch_venv": str(a.lcp_arch_venv), "lcp_old_path": str(a.lcp_old_path)}
+        print(json.dumps({"settings": vars(a) | paths, "groups": out}, indent=2, default=str))
     else:
         print(header)
         print(render(out, a, markdown=False))

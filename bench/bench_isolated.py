@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"file": path, "threads": args.threads, "n_gen": args.n_gen, "reps": args.reps,
               "ms_per_token": {k: round(v * 1e3, 3) for k, v in med.items()},
               "runs_ms": {k: [round(x * 1e3, 3) for x in v] for k, v in times.items()},
-              "ratio_isolated_over_in_process": round(ratio, 4), "same_output": texts["isolated"] == texts["in-process"]}
+              "ratio_isolated_over_in_process": round(ratio, 4),
+              "same_output": texts["isolated"] == texts["in-process"]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -6,7 +6,8 @@ Public entry points:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Literal, overload
 
 from .errors import (
     BackendError,
@@ -26,16 +27,49 @@ __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "Unsuppo
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .formats.facts import FileFacts
     from .model import Model
+    from .worker import IsolatedModel
 
 
-def load(path: Any, **kwargs: Any) -> "Model":
+# load() and read_facts() import their modules when first called: importing the package stays as cheap
+# as the probe (model.py and the readers are not loaded by ``import gpt4all_loader``).  The parameters
+# are model.load's and sniff.read_facts's, spelled out so that editors and type checkers see them.
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> IsolatedModel: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model | IsolatedModel: ...
+
+
+def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
+         n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
+         worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> Model | IsolatedModel:
+    """Load a model file on the backend that reads it: :func:`gpt4all_loader.model.load`."""
     from .model import load as _load
 
-    return _load(path, **kwargs)
+    return _load(path, device=device, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                 backend=backend, embeddings=embeddings, seed=seed, vocab_only=vocab_only, isolated=isolated,
+                 worker_timeout=worker_timeout, flash_attn=flash_attn)
 
 
-def read_facts(path: Any, **kwargs: Any):
+def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+    """What a file is, read from its header: :func:`gpt4all_loader.formats.sniff.read_facts`."""
     from .formats.sniff import read_facts as _read
 
-    return _read(path, **kwargs)
+    return _read(path, with_kv=with_kv, with_vocab=with_vocab)

@@ -17,9 +17,12 @@ import functools
 import re
 import string
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, cast
 
 from .errors import ChatTemplateError
+
+if TYPE_CHECKING:  # pragma: no cover - jinja2 is imported when a template is first rendered
+    from jinja2 import Template
 
 #: the longest string or list a template may build, and the longest output (characters / items)
 MAX_LENGTH = 4 << 20
@@ -73,7 +76,15 @@ def _replaced_length(s: Any, old: Any, new: Any) -> int:
     return len(s) + (len(s) + 1 if not old else s.count(old)) * max(len(new) - len(old), 0)
 
 
-def _environment():
+class _Sandbox(Protocol):
+    """What render() uses of the bounded environment (its class is built inside _environment)."""
+
+    def from_string(self, source: str) -> Template: ...
+
+    def tick(self) -> None: ...
+
+
+def _environment() -> _Sandbox:
     """A fresh sandbox per render: the budget lives on the environment."""
     from jinja2 import nodes, pass_context
     from jinja2.filters import do_format
@@ -84,11 +95,11 @@ def _environment():
         """Routes every for-loop's iterable and every ``~`` through a counting filter."""
 
         @staticmethod
-        def _wrap(node: nodes.Expr, name: str) -> nodes.Filter:
+        def _wrap(node: nodes.Node, name: str) -> nodes.Filter:
             return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
 
         def visit_For(self, node: nodes.For) -> nodes.For:
-            node = self.generic_visit(node)
+            node = cast(nodes.For, self.generic_visit(node))  # generic_visit edits and returns the same node
             node.iter = self._wrap(node.iter, "_g4a_steps")
             return node
 
@@ -111,7 +122,7 @@ def _environment():
             self.filters["format"] = self._format
 
         def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-            tree = Counted().visit(super()._parse(source, name, filename))
+            tree: nodes.Template = Counted().visit(super()._parse(source, name, filename))
             tree.set_environment(self)
             return tree
 
@@ -157,7 +168,8 @@ def _environment():
 
         def _format(self, value: Any, *args: Any, **kwargs: Any) -> str:
             _check_printf(str(value))
-            return self.sized(do_format(value, *args, **kwargs))
+            out: str = self.sized(do_format(value, *args, **kwargs))
+            return out
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             self.tick()
@@ -245,7 +257,7 @@ class ChatSession:
         pieces and records the reply once the stream ends)."""
         self.messages.append({"role": "user", "content": content})
         if not kwargs.get("stream"):
-            reply = self.model.chat(self.messages, **kwargs)
+            reply: str = self.model.chat(self.messages, **kwargs)
             self.messages.append({"role": "assistant", "content": reply})
             return reply
         return self._stream(self.model.chat(self.messages, **kwargs))

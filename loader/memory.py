@@ -70,7 +70,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .formats.facts import FileFacts
 
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
 
@@ -182,8 +185,8 @@ class _Shape:
     state_per_layer: int  # recurrent f32 state bytes per layer (0: attention layers)
 
     @classmethod
-    def of(cls, facts: Any) -> "_Shape":
-        h = dict(getattr(facts, "hparams", None) or {})
+    def of(cls, facts: FileFacts) -> "_Shape":
+        h = dict(facts.hparams)
         n_layer = _int(h, "n_layer", "block_count")
         n_embd = _int(h, "n_embd", "embedding_length")
         n_head = _int(h, "n_head", "head_count", default=1)
@@ -195,7 +198,7 @@ class _Shape:
         if isinstance(pattern, list) and len(pattern) == n_layer:  # per-layer flags
             swa_layers = sum(1 for p in pattern if p)
         else:
-            every = _int(h, "sliding_window_pattern", default=_SWA_PATTERN.get(getattr(facts, "architecture", ""), 0))
+            every = _int(h, "sliding_window_pattern", default=_SWA_PATTERN.get(facts.architecture or "", 0))
             swa_layers = (n_layer - n_layer // every if every else n_layer) if n_swa else 0
         return cls(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                    n_vocab=_int(h, "n_vocab", "vocab_size"), n_ff=_int(h, "n_ff", "feed_forward_length",
@@ -224,9 +227,9 @@ def _recurrent_state(h: dict[str, Any], n_embd: int) -> int:
     return 0
 
 
-def _layer_bytes(facts: Any, n_layer: int) -> list[int] | None:
+def _layer_bytes(facts: FileFacts, n_layer: int) -> list[int] | None:
     """Bytes of each ``blk.N.*`` layer where the reader kept the tensor table (GGUF), else None."""
-    tensors = getattr(facts, "tensors", None) or {}
+    tensors = facts.tensors
     if not tensors or not n_layer:
         return None
     per = [0] * n_layer
@@ -238,8 +241,8 @@ def _layer_bytes(facts: Any, n_layer: int) -> list[int] | None:
     return per
 
 
-def _repack_bytes(facts: Any, rules: EraRules) -> int:
-    tensors = getattr(facts, "tensors", None) or {}
+def _repack_bytes(facts: FileFacts, rules: EraRules) -> int:
+    tensors = facts.tensors
     return sum(nbytes for name, (t, ne, nbytes) in tensors.items()
                if t in rules.repack_types and len(ne) >= 2 and ne[1] % 8 == 0
                and not name.startswith("token_embd."))
@@ -278,7 +281,7 @@ def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int, flash_attn
     return rules.graph_meta + max(inputs + attention + 2 * x, inputs + layer, output)
 
 
-def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
+def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int = 0,
              era: str | None = None) -> dict[str, Any]:
     """Estimate memory needs of ``facts`` (a FileFacts) at ``ctx_size`` tokens with ``gpu_layers`` offloaded.
 
@@ -288,12 +291,12 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     Returns ``{ram_bytes, vram_bytes, weights_bytes, kv_bytes, compute_bytes, ...}`` (the keys the
     README lists); every value is an int or a short string.
     """
-    fmt = getattr(facts, "format", None)
+    fmt = facts.format
     # GPT4All-era GPT-J and MPT files run on our own ggml runner (backends/legacy), not llama.cpp
-    gptj_mpt = fmt in ("ggml", "ggmm") and getattr(facts, "architecture", None) in ("gptj", "mpt")
+    gptj_mpt = fmt in ("ggml", "ggmm") and facts.architecture in ("gptj", "mpt")
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
-    h = dict(getattr(facts, "hparams", None) or {})
+    h = dict(facts.hparams)
     n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
         ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
@@ -304,13 +307,12 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     scratch = legacy and (era < "2023-06" or gpu_layers > 0)
     rules = EraRules() if gptj_mpt else ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
 
-    tt = getattr(facts, "tensor_types", None) or {}
-    weights = int(sum(getattr(st, "bytes", 0) or 0 for st in tt.values()))
-    n_params = int(getattr(facts, "n_params", 0) or 0)
+    weights = sum(st.bytes for st in facts.tensor_types.values())
+    n_params = facts.n_params
     bpw = weights / n_params if n_params else 0.0
     emb = int(s.n_vocab * s.n_embd * bpw)
     # A separate output matrix: always in the legacy llama files; GGUF files may tie it to the embedding.
-    tensors = getattr(facts, "tensors", None) or {}
+    tensors = facts.tensors
     if tensors:
         out = tensors["output.weight"][2] if "output.weight" in tensors else 0
     else:
@@ -377,7 +379,7 @@ def estimate(facts: Any, *, ctx_size: int | None = None, gpu_layers: int = 0,
     }
 
 
-def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
+def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
          free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> dict[str, Any]:
     """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
 
@@ -389,6 +391,7 @@ def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, 
     bytes and the layers it runs.
     """
     from .engines import cuda
+    from .engines.manifest import cuda_table
 
     auto = gpu_layers == "auto"
     free = free_vram_bytes
@@ -396,7 +399,7 @@ def plan(facts: Any, *, ctx_size: int | None = None, gpu_layers: int | str = 0, 
         gi = cuda.gpu_info(0)
         free = gi.free_bytes if gi is not None else None
     if reserve_bytes is None:
-        reserve_bytes = int(cuda.cuda_table().get("reserve_mib", 768)) * MiB
+        reserve_bytes = int(cuda_table().get("reserve_mib", 768)) * MiB
     if auto:
         layers = cuda.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
             if free is not None else 0

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence, TypeVar, overload
 
 from .engines import cache, native
 from .engines.manifest import load_manifest
@@ -360,6 +360,30 @@ class Model(Closing):
             return list(self._ffi.unpack(p, n))
 
     # -- generation -----------------------------------------------------------------------------
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
+                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
+                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
+                 stream: Literal[False] = ..., callback: Callable[[str], bool] | None = ...,
+                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
+                 n_keep: int | None = ...) -> str: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
+                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
+                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
+                 stream: Literal[True], callback: Callable[[str], bool] | None = ...,
+                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
+                 n_keep: int | None = ...) -> Iterator[str]: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
+                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
+                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
+                 stream: bool = ..., callback: Callable[[str], bool] | None = ...,
+                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
+                 n_keep: int | None = ...) -> str | Iterator[str]: ...
+
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
@@ -374,8 +398,9 @@ class Model(Closing):
         returns False.  Only what follows the longest prefix the prompt shares with the cached
         tokens (:attr:`cached_tokens`) is evaluated.  When the context fills, ``context_shift`` keeps
         the first ``n_keep`` tokens (default: the prompt's start, up to a quarter of the context, so
-        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.  ``stream=True`` returns an iterator of text pieces
-        that never splits a UTF-8 character; breaking out of it cancels the generation.
+        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.
+        ``stream=True`` returns an iterator of text pieces that never splits a UTF-8 character;
+        breaking out of it cancels the generation.
         Parameters are checked here, before anything runs (ValueError).
         """
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -396,7 +421,7 @@ class Model(Closing):
                         top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
                         repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
                         special: bool = False, context_shift: bool = True,
-                        n_keep: int | None = None) -> Iterator[int]:
+                        n_keep: int | None = None) -> Generator[int, None, None]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
         sampling = dict(
             temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
@@ -413,7 +438,7 @@ class Model(Closing):
         return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special, shift)
 
     def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, sampling: dict[str, Any],
-                      seed: int, add_bos: bool, special: bool, shift: int | None) -> Iterator[int]:
+                      seed: int, add_bos: bool, special: bool, shift: int | None) -> Generator[int, None, None]:
         """generate_tokens() after its checks.  Each native call fetches the handle again (``_h``):
         the consumer may close the model between two steps, and the free waits for this stream."""
         ffi = self._ffi
@@ -458,7 +483,7 @@ class Model(Closing):
                 if self._closing and not self._streams:
                     self._free()
 
-    def _generate(self, tokens: Iterator[int], *, stop: tuple[str, ...],
+    def _generate(self, tokens: Generator[int, None, None], *, stop: tuple[str, ...],
                   callback: Callable[[str], bool] | None) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""          # text held back because it may be the start of a stop string
@@ -489,6 +514,16 @@ class Model(Closing):
             tokens.close()
 
     # -- chat -----------------------------------------------------------------------------------
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[False] = ..., **kwargs: Any) -> str: ...
+
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[True], **kwargs: Any) -> Iterator[str]: ...
+
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = ...,
+             **kwargs: Any) -> str | Iterator[str]: ...
+
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> str | Iterator[str]:
         """Render ``messages`` with the file's own chat template and generate the reply."""
         from .chat import render
@@ -506,7 +541,8 @@ class Model(Closing):
             raise ChatTemplateError(f"{self.info.path}: {e}") from None
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
-        return self.generate(text, add_bos=add_bos, **kwargs)
+        reply: str | Iterator[str] = self.generate(text, add_bos=add_bos, **kwargs)
+        return reply
 
     def chat_session(self, system: str | None = None) -> "ChatSession":
         """A multi-turn conversation that keeps its messages and reuses the evaluated history
@@ -542,7 +578,28 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     return 0, LEGACY_RMS_EPS
 
 
-def load(path: str | os.PathLike, *, device: str = "auto", n_ctx: int | None = None,
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> IsolatedModel: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
+         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
+         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
+         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model | IsolatedModel: ...
+
+
+def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
          worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> "Model | IsolatedModel":

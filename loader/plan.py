@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .engines import variants
 from .engines.catalog import Verdict, choose
 from .engines.manifest import build_command
-from .engines.variants import VariantChoice
+from .engines.variants import RunnableChoice, VariantChoice
 from .errors import BackendError, UnsupportedModelError
 from .formats.facts import FileFacts
 
@@ -38,7 +38,7 @@ class LoadPlan:
     def rejected(self) -> dict[str, list[str]]:
         return {v.backend: list(v.reasons) for v in self.verdicts if not v.loadable}
 
-    def require(self) -> tuple[str, VariantChoice]:
+    def require(self) -> tuple[str, RunnableChoice]:
         """(backend, variant) to run, or the library error that says why there is none and what would do."""
         f, path = self.facts, self.facts.path
         what = f.description or f.format
@@ -64,7 +64,8 @@ class LoadPlan:
                 raise BackendError(f"{path}: {what}: backend {name} reads it but is not built here; "
                                    f"build it with: {build_command(name)}")
             raise BackendError(f"{path}: backend {name} has no variant this machine can run: {self.variant.reason}")
-        return name, self.variant
+        return name, RunnableChoice(self.variant.variant, self.variant.device, self.variant.reason,
+                                    self.variant.n_gpu_layers)
 
 
 def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, n_ctx: int | None = None,

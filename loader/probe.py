@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import memory as _memory
 from .engines import catalog
+from .engines.manifest import build_command, load_manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .formats.facts import FileFacts
 
 #: bump when a key is removed or changes meaning (adding keys keeps the version)
 SCHEMA_VERSION = 1
@@ -59,9 +63,13 @@ class ProbeReport:
     #: filled by ``gpt4all-probe --load``: one entry per backend tried
     load: list[dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        # what the reader found, for callers in Python; not a dataclass field, so not in to_dict()
+        self._facts: FileFacts | None = None
+
     @property
-    def facts(self) -> Any:
-        return self._facts if hasattr(self, "_facts") else None
+    def facts(self) -> FileFacts | None:
+        return self._facts
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA_VERSION}
@@ -109,7 +117,7 @@ def _precheck(path: str) -> None:
         pass
 
 
-def _fill_from_facts(rep: ProbeReport, facts: Any) -> None:
+def _fill_from_facts(rep: ProbeReport, facts: FileFacts) -> None:
     rep.format = facts.format
     rep.format_version = facts.format_version
     rep.kind = facts.kind
@@ -120,10 +128,10 @@ def _fill_from_facts(rep: ProbeReport, facts: Any) -> None:
     rep.file_type = facts.file_type
     rep.file_type_name = facts.file_type_name
     rep.quant_layout = facts.quant_layout
-    rep.tensor_types = {k: {"count": int(s.count), "bytes": int(s.bytes)} for k, s in (facts.tensor_types or {}).items()}
-    rep.n_tensors = int(facts.n_tensors or 0)
-    rep.n_params = int(facts.n_params or 0)
-    rep.hparams = dict(facts.hparams or {})
+    rep.tensor_types = {k: {"count": s.count, "bytes": s.bytes} for k, s in facts.tensor_types.items()}
+    rep.n_tensors = facts.n_tensors
+    rep.n_params = facts.n_params
+    rep.hparams = dict(facts.hparams)
     ctx = rep.hparams.get("n_ctx_train") or rep.hparams.get("context_length")
     rep.context_length = int(ctx) if isinstance(ctx, (int, float)) and not isinstance(ctx, bool) else None
     rep.tokenizer = facts.tokenizer
@@ -131,7 +139,7 @@ def _fill_from_facts(rep: ProbeReport, facts: Any) -> None:
     rep.vocab_only = bool(facts.vocab_only)
     rep.split_experts = bool(facts.split_experts)
     rep.truncated = bool(facts.truncated)
-    rep.notes = list(facts.notes or [])
+    rep.notes = list(facts.notes)
     if facts.kv is not None:
         rep.kv = dict(facts.kv)
 
@@ -179,11 +187,11 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
     return rep
 
 
-def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers: int | str, device: str,
+def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_layers: int | str, device: str,
            free_vram_bytes: int | None = None) -> None:
     _fill_from_facts(rep, facts)
-    rep._facts = facts  # type: ignore[attr-defined]
-    specs = catalog.load_manifest()
+    rep._facts = facts
+    specs = load_manifest()
     from .errors import DeviceError
     from .plan import plan
 
@@ -207,10 +215,10 @@ def _judge(rep: ProbeReport, facts: Any, *, estimate_ctx: int | None, gpu_layers
             rep.variant_reason = lp.variant.reason or None
         rep.ready = rep.variant is not None
         if rep.variant is None and not built.get(best.backend):  # nothing of it built: one command
-            rep.suggestion = f"build it with: {catalog.build_command(best.backend)}"
+            rep.suggestion = f"build it with: {build_command(best.backend)}"
         elif rep.variant is None:
             why = rep.variant_reason or f"backend {best.backend} has no built variant"
-            rep.suggestion = f"{why}; build it with: {catalog.build_command(best.backend)}"
+            rep.suggestion = f"{why}; build it with: {build_command(best.backend)}"
     else:
         rep.suggestion = catalog.suggest(facts, all_v, built=prefer, specs=specs)
     if best is not None and rep.suggestion is None:

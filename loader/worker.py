@@ -8,9 +8,9 @@ living in the worker); streaming methods (``generate``/``chat`` with ``stream=Tr
 Why ``subprocess`` (the same interpreter, the caller's ``sys.path``, running :func:`main`) and not
 ``multiprocessing``: the spawn start method re-imports the caller's ``__main__`` in the child, which
 re-runs scripts without a ``if __name__ == "__main__"`` guard (and refuses to start from them); a plain
-child process of our own module starts the same way from a script, a REPL or a server.  The channel is a socketpair wrapped in
-``multiprocessing.connection.Connection`` (framed pickles; the peer is our own child), whose ``poll``
-gives the time-out that turns a hang into an error.
+child process of our own module starts the same way from a script, a REPL or a server.  The channel is
+a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
+child), whose ``poll`` gives the time-out that turns a hang into an error.
 
 Protocol (parent -> worker, one request at a time):
     ("load", path, kwargs)            -> ("ok", (info, facts))
@@ -28,10 +28,14 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence, overload
 
 from .errors import BackendError, ModelClosedError
-from .model import Closing
+from .model import Closing, ModelInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .chat import ChatSession
+    from .formats.facts import FileFacts
 
 #: seconds the worker may stay silent (no reply, no streamed piece) before it counts as hung
 DEFAULT_TIMEOUT = 300.0
@@ -64,7 +68,7 @@ class _Stream:
     and ``finish_reason`` ("stop" or "length"), the usage counts a server needs.
     """
 
-    def __init__(self, owner: "IsolatedModel", name: str, args: tuple, kwargs: dict[str, Any],
+    def __init__(self, owner: "IsolatedModel", name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                  callback: Callable[[str], bool] | None) -> None:
         self._owner = owner
         self._request = ("iter", name, args, kwargs)
@@ -179,10 +183,12 @@ class IsolatedModel(Closing):
         if kind == "err":
             self._stop()
             raise value
-        self.info, self.facts = value
+        info, facts = value
+        self.info: ModelInfo = info
+        self.facts: FileFacts = facts
 
     # -- transport ------------------------------------------------------------------------------
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg: tuple[Any, ...]) -> None:
         if self._dead is not None:
             raise ModelClosedError(f"{self._path}: the model is closed ({self._dead}); load the file again")
         try:
@@ -199,7 +205,8 @@ class IsolatedModel(Closing):
                 self._kill()
                 self._dead = f"the worker gave no answer to {self._doing} within {timeout:g} s and was killed"
                 raise BackendError(f"{self._path}: {self._dead}")
-            return self._conn.recv()
+            reply: tuple[str, Any] = self._conn.recv()
+            return reply
         except (OSError, EOFError):
             raise self._died(f"during {self._doing}") from None
         except BaseException:
@@ -248,7 +255,7 @@ class IsolatedModel(Closing):
             self._holder = None
             self._free.notify()
 
-    def _call(self, name: str, args: tuple | None, kwargs: dict[str, Any]) -> Any:
+    def _call(self, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any]) -> Any:
         call = _Call()
         self._claim(call)
         try:
@@ -299,17 +306,41 @@ class IsolatedModel(Closing):
         return self.info.n_ctx
 
     # -- streaming methods ----------------------------------------------------------------------
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, stream: Literal[False] = ...,
+                 callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> str: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, stream: Literal[True],
+                 callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> Iterator[str]: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int], *, stream: bool = ...,
+                 callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> str | Iterator[str]: ...
+
     def generate(self, prompt: str | Sequence[int], *, stream: bool = False,
                  callback: Callable[[str], bool] | None = None, **kwargs: Any) -> str | Iterator[str]:
         """As :meth:`Model.generate`; ``callback`` runs here, in the caller's process."""
         return self._text("generate", (prompt if isinstance(prompt, (str, bytes)) else list(prompt),),
                           kwargs, stream, callback)
 
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[False] = ...,
+             callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> str: ...
+
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[True],
+             callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> Iterator[str]: ...
+
+    @overload
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = ...,
+             callback: Callable[[str], bool] | None = ..., **kwargs: Any) -> str | Iterator[str]: ...
+
     def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = False,
              callback: Callable[[str], bool] | None = None, **kwargs: Any) -> str | Iterator[str]:
         return self._text("chat", ([dict(m) for m in messages],), kwargs, stream, callback)
 
-    def chat_session(self, system: str | None = None) -> Any:
+    def chat_session(self, system: str | None = None) -> ChatSession:
         """As :meth:`Model.chat_session`: the messages stay here, the worker's model reuses its prefix."""
         from .chat import ChatSession
 
@@ -319,7 +350,7 @@ class IsolatedModel(Closing):
         return _Stream(self, "generate_tokens", (prompt if isinstance(prompt, (str, bytes)) else list(prompt),),
                        kwargs, None)
 
-    def _text(self, name: str, args: tuple, kwargs: dict[str, Any], stream: bool,
+    def _text(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool,
               callback: Callable[[str], bool] | None) -> str | Iterator[str]:
         it = _Stream(self, name, args, dict(kwargs, stream=True), callback)
         if stream:
@@ -356,7 +387,7 @@ class _Counted:
         self.inner = model.generate_tokens
         self.stats: dict[str, Any] = {}
 
-    def __call__(self, prompt: Any, **kw: Any) -> Iterator[int]:
+    def __call__(self, prompt: Any, **kw: Any) -> Generator[int, None, None]:
         m = self.model
         text = isinstance(prompt, (str, bytes))
         n_prompt = len(m.tokenize(prompt, add_bos=kw.get("add_bos", True), special=kw.get("special", False))) \

@@ -17,7 +17,8 @@ def require_backend(name: str, variant: str = "cpu") -> None:
 
 
 #: every container and version the writer produces, in the order they appeared
-LLAMA_FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2), ("gguf", 3)]
+LLAMA_FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2),
+                 ("gguf", 3)]
 
 #: the token ids every cross-era comparison evaluates (BOS, three words, two bytes)
 PROBE_TOKENS = [1, 300, 301, 302, 50, 60]

@@ -325,7 +325,8 @@ def test_usage_errors(tiny_llama, tmp_path, capsys):
 def test_not_enough_space(tiny_llama, tmp_path, capsys, monkeypatch):
     import shutil as _sh
 
-    monkeypatch.setattr(_sh, "disk_usage", lambda p, _real=_sh.disk_usage: _sh._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20))
+    monkeypatch.setattr(_sh, "disk_usage",
+                        lambda p, _real=_sh.disk_usage: _sh._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20))
     rc, _, err = cli([tiny_llama[("ggjt", 3, "f32")], "-o", tmp_path / "x.gguf"], capsys)
     assert rc == 1 and "not enough free space" in err
     assert _listing(tmp_path) == []

@@ -410,7 +410,8 @@ def test_llama_to_gguf(hf_llama, tmp_path, capsys, outtype):
     assert listing(tmp_path) == ["llama.gguf"]
     facts = read_facts(out, with_kv=True)
     assert facts.architecture == "llama" and facts.hparams.get("n_head_kv") == 2
-    assert facts.kv["tokenizer.ggml.model"] == "llama" and facts.kv["tokenizer.ggml.tokens"]["length"] == cfg["vocab_size"]
+    assert facts.kv["tokenizer.ggml.model"] == "llama"
+    assert facts.kv["tokenizer.ggml.tokens"]["length"] == cfg["vocab_size"]
     _check("LLaMA", "gguf", out, NEWEST, ref_llama, cfg, w, ids, outtype)
 
 

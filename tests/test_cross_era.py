@@ -49,7 +49,8 @@ def test_same_weights_same_logits_in_every_era(tiny_llama, ftype):
             diff = max(abs(a - b) for a, b in zip(logits, ref_logits))
             assert len(logits) == len(ref_logits)
             assert diff <= TOL[ftype], f"{fmt_label(fmt, version)} on {backend}: max |dlogit| {diff:.2e}"
-            assert max(range(len(logits)), key=logits.__getitem__) == max(range(len(ref_logits)), key=ref_logits.__getitem__)
+            assert max(range(len(logits)), key=logits.__getitem__) \
+                == max(range(len(ref_logits)), key=ref_logits.__getitem__)
             assert text == ref_text, f"{fmt_label(fmt, version)} on {backend}: {text!r} != {ref_text!r}"
             checked.append((fmt_label(fmt, version), backend))
     # every container was run on at least one era, and the legacy ones on several

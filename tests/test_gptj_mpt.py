@@ -255,7 +255,8 @@ def test_mpt_special_tokens_tokenize_like_gpt4all(files, gpt4all_lib_dir):
     assert max_abs_diff(got["logits"], ref["logits"]) <= 1e-4
 
 
-@pytest.mark.parametrize("prompt", ["  two  spaces\n\nand\tmore   ", "it's we'll they're 12345 ?!... x", "\u00e9t\u00e9 caf\u00e9"])
+@pytest.mark.parametrize("prompt", ["  two  spaces\n\nand\tmore   ", "it's we'll they're 12345 ?!... x",
+                                    "\u00e9t\u00e9 caf\u00e9"])
 def test_gptj_tokenizer_matches_gpt4all(files, gpt4all_lib_dir, prompt):
     require_backend(BACKEND)
     ref = gpt4all_run(gpt4all_lib_dir, files["gptj-f32"], prompt, n_predict=0)

@@ -79,7 +79,8 @@ def test_streaming_stop_callback_and_cancel(pair):
     assert it.stats["completion_tokens"] == 16 and it.stats["finish_reason"] == "length"
     full = "".join(pieces)
     stop = full[3:5]
-    assert iso.generate("hello", stop=[stop], **kw) == ref.generate("hello", stop=[stop], **kw) == full[:full.find(stop)]
+    assert iso.generate("hello", stop=[stop], **kw) == ref.generate("hello", stop=[stop], **kw) \
+        == full[:full.find(stop)]
     seen_i: list[str] = []
     seen_r: list[str] = []
     got = iso.generate("hello", callback=lambda p: seen_i.append(p) or len(seen_i) < 3, **kw)

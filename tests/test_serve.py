@@ -250,7 +250,8 @@ def test_eight_concurrent_requests_over_two_models(server, greedy):
     def one(i: int) -> tuple[str, str]:
         name = (GGUF, GGJT)[i % 2]
         if i % 4 < 2:
-            return name, c.completions.create(model=name, prompt="once upon", max_tokens=5, temperature=0).choices[0].text
+            done = c.completions.create(model=name, prompt="once upon", max_tokens=5, temperature=0)
+            return name, done.choices[0].text
         pieces = c.completions.create(model=name, prompt="once upon", max_tokens=5, temperature=0, stream=True)
         return name, "".join(p.choices[0].text for p in pieces)
 

@@ -58,7 +58,8 @@ def _first_tensor_data(path, nbytes):
         return fh.read(nbytes)
 
 
-@pytest.mark.parametrize("fmt,version", [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 3), ("gguf", 1), ("gguf", 3)])
+@pytest.mark.parametrize("fmt,version", [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 3), ("gguf", 1),
+                                         ("gguf", 3)])
 def test_same_weights_everywhere(tmp_path, m, fmt, version):
     p = write_llama(tmp_path / "x", m, fmt, version)
     w = m.weights("tok_embeddings.weight")

@@ -26,7 +26,8 @@ def build() -> Path:
     src = sorted((cache.build_dir() / BACKEND / "src").glob("*/vendor/llama.cpp"))
     archives = [bdir / "cmake" / a for a in spec.archives]
     if not src or not all(a.exists() for a in archives):
-        raise SystemExit(f"{BACKEND}/{VARIANT} is not built: python build_backends.py --only {BACKEND} --variant {VARIANT}")
+        raise SystemExit(f"{BACKEND}/{VARIANT} is not built: "
+                         f"python build_backends.py --only {BACKEND} --variant {VARIANT}")
     exe = bdir / "c_loop"
     source = HERE / "c_loop.cpp"
     if not exe.exists() or exe.stat().st_mtime < max(source.stat().st_mtime, *(a.stat().st_mtime for a in archives)):

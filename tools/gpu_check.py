@@ -198,8 +198,8 @@ def main_parent() -> int:
                 failures.append(f"{name}: auto's reason lacks {c['expect_reason']!r}: {auto.get('why_variant')}")
                 auto["device"] = f"{auto.get('device')} (wrong reason)"
             if auto.get("device") != want_auto:
-                failures.append(f"{name}: auto chose {auto.get('device')} ({auto.get('why_variant') or auto.get('error')}),"
-                                f" expected {want_auto}")
+                chose_why = auto.get("why_variant") or auto.get("error")
+                failures.append(f"{name}: auto chose {auto.get('device')} ({chose_why}), expected {want_auto}")
             if c["tol"] is None:  # never run on CUDA: only the refusal is checked
                 print(f"{name}: auto -> {auto.get('device')}: {auto.get('why_variant') or auto.get('error')}")
                 rows.append([name, backend, f"auto={auto.get('device')}", "-", "-", "-", "-", "-",
@@ -232,8 +232,9 @@ def main_parent() -> int:
                     failures.append(f"{name}: devices {cpu.get('device')}/{gpu.get('device')}")
                     status = "FAIL"
                 same_gen = cpu["gen"] == gpu["gen"]
-                print(f"{name}: rel L2 {err:.2e}, argmax equal {same_top}, greedy {GEN_TOKENS} tokens equal {same_gen}, "
-                      f"offloaded {off}, g4a_n_gpu_layers {gpu.get('n_gpu_layers')}; cuda: {gpu.get('why_variant')}")
+                print(f"{name}: rel L2 {err:.2e}, argmax equal {same_top}, greedy {GEN_TOKENS} tokens equal "
+                      f"{same_gen}, offloaded {off}, g4a_n_gpu_layers {gpu.get('n_gpu_layers')}; "
+                      f"cuda: {gpu.get('why_variant')}")
             fmt = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
             rows.append([name, backend, "/".join(map(str, gpu.get("offloaded") or ["-"])),
                          f"{err:.1e}" if err is not None else "-",

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{'backend':<16} {'variant':<12} {'built':<6} {'sdist':<28} path")
             for r in rows:
-                print(f"{r['name']:<16} {r['variant']:<12} {'yes' if r['built'] else 'no':<6} {r['sdist']:<28} {r['path']}")
+                built = "yes" if r["built"] else "no"
+                print(f"{r['name']:<16} {r['variant']:<12} {built:<6} {r['sdist']:<28} {r['path']}")
         return 0
 
     if args.clean:

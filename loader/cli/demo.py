@@ -19,6 +19,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 from ..engines import cache
 
@@ -35,7 +36,7 @@ QUANTIZED = [("llama-2023-04", ("ggjt", 1), "Q4_0"), ("llama-2023-04", ("ggjt", 
              ("gguf-2026-10", ("gguf", 3), "Q4_K_M")]
 
 
-def write_samples(out: Path, *, real: bool = True, log=print) -> list[Path]:
+def write_samples(out: Path, *, real: bool = True, log: Callable[[str], None] = print) -> list[Path]:
     from ..convert.quantize import quantize
     from ..engines.variants import built_variants
     from ..formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
@@ -86,11 +87,12 @@ def original_of(path: Path) -> str | None:
     return None
 
 
-def run_one(path: Path) -> dict:
-    import gpt4all_loader as g
+def run_one(path: Path) -> dict[str, Any]:
+    from .. import load, probe
 
-    row = {"file": path.name, "format": "?", "backend": "-", "ok": False, "detail": "", "tokens": None, "text": ""}
-    report = g.probe(path)
+    row: dict[str, Any] = {"file": path.name, "format": "?", "backend": "-", "ok": False, "detail": "", "tokens": None,
+                           "text": ""}
+    report = probe(path)
     d = report.to_dict()
     ver = d.get("format_version")
     row["format"] = f"{d.get('format')}{'' if ver in (None, 0) else f' v{ver}'}"
@@ -101,7 +103,7 @@ def run_one(path: Path) -> dict:
     try:
         tiny = path.name.startswith("tiny-")
         # tiny matrices: one thread is the fastest, and leaves a busy machine's other cores alone
-        with g.load(path, n_ctx=128, n_threads=1 if tiny else None) as m:
+        with load(path, n_ctx=128, n_threads=1 if tiny else None) as m:
             prompt = REAL_PROMPT if m.info.format == "gguf" and m.info.n_vocab > 1000 and \
                 m.info.architecture == "llama" else PROMPT_TOKENS if m.info.architecture == "llama" else "Hello"
             toks = list(m.generate_tokens(prompt, max_tokens=N_TOKENS if tiny else N_TOKENS_REAL))
@@ -113,7 +115,7 @@ def run_one(path: Path) -> dict:
     return row
 
 
-def same_as_original(rows: list[dict]) -> None:
+def same_as_original(rows: list[dict[str, Any]]) -> None:
     """Fill each row's "same" column: its tokens against those of the GGUF v3 file of the same weights."""
     by_file = {r["file"]: r for r in rows}
     for r in rows:
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  same as the GGUF v3 original")
     for r in tiny:
         text = r["text"] if r["ok"] else "FAIL"
-        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<28} {text:<{tw}}  {r['same']}")
+        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<28} {text:<{tw}}  "
+              f"{r['same']}")
     compared = [r for r in tiny if r["same"] in ("yes", "NO")]
     print(f"\n{sum(r['same'] == 'yes' for r in compared)} of {len(compared)} files in other containers and eras "
           f"give exactly the tokens of the GGUF v3 original (quantized files hold other weights)")

@@ -333,7 +333,8 @@ def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, ti
         out["error"] = f"the backend crashed ({sig})"
         return out
     parsed = parse_engine_log(cp.stderr or "")
-    res = next((json.loads(x) for x in reversed(cp.stdout.splitlines()) if x.strip().startswith("{")), {})
+    res: dict[str, Any] = next((json.loads(x) for x in reversed(cp.stdout.splitlines())
+                                if x.strip().startswith("{")), {})
     out.update(parsed, variant=res.get("variant"))
     if not res.get("ok"):
         out["error"] = res.get("error") or f"exit status {cp.returncode}"
@@ -368,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--free-vram", type=int, default=None, metavar="MIB",
                     help="free VRAM for --gpu-layers auto (default: what the CUDA driver reports)")
     ap.add_argument("--exact", action="store_true",
-                    help="with --estimate: also load the file in a child process and report the engine's own buffer sizes")
+                    help="with --estimate: also load the file in a child process and report the engine's own "
+                         "buffer sizes")
     ap.add_argument("--device", default="auto", help="device for the variant choice and --load (auto, cpu, cuda)")
     ap.add_argument("--kv", action="store_true", help="include the GGUF key/values in --json output")
     ap.add_argument("--load", action="store_true", help="load with the chosen backend in a child process")

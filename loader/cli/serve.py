@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import enum
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Final
 
 from ..errors import BackendError, ModelClosedError, UnsupportedModelError
 
@@ -47,7 +48,14 @@ MAX_INPUTS = 256
 #: seconds a worker may stay silent before it counts as hung (then killed, and the request fails)
 WORKER_TIMEOUT = 300.0
 
-_END = object()
+
+class _Sentinel(enum.Enum):
+    """The end of a stream for ``next(it, _END)``: an enum member, so that ``is _END`` narrows types."""
+
+    END = "end"
+
+
+_END: Final = _Sentinel.END
 
 
 class ApiError(Exception):
@@ -366,7 +374,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             raise ApiError(400, "the request body must be a JSON object")
         return body
 
-    def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def api(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             try:
                 check_key(request)
@@ -558,7 +566,8 @@ class _RequestLog:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         t0 = time.monotonic()
         status = [0]
 
@@ -617,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.memory_budget
     for e in list(entries.values()):
         if budget is not None and e.memory_mib > budget:
-            log.info("not served: %s: needs about %.0f MiB, over --memory-budget %.0f MiB", e.path, e.memory_mib, budget)
+            log.info("not served: %s: needs about %.0f MiB, over --memory-budget %.0f MiB", e.path, e.memory_mib,
+                     budget)
             del entries[e.id]
     if not entries:
         print("gpt4all-serve: no model to serve (see the reasons above)", file=sys.stderr)

@@ -25,7 +25,7 @@ __all__ = ["convert", "ConvertError", "UsageError", "Options", "Temps", "NEWEST"
            "legacy_vocab", "quantize_in_child", "convert_legacy", "convert_hf"]
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
+def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, outtype: str = "f16",
             context_length: int = DEFAULT_CONTEXT, rms_norm_eps: float | None = None,
             rope_freq_base: float | None = None, threads: int = 0, force: bool = False,
             quiet: bool = True, format: str | None = None) -> Path:

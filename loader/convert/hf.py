@@ -35,11 +35,18 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, TypeAlias
 
 from ..errors import ConvertError, UsageError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
 from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
+
+if TYPE_CHECKING:  # pragma: no cover - numpy is an optional dependency, imported by _need_numpy()
+    from numpy.typing import NDArray
+
+#: the values of one checkpoint tensor
+Array: TypeAlias = "NDArray[Any]"
 
 #: ``architectures[0]`` (or ``model_type``) of config.json -> our name for it
 ARCHITECTURES = {"GPTJForCausalLM": "gptj", "gptj": "gptj", "LlamaForCausalLM": "llama", "llama": "llama",
@@ -53,7 +60,7 @@ _BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 #: GGUF token types
 
 
-def _need_numpy():
+def _need_numpy() -> ModuleType:
     try:
         import numpy
     except ImportError:
@@ -138,7 +145,7 @@ class Checkpoint:
                                    f"and {f.name})")
             self.entries[name] = _Entry(f, dtype, shape, base + lo, hi - lo)
 
-    def array(self, name: str):
+    def array(self, name: str) -> Array:
         """float32 values of ``name`` in the checkpoint's (row-major, HF) shape."""
         np = _need_numpy()
         e = self.entries[name]
@@ -148,7 +155,8 @@ class Checkpoint:
             a = (mm.view(np_dtype).astype(np.uint32) << 16).view(np.float32)
         else:
             a = mm.view(np_dtype).astype(np.float32)
-        return a.reshape(e.shape)
+        values: Array = a.reshape(e.shape)
+        return values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,12 +253,15 @@ def read_spm(path: Path) -> SpmVocab:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise ConvertError(f"{path}: not a SentencePiece model ({e})") from None
-    toks, scores, types = [], [], []
+    toks: list[str] = []
+    scores: list[float] = []
+    types: list[int] = []
     for i in range(sp.get_piece_size()):
         toks.append(sp.id_to_piece(i))
         scores.append(float(sp.get_score(i)))
         types.append(TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
-                     else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
+                     else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i)
+                     else TokenType.NORMAL)
     return SpmVocab(toks, scores, types, sp.bos_id(), sp.eos_id(), sp.unk_id())
 
 
@@ -263,18 +274,18 @@ class Tensor:
     shape: tuple[int, ...]   # HF (row-major) shape the config implies
     gguf: str | None = None  # name in a GGUF file (None: not written there)
     legacy: bool = True      # written to the ggml-era file
-    fix: Callable | None = None  # transform of the values (LLaMA q/k permutation)
+    fix: Callable[[Array], Array] | None = None  # transform of the values (LLaMA q/k permutation)
 
 
 @dataclass
 class Plan:
     arch: str
-    hp: dict
+    hp: dict[str, Any]
     tensors: list[Tensor]
     optional: set[str] = field(default_factory=set)  # hf names that may be absent
 
 
-def _ints(config: dict, src: Path, *keys: str) -> list[int]:
+def _ints(config: dict[str, Any], src: Path, *keys: str) -> list[int]:
     out = []
     for k in keys:
         v = config.get(k)
@@ -289,14 +300,14 @@ def _refuse(src: Path, what: str) -> None:
                        f"(which needs torch)")
 
 
-def _permute(n_head: int):
+def _permute(n_head: int) -> Callable[[Array], Array]:
     """Upstream's LlamaModel.permute: rows of each head from rotate_half order to interleaved pairs."""
-    def f(w):
+    def f(w: Array) -> Array:
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     return f
 
 
-def plan_gptj(c: dict, src: Path) -> Plan:
+def plan_gptj(c: dict[str, Any], src: Path) -> Plan:
     v, ctx, e, h, n = _ints(c, src, "vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
     rot = c.get("rotary_dim") or e // h
     if e % h or not isinstance(rot, int) or rot % 2 or rot > e // h:
@@ -318,7 +329,7 @@ def plan_gptj(c: dict, src: Path) -> Plan:
     return Plan("gptj", dict(n_vocab=v, n_ctx=ctx, n_embd=e, n_head=h, n_layer=n, n_rot=rot), t)
 
 
-def plan_llama(c: dict, src: Path) -> Plan:
+def plan_llama(c: dict[str, Any], src: Path) -> Plan:
     v, e, f, n, h, ctx = _ints(c, src, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads", "max_position_embeddings")
     kv = c.get("num_key_value_heads") or h
@@ -355,7 +366,7 @@ def plan_llama(c: dict, src: Path) -> Plan:
     return Plan("llama", hp, t, optional={"lm_head.weight"} if c.get("tie_word_embeddings") else set())
 
 
-def plan_mpt(c: dict, src: Path) -> Plan:
+def plan_mpt(c: dict[str, Any], src: Path) -> Plan:
     v, ctx, e, h, n = _ints(c, src, "vocab_size", "max_seq_len", "d_model", "n_heads", "n_layers")
     a = c.get("attn_config") or {}
     if e % h:
@@ -392,7 +403,7 @@ PLANS = {"gptj": plan_gptj, "llama": plan_llama, "mpt": plan_mpt}
 # --------------------------------------------------------------------------------------------------
 # Which path a folder takes
 
-def read_config(src: Path) -> dict:
+def read_config(src: Path) -> dict[str, Any]:
     if not (src / "config.json").is_file():
         raise ConvertError(f"{src} is a folder without config.json: not a Hugging Face model folder "
                            f"(a converted model is one .gguf/.bin file; pass that file instead)")
@@ -405,7 +416,7 @@ def read_config(src: Path) -> dict:
     return c
 
 
-def architecture(c: dict) -> str | None:
+def architecture(c: dict[str, Any]) -> str | None:
     names = c.get("architectures") or []
     for key in ([names[0]] if isinstance(names, list) and names else []) + [c.get("model_type")]:
         if isinstance(key, str) and key in ARCHITECTURES:
@@ -578,7 +589,7 @@ def _carrier_blocks(path: Path) -> dict[str, tuple[int, Callable[[], bytes]]]:
 
 
 def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], bpe: BpeVocab, ftype: int,
-                 stage: Path, out: Path, blocks: dict | None = None) -> None:
+                 stage: Path, out: Path, blocks: dict[str, tuple[int, Callable[[], bytes]]] | None = None) -> None:
     """GPT-J ``ggml`` or MPT ``ggmm``; ``blocks``: quantized tensors (ftype then carries the QNT version)."""
     from ..formats.writer import ggmm_header, gptj_header, legacy_tensor_header
 
@@ -603,7 +614,7 @@ def _legacy_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], b
 
 
 def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None, file_type: int,
-               config: dict) -> GgufHeader:
+               config: dict[str, Any]) -> GgufHeader:
     hp, a = plan.hp, plan.arch
     m = GgufHeader()
     m.add("general.architecture", ValueType.STRING, a)
@@ -633,7 +644,8 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
             raise ConvertError(f"{src}: tokenizer.model has {len(spm.tokens)} pieces, more than vocab_size {n}")
         pad = n - len(spm.tokens)
         m.add("tokenizer.ggml.model", ValueType.STRING, "llama")
-        m.add_array("tokenizer.ggml.tokens", ValueType.STRING, spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
+        m.add_array("tokenizer.ggml.tokens", ValueType.STRING,
+                    spm.tokens + [f"[PAD{i}]" for i in range(len(spm.tokens), n)])
         m.add_array("tokenizer.ggml.scores", ValueType.FLOAT32, spm.scores + [-1000.0] * pad)
         m.add_array("tokenizer.ggml.token_type", ValueType.INT32, spm.types + [TokenType.UNUSED] * pad)
         bos, eos, unk = config.get("bos_token_id", spm.bos), config.get("eos_token_id", spm.eos), spm.unk
@@ -643,7 +655,8 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
             raise ConvertError(f"{src}: the tokenizer has {len(bpe.tokens)} tokens, more than vocab_size {n}")
         toks = [bpe.tokens[i] if i < len(bpe.tokens) and bpe.tokens[i] is not None else f"[PAD{i}]" for i in range(n)]
         types = [TokenType.CONTROL if i in bpe.special else TokenType.USER_DEFINED if i in bpe.added else
-                 TokenType.NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else TokenType.UNUSED for i in range(n)]
+                 TokenType.NORMAL if i < len(bpe.tokens) and bpe.tokens[i] is not None else TokenType.UNUSED
+                 for i in range(n)]
         m.add("tokenizer.ggml.model", ValueType.STRING, "gpt2")
         m.add("tokenizer.ggml.pre", ValueType.STRING, "mpt" if a == "mpt" else "gpt-2")
         m.add_array("tokenizer.ggml.tokens", ValueType.STRING, toks)
@@ -657,10 +670,13 @@ def _gguf_meta(src: Path, plan: Plan, bpe: BpeVocab | None, spm: SpmVocab | None
     return m
 
 
-def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], meta_fn, f16: bool,
+def _gguf_file(src: Path, plan: Plan, ck: Checkpoint, tensors: list[Tensor], meta_fn: Callable[[int], GgufHeader],
+               f16: bool,
                stage: Path, out: Path) -> None:
-    infos = []
+    infos: list[tuple[str, list[int], int, int]] = []
     for t in tensors:
+        if t.gguf is None:  # only GPT-J's tensors lack GGUF names, and GPT-J is never written as GGUF
+            raise ConvertError(f"{src}: tensor {t.hf} has no GGUF name")
         ot = _otype(t.shape, f16)
         infos.append((t.gguf, list(reversed(t.shape)), ot, math.prod(t.shape) * (4 if ot == 0 else 2)))
     meta = meta_fn(1 if f16 else 0)
@@ -702,7 +718,7 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     if fmt == "gguf":
         meta_fn(0)  # vocabulary checks before anything is written
     else:
-        vocab_bytes(src, bpe, plan.hp["n_vocab"])
+        vocab_bytes(src, _legacy_vocab(src, bpe), plan.hp["n_vocab"])
     say(opts, f"gpt4all-convert: {src} ({arch}, safetensors, numpy) -> {out} ({fmt}, "
                f"{'F32' if not f16 else 'F16'}{', then ' + opts.outtype.upper() if quantize else ''})")
     temps = Temps(out)
@@ -715,9 +731,10 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
             _carrier_file(plan, ck, tensors, stage, out)
             carrier = quantize_in_child(stage, temps, opts, LEGACY_QUANTIZER, mode="carrier")
             final = temps.new(fmt)
-            _legacy_file(src, plan, ck, tensors, bpe, ftype_out, final, out, _carrier_blocks(carrier))
+            _legacy_file(src, plan, ck, tensors, _legacy_vocab(src, bpe), ftype_out, final, out,
+                         _carrier_blocks(carrier))
         else:
-            _legacy_file(src, plan, ck, tensors, bpe, ftype_out, stage, out)
+            _legacy_file(src, plan, ck, tensors, _legacy_vocab(src, bpe), ftype_out, stage, out)
             final = stage
         temps.commit(final)
     finally:
@@ -725,8 +742,16 @@ def convert_folder(src: Path, out: Path, opts: Options, arch: str) -> Path:
     return out
 
 
+def _legacy_vocab(src: Path, bpe: BpeVocab | None) -> BpeVocab:
+    """The BPE vocabulary of a GPT4All-era file: output_format() writes ggml/ggmm for GPT-J and MPT
+    only, whose vocabulary convert_folder() has read (so the error below is never expected)."""
+    if bpe is None:
+        raise ConvertError(f"{src}: no tokenizer (tokenizer.json, or vocab.json and merges.txt)")
+    return bpe
+
+
 def _check_legacy_quantizer(src: Path, plan: Plan, tensors: list[Tensor], opts: Options) -> None:
-    from ..engines.catalog import build_command
+    from ..engines.manifest import build_command
     from ..engines.variants import choose_variant
 
     rows = [t for t in tensors if _quantized(plan, t) and t.shape[1] % _QK]

@@ -19,11 +19,19 @@ import os
 import math
 import re
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import BackendError, ConvertError, FormatError, UnsupportedModelError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
 from ..formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_RMS_EPS
 from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
+
+if TYPE_CHECKING:  # pragma: no cover - the native binding is imported only when a file is dequantized
+    from ..engines.native import Backend
+    from ..formats.facts import FileFacts
+
+#: (name, ggml type id, ne, data offset, data bytes) of one tensor of a legacy file
+_Record = tuple[str, int, list[int], int, int]
 
 #: RMS-norm epsilon of LLaMA-1 (and of the 2023 loaders), and of LLaMA-2 GQA models
 _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
@@ -65,7 +73,7 @@ def legacy_vocab(tokens: list[bytes], scores: list[float] | None) -> tuple[list[
     return out_t, sc, out_ty
 
 
-def _era_backend(facts) -> tuple[str, object]:
+def _era_backend(facts: FileFacts) -> tuple[str, Backend]:
     """The backend (and its opened library) that reads this file: it dequantizes the file's types.
     (The shim fills the 2023 ggml's fp16 table before dequantizing: no warm-up load is needed.)"""
     from ..engines import native
@@ -80,7 +88,7 @@ def _era_backend(facts) -> tuple[str, object]:
     return name, native.open_backend(name, choice.variant)
 
 
-def _read_legacy(src: Path):
+def _read_legacy(src: Path) -> FileFacts:
     from ..formats.sniff import read_facts
 
     try:
@@ -94,7 +102,7 @@ def _read_legacy(src: Path):
     return facts
 
 
-def _refuse_non_legacy(facts, src: Path) -> None:
+def _refuse_non_legacy(facts: FileFacts, src: Path) -> None:
     fmt = facts.format
     if fmt == "gguf":
         raise ConvertError(f"{src} is already GGUF ({facts.description}); nothing to upgrade "
@@ -114,7 +122,7 @@ def _refuse_non_legacy(facts, src: Path) -> None:
         raise ConvertError(f"{src}: {facts.description}: {note}; download it again")
 
 
-def legacy_llama_shapes(hp: dict) -> dict[str, list[int]]:
+def legacy_llama_shapes(hp: dict[str, Any]) -> dict[str, list[int]]:
     """Every tensor a ggml-era LLaMA file with these hyperparameters holds, with its ne (ne[0] first)."""
     e, v, ff = int(hp["n_embd"]), int(hp["n_vocab"]), int(hp["n_ff"])
     kv = e * int(hp["n_head_kv"]) // int(hp["n_head"])
@@ -127,7 +135,7 @@ def legacy_llama_shapes(hp: dict) -> dict[str, list[int]]:
     return s
 
 
-def validate_legacy_llama(src: Path, hp: dict, records: list) -> None:
+def validate_legacy_llama(src: Path, hp: dict[str, Any], records: list[_Record]) -> None:
     """Hyperparameters against the tensors present, before any native code or any write.
 
     The engines trust the header: ``n_layer`` 1000 over 32 stored layers made the quantizer abort and
@@ -177,9 +185,12 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     except FormatError as e:
         raise ConvertError(str(e)) from None
     validate_legacy_llama(src, facts.hparams, records)
+    if facts.quant_layout is None:  # tensor_records read the tensors, so the reader named the layout
+        raise ConvertError(f"{src}: {facts.description}: no quant layout known for the file")
     layout = TYPES[facts.quant_layout]
     src_types = {layout[t].name for _, t, _, _, _ in records}
-    era_name, era = (None, None)
+    era_name: str | None = None
+    era: Backend | None = None
     if src_types - {"F32"}:
         era_name, era = _era_backend(facts)
 
@@ -187,14 +198,16 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     n_embd, n_head, n_layer = int(hp["n_embd"]), int(hp["n_head"]), int(hp["n_layer"])
     n_head_kv = int(hp.get("n_head_kv") or n_head)
     n_rot = int(hp.get("n_rot") or 0) or n_embd // n_head
-    eps = opts.rms_norm_eps if opts.rms_norm_eps is not None else (LEGACY_GQA_RMS_EPS if n_head_kv < n_head else LEGACY_RMS_EPS)
+    default_eps = LEGACY_GQA_RMS_EPS if n_head_kv < n_head else LEGACY_RMS_EPS
+    eps = opts.rms_norm_eps if opts.rms_norm_eps is not None else default_eps
     toks = (facts.kv or {}).get("tokenizer.ggml.tokens")
     if not toks:
         raise ConvertError(f"{src}: the vocabulary could not be read")
     tokens, scores, types = legacy_vocab(toks, (facts.kv or {}).get("tokenizer.ggml.scores"))
 
     # per tensor: 1-D always F32; 2-D F32 for f32 output, else kept F16 when stored F16, else F32
-    plan = []  # (legacy name, gguf name, ne, src type id, src offset, src nbytes, out type id)
+    # (legacy name, gguf name, ne, src type id, src offset, src nbytes, out type id)
+    plan: list[tuple[str, str, list[int], int, int, int, int]] = []
     for name, tid, ne, off, nbytes in records:
         try:
             gname = gguf_name(name)
@@ -265,7 +278,9 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
                     if (t.name == "F32" and otype == 0) or (t.name == "F16" and otype == 1):
                         _copy(fin, fo, off, nbytes)
                         continue
-                    # dequantize with the era's own code, whole blocks at a time
+                    # dequantize with the era's own code, whole blocks at a time (a type other than
+                    # F32 put the era's backend in ``era`` above)
+                    assert era is not None
                     per = max(1, _CHUNK // t.block) * t.block
                     if buf is None:
                         buf = ffi.new("float[]", _CHUNK + 256)
@@ -297,7 +312,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     return out
 
 
-def _copy(fin, fo, off: int, nbytes: int) -> None:
+def _copy(fin: IO[bytes], fo: IO[bytes], off: int, nbytes: int) -> None:
     fin.seek(off)
     left = nbytes
     while left:

@@ -26,7 +26,7 @@ def ftype_number(ftype: str | int) -> int:
     return _BY_NAME[key]
 
 
-def quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: str | int, *, backend: str | None = None,
+def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], ftype: str | int, *, backend: str | None = None,
              n_threads: int = 0) -> Path:
     """Write ``dst``: ``src`` quantized to ``ftype`` by ``backend`` (default: the era that reads ``src``).
 

@@ -123,7 +123,7 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
         return convert_folder(src, out, opts, what)
     if opts.format == "ggml":
         raise UsageError(f"--format ggml is offered for GPT-J and MPT folders only; {src}: {what}")
-    weights = list(src.glob("*.safetensors")) + list(src.glob("pytorch_model*.bin")) + list(src.glob("consolidated*.pth"))
+    weights = [*src.glob("*.safetensors"), *src.glob("pytorch_model*.bin"), *src.glob("consolidated*.pth")]
     if not weights:
         raise ConvertError(f"{src} has a config.json but no weights (*.safetensors or pytorch_model*.bin)")
     ftype_out = outtype_number(opts.outtype)
@@ -145,24 +145,24 @@ def convert_hf(src: Path, out: Path, opts: Options) -> Path:
     try:
         stage = temps.new(hf_outtype)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(conv / "gguf-py")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONPATH"] = os.pathsep.join([str(conv / "gguf-py")]
+                                            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.pop("NO_LOCAL_GGUF", None)
         cmd = [sys.executable, str(conv / "convert_hf_to_gguf.py"), str(src), "--outfile", str(stage),
                "--outtype", hf_outtype]
         say(opts, f"gpt4all-convert: {src} -> {out} with {NEWEST}'s convert_hf_to_gguf.py ({hf_outtype})")
         if opts.quiet:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  errors="replace")
-            log = proc.stdout or ""
+            captured = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      errors="replace")
+            rc, log = captured.returncode, captured.stdout or ""
         else:
-            proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
-            log = ""
-        if proc.returncode != 0:
+            rc, log = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr).returncode, ""
+        if rc != 0:
             tail = "\n".join(log.strip().splitlines()[-15:])
-            if proc.returncode < 0 or proc.returncode == 137:
+            if rc < 0 or rc == 137:
                 why = "it was killed (out of memory?)"
             else:
-                why = f"it exited with status {proc.returncode}"
+                why = f"it exited with status {rc}"
             if "No space left on device" in log:
                 why = "the disk is full"
             raise ConvertError(f"convert_hf_to_gguf.py could not convert {src}: {why}"

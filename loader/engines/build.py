@@ -41,7 +41,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from ..errors import BuildError
 from . import cache, sdist
@@ -103,7 +103,7 @@ def inputs_key(spec: BackendSpec, variant: str, cuda: "CudaToolchain | None" = N
     return h.hexdigest()[:16]
 
 
-def run(cmd: list[str], logfile: Path, cwd: Path | None = None, env: dict | None = None) -> None:
+def run(cmd: list[str], logfile: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
     """Run a build step; on failure show the tail of its own output and raise."""
     with open(logfile, "a") as f:
         f.write("\n$ " + " ".join(cmd) + "\n")
@@ -188,7 +188,7 @@ class CudaToolchain:
         self.cublas_include, self.cublas_lib_dir, self.cublas_origin = cublas_include, cublas_lib_dir, cublas_origin
         self.cudart_static = cudart_static
 
-    def key_facts(self) -> list:
+    def key_facts(self) -> list[str]:
         return [self.version, self.architectures, self.cublas_origin, str(self.cudart_static.name)]
 
     def cmake_args(self) -> list[str]:
@@ -271,7 +271,8 @@ def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
     wheels = {pinned(w["requirement"])[0]: w for w in table.get("wheels", [])}
 
     # cuBLAS: the toolkit's own, else the pinned wheel
-    inc = lib = None
+    inc: Path | None = None
+    lib: Path | None = None
     origin = ""
     for d in _lib_dirs(root):
         if (d / "libcublas.so.13").exists() and (d / "libcublasLt.so.13").exists():
@@ -281,7 +282,7 @@ def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
             if heads:
                 inc, lib, origin = heads[0], d, f"system {d}"
                 break
-    if lib is None:
+    if lib is None or inc is None:  # found together or not at all
         w = wheels.get("nvidia-cublas")
         if w is None:
             raise BuildError(f"the CUDA toolkit at {root} has no cuBLAS and [cuda] of backends/manifest.toml pins "
@@ -323,7 +324,8 @@ def extract(spec: BackendSpec, archive: Path) -> Path:
     root = cache.build_dir() / spec.name / "src"
     marker = root / ".extracted"
     # the tree is the sdist plus our patches: a changed patch means a fresh extraction
-    stamp = hashlib.sha256(spec.sha256.encode() + b"".join(package_data(p).read_bytes() for p in spec.patches)).hexdigest()
+    patches = b"".join(package_data(p).read_bytes() for p in spec.patches)
+    stamp = hashlib.sha256(spec.sha256.encode() + patches).hexdigest()
     if marker.exists() and marker.read_text() == stamp:
         return _llama_dir(root)
     if root.exists():
@@ -362,7 +364,7 @@ def is_current(spec: BackendSpec, variant: str, key: str) -> bool:
     if not (cache.library_path(spec.name, variant).exists() and rec.exists()):
         return False
     try:
-        return json.loads(rec.read_text()).get("inputs") == key
+        return bool(json.loads(rec.read_text()).get("inputs") == key)
     except ValueError:
         return False
 
@@ -374,7 +376,7 @@ def needs_build(spec: BackendSpec, variant: str, cuda_arch: str | None = None) -
         return True  # build_one says why
 
 
-def build_one(spec: BackendSpec, variant: str, jobs: int, cuda_arch: str | None = None) -> dict:
+def build_one(spec: BackendSpec, variant: str, jobs: int, cuda_arch: str | None = None) -> dict[str, Any]:
     var = spec.variants[variant]
     out = cache.library_path(spec.name, variant)
     rec = cache.record_path(spec.name, variant)
@@ -467,7 +469,7 @@ def check_exports(so: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-def listing(specs: dict[str, BackendSpec]) -> list[dict]:
+def listing(specs: dict[str, BackendSpec]) -> list[dict[str, Any]]:
     rows = []
     for spec in specs.values():
         for vname, var in spec.variants.items():

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..formats.facts import FileFacts
 from ..formats.ggml_types import LEGACY_FTYPE_NAMES, TYPE_NAMES
 from ..formats.legacy import LEGACY_CONTAINERS
 
@@ -173,12 +174,12 @@ def _types_label(types: Iterable[str]) -> str:
     return "/".join(ordered)
 
 
-def _file_version(facts: Any) -> int:
+def _file_version(facts: FileFacts) -> int:
     v = facts.format_version
     return 0 if v is None else int(v)
 
 
-def _layout_group(facts: Any) -> str | None:
+def _layout_group(facts: FileFacts) -> str | None:
     key = (facts.format, _file_version(facts))
     if key in _PRE_1405:
         return "pre-1405"
@@ -194,7 +195,8 @@ def _spec_knows_type(spec: BackendSpec, t: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Checks of one rule.  Each failure is (weight, message); the lightest failing rule explains a refusal.
 
-def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: frozenset[str]) -> list[tuple[int, str]]:
+def _check_rule(facts: FileFacts, spec: BackendSpec, rule: AcceptRule,
+                all_archs: frozenset[str]) -> list[tuple[int, str]]:
     fails: list[tuple[int, str]] = []
     fmt, ver = facts.format, _file_version(facts)
     this = format_label(fmt, facts.format_version)
@@ -210,7 +212,7 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
     elif arch not in rule.architectures:
         fails.append((50, _arch_reason(arch, spec, all_archs)))
 
-    types = set((facts.tensor_types or {}).keys())
+    types = set(facts.tensor_types)
     bad = types - rule.tensor_types
     if bad:
         fails.append((10 + len(bad), _types_reason(facts, spec, rule, bad, this)))
@@ -224,18 +226,18 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
         fails.append((5, f"tokenizer model '{facts.tokenizer}' is unknown to llama.cpp {spec.era} "
                          f"(it knows {_join(list(rule.tokenizers), 'and')})"))
 
-    quantized = set((facts.tensor_types or {}).keys()) - {"F32", "F16"}
+    quantized = set(facts.tensor_types) - {"F32", "F16"}
     if rule.quant_layouts is not None and quantized and facts.quant_layout not in rule.quant_layouts:
         fails.append((30, f"its quant blocks are the {facts.quant_layout} layout; llama.cpp {spec.era} reads "
                           f"{_join(list(rule.quant_layouts), 'and')} only"))
 
-    names = getattr(facts, "tensor_names", None)
+    names = facts.tensor_names
     missing = [t for t in rule.required_tensors if names and t not in names]
     if missing and not facts.vocab_only:
         fails.append((15, f"llama.cpp {spec.era} requires tensor {_join(missing, 'and')}, which this file "
                           f"lacks (e.g. output tied to the token embedding, supported from late 2023)"))
 
-    if rule.moe is False and int((facts.hparams or {}).get("expert_count") or 0) > 0 and not facts.split_experts:
+    if rule.moe is False and int(facts.hparams.get("expert_count") or 0) > 0 and not facts.split_experts:
         fails.append((20, f"a mixture-of-experts model ({facts.hparams['expert_count']} experts); llama.cpp "
                           f"{spec.era} predates MoE support (b1629, Dec 2023)"))
 
@@ -250,7 +252,7 @@ def _check_rule(facts: Any, spec: BackendSpec, rule: AcceptRule, all_archs: froz
     return fails
 
 
-def _format_reason(facts: Any, spec: BackendSpec) -> str:
+def _format_reason(facts: FileFacts, spec: BackendSpec) -> str:
     fmt, ver = facts.format, _file_version(facts)
     this = format_label(fmt, facts.format_version)
     reads = _formats_label(f for r in spec.accepts for f in r.formats)
@@ -283,7 +285,7 @@ def _arch_reason(arch: str, spec: BackendSpec, all_archs: frozenset[str]) -> str
     return f"architecture '{arch}' is not supported by llama.cpp {spec.era}"
 
 
-def _types_reason(facts: Any, spec: BackendSpec, rule: AcceptRule, bad: set[str], this: str) -> str:
+def _types_reason(facts: FileFacts, spec: BackendSpec, rule: AcceptRule, bad: set[str], this: str) -> str:
     # Removed and unknown types explain themselves.
     removed = [t for t in sorted(bad) if t in TYPE_REMOVED]
     unknown = sorted(t for t in bad if t not in TYPE_IDS)
@@ -301,8 +303,8 @@ def _types_reason(facts: Any, spec: BackendSpec, rule: AcceptRule, bad: set[str]
     group = _layout_group(facts)
     if group:
         # legacy container: explain by the quant-layout history of the file's era
-        why = [(_LAYOUT_CHANGE.get((group, t)) or TYPE_REMOVED.get(t)) for t in sorted(bad)]
-        why = [w for w in dict.fromkeys(why) if w]
+        causes = [(_LAYOUT_CHANGE.get((group, t)) or TYPE_REMOVED.get(t)) for t in sorted(bad)]
+        why = [w for w in dict.fromkeys(causes) if w]
         fmts = _formats_label(rule.formats)
         msg = f"llama.cpp {spec.era} reads {fmts} only with {accepts} tensors; this file is {this} with {bad_label}"
         if why:
@@ -310,9 +312,12 @@ def _types_reason(facts: Any, spec: BackendSpec, rule: AcceptRule, bad: set[str]
         else:
             msg += " tensors"
         return msg
-    later = [f"{t} arrived at llama.cpp {TYPE_ADDED[t]}" for t in sorted(bad) if t in TYPE_ADDED and t not in TYPE_REMOVED]
+    later = [f"{t} arrived at llama.cpp {TYPE_ADDED[t]}" for t in sorted(bad)
+             if t in TYPE_ADDED and t not in TYPE_REMOVED]
     rem = [TYPE_REMOVED[t] for t in sorted(bad) if t in TYPE_REMOVED]
-    msg = f"tensor type{'s' if len(bad) > 1 else ''} {bad_label} {'are' if len(bad) > 1 else 'is'} unknown to llama.cpp {spec.era}"
+    plural = len(bad) > 1
+    msg = (f"tensor type{'s' if plural else ''} {bad_label} {'are' if plural else 'is'} unknown to "
+           f"llama.cpp {spec.era}")
     extra = later + rem
     return msg + (" (" + "; ".join(extra) + ")" if extra else "")
 
@@ -325,10 +330,10 @@ def all_architectures(specs: dict[str, BackendSpec] | None = None) -> frozenset[
 
 # --------------------------------------------------------------------------------------------------
 
-def global_refusal(facts: Any) -> list[str]:
+def global_refusal(facts: FileFacts) -> list[str]:
     """Reasons that refuse a file in every backend, whatever the manifest says."""
     out: list[str] = []
-    kind = getattr(facts, "kind", "model")
+    kind = facts.kind
     desc = facts.description or format_label(facts.format, facts.format_version)
     if kind == "not-a-model":
         out.append(f"not a model file: {desc}")
@@ -343,7 +348,7 @@ def global_refusal(facts: Any) -> list[str]:
     return out
 
 
-def truncation_reason(facts: Any) -> str:
+def truncation_reason(facts: FileFacts) -> str:
     expected = None
     if facts.data_offset is not None and facts.data_bytes_expected is not None:
         expected = facts.data_offset + facts.data_bytes_expected
@@ -352,7 +357,7 @@ def truncation_reason(facts: Any) -> str:
     return f"file is truncated (have {facts.size} bytes)"
 
 
-def verdict_for(facts: Any, spec: BackendSpec, all_archs: frozenset[str] | None = None) -> Verdict:
+def verdict_for(facts: FileFacts, spec: BackendSpec, all_archs: frozenset[str] | None = None) -> Verdict:
     glob = global_refusal(facts)
     if glob:
         return Verdict(spec.name, False, glob, None, spec.priority)
@@ -375,14 +380,14 @@ def verdict_for(facts: Any, spec: BackendSpec, all_archs: frozenset[str] | None 
     return Verdict(spec.name, False, best[1], None, spec.priority)
 
 
-def verdicts(facts: Any, specs: dict[str, BackendSpec] | None = None) -> list[Verdict]:
+def verdicts(facts: FileFacts, specs: dict[str, BackendSpec] | None = None) -> list[Verdict]:
     """One verdict per backend, in manifest order."""
     specs = specs if specs is not None else load_manifest()
     archs = all_architectures(specs)
     return [verdict_for(facts, s, archs) for s in specs.values()]
 
 
-def choose(facts: Any, specs: dict[str, BackendSpec] | None = None, *,
+def choose(facts: FileFacts, specs: dict[str, BackendSpec] | None = None, *,
            prefer: Iterable[str] | None = None) -> tuple[Verdict | None, list[Verdict]]:
     """The best verdict (highest priority among loadable ones) and every verdict.
 
@@ -401,7 +406,7 @@ def choose(facts: Any, specs: dict[str, BackendSpec] | None = None, *,
     return ok[0], all_v
 
 
-def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,
+def upgrade_suggestion(facts: FileFacts, all_v: list[Verdict], *,
                        specs: dict[str, BackendSpec] | None = None) -> str | None:
     """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load: the command that upgrades it
     to GGUF for the newest backend (gpt4all-convert); None for every other file.  The probe shows it
@@ -409,7 +414,7 @@ def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,
     import shlex
     from pathlib import PurePath
 
-    if (facts.format not in LEGACY_CONTAINERS or facts.architecture != "llama" or getattr(facts, "kind", "model") != "model"
+    if (facts.format not in LEGACY_CONTAINERS or facts.architecture != "llama" or facts.kind != "model"
             or facts.truncated or facts.vocab_only):
         return None
     specs = specs if specs is not None else load_manifest()
@@ -423,13 +428,13 @@ def upgrade_suggestion(facts: Any, all_v: list[Verdict], *,
             f"gpt4all-convert {shlex.quote(str(src))} -o {shlex.quote(str(out))}")
 
 
-def suggest(facts: Any, all_v: list[Verdict], *, built: Iterable[str] | None = None,
+def suggest(facts: FileFacts, all_v: list[Verdict], *, built: Iterable[str] | None = None,
             specs: dict[str, BackendSpec] | None = None) -> str | None:
     """What would make this file usable, or None when it loads with what is built.
 
     ``built``: names of the backends built here (None: do not judge what is built).
     """
-    kind = getattr(facts, "kind", "model")
+    kind = facts.kind
     if kind == "not-a-model":
         hint = _NON_MODEL_HINTS.get(facts.format)
         return f"this is {hint}" if hint else f"this is {facts.description or facts.format}, not a llama.cpp model"
@@ -448,7 +453,7 @@ def suggest(facts: Any, all_v: list[Verdict], *, built: Iterable[str] | None = N
             return "build it with: " + build_command(ok[0].backend)
         return None
     # Nothing declared loads it: say what would.
-    types = set((facts.tensor_types or {}).keys())
+    types = set(facts.tensor_types)
     arch = facts.architecture
     fmt, ver = facts.format, _file_version(facts)
     if any(t in TYPE_REMOVED for t in types) and fmt == "gguf":

@@ -208,24 +208,24 @@ def preload_cuda_runtime() -> str:
 # ------------------------------------------------------------------------------------------------
 # conditions 3-5: what the file and the device allow
 
-def _matrix_types(facts: Any) -> set[str]:
+def _matrix_types(facts: FileFacts) -> set[str]:
     """Tensor types of the file's weight matrices.
 
     Every type but F32 is a matrix type.  F32 counts as one when there are more F32 tensors than
     LLaMA's 1-D norms (two per layer plus the output norm); without n_layer it always counts: a wrong
     "yes" only keeps a file on the CPU, a wrong "no" would abort the process.
     """
-    tt = dict(getattr(facts, "tensor_types", None) or {})
+    tt = facts.tensor_types
     types = {t for t in tt if t != "F32"}
     if "F32" in tt:
-        n_layer = int((getattr(facts, "hparams", None) or {}).get("n_layer") or 0)
-        n_f32 = int(getattr(tt["F32"], "count", 0) or 0)
-        if not n_layer or n_f32 > 2 * n_layer + 1 or getattr(facts, "file_type", None) == 0:
+        n_layer = int(facts.hparams.get("n_layer") or 0)
+        n_f32 = tt["F32"].count
+        if not n_layer or n_f32 > 2 * n_layer + 1 or facts.file_type == 0:
             types.add("F32")
     return types
 
 
-def cuda_type_refusal(backend: str, facts: Any) -> str | None:
+def cuda_type_refusal(backend: str, facts: FileFacts | None) -> str | None:
     """Why ``backend``'s CUDA kernels must not get this file (None: they may)."""
     spec = load_manifest()[backend]
     allowed = (spec.extra.get("cuda") or {}).get("matrix_types")
@@ -238,7 +238,7 @@ def cuda_type_refusal(backend: str, facts: Any) -> str | None:
             f"(llama.cpp {spec.era}) take {', '.join(allowed)} only (offloading would abort the process)")
 
 
-def _min_arch(record: dict) -> tuple[int, int] | None:
+def _min_arch(record: dict[str, Any]) -> tuple[int, int] | None:
     archs = ((record.get("cuda") or {}).get("architectures") or "").replace(",", ";")
     nums = []
     for a in archs.split(";"):
@@ -251,8 +251,8 @@ def _min_arch(record: dict) -> tuple[int, int] | None:
     return m // 10, m % 10
 
 
-def fit_layers(facts: Any, *, era: str | None, n_ctx: int | None, free_bytes: int,
-               reserve_bytes: int) -> tuple[int, int, dict]:
+def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
+               reserve_bytes: int) -> tuple[int, int, dict[str, Any]]:
     """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
     output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes``."""
     from ..memory import estimate
@@ -266,7 +266,7 @@ def fit_layers(facts: Any, *, era: str | None, n_ctx: int | None, free_bytes: in
     return 0, n_layer, one
 
 
-def _cuda_plan(backend: str, vname: str, facts: Any, n_gpu_layers: int | None,
+def _cuda_plan(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: int | None,
                n_ctx: int | None) -> tuple[int | None, str]:
     """(layers to offload, reason) for a built CUDA variant on a machine with a driver; layers None
     means the file must not go to CUDA and the reason says why."""
@@ -281,7 +281,8 @@ def _cuda_plan(backend: str, vname: str, facts: Any, n_gpu_layers: int | None,
     if lowest and gi.capability < lowest:
         return None, (f"{gi.name} has compute capability {gi.capability[0]}.{gi.capability[1]}, older than the "
                       f"oldest architecture of the {vname} build (sm_{lowest[0]}{lowest[1]})")
-    dev = f"{gi.name} (cc {gi.capability[0]}.{gi.capability[1]}, {gi.free_bytes // MiB} MiB free of "           f"{gi.total_bytes // MiB} MiB, {gi.source})"
+    dev = (f"{gi.name} (cc {gi.capability[0]}.{gi.capability[1]}, {gi.free_bytes // MiB} MiB free of "
+           f"{gi.total_bytes // MiB} MiB, {gi.source})")
     if facts is None:
         layers = -1 if n_gpu_layers is None else n_gpu_layers
         return layers, f"{dev}; memory not checked (no file facts given)"

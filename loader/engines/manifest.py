@@ -75,7 +75,7 @@ class BackendSpec:
     shim_sources: tuple[str, ...] = ("backends/shim/g4a_shim.cpp",)
     patches: tuple[str, ...] = ()
     ggml_contexts: ContextTable | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def version(self) -> str:

@@ -139,6 +139,13 @@ def ffi() -> Any:
     return f
 
 
+def c_text(ptr: Any) -> str:
+    """A NUL-terminated string the shim returned, as text: engines may write any bytes, so the
+    undecodable ones show as U+FFFD instead of raising."""
+    raw: bytes = ffi().string(ptr)
+    return raw.decode("utf-8", "replace")
+
+
 @functools.lru_cache(maxsize=1)
 def abi_version() -> int:
     """The ABI version this Python side speaks (from the header)."""
@@ -157,21 +164,21 @@ class Backend:
     name: str
     variant: str
     path: Path
-    record: dict
+    record: dict[str, Any]
     lib: Any
     budget: ContextBudget | None = field(default=None, repr=False)
 
     def info(self) -> str:
-        return ffi().string(self.lib.g4a_backend_info()).decode("utf-8", "replace")
+        return c_text(self.lib.g4a_backend_info())
 
     def last_error(self) -> str:
-        return ffi().string(self.lib.g4a_last_error()).decode("utf-8", "replace")
+        return c_text(self.lib.g4a_last_error())
 
     @property
     def gpu(self) -> bool:
         return bool(self.lib.g4a_gpu_build())
 
-    def evaluating(self) -> contextlib.AbstractContextManager:
+    def evaluating(self) -> contextlib.AbstractContextManager[None]:
         """Wrap every native call that builds a graph (g4a_eval): it may need a context slot."""
         return self.budget.call() if self.budget is not None else contextlib.nullcontext()
 
@@ -205,7 +212,7 @@ class Backend:
             self.budget.release_model()
 
 
-def record_for(name: str, variant: str) -> dict:
+def record_for(name: str, variant: str) -> dict[str, Any]:
     """The build record (.json beside the .so), or an error that says how to build it."""
     so = cache.library_path(name, variant)
     if not so.exists():

@@ -4,7 +4,8 @@ A variant compiled for CPU features the processor lacks dies with SIGILL at the 
 instruction: that cannot be caught, so the check happens before dlopen, from /proc/cpuinfo.
 
 A CUDA variant is chosen when the conditions of :mod:`.cuda` hold; otherwise the best CPU variant
-is loaded and the reason names the first condition that failed; device="cuda" raises DeviceError with that reason instead.  n_gpu_layers=None means "all that fit".
+is loaded and the reason names the first condition that failed; device="cuda" raises DeviceError
+with that reason instead.  n_gpu_layers=None means "all that fit".
 The reason for every choice (and every fallback) is returned so Model.info can show it.
 """
 from __future__ import annotations
@@ -29,6 +30,14 @@ class VariantChoice:
     reason: str
     #: layers to offload when device == "cuda" (-1: all, as the engine counts them); None on CPU
     n_gpu_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class RunnableChoice(VariantChoice):
+    """A choice with a variant this machine runs (what LoadPlan.require hands out), so that callers
+    can open the library without checking for None again."""
+
+    variant: str
 
 
 @functools.lru_cache(maxsize=1)

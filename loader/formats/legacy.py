@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat
@@ -99,8 +99,9 @@ def _walk_tensors(src: ByteSource, layout: str, align: int) -> _Walk:
         try:
             nbytes = tensor_nbytes(ttype, ne, layout)
         except FormatError as exc:
-            raise src.error(f"tensor[{i}] ({name}) type/shape", f"a ggml type of the {layout} layout "
-                                                                f"with a whole number of blocks ({exc})", rec + 8) from None
+            raise src.error(f"tensor[{i}] ({name}) type/shape",
+                            f"a ggml type of the {layout} layout with a whole number of blocks ({exc})",
+                            rec + 8) from None
         tname = TYPES[layout][ttype].name
         st = w.stats.setdefault(tname, TensorTypeStat())
         st.count += 1
@@ -144,7 +145,7 @@ def _arch_from_names(names: list[str]) -> str | None:
     return None
 
 
-def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple, offset: int,
+def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple[int, ...], offset: int,
                    positive: tuple[str, ...] = ("n_vocab",)) -> None:
     for k, v in zip(names, values):
         if isinstance(v, int) and (v < 0 or (k in positive and v == 0)):
@@ -154,16 +155,18 @@ def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple, offse
 
 
 def _read_vocab(src: ByteSource, n_vocab: int, *, scores: bool, mask: int = 0, collect: bool,
-                count_field: str = "n_vocab", count_offset: int | None = None) -> list | None:
+                count_field: str = "n_vocab", count_offset: int | None = None) -> list[tuple[bytes, bytes]] | None:
     per = 4 + (4 if scores else 0)
     if n_vocab * per > src.remaining:
         raise src.error(count_field, f"a vocabulary that fits the file: {n_vocab} entries need at least "
                                      f"{n_vocab * per} bytes, {src.remaining} left", count_offset)
-    return src.walk_strings(n_vocab, "I", "vocab", extra=4 if scores else 0, mask=mask,
-                            collect=collect, max_len=MAX_TOKEN_LEN)
+    # without texts=True the records come back as (text, extra bytes) pairs
+    return cast("list[tuple[bytes, bytes]] | None",
+                src.walk_strings(n_vocab, "I", "vocab", extra=4 if scores else 0, mask=mask,
+                                 collect=collect, max_len=MAX_TOKEN_LEN))
 
 
-def _vocab_kv(vocab: list | None, scores: bool) -> dict[str, Any]:
+def _vocab_kv(vocab: list[tuple[bytes, bytes]] | None, scores: bool) -> dict[str, Any]:
     if vocab is None:
         return {}
     kv: dict[str, Any] = {"tokenizer.ggml.tokens": [t for t, _ in vocab]}
@@ -295,6 +298,7 @@ def _layout_of(src: ByteSource, ftype: int, off: int) -> tuple[int, str, str]:
 def _read_ggml_gptj_family(src: ByteSource, n_hp: int, with_vocab: bool) -> FileFacts:
     """GPT-J (7 hparams) or GPT-2/StarCoder (6 hparams), each followed by an i32 vocab count."""
     hp_off = src.pos
+    names: tuple[str, ...]
     if n_hp == 7:
         names = ("n_vocab", "n_ctx_train", "n_embd", "n_head", "n_layer", "n_rot", "ftype")
     else:

@@ -25,7 +25,7 @@ import struct
 import sys
 from array import array
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Sequence, TypeAlias
 
 from .gguf import GgufHeader, TokenType, ValueType
 
@@ -34,6 +34,11 @@ __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write
            "legacy_tensor_header"]
 
 _FTYPES = {"f32": 0, "f16": 1}
+
+#: (key, GGUF value type, value); an array as (key, (ValueType.ARRAY, element type), list)
+KeyValue: TypeAlias = "tuple[str, int | tuple[int, int], Any]"
+#: (name, ggml type id, ne) for zero-filled data, or (name, ggml type id, ne, data bytes)
+TensorSpec: TypeAlias = "tuple[str, int, Sequence[int]] | tuple[str, int, Sequence[int], bytes]"
 
 #: words (and, below, all their prefixes) that make the vocabulary tokenize English sensibly
 _WORDS = [
@@ -58,7 +63,7 @@ def _pieces() -> list[str]:
 
 
 
-def _uniform(seed: int, name: str, n: int, lo: float, hi: float) -> array:
+def _uniform(seed: int, name: str, n: int, lo: float, hi: float) -> array[float]:
     rng = random.Random(f"{seed}:{name}")
     r = rng.random
     span = hi - lo
@@ -71,7 +76,7 @@ class _Tiny:
     seed: int
 
     def __init__(self) -> None:
-        self._cache: dict[str, array] = {}
+        self._cache: dict[str, array[float]] = {}
 
     def tensor_shapes(self) -> dict[str, list[int]]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -79,7 +84,7 @@ class _Tiny:
     def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:  # pragma: no cover
         raise NotImplementedError
 
-    def weights(self, name: str) -> array:
+    def weights(self, name: str) -> array[float]:
         """The float32 values of tensor ``name`` (row-major, ne[0] fastest); same seed, same values."""
         w = self._cache.get(name)
         if w is None:
@@ -133,7 +138,8 @@ class TinyLlama(_Tiny):
         toks += [w.replace(" ", "\u2581") for w in self.words]
         scores = [0.0] * 259 + [-float(i) for i in range(len(self.words))]
         T = TokenType
-        types = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256 + [T.NORMAL] * len(self.words)
+        types: list[int] = [T.UNKNOWN, T.CONTROL, T.CONTROL]
+        types += [T.BYTE] * 256 + [T.NORMAL] * len(self.words)
         return toks, scores, types
 
     def legacy_vocab(self) -> list[tuple[bytes, float]]:
@@ -201,7 +207,7 @@ def gguf_name(legacy: str) -> str:
 
 
 # -- tensor data encoding -----------------------------------------------------------------------------
-def _data(values: array, ttype: int, endian: str) -> bytes:
+def _data(values: array[float], ttype: int, endian: str) -> bytes:
     if ttype == 0:
         if (endian == ">") == (sys.byteorder == "little"):
             a = array("f", values)
@@ -227,7 +233,7 @@ def legacy_tensor_header(name: str, shape: list[int], ttype: int) -> bytes:
     return struct.pack(f"<3i{len(shape)}i", len(shape), len(nb), ttype, *shape) + nb
 
 
-def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array, align: int) -> None:
+def _legacy_tensor(f: BinaryIO, name: str, shape: list[int], ttype: int, values: array[float], align: int) -> None:
     f.write(legacy_tensor_header(name, shape, ttype))
     if align:
         _pad(f, align)
@@ -241,7 +247,7 @@ def _check_ftype(ftype: str) -> int:
 
 
 # -- LLaMA ----------------------------------------------------------------------------------------------
-def write_llama(path: str | os.PathLike, model: TinyLlama, fmt: str, version: int | None = None,
+def write_llama(path: str | os.PathLike[str], model: TinyLlama, fmt: str, version: int | None = None,
                 ftype: str = "f32", vocab_only: bool = False, endian: str = "little",
                 chat_template: str | None = None, name: str = "tiny-llama") -> Path:
     """Write ``model`` as ``fmt`` in {"ggml", "ggmf", "ggjt", "gguf"} and return the path.
@@ -294,7 +300,7 @@ def _write_gguf(path: Path, m: TinyLlama, version: int, ft: int, vocab_only: boo
                 chat_template: str | None, name: str) -> None:
     toks, scores, types = m.gguf_vocab()
     V = ValueType
-    kvs: list[tuple] = [
+    kvs: list[KeyValue] = [
         ("general.architecture", V.STRING, "llama"),
         ("general.name", V.STRING, name),
         ("general.file_type", V.UINT32, ft),
@@ -323,8 +329,8 @@ def _write_gguf(path: Path, m: TinyLlama, version: int, ft: int, vocab_only: boo
     _write(path, _header(kvs, version, e), tensors, 32)
 
 
-def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
-               tensors: list[tuple], version: int = 3, endian: str = "little",
+def write_gguf(path: str | os.PathLike[str], kv: Sequence[KeyValue],
+               tensors: Sequence[TensorSpec], version: int = 3, endian: str = "little",
                alignment: int = 32) -> Path:
     """A GGUF file with the given key/values and tensors (for tests of odd files).
 
@@ -337,7 +343,7 @@ def write_gguf(path: str | os.PathLike, kv: list[tuple[str, int, object]],
     return path
 
 
-def _header(kv: list[tuple], version: int, e: str) -> GgufHeader:
+def _header(kv: Sequence[KeyValue], version: int, e: str) -> GgufHeader:
     head = GgufHeader(version, e)
     for key, vt, val in kv:
         if isinstance(vt, tuple):
@@ -347,7 +353,7 @@ def _header(kv: list[tuple], version: int, e: str) -> GgufHeader:
     return head
 
 
-def _write(path: Path, head: GgufHeader, tensors: list[tuple], alignment: int) -> None:
+def _write(path: Path, head: GgufHeader, tensors: Sequence[TensorSpec], alignment: int) -> None:
     """The header, then each tensor's data (zeros when none is given) at its aligned offset."""
     from .ggml_types import tensor_nbytes
 
@@ -382,7 +388,8 @@ class TinyGemma3(_Tiny):
         self.sliding_window = sliding_window
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, f, v, q, kv = self.n_embd, self.n_ff, self.n_vocab, self.head_dim * self.n_head, self.head_dim * self.n_head_kv
+        e, f, v = self.n_embd, self.n_ff, self.n_vocab
+        q, kv = self.head_dim * self.n_head, self.head_dim * self.n_head_kv
         s: dict[str, list[int]] = {"token_embd.weight": [e, v], "output_norm.weight": [e]}
         for i in range(self.n_layer):
             p = f"blk.{i}."
@@ -400,11 +407,12 @@ class TinyGemma3(_Tiny):
         b = 1.0 / math.sqrt(shape[0])
         return -b, b
 
-    def kv(self, ftype: int) -> list[tuple]:
+    def kv(self, ftype: int) -> list[KeyValue]:
         U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "gemma3"
-        return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"), ("general.file_type", U32, ftype),
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-gemma3"),
+                ("general.file_type", U32, ftype),
                 (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
                 (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, self.n_ff),
                 (f"{a}.attention.head_count", U32, self.n_head), (f"{a}.attention.head_count_kv", U32, self.n_head_kv),
@@ -412,15 +420,16 @@ class TinyGemma3(_Tiny):
                 (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-6),
                 (f"{a}.attention.sliding_window", U32, self.sliding_window), (f"{a}.rope.freq_base", F32, 1e6),
                 ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
-                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores),
+                ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 
 
-def write_gemma3(path: str | os.PathLike, model: TinyGemma3, ftype: str = "f32") -> Path:
+def write_gemma3(path: str | os.PathLike[str], model: TinyGemma3, ftype: str = "f32") -> Path:
     """``model`` as a GGUF v3 file (matrices F32 or F16, 1-D tensors F32)."""
     ft = _check_ftype(ftype)
-    tensors = []
+    tensors: list[TensorSpec] = []
     for name, shape in model.tensor_shapes().items():
         tt = _ttype(shape, ft)
         tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
@@ -457,26 +466,28 @@ class TinyMamba(_Tiny):
         b = 1.0 / math.sqrt(shape[0])
         return -b, b
 
-    def kv(self, ftype: int) -> list[tuple]:
+    def kv(self, ftype: int) -> list[KeyValue]:
         U32, I32, F32, STR = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING
         toks, scores, types = self.vocab.gguf_vocab()
         a = "mamba"
-        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"), ("general.file_type", U32, ftype),
+        return [("general.architecture", STR, a), ("general.name", STR, "tiny-mamba"),
+                ("general.file_type", U32, ftype),
                 (f"{a}.context_length", U32, self.n_ctx), (f"{a}.embedding_length", U32, self.n_embd),
                 (f"{a}.block_count", U32, self.n_layer), (f"{a}.feed_forward_length", U32, 0),
                 (f"{a}.attention.head_count", U32, 0), (f"{a}.attention.layer_norm_rms_epsilon", F32, 1e-5),
                 (f"{a}.ssm.conv_kernel", U32, self.d_conv), (f"{a}.ssm.inner_size", U32, self.d_inner),
                 (f"{a}.ssm.state_size", U32, self.d_state), (f"{a}.ssm.time_step_rank", U32, self.dt_rank),
                 ("tokenizer.ggml.model", STR, "llama"), ("tokenizer.ggml.tokens", (ValueType.ARRAY, STR), toks),
-                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores), ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
+                ("tokenizer.ggml.scores", (ValueType.ARRAY, F32), scores),
+                ("tokenizer.ggml.token_type", (ValueType.ARRAY, I32), types),
                 ("tokenizer.ggml.bos_token_id", U32, self.vocab.bos_id),
                 ("tokenizer.ggml.eos_token_id", U32, self.vocab.eos_id)]
 
 
-def write_mamba(path: str | os.PathLike, model: TinyMamba, ftype: str = "f32") -> Path:
+def write_mamba(path: str | os.PathLike[str], model: TinyMamba, ftype: str = "f32") -> Path:
     """``model`` as a GGUF v3 file (the large matrices F32 or F16; convolution, A and 1-D tensors F32)."""
     ft = _check_ftype(ftype)
-    tensors = []
+    tensors: list[TensorSpec] = []
     for name, shape in model.tensor_shapes().items():
         tt = _ttype(shape, ft, force_f32=name.endswith(("ssm_a", "ssm_conv1d.weight")))
         tensors.append((name, tt, shape, _data(model.weights(name), tt, "<")))
@@ -567,7 +578,7 @@ def ggmm_header(n_vocab: int, n_ctx: int, n_layer: int, n_head: int, n_embd: int
     return b"".join(parts)
 
 
-def write_gptj(path: str | os.PathLike, model: TinyGPTJ, ftype: str = "f32") -> Path:
+def write_gptj(path: str | os.PathLike[str], model: TinyGPTJ, ftype: str = "f32") -> Path:
     """GPT-J ggml file as GPT4All (and the ggml examples) read it: magic "ggml", 7 hparams, vocab count,
     vocab of (u32 length, bytes), unaligned tensor records; 2-D weights in ``ftype``, 1-D F32."""
     ft = _check_ftype(ftype)
@@ -628,7 +639,7 @@ class TinyMPT(_Tiny):
         return -b, b
 
 
-def write_mpt(path: str | os.PathLike, model: TinyMPT, layout: str = "ggmm", ftype: str = "f32") -> Path:
+def write_mpt(path: str | os.PathLike[str], model: TinyMPT, layout: str = "ggmm", ftype: str = "f32") -> Path:
     """MPT file in GPT4All's ``ggmm`` layout (wte always F32, special tokens flagged with bit 31 of
     the length) or the ggml-examples ``ggml`` layout (``layout="ggml"``, read by ctransformers)."""
     ft = _check_ftype(ftype)

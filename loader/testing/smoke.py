@@ -13,19 +13,22 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Model
 
 
 def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_only: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"path": path, "backend": backend, "device": device, "ok": False,
                            "load_s": None, "eval_s": None, "n_prompt_tokens": None,
                            "token_evaluated": False, "text": None, "variant": None, "error": None}
-    model = None
+    model: Model | None = None
     try:
-        import gpt4all_loader
+        from .. import load
 
         t0 = time.perf_counter()
-        model = gpt4all_loader.load(path, backend=backend, device=device, n_ctx=n_ctx or 256)
+        model = load(path, backend=backend, device=device, n_ctx=n_ctx or 256)
         out["load_s"] = round(time.perf_counter() - t0, 4)
         out["variant"] = model.info.variant
         out["backend"] = model.info.backend
