@@ -105,7 +105,7 @@ class _Gguf:
                 return arr.tolist()
             if atype == 8:
                 if not full:
-                    src.walk_strings(count, self.len_fmt, field, max_len=src.size)
+                    src.skip_strings(count, self.len_fmt, field)
                     return {"type": tname, "length": count}
                 got = src.walk_strings(count, self.len_fmt, field, collect=True, max_len=MAX_STRING_VALUE)
                 return [t.decode("utf-8", "replace") for t, _ in got or []]
@@ -134,7 +134,7 @@ class _Gguf:
             raise src.error(f"{field} array length", f"at most {src.remaining // self.len_size} STRING elements "
                                                      f"in the {src.remaining} bytes left (got {count})", start + 4)
         # counted with set and list operations that run in C
-        raw = src.walk_strings(count, self.len_fmt, field, texts=True, max_len=MAX_STRING_VALUE) or []
+        raw = src.collect_strings(count, self.len_fmt, field, max_len=MAX_STRING_VALUE)
         uniq = set(raw)
         vf = VocabFacts(n_tokens=count, n_duplicates=len(raw) - len(uniq),
                         n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS))

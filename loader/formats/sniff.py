@@ -121,6 +121,79 @@ class ByteSource:
             raise self.error(field, f"{n} byte(s) to skip, but the file ends at byte {self.size}")
         self.pos += n
 
+    def skip_strings(self, count: int, len_fmt: str, field: str) -> None:
+        """Move past ``count`` length-prefixed strings, reading only their lengths.
+
+        The common case runs as one tight loop per buffered window, with no check inside it: a length
+        that runs past the window makes the next ``unpack_from`` fail or leaves the position beyond
+        the window, and only then is the position checked against the file size.  Any record that
+        does not fit the file is handed to :meth:`walk_strings`, from the array's start, so that the
+        error names the same record and offset as the careful walk.
+        """
+        start = self.pos
+        unpack_len = self._struct(len_fmt).unpack_from
+        lsize = self._struct(len_fmt).size
+        size = self.size
+        i = 0
+        while i < count:
+            rel = self._ensure(lsize, f"{field}[{i}] length")
+            buf, base = self.buf, self.buf_start
+            p = rel
+            k = i
+            try:
+                for k in range(i, count):
+                    p += unpack_len(buf, p)[0] + lsize
+                k = count
+            except struct.error:
+                pass  # record k's length is not in this window: p is its start (or past the window)
+            if base + p > size:
+                self.pos = start
+                self.walk_strings(count, len_fmt, field, max_len=size)
+                raise self.error(f"{field} length", "string lengths that fit the file")  # not reached
+            self.pos = base + p
+            i = k
+        return None
+
+    def collect_strings(self, count: int, len_fmt: str, field: str, *, max_len: int) -> list[bytes]:
+        """The raw bytes of ``count`` length-prefixed strings: :meth:`walk_strings` with ``texts=True``,
+        in one tight loop per buffered window (see :meth:`skip_strings`); errors come from the careful
+        walk, from the array's start."""
+        start = self.pos
+        unpack_len = self._struct(len_fmt).unpack_from
+        lsize = self._struct(len_fmt).size
+        size = self.size
+        out: list[bytes] = []
+        append = out.append
+        i = 0
+        while i < count:
+            rel = self._ensure(lsize, f"{field}[{i}] length")
+            buf, base, end = self.buf, self.buf_start, len(self.buf)
+            p = q = rel
+            try:
+                for _ in range(i, count):
+                    # the length first: when it is not in the window, q still marks the last record
+                    p = unpack_len(buf, p)[0] + (q := p + lsize)
+                    append(buf[q:p])
+            except struct.error:
+                pass  # the next record's length is not in this window: p is its start
+            if p > end:
+                # the last record collected runs past the window (cut short): read it again whole
+                out.pop()
+                n = p - q
+                if n > max_len or base + p > size:
+                    self.pos = start
+                    self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
+                    raise self.error(f"{field} length", "string lengths that fit the file")  # not reached
+                self.pos = base + q - lsize
+                self._ensure(lsize + n, f"{field}[{len(out)}]")
+            else:
+                self.pos = base + p
+            i = len(out)
+        if out and max(map(len, out)) > max_len:
+            self.pos = start
+            self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
+        return out
+
     def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
                      collect: bool = False, texts: bool = False,
                      max_len: int = 1 << 20) -> list[tuple[bytes, bytes]] | list[bytes] | None:
