@@ -9,11 +9,13 @@ that reads as a byte-swapped small number.
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 from array import array
 from typing import Any, BinaryIO
 
+from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
@@ -107,8 +109,8 @@ class _Gguf:
                 if not full:
                     src.skip_strings(count, self.len_fmt, field)
                     return {"type": tname, "length": count}
-                got = src.walk_strings(count, self.len_fmt, field, collect=True, max_len=MAX_STRING_VALUE)
-                return [t.decode("utf-8", "replace") for t, _ in got or []]
+                got = src.collect_strings(count, self.len_fmt, field, max_len=MAX_STRING_VALUE)
+                return [t.decode("utf-8", "replace") for t in got]
             # arrays of arrays: walk element by element (bounded by the count check above)
             items = [self.value(9, f"{field}[{i}]", depth + 1, keep_arrays=keep_arrays) for i in range(count)]
             return items if full else {"type": tname, "length": count}
@@ -133,11 +135,14 @@ class _Gguf:
         if count * self.len_size > src.remaining:
             raise src.error(f"{field} array length", f"at most {src.remaining // self.len_size} STRING elements "
                                                      f"in the {src.remaining} bytes left (got {count})", start + 4)
-        # counted with set and list operations that run in C
+        offset = src.pos
+        # one bytes object per token is the least Python can do: the uniqueness check needs them hashed;
+        # everything after the walk is set and list operations that run in C
         raw = src.collect_strings(count, self.len_fmt, field, max_len=MAX_STRING_VALUE)
         uniq = set(raw)
-        vf = VocabFacts(n_tokens=count, n_duplicates=len(raw) - len(uniq),
-                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS))
+        vf = VocabFacts(n_tokens=count, n_duplicates=count - len(uniq),
+                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS),
+                        offset=offset)
         if vf.n_duplicates:
             seen: set[bytes] = set()
             for t in raw:
@@ -148,6 +153,27 @@ class _Gguf:
         if keep or count <= SMALL_ARRAY:
             return [t.decode("utf-8", "replace") for t in raw], vf
         return {"type": "STRING", "length": count}, vf
+
+
+def read_tokens(path: str | os.PathLike[str], facts: FileFacts) -> list[bytes]:
+    """The token texts of a GGUF file whose header :func:`read` summarized, as raw bytes, read on demand.
+
+    The header pass keeps only counts and the array's offset (``facts.vocab.offset``), so that a probe
+    or a load decodes no token it does not need; this reads the array again, with the same checks.
+    Raises FormatError when the file has no string token array there (or changed since).
+    """
+    vocab = facts.vocab
+    if facts.format != "gguf" or vocab is None or vocab.offset is None:
+        raise FormatError(f"{facts.path}: no GGUF token string array to read")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != facts.size:
+            raise FormatError(f"{facts.path}: the file changed size since its header was read "
+                              f"({facts.size} -> {size} bytes)")
+        src = ByteSource(f, str(path), size, endian=">" if facts.endianness == "big" else "<")
+        src.pos = vocab.offset
+        return src.collect_strings(vocab.n_tokens, "I" if facts.format_version == 1 else "Q",
+                                   "tokenizer.ggml.tokens", max_len=MAX_STRING_VALUE)
 
 
 def _type_label(src: ByteSource, vtype: int) -> str:

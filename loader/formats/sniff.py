@@ -84,26 +84,31 @@ class ByteSource:
             s = self._structs[fmt] = struct.Struct(self.endian + fmt)
         return s
 
-    def unpack(self, fmt: str, field: str) -> tuple:
+    def unpack(self, fmt: str, field: str) -> tuple[Any, ...]:
         s = self._struct(fmt)
         rel = self._ensure(s.size, field)
         self.pos += s.size
         return s.unpack_from(self.buf, rel)
 
     def u8(self, field: str) -> int:
-        return self.unpack("B", field)[0]
+        v: int = self.unpack("B", field)[0]
+        return v
 
     def u32(self, field: str) -> int:
-        return self.unpack("I", field)[0]
+        v: int = self.unpack("I", field)[0]
+        return v
 
     def i32(self, field: str) -> int:
-        return self.unpack("i", field)[0]
+        v: int = self.unpack("i", field)[0]
+        return v
 
     def u64(self, field: str) -> int:
-        return self.unpack("Q", field)[0]
+        v: int = self.unpack("Q", field)[0]
+        return v
 
     def f32(self, field: str) -> float:
-        return self.unpack("f", field)[0]
+        v: float = self.unpack("f", field)[0]
+        return v
 
     def take(self, n: int, field: str) -> bytes:
         rel = self._ensure(n, field)
@@ -144,7 +149,7 @@ class ByteSource:
                 for k in range(i, count):
                     p += unpack_len(buf, p)[0] + lsize
                 k = count
-            except struct.error:
+            except (struct.error, OverflowError):  # OverflowError: a length beyond 2^63
                 pass  # record k's length is not in this window: p is its start (or past the window)
             if base + p > size:
                 self.pos = start
@@ -157,7 +162,12 @@ class ByteSource:
     def collect_strings(self, count: int, len_fmt: str, field: str, *, max_len: int) -> list[bytes]:
         """The raw bytes of ``count`` length-prefixed strings: :meth:`walk_strings` with ``texts=True``,
         in one tight loop per buffered window (see :meth:`skip_strings`); errors come from the careful
-        walk, from the array's start."""
+        walk, from the array's start.
+
+        ``max_len`` needs no check per record: a record that lies whole in a window is no longer than
+        the window, so only the records of a window larger than ``max_len`` (rare: one that had to grow
+        for a long record) and records cut at a window's end are measured.
+        """
         start = self.pos
         unpack_len = self._struct(len_fmt).unpack_from
         lsize = self._struct(len_fmt).size
@@ -168,13 +178,14 @@ class ByteSource:
         while i < count:
             rel = self._ensure(lsize, f"{field}[{i}] length")
             buf, base, end = self.buf, self.buf_start, len(self.buf)
+            first = len(out)
             p = q = rel
             try:
                 for _ in range(i, count):
                     # the length first: when it is not in the window, q still marks the last record
                     p = unpack_len(buf, p)[0] + (q := p + lsize)
                     append(buf[q:p])
-            except struct.error:
+            except (struct.error, OverflowError):  # OverflowError: a length beyond 2^63
                 pass  # the next record's length is not in this window: p is its start
             if p > end:
                 # the last record collected runs past the window (cut short): read it again whole
@@ -188,10 +199,11 @@ class ByteSource:
                 self._ensure(lsize + n, f"{field}[{len(out)}]")
             else:
                 self.pos = base + p
+            if end - lsize > max_len and len(out) > first and max(map(len, out[first:])) > max_len:
+                self.pos = start
+                self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
+                raise self.error(f"{field} length", f"string lengths of at most {max_len}")  # not reached
             i = len(out)
-        if out and max(map(len, out)) > max_len:
-            self.pos = start
-            self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
         return out
 
     def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
@@ -210,7 +222,7 @@ class ByteSource:
         ls = self._struct(len_fmt)
         lsize = ls.size
         unpack_len = ls.unpack_from
-        out: list | None = [] if collect else None
+        out: list[Any] | None = [] if collect else None
         i = 0
         size = self.size
         while i < count:
@@ -321,7 +333,7 @@ def check_regular_file(path: str) -> os.stat_result:
     return st
 
 
-def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
     """Identify ``path`` and describe it (container, version, architecture, hparams, tensor types ...).
 
     ``with_kv``: also return the GGUF key/values in ``FileFacts.kv`` (arrays longer than 64 elements
