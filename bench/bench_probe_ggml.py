@@ -1,0 +1,170 @@
+"""The probe and the reader next to ggml's own GGUF header reader, in one run.
+
+    python bench/bench_probe_ggml.py [--runs 21] [--c-runs 51] [--load-runs 5] [--json] [FILE.gguf ...]
+
+ggml's side: ``bench/gguf_init_bench.c``, compiled here at run time against the gguf-2026-10 ``cpu``
+archives in the cache (read only; nothing is rebuilt), times ``gguf_init_from_file(path, {no_alloc=true,
+ctx=NULL})`` + ``gguf_free`` in-process and prints the median of ``--c-runs`` calls per file.  That call
+reads the whole header, every token and merge string included, into ggml's own structures.
+
+Our side, in this process: ``gpt4all_loader.probe(path)`` (header, catalog verdict for every backend,
+memory estimate) and ``formats.sniff.read_facts(path)`` alone, median of ``--runs`` calls each after one
+warm-up.  Files: those named on the command line, the real SmolLM2 file and the real vocabulary files of
+``gpt4all_loader.testing.realfiles`` (GGUF v1 is left to our side only: ggml refuses it since Nov 2023).
+
+Last, ``load(SmolLM2)`` (all tensors, vocab_only=False): its median time and the share of it spent in
+``read_facts`` and in ``engines.validate.problems`` (measured inside load() by wrapping both).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+C_SRC = HERE / "gguf_init_bench.c"
+ENGINE = "gguf-2026-10"
+#: realfiles.VOCAB_FILES kinds: every real GGUF vocabulary file of the 0.3.36 sdist, and GGUF v1
+VOCAB_KINDS = ("gguf-v1-llama", "gguf-llama-spm", "gguf-llama-bpe", "gguf-qwen2", "gguf-command-r",
+               "gguf-gemma-4", "gguf-deepseek-llm", "gguf-phi-3", "gguf-gpt-2", "gguf-qwen35")
+
+
+def ggml_exe(out_dir: Path) -> Path:
+    """Compile gguf_init_bench.c against the cached gguf-2026-10 cpu build (its libggml-base.a holds gguf.cpp)."""
+    from gpt4all_loader.engines import cache
+
+    bdir = cache.build_dir() / ENGINE / "cpu" / "cmake"
+    trees = sorted((cache.build_dir() / ENGINE / "src").glob("*/vendor/llama.cpp"))
+    archive = bdir / "ggml" / "src" / "libggml-base.a"
+    if not trees or not archive.is_file():
+        raise FileNotFoundError(f"{ENGINE}/cpu is not built (python build_backends.py --only {ENGINE} --variant cpu)")
+    obj, exe = out_dir / "gguf_init_bench.o", out_dir / "gguf_init_bench"
+    cc, cxx = os.environ.get("CC", "gcc"), os.environ.get("CXX", "g++")
+    subprocess.run([cc, "-O2", f"-I{trees[0] / 'ggml' / 'include'}", "-c", str(C_SRC), "-o", str(obj)], check=True)
+    subprocess.run([cxx, str(obj), "-o", str(exe), str(archive), "-pthread", "-lm"], check=True)
+    return exe
+
+
+def ggml_times(exe: Path, files: list[Path], runs: int) -> dict[str, dict[str, Any]]:
+    p = subprocess.run([str(exe), str(runs), *map(str, files)], capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return {r["file"]: r for r in rows}
+
+
+def median_s(fn: Callable[[], object], runs: int) -> float:
+    fn()  # page cache, imports, lazily built tables
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def real_files() -> list[Path]:
+    from gpt4all_loader.testing import realfiles
+
+    out = [Path(realfiles.smollm2_path())]
+    for kind in VOCAB_KINDS:
+        try:
+            out.append(Path(realfiles.vocab_file(kind)))
+        except Exception as e:  # noqa: BLE001 - the bench goes on without it
+            print(f"# {kind}: {e}", file=sys.stderr)
+    return out
+
+
+def load_share(path: Path, runs: int) -> dict[str, float]:
+    """Median load() time and, in the same calls, the time inside read_facts and validate.problems."""
+    import gpt4all_loader as g
+    from gpt4all_loader.engines import validate
+    from gpt4all_loader.formats import sniff
+
+    spent = {"read_facts": 0.0, "validate": 0.0}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return wrapper
+
+    orig_rf, orig_val = sniff.read_facts, validate.problems
+    sniff.read_facts = timed("read_facts", orig_rf)  # type: ignore[assignment]
+    validate.problems = timed("validate", orig_val)  # type: ignore[assignment]
+    rows = []
+    try:
+        g.load(path, n_ctx=512, vocab_only=False).close()  # warm-up: library opened once per process
+        for _ in range(runs):
+            spent.update(read_facts=0.0, validate=0.0)
+            t0 = time.perf_counter()
+            g.load(path, n_ctx=512, vocab_only=False).close()
+            rows.append((time.perf_counter() - t0, spent["read_facts"], spent["validate"]))
+    finally:
+        sniff.read_facts, validate.problems = orig_rf, orig_val
+    rows.sort()
+    total, rf, val = rows[len(rows) // 2]
+    return {"load_s": total, "read_facts_s": rf, "validate_s": val}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--runs", type=int, default=21, help="timed calls of probe() and read_facts() per file")
+    ap.add_argument("--c-runs", type=int, default=51, help="timed calls of gguf_init_from_file per file")
+    ap.add_argument("--load-runs", type=int, default=5, help="timed load() calls of SmolLM2 (0: skip)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from gpt4all_loader.formats.sniff import read_facts
+    from gpt4all_loader.probe import probe
+
+    files = list(args.files) + real_files()
+    with tempfile.TemporaryDirectory(prefix="g4a-bench-ggml-") as tmp:
+        c_rows = ggml_times(ggml_exe(Path(tmp)), files, args.c_runs)
+    rows: list[dict[str, Any]] = []
+    for p in files:
+        c = c_rows.get(str(p), {})
+        rows.append({"file": p.name, "size": p.stat().st_size,
+                     "ggml_us": c.get("median_us"), "ggml_error": c.get("error"),
+                     "probe_us": median_s(lambda: probe(p), args.runs) * 1e6,
+                     "read_facts_us": median_s(lambda: read_facts(p), args.runs) * 1e6})
+    load = load_share(files[len(args.files)], args.load_runs) if args.load_runs > 0 else None
+    if args.json:
+        print(json.dumps({"rows": rows, "load": load}, indent=2))
+        return 0
+
+    print(f"probe() and read_facts() vs ggml gguf_init_from_file(no_alloc) of {ENGINE} "
+          f"(median of {args.runs} / {args.c_runs} calls; ratio = ours / ggml)")
+    print(f"{'file':<40} {'size':>10} {'ggml ms':>8} {'read_facts ms':>13} {'ratio':>6} {'probe ms':>9} {'ratio':>6}")
+    ratios = []
+    for r in rows:
+        g = r["ggml_us"]
+        rr = r["read_facts_us"] / g if g else None
+        pr = r["probe_us"] / g if g else None
+        if pr:
+            ratios.append(pr)
+        print(f"{r['file'][:40]:<40} {r['size']:>10} {(g / 1e3 if g else float('nan')):>8.2f} "
+              f"{r['read_facts_us'] / 1e3:>13.2f} {(rr or float('nan')):>6.2f} {r['probe_us'] / 1e3:>9.2f} "
+              f"{(pr or float('nan')):>6.2f}" + ("  (ggml refuses it)" if r["ggml_error"] else ""))
+    if ratios:
+        print(f"probe/ggml over {len(ratios)} files: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+              f"max {max(ratios):.2f}x (target <= 3x: {'met' if max(ratios) <= 3 else 'missed'})")
+    if load:
+        print(f"load({files[len(args.files)].name}, vocab_only=False), median of {args.load_runs}: "
+              f"{load['load_s'] * 1e3:.1f} ms, of which read_facts {load['read_facts_s'] * 1e3:.1f} ms and "
+              f"validate {load['validate_s'] * 1e3:.2f} ms "
+              f"({(load['read_facts_s'] + load['validate_s']) / load['load_s'] * 100:.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
