@@ -121,6 +121,13 @@ class ByteSource:
         rel = self._ensure(n, "peek")
         return self.buf[rel:rel + n]
 
+    def window(self, n: int) -> tuple[bytes, int]:
+        """The buffer and the index of ``pos`` in it, holding the next ``min(n, remaining)`` bytes: for a
+        parser that reads a whole record with ``unpack_from`` and checks it afterwards (it must not move
+        ``pos`` past what it read)."""
+        rel = self._ensure(max(0, min(n, self.size - self.pos)), "window")
+        return self.buf, rel
+
     def skip(self, n: int, field: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise self.error(field, f"{n} byte(s) to skip, but the file ends at byte {self.size}")
