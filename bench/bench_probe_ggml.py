@@ -98,8 +98,8 @@ def load_share(path: Path, runs: int) -> dict[str, float]:
         return wrapper
 
     orig_rf, orig_val = sniff.read_facts, validate.problems
-    sniff.read_facts = timed("read_facts", orig_rf)  # type: ignore[assignment]
-    validate.problems = timed("validate", orig_val)  # type: ignore[assignment]
+    sniff.read_facts = timed("read_facts", orig_rf)
+    validate.problems = timed("validate", orig_val)
     rows = []
     try:
         g.load(path, n_ctx=512, vocab_only=False).close()  # warm-up: library opened once per process
@@ -115,6 +115,59 @@ def load_share(path: Path, runs: int) -> dict[str, float]:
     return {"load_s": total, "read_facts_s": rf, "validate_s": val}
 
 
+def breakdown(path: Path, runs: int) -> dict[str, float]:
+    """Where one probe's time goes (ms, median of ``runs``): the token texts (walk, slice, count), the other
+    string arrays (skipped by their lengths), the rest of read_facts, and probe() beyond read_facts; and, as
+    the floor of any Python reader, one loop over the token lengths alone (``skip_strings``)."""
+    from gpt4all_loader.formats import gguf_reader
+    from gpt4all_loader.formats.sniff import ByteSource, read_facts
+    from gpt4all_loader.probe import probe
+
+    spent: dict[str, float] = {}
+    orig_tokens, orig_skip = gguf_reader._Gguf.tokens, ByteSource.skip_strings
+
+    def tokens(self: Any, *a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return orig_tokens(self, *a, **kw)
+        finally:
+            spent["tokens"] += time.perf_counter() - t0
+
+    def skip(self: Any, *a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return orig_skip(self, *a, **kw)
+        finally:
+            spent["skip"] += time.perf_counter() - t0
+
+    rows = []
+    gguf_reader._Gguf.tokens, ByteSource.skip_strings = tokens, skip  # type: ignore[method-assign]
+    try:
+        for _ in range(runs + 1):
+            spent.update(tokens=0.0, skip=0.0)
+            t0 = time.perf_counter()
+            facts = read_facts(path)
+            t1 = time.perf_counter()
+            tok, skipped = spent["tokens"], spent["skip"]
+            probe(path)
+            t2 = time.perf_counter()
+            rows.append({"token texts (walk, slice, set)": tok, "other string arrays (skipped)": skipped,
+                         "rest of read_facts": t1 - t0 - tok - skipped,
+                         "probe() beyond read_facts": (t2 - t1) - (t1 - t0)})
+    finally:
+        gguf_reader._Gguf.tokens, ByteSource.skip_strings = orig_tokens, orig_skip  # type: ignore[method-assign]
+    out = {k: statistics.median(r[k] for r in rows[1:]) * 1e3 for k in rows[0]}
+    vocab = facts.vocab
+    if vocab is not None and vocab.offset is not None:
+        def floor() -> None:
+            with open(path, "rb") as f:
+                src = ByteSource(f, str(path), os.fstat(f.fileno()).st_size)
+                src.pos = vocab.offset or 0
+                src.skip_strings(vocab.n_tokens, "I" if facts.format_version == 1 else "Q", "tokens")
+        out["floor: token lengths alone"] = median_s(floor, runs) * 1e3
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", type=Path)
@@ -128,18 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     from gpt4all_loader.probe import probe
 
     files = list(args.files) + real_files()
-    with tempfile.TemporaryDirectory(prefix="g4a-bench-ggml-") as tmp:
-        c_rows = ggml_times(ggml_exe(Path(tmp)), files, args.c_runs)
     rows: list[dict[str, Any]] = []
-    for p in files:
-        c = c_rows.get(str(p), {})
-        rows.append({"file": p.name, "size": p.stat().st_size,
-                     "ggml_us": c.get("median_us"), "ggml_error": c.get("error"),
-                     "probe_us": median_s(lambda: probe(p), args.runs) * 1e6,
-                     "read_facts_us": median_s(lambda: read_facts(p), args.runs) * 1e6})
-    load = load_share(files[len(args.files)], args.load_runs) if args.load_runs > 0 else None
+    with tempfile.TemporaryDirectory(prefix="g4a-bench-ggml-") as tmp:
+        exe = ggml_exe(Path(tmp))
+        for p in files:  # file by file, ggml then ours, so that both see the same machine load
+            c = ggml_times(exe, [p], args.c_runs).get(str(p), {})
+            rows.append({"file": p.name, "size": p.stat().st_size,
+                         "ggml_us": c.get("median_us"), "ggml_error": c.get("error"),
+                         "probe_us": median_s(lambda: probe(p), args.runs) * 1e6,
+                         "read_facts_us": median_s(lambda: read_facts(p), args.runs) * 1e6})
+    smol = files[len(args.files)]
+    load = load_share(smol, args.load_runs) if args.load_runs > 0 else None
+    parts = {p.name: breakdown(p, args.runs) for p in files[len(args.files):len(args.files) + 3]}
     if args.json:
-        print(json.dumps({"rows": rows, "load": load}, indent=2))
+        print(json.dumps({"rows": rows, "load": load, "breakdown": parts}, indent=2))
         return 0
 
     print(f"probe() and read_facts() vs ggml gguf_init_from_file(no_alloc) of {ENGINE} "
@@ -158,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if ratios:
         print(f"probe/ggml over {len(ratios)} files: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
               f"max {max(ratios):.2f}x (target <= 3x: {'met' if max(ratios) <= 3 else 'missed'})")
+    for name, part in parts.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in part.items()))
     if load:
         print(f"load({files[len(args.files)].name}, vocab_only=False), median of {args.load_runs}: "
               f"{load['load_s'] * 1e3:.1f} ms, of which read_facts {load['read_facts_s'] * 1e3:.1f} ms and "
