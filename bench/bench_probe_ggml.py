@@ -12,8 +12,11 @@ memory estimate) and ``formats.sniff.read_facts(path)`` alone, median of ``--run
 warm-up.  Files: those named on the command line, the real SmolLM2 file and the real vocabulary files of
 ``gpt4all_loader.testing.realfiles`` (GGUF v1 is left to our side only: ggml refuses it since Nov 2023).
 
-Last, ``load(SmolLM2)`` (all tensors, vocab_only=False): its median time and the share of it spent in
-``read_facts`` and in ``engines.validate.problems`` (measured inside load() by wrapping both).
+Then, ``load(SmolLM2)`` (all tensors, vocab_only=False, n_ctx 512): its median time in this process and
+the share of it spent in ``read_facts`` and in ``engines.validate.problems`` (measured inside load() by
+wrapping both); and the load in fresh processes, ours against the bare C loop of ``bench/bare_loop.cpp``
+(``llama_model_load_from_file`` and the context, on the same archives).  Last, where one probe's time goes
+on the first three files (see :func:`breakdown`).
 """
 from __future__ import annotations
 
@@ -49,6 +52,22 @@ def ggml_exe(out_dir: Path) -> Path:
     cc, cxx = os.environ.get("CC", "gcc"), os.environ.get("CXX", "g++")
     subprocess.run([cc, "-O2", f"-I{trees[0] / 'ggml' / 'include'}", "-c", str(C_SRC), "-o", str(obj)], check=True)
     subprocess.run([cxx, str(obj), "-o", str(exe), str(archive), "-pthread", "-lm"], check=True)
+    return exe
+
+
+def bare_exe(out_dir: Path) -> Path:
+    """bench/bare_loop.cpp linked against the cached gguf-2026-10 cpu archives, into ``out_dir`` (the cache is
+    only read)."""
+    from gpt4all_loader.engines import cache
+    from gpt4all_loader.engines.manifest import load_manifest
+
+    bdir = cache.build_dir() / ENGINE / "cpu" / "cmake"
+    tree = sorted((cache.build_dir() / ENGINE / "src").glob("*/vendor/llama.cpp"))[0]
+    exe = out_dir / "bare_loop"
+    subprocess.run([os.environ.get("CXX", "g++"), "-std=c++17", "-O2", f"-I{tree / 'include'}",
+                    f"-I{tree / 'ggml' / 'include'}", str(HERE / "bare_loop.cpp"), "-o", str(exe), "-Wl,--start-group",
+                    *(str(bdir / a) for a in load_manifest()[ENGINE].archives), "-Wl,--end-group", "-pthread", "-ldl",
+                    "-lm"], check=True)
     return exe
 
 
@@ -113,6 +132,44 @@ def load_share(path: Path, runs: int) -> dict[str, float]:
     rows.sort()
     total, rf, val = rows[len(rows) // 2]
     return {"load_s": total, "read_facts_s": rf, "validate_s": val}
+
+
+_CHILD_LOAD = """
+import sys, time
+import gpt4all_loader as g
+t0 = time.perf_counter()
+g.load(sys.argv[1], n_ctx=512, vocab_only=False).close()
+print(time.perf_counter() - t0)
+"""
+
+
+def fresh_loads(path: Path, runs: int) -> dict[str, float | str]:
+    """Median load time in fresh processes: ours (the load() call alone, library opened in it) and the bare
+    C loop of bench/bare_loop.cpp (llama_model_load_from_file + context, same archives, 1 token generated)."""
+    out: dict[str, float | str] = {}
+    ours: list[float] = []
+    bare: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="g4a-bench-bare-") as tmp, \
+            tempfile.NamedTemporaryFile("w", suffix=".txt") as prompt:
+        prompt.write("1, 2")
+        prompt.flush()
+        try:
+            exe: Path | None = bare_exe(Path(tmp))
+        except (OSError, IndexError, subprocess.CalledProcessError) as e:
+            exe = None
+            out["bare_c_error"] = f"{type(e).__name__}: {e}"
+        for _ in range(runs):  # alternating, so that both see the same machine load
+            p = subprocess.run([sys.executable, "-c", _CHILD_LOAD, str(path)], capture_output=True, text=True,
+                               check=True)
+            ours.append(float(p.stdout.split()[-1]))
+            if exe is not None:
+                p = subprocess.run([str(exe), str(path), prompt.name, "1", "1", "512", "1", "-1"],
+                                   capture_output=True, text=True, check=True)
+                bare.append(float(json.loads(p.stdout.strip().splitlines()[-1])["load_s"]))
+    out["ours_fresh_load_s"] = statistics.median(ours)
+    if bare:
+        out["bare_c_load_s"] = statistics.median(bare)
+    return out
 
 
 def breakdown(path: Path, runs: int) -> dict[str, float]:
@@ -191,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                          "probe_us": median_s(lambda: probe(p), args.runs) * 1e6,
                          "read_facts_us": median_s(lambda: read_facts(p), args.runs) * 1e6})
     smol = files[len(args.files)]
-    load = load_share(smol, args.load_runs) if args.load_runs > 0 else None
+    load: dict[str, Any] | None = None
+    if args.load_runs > 0:
+        load = {**load_share(smol, args.load_runs), **fresh_loads(smol, args.load_runs)}
     parts = {p.name: breakdown(p, args.runs) for p in files[len(args.files):len(args.files) + 3]}
     if args.json:
         print(json.dumps({"rows": rows, "load": load, "breakdown": parts}, indent=2))
@@ -220,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{load['load_s'] * 1e3:.1f} ms, of which read_facts {load['read_facts_s'] * 1e3:.1f} ms and "
               f"validate {load['validate_s'] * 1e3:.2f} ms "
               f"({(load['read_facts_s'] + load['validate_s']) / load['load_s'] * 100:.1f} %)")
+        bare = load.get("bare_c_load_s")
+        print(f"fresh processes, median of {args.load_runs}: ours load() {load['ours_fresh_load_s'] * 1e3:.1f} ms, "
+              + (f"bare C loop {bare * 1e3:.1f} ms (ours/bare {load['ours_fresh_load_s'] / bare:.2f}x)" if bare
+                 else f"bare C loop: {load.get('bare_c_error')}"))
     return 0
 
 
