@@ -13,7 +13,7 @@ from gpt4all_loader.errors import FormatError
 from gpt4all_loader.formats.sniff import ByteSource, read_facts
 
 
-def _records(rng: random.Random, n: int, fmt: str, big: int = 0) -> list[bytes]:
+def _records(rng: random.Random, n: int, big: int = 0) -> list[bytes]:
     toks = [bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 3, 7, 20, 90)))) for _ in range(n)]
     if big:
         toks[rng.randrange(n)] = b"x" * big
@@ -30,7 +30,7 @@ def _source(data: bytes, readahead: int, pos: int = 0) -> ByteSource:
     return src
 
 
-def _outcome(fn, src: ByteSource):  # type: ignore[no-untyped-def]
+def _outcome(fn, src: ByteSource):
     try:
         got = fn(src)
     except FormatError as e:
@@ -43,7 +43,7 @@ def _outcome(fn, src: ByteSource):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("readahead", [16, 61, 4096])
 def test_windowed_walks_equal_the_careful_walk(seed, fmt, readahead):
     rng = random.Random(seed)
-    toks = _records(rng, rng.randrange(1, 300), fmt, big=rng.choice((0, 0, 300)))
+    toks = _records(rng, rng.randrange(1, 300), big=rng.choice((0, 0, 300)))
     prefix = b"\x01" * rng.randrange(8)
     data = _encode(toks, fmt, prefix=prefix, tail=b"\x02" * rng.randrange(8))
     start = len(prefix)
@@ -63,7 +63,7 @@ def test_windowed_walks_equal_the_careful_walk(seed, fmt, readahead):
 def test_windowed_walks_fail_like_the_careful_walk(seed, readahead):
     """Damaged lengths (past the end of the file, longer than allowed) and cut arrays: same error, same text."""
     rng = random.Random(1000 + seed)
-    toks = _records(rng, rng.randrange(1, 120), "Q")
+    toks = _records(rng, rng.randrange(1, 120))
     data = bytearray(_encode(toks, "Q"))
     n = len(toks) + rng.choice((0, 0, 1, 5))   # more records announced than there are: a cut array
     if rng.random() < 0.7:
@@ -112,7 +112,7 @@ def test_hostile_vocab_refused_before_native_code(tmp_path, monkeypatch, case):
     from gpt4all_loader.errors import UnsupportedModelError
     from hostile import CASES
 
-    def no_native(*a, **kw):  # type: ignore[no-untyped-def]
+    def no_native(*a, **kw):
         raise AssertionError("native code reached")
 
     monkeypatch.setattr(native, "open_backend", no_native)
