@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=21, help="timed calls of probe() and read_facts() per file")
     ap.add_argument("--c-runs", type=int, default=51, help="timed calls of gguf_init_from_file per file")
     ap.add_argument("--load-runs", type=int, default=5, help="timed load() calls of SmolLM2 (0: skip)")
+    ap.add_argument("--parts", type=int, default=3, help="break the probe's time down on this many files (0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     load: dict[str, Any] | None = None
     if args.load_runs > 0:
         load = {**load_share(smol, args.load_runs), **fresh_loads(smol, args.load_runs)}
-    parts = {p.name: breakdown(p, args.runs) for p in files[len(args.files):len(args.files) + 3]}
+    parts = {p.name: breakdown(p, args.runs) for p in files[len(args.files):len(args.files) + args.parts]}
     if args.json:
         print(json.dumps({"rows": rows, "load": load, "breakdown": parts}, indent=2))
         return 0
