@@ -139,7 +139,7 @@ def _arch_from_names(names: list[str]) -> str | None:
     return None
 
 
-def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple, offset: int,
+def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple[Any, ...], offset: int,
                    positive: tuple[str, ...] = ("n_vocab",)) -> None:
     for k, v in zip(names, values):
         if isinstance(v, int) and (v < 0 or (k in positive and v == 0)):
@@ -149,7 +149,7 @@ def _check_hparams(src: ByteSource, names: tuple[str, ...], values: tuple, offse
 
 
 def _read_vocab(src: ByteSource, n_vocab: int, *, scores: bool, mask: int = 0, collect: bool,
-                count_field: str = "n_vocab", count_offset: int | None = None) -> list | None:
+                count_field: str = "n_vocab", count_offset: int | None = None) -> list[Any] | None:
     per = 4 + (4 if scores else 0)
     if n_vocab * per > src.remaining:
         raise src.error(count_field, f"a vocabulary that fits the file: {n_vocab} entries need at least "
@@ -158,7 +158,7 @@ def _read_vocab(src: ByteSource, n_vocab: int, *, scores: bool, mask: int = 0, c
                             collect=collect, max_len=MAX_TOKEN_LEN)
 
 
-def _vocab_kv(vocab: list | None, scores: bool) -> dict[str, Any]:
+def _vocab_kv(vocab: list[Any] | None, scores: bool) -> dict[str, Any]:
     if vocab is None:
         return {}
     kv: dict[str, Any] = {"tokenizer.ggml.tokens": [t for t, _ in vocab]}
@@ -296,6 +296,7 @@ def _layout_of(src: ByteSource, ftype: int, off: int) -> tuple[int, str, str]:
 def _read_ggml_gptj_family(src: ByteSource, n_hp: int, with_vocab: bool) -> FileFacts:
     """GPT-J (7 hparams) or GPT-2/StarCoder (6 hparams), each followed by an i32 vocab count."""
     hp_off = src.pos
+    names: tuple[str, ...]
     if n_hp == 7:
         names = ("n_vocab", "n_ctx_train", "n_embd", "n_head", "n_layer", "n_rot", "ftype")
     else:
