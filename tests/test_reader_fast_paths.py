@@ -121,3 +121,37 @@ def test_hostile_vocab_refused_before_native_code(tmp_path, monkeypatch, case):
     with pytest.raises(UnsupportedModelError) as e:
         g.load(p, backend="gguf-2026-10")
     assert reasons["gguf-2026-10"] in str(e.value)
+
+
+def _facts_tuple(f):
+    return f.to_dict(), f.tensors, f.tensor_names, f.vocab, f.kv_types, f.alignment
+
+
+@pytest.mark.parametrize("version,endian", [(1, "little"), (2, "little"), (3, "little"), (3, "big")])
+@pytest.mark.parametrize("with_vocab", [False, True])
+def test_fast_paths_give_the_facts_of_the_careful_paths(tmp_path, monkeypatch, version, endian, with_vocab):
+    """The whole header read with every fast path on, then with each replaced by its careful counterpart."""
+    from gpt4all_loader.formats import gguf_reader
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
+
+    p = write_llama(tmp_path / "m.gguf", TinyLlama(seed=5, n_layer=2, n_embd=32, n_head=4), "gguf", version,
+                    endian=endian, ftype="f16")
+    fast = read_facts(p, with_vocab=with_vocab)
+    assert fast.vocab is not None and fast.vocab.n_tokens > 256
+    toks = gguf_reader.read_tokens(p, fast)
+
+    def careful_skip(self, count, len_fmt, field):
+        self.walk_strings(count, len_fmt, field, max_len=self.size)
+
+    def careful_collect(self, count, len_fmt, field, *, max_len):
+        return list(self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len) or [])
+
+    monkeypatch.setattr(gguf_reader, "_plain_tensor_info", lambda *a: None)
+    monkeypatch.setattr(ByteSource, "skip_strings", careful_skip)
+    monkeypatch.setattr(ByteSource, "collect_strings", careful_collect)
+    slow = read_facts(p, with_vocab=with_vocab)
+    assert _facts_tuple(fast) == _facts_tuple(slow)
+    assert fast.kv == slow.kv
+    assert toks == gguf_reader.read_tokens(p, slow)
+    if with_vocab:
+        assert [t.decode("utf-8", "replace") for t in toks] == slow.kv["tokenizer.ggml.tokens"]
