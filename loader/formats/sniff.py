@@ -156,7 +156,7 @@ class ByteSource:
                 for k in range(i, count):
                     p += unpack_len(buf, p)[0] + lsize
                 k = count
-            except (struct.error, OverflowError):  # OverflowError: a length beyond 2^63
+            except (struct.error, OverflowError):  # OverflowError: an offset past 2^63 after a huge length
                 pass  # record k's length is not in this window: p is its start (or past the window)
             if base + p > size:
                 self.pos = start
@@ -192,7 +192,7 @@ class ByteSource:
                     # the length first: when it is not in the window, q still marks the last record
                     p = unpack_len(buf, p)[0] + (q := p + lsize)
                     append(buf[q:p])
-            except (struct.error, OverflowError):  # OverflowError: a length beyond 2^63
+            except (struct.error, OverflowError):  # OverflowError: an offset past 2^63 after a huge length
                 pass  # the next record's length is not in this window: p is its start
             if p > end:
                 # the last record collected runs past the window (cut short): read it again whole
