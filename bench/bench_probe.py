@@ -163,12 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     print("probe time vs file size (sparse files, same header shape)")
     for r in results["scaling"]:
         g = r.get("gguf_py_s")
-        print(f"  {r['label']:>6}: probe {r['probe_s'] * 1e3:8.2f} ms, gguf-py {(g * 1e3 if g else float('nan')):8.2f} ms"
+        gms = g * 1e3 if g else float("nan")
+        print(f"  {r['label']:>6}: probe {r['probe_s'] * 1e3:8.2f} ms, gguf-py {gms:8.2f} ms"
               f"  (size {r['size']}, on disk {r['disk_bytes']})")
     ratios = [r["ratio"] for r in results["compare"] if r.get("ratio")]
     if ratios:
         print()
-        print(f"gguf-py/probe over {len(ratios)} files: min {min(ratios):.1f}x, median {statistics.median(ratios):.1f}x, "
+        print(f"gguf-py/probe over {len(ratios)} files: min {min(ratios):.1f}x, "
+              f"median {statistics.median(ratios):.1f}x, "
               f"max {max(ratios):.1f}x (target >= 20x: {'met' if min(ratios) >= 20 else 'missed'})")
     return 0
 

@@ -37,6 +37,9 @@ class VocabFacts:
     n_empty: int = 0
     #: how many of the 256 byte tokens "<0x00>".."<0xFF>" the vocabulary holds
     n_byte_tokens: int = 0
+    #: file offset of the first token record (GGUF string arrays): where
+    #: ``gguf_reader.read_tokens`` reads the token texts again when someone asks for them
+    offset: int | None = None
 
 
 @dataclass

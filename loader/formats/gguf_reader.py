@@ -9,11 +9,14 @@ that reads as a byte-swapped small number.
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 from array import array
+from math import prod
 from typing import Any, BinaryIO
 
+from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
@@ -105,10 +108,10 @@ class _Gguf:
                 return arr.tolist()
             if atype == 8:
                 if not full:
-                    src.walk_strings(count, self.len_fmt, field, max_len=src.size)
+                    src.skip_strings(count, self.len_fmt, field)
                     return {"type": tname, "length": count}
-                got = src.walk_strings(count, self.len_fmt, field, collect=True, max_len=MAX_STRING_VALUE)
-                return [t.decode("utf-8", "replace") for t, _ in got or []]
+                got = src.collect_strings(count, self.len_fmt, field, max_len=MAX_STRING_VALUE)
+                return [t.decode("utf-8", "replace") for t in got]
             # arrays of arrays: walk element by element (bounded by the count check above)
             items = [self.value(9, f"{field}[{i}]", depth + 1, keep_arrays=keep_arrays) for i in range(count)]
             return items if full else {"type": tname, "length": count}
@@ -133,11 +136,14 @@ class _Gguf:
         if count * self.len_size > src.remaining:
             raise src.error(f"{field} array length", f"at most {src.remaining // self.len_size} STRING elements "
                                                      f"in the {src.remaining} bytes left (got {count})", start + 4)
-        # counted with set and list operations that run in C
-        raw = src.walk_strings(count, self.len_fmt, field, texts=True, max_len=MAX_STRING_VALUE) or []
+        offset = src.pos
+        # one bytes object per token is the least Python can do: the uniqueness check needs them hashed;
+        # everything after the walk is set and list operations that run in C
+        raw = src.collect_strings(count, self.len_fmt, field, max_len=MAX_STRING_VALUE)
         uniq = set(raw)
-        vf = VocabFacts(n_tokens=count, n_duplicates=len(raw) - len(uniq),
-                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS))
+        vf = VocabFacts(n_tokens=count, n_duplicates=count - len(uniq),
+                        n_empty=raw.count(b"") if b"" in uniq else 0, n_byte_tokens=len(uniq & _BYTE_TOKENS),
+                        offset=offset)
         if vf.n_duplicates:
             seen: set[bytes] = set()
             for t in raw:
@@ -148,6 +154,63 @@ class _Gguf:
         if keep or count <= SMALL_ARRAY:
             return [t.decode("utf-8", "replace") for t in raw], vf
         return {"type": "STRING", "length": count}, vf
+
+
+def read_tokens(path: str | os.PathLike[str], facts: FileFacts) -> list[bytes]:
+    """The token texts of a GGUF file whose header :func:`read` summarized, as raw bytes, read on demand.
+
+    The header pass keeps only counts and the array's offset (``facts.vocab.offset``), so that a probe
+    or a load decodes no token it does not need; this reads the array again, with the same checks.
+    Raises FormatError when the file has no string token array there (or changed since).
+    """
+    vocab = facts.vocab
+    if facts.format != "gguf" or vocab is None or vocab.offset is None:
+        raise FormatError(f"{facts.path}: no GGUF token string array to read")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != facts.size:
+            raise FormatError(f"{facts.path}: the file changed size since its header was read "
+                              f"({facts.size} -> {size} bytes)")
+        src = ByteSource(f, str(path), size, endian=">" if facts.endianness == "big" else "<")
+        src.pos = vocab.offset
+        return src.collect_strings(vocab.n_tokens, "I" if facts.format_version == 1 else "Q",
+                                   "tokenizer.ggml.tokens", max_len=MAX_STRING_VALUE)
+
+
+_TiStructs = tuple[struct.Struct, struct.Struct, tuple[struct.Struct, ...], struct.Struct]
+_TI_CACHE: dict[tuple[str, str, str], _TiStructs] = {}
+
+
+def _tensor_info_structs(endian: str, len_fmt: str, ne_fmt: str) -> _TiStructs:
+    """(name length, n_dims, ne for 0-4 dims, type + offset) decoders for one GGUF flavour."""
+    key = (endian, len_fmt, ne_fmt)
+    got = _TI_CACHE.get(key)
+    if got is None:
+        got = _TI_CACHE[key] = (struct.Struct(endian + len_fmt), struct.Struct(endian + "I"),
+                                tuple(struct.Struct(endian + ne_fmt * n) for n in range(5)),
+                                struct.Struct(endian + "IQ"))
+    return got
+
+
+def _plain_tensor_info(buf: bytes, p: int, structs: _TiStructs) -> tuple[str, tuple[int, ...], int, int, int] | None:
+    """(name, ne, type id, offset, end index) of the tensor info at ``buf[p:]`` when its name is shorter than
+    ggml's limit, it has 1-4 dimensions and it lies whole in ``buf``; None otherwise (no other check)."""
+    len_s, u32_s, ne_s, tail_s = structs
+    try:
+        n = len_s.unpack_from(buf, p)[0]
+        if n >= GGML_MAX_NAME:
+            return None
+        q = p + len_s.size + n
+        n_dims = u32_s.unpack_from(buf, q)[0]
+        if not 1 <= n_dims <= 4:
+            return None
+        s = ne_s[n_dims]
+        ne = s.unpack_from(buf, q + 4)
+        r = q + 4 + s.size
+        ttype, offset = tail_s.unpack_from(buf, r)
+    except struct.error:  # runs past the window: the careful path reads it
+        return None
+    return buf[p + len_s.size:q].decode("utf-8", "replace"), ne, ttype, offset, r + tail_s.size
 
 
 def _type_label(src: ByteSource, vtype: int) -> str:
@@ -249,58 +312,81 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     #: where the next tensor's data must start (ggml packs tensors in order, each padded to the
     #: alignment); None once a tensor of unknown size makes it unknowable
     expected: int | None = 0
+    # longest plain tensor info: name length, name (< GGML_MAX_NAME), n_dims, 4 dims, type, offset
+    max_ti = g.len_size + GGML_MAX_NAME + 4 + 4 * (4 if g.v1 else 8) + 4 + 8
+    ti_structs = _tensor_info_structs(endian, g.len_fmt, ne_fmt)
     for i in range(n_tensors):
         name_off = src.pos
-        name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
-        label = f"tensor_info[{i}] ({name})"
-        if src.pos - name_off - g.len_size >= GGML_MAX_NAME:  # the length in bytes, as stored
-            raise src.error(f"{label} name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)", name_off)
-        if name in names:
-            raise src.error(f"{label} name", "a tensor name not used before (a second tensor of that name)",
-                            name_off)
-        nd_off = src.pos
-        n_dims = src.u32(f"{label} n_dims")
-        if not 1 <= n_dims <= 4:
-            raise src.error(f"{label} n_dims", f"1 to 4 dimensions (got {n_dims})", nd_off)
-        ne_off = src.pos
-        ne = list(src.unpack(ne_fmt * n_dims, f"{label} ne"))
-        n_el = 1
-        for d in ne:
-            if d < 0:
-                raise src.error(f"{label} ne", f"non-negative dimensions (got {ne})", ne_off)
-            n_el *= d
-        if n_el >= 1 << 63:
-            raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
-        ttype = src.u32(f"{label} type")
-        off_off = src.pos
-        offset = src.u64(f"{label} offset")
-        t = table.get(ttype)
-        if t is None:
-            if ttype in (4, 5):
-                tname = TYPE_NAMES[ttype]
-            else:
-                tname = f"TYPE_{ttype}"
-            unknown_types.add(ttype)
-            nbytes = 0
-        else:
-            tname = t.name
-            if ne[0] % t.block:
-                raise src.error(f"{label} ne[0]", f"a row length that is a multiple of the {t.name} "
-                                                  f"block size {t.block} (got {ne[0]})", ne_off)
+        # the common case, a plain tensor info, read in one go and checked at once; anything unusual
+        # (and every error) takes the careful field-by-field path below, from the same offset
+        buf, rel = src.window(max_ti)
+        rec = _plain_tensor_info(buf, rel, ti_structs)
+        t = table.get(rec[2]) if rec is not None else None
+        if rec is not None and t is not None and expected is not None and rec[3] == expected \
+                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) >= 0 and not rec[1][0] % t.block:
+            name, ne_t, ttype, offset, rec_end = rec
+            n_el = prod(ne_t)
             nbytes = n_el // t.block * t.size
-        if offset % alignment:
-            raise src.error(f"{label} offset", f"a multiple of the alignment {alignment} (got {offset})", off_off)
-        if expected is not None and offset != expected:
-            raise src.error(f"{label} offset", f"{expected}, where the previous tensor's data ends "
-                                               f"(ggml stores tensors in order; got {offset})", off_off)
-        padded = nbytes + (-nbytes % alignment)
-        if t is None:
-            expected = None
-        elif expected is not None:
+            padded = nbytes + (-nbytes % alignment)
+            plain = n_el < 1 << 63 and offset + padded < MAX_DATA
+        else:
+            plain = False
+        if plain and t is not None and expected is not None:  # (both known when plain: for the type checker)
+            src.pos = src.buf_start + rec_end
+            tname = t.name
+            ne = list(ne_t)
             expected += padded
-        if offset + padded >= MAX_DATA:
-            raise src.error(f"{label} ne", f"tensor data that ends below 2^63 bytes (shape {ne} of {tname} "
-                                           f"at offset {offset} needs {nbytes} bytes)", ne_off)
+        else:
+            name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
+            label = f"tensor_info[{i}] ({name})"
+            if src.pos - name_off - g.len_size >= GGML_MAX_NAME:  # the length in bytes, as stored
+                raise src.error(f"{label} name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)", name_off)
+            if name in names:
+                raise src.error(f"{label} name", "a tensor name not used before (a second tensor of that name)",
+                                name_off)
+            nd_off = src.pos
+            n_dims = src.u32(f"{label} n_dims")
+            if not 1 <= n_dims <= 4:
+                raise src.error(f"{label} n_dims", f"1 to 4 dimensions (got {n_dims})", nd_off)
+            ne_off = src.pos
+            ne = list(src.unpack(ne_fmt * n_dims, f"{label} ne"))
+            n_el = 1
+            for d in ne:
+                if d < 0:
+                    raise src.error(f"{label} ne", f"non-negative dimensions (got {ne})", ne_off)
+                n_el *= d
+            if n_el >= 1 << 63:
+                raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
+            ttype = src.u32(f"{label} type")
+            off_off = src.pos
+            offset = src.u64(f"{label} offset")
+            t = table.get(ttype)
+            if t is None:
+                if ttype in (4, 5):
+                    tname = TYPE_NAMES[ttype]
+                else:
+                    tname = f"TYPE_{ttype}"
+                unknown_types.add(ttype)
+                nbytes = 0
+            else:
+                tname = t.name
+                if ne[0] % t.block:
+                    raise src.error(f"{label} ne[0]", f"a row length that is a multiple of the {t.name} "
+                                                      f"block size {t.block} (got {ne[0]})", ne_off)
+                nbytes = n_el // t.block * t.size
+            if offset % alignment:
+                raise src.error(f"{label} offset", f"a multiple of the alignment {alignment} (got {offset})", off_off)
+            if expected is not None and offset != expected:
+                raise src.error(f"{label} offset", f"{expected}, where the previous tensor's data ends "
+                                                   f"(ggml stores tensors in order; got {offset})", off_off)
+            padded = nbytes + (-nbytes % alignment)
+            if t is None:
+                expected = None
+            elif expected is not None:
+                expected += padded
+            if offset + padded >= MAX_DATA:
+                raise src.error(f"{label} ne", f"tensor data that ends below 2^63 bytes (shape {ne} of {tname} "
+                                               f"at offset {offset} needs {nbytes} bytes)", ne_off)
         st = stats.setdefault(tname, TensorTypeStat())
         st.count += 1
         st.bytes += nbytes

@@ -84,26 +84,31 @@ class ByteSource:
             s = self._structs[fmt] = struct.Struct(self.endian + fmt)
         return s
 
-    def unpack(self, fmt: str, field: str) -> tuple:
+    def unpack(self, fmt: str, field: str) -> tuple[Any, ...]:
         s = self._struct(fmt)
         rel = self._ensure(s.size, field)
         self.pos += s.size
         return s.unpack_from(self.buf, rel)
 
     def u8(self, field: str) -> int:
-        return self.unpack("B", field)[0]
+        v: int = self.unpack("B", field)[0]
+        return v
 
     def u32(self, field: str) -> int:
-        return self.unpack("I", field)[0]
+        v: int = self.unpack("I", field)[0]
+        return v
 
     def i32(self, field: str) -> int:
-        return self.unpack("i", field)[0]
+        v: int = self.unpack("i", field)[0]
+        return v
 
     def u64(self, field: str) -> int:
-        return self.unpack("Q", field)[0]
+        v: int = self.unpack("Q", field)[0]
+        return v
 
     def f32(self, field: str) -> float:
-        return self.unpack("f", field)[0]
+        v: float = self.unpack("f", field)[0]
+        return v
 
     def take(self, n: int, field: str) -> bytes:
         rel = self._ensure(n, field)
@@ -116,10 +121,97 @@ class ByteSource:
         rel = self._ensure(n, "peek")
         return self.buf[rel:rel + n]
 
+    def window(self, n: int) -> tuple[bytes, int]:
+        """The buffer and the index of ``pos`` in it, holding the next ``min(n, remaining)`` bytes: for a
+        parser that reads a whole record with ``unpack_from`` and checks it afterwards (it must not move
+        ``pos`` past what it read)."""
+        rel = self._ensure(max(0, min(n, self.size - self.pos)), "window")
+        return self.buf, rel
+
     def skip(self, n: int, field: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise self.error(field, f"{n} byte(s) to skip, but the file ends at byte {self.size}")
         self.pos += n
+
+    def skip_strings(self, count: int, len_fmt: str, field: str) -> None:
+        """Move past ``count`` length-prefixed strings, reading only their lengths.
+
+        The common case runs as one tight loop per buffered window, with no check inside it: a length
+        that runs past the window makes the next ``unpack_from`` fail or leaves the position beyond
+        the window, and only then is the position checked against the file size.  Any record that
+        does not fit the file is handed to :meth:`walk_strings`, from the array's start, so that the
+        error names the same record and offset as the careful walk.
+        """
+        start = self.pos
+        unpack_len = self._struct(len_fmt).unpack_from
+        lsize = self._struct(len_fmt).size
+        size = self.size
+        i = 0
+        while i < count:
+            rel = self._ensure(lsize, f"{field}[{i}] length")
+            buf, base = self.buf, self.buf_start
+            p = rel
+            k = i
+            try:
+                for k in range(i, count):
+                    p += unpack_len(buf, p)[0] + lsize
+                k = count
+            except (struct.error, OverflowError):  # OverflowError: an offset past 2^63 after a huge length
+                pass  # record k's length is not in this window: p is its start (or past the window)
+            if base + p > size:
+                self.pos = start
+                self.walk_strings(count, len_fmt, field, max_len=size)
+                raise self.error(f"{field} length", "string lengths that fit the file")  # not reached
+            self.pos = base + p
+            i = k
+        return None
+
+    def collect_strings(self, count: int, len_fmt: str, field: str, *, max_len: int) -> list[bytes]:
+        """The raw bytes of ``count`` length-prefixed strings: :meth:`walk_strings` with ``texts=True``,
+        in one tight loop per buffered window (see :meth:`skip_strings`); errors come from the careful
+        walk, from the array's start.
+
+        ``max_len`` needs no check per record: a record that lies whole in a window is no longer than
+        the window, so only the records of a window larger than ``max_len`` (rare: one that had to grow
+        for a long record) and records cut at a window's end are measured.
+        """
+        start = self.pos
+        unpack_len = self._struct(len_fmt).unpack_from
+        lsize = self._struct(len_fmt).size
+        size = self.size
+        out: list[bytes] = []
+        append = out.append
+        i = 0
+        while i < count:
+            rel = self._ensure(lsize, f"{field}[{i}] length")
+            buf, base, end = self.buf, self.buf_start, len(self.buf)
+            first = len(out)
+            p = q = rel
+            try:
+                for _ in range(i, count):
+                    # the length first: when it is not in the window, q still marks the last record
+                    p = unpack_len(buf, p)[0] + (q := p + lsize)
+                    append(buf[q:p])
+            except (struct.error, OverflowError):  # OverflowError: an offset past 2^63 after a huge length
+                pass  # the next record's length is not in this window: p is its start
+            if p > end:
+                # the last record collected runs past the window (cut short): read it again whole
+                out.pop()
+                n = p - q
+                if n > max_len or base + p > size:
+                    self.pos = start
+                    self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
+                    raise self.error(f"{field} length", "string lengths that fit the file")  # not reached
+                self.pos = base + q - lsize
+                self._ensure(lsize + n, f"{field}[{len(out)}]")
+            else:
+                self.pos = base + p
+            if end - lsize > max_len and len(out) > first and max(map(len, out[first:])) > max_len:
+                self.pos = start
+                self.walk_strings(count, len_fmt, field, texts=True, max_len=max_len)
+                raise self.error(f"{field} length", f"string lengths of at most {max_len}")  # not reached
+            i = len(out)
+        return out
 
     def walk_strings(self, count: int, len_fmt: str, field: str, *, extra: int = 0, mask: int = 0,
                      collect: bool = False, texts: bool = False,
@@ -137,7 +229,7 @@ class ByteSource:
         ls = self._struct(len_fmt)
         lsize = ls.size
         unpack_len = ls.unpack_from
-        out: list | None = [] if collect else None
+        out: list[Any] | None = [] if collect else None
         i = 0
         size = self.size
         while i < count:
@@ -248,7 +340,7 @@ def check_regular_file(path: str) -> os.stat_result:
     return st
 
 
-def read_facts(path: str | os.PathLike, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
+def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
     """Identify ``path`` and describe it (container, version, architecture, hparams, tensor types ...).
 
     ``with_kv``: also return the GGUF key/values in ``FileFacts.kv`` (arrays longer than 64 elements
