@@ -625,11 +625,11 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
                                                    embeddings=embeddings, seed=seed, vocab_only=vocab_only,
                                                    flash_attn=flash_attn),
                              DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
-    from .formats.sniff import read_facts
+    from .facts_cache import read_facts_cached
     from .plan import plan
 
     path = os.fspath(path)
-    facts = read_facts(path)
+    facts = read_facts_cached(path)
     if vocab_only is None:
         vocab_only = bool(facts.vocab_only)
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)

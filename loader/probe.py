@@ -162,10 +162,11 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
         rep.error = f"cannot read {spath!r}: invalid path ({e})"
         rep.error_kind = "unreadable"
         return rep
+    from .facts_cache import read_facts_cached
     from .formats.sniff import read_facts
 
     try:
-        facts = read_facts(spath, with_kv=with_kv)
+        facts = read_facts(spath, with_kv=True) if with_kv else read_facts_cached(spath)
     except OSError as e:
         rep.error = f"cannot read {spath}: {e.strerror or e}"
         rep.error_kind = "unreadable"

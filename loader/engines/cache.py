@@ -5,6 +5,7 @@ CI and the library all find the same builds, and a rebuild of an unchanged backe
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -14,8 +15,14 @@ ENV_VAR = "GPT4ALL_LOADER_CACHE"
 
 
 def cache_root() -> Path:
-    """The cache directory (not created here)."""
-    override = os.environ.get(ENV_VAR)
+    """The cache directory (not created here); follows ``$GPT4ALL_LOADER_CACHE`` when it changes."""
+    return _root(os.environ.get(ENV_VAR) or None, os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _root(override: str | None, xdg: str | None, home: str | None) -> Path:
+    """One lookup per environment: asked for every library path, it would otherwise resolve a path
+    (or ask platformdirs) dozens of times per load."""
     if override:
         return Path(override).expanduser().resolve()
     import platformdirs
