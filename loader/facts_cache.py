@@ -13,20 +13,21 @@ again and again (an application's start, a server's reload), so the facts of a h
 
 A file that cannot be read is never remembered (the error is raised again each time).  The store is
 bounded (:data:`MAX_ENTRIES`, the oldest go first), written atomically, and any entry that cannot be
-read back is ignored and rewritten.  Entries are pickles in the same private cache directory as the
-backend libraries this process loads anyway: whoever can write there can already run code here.
+read back is ignored and rewritten.  Entries are JSON (not pickles: reading one cannot run code), and
+one is written only when it reads back equal to the facts it stores.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import os
-import pickle
-import tempfile
 from pathlib import Path
+from typing import Any
 
 from .engines import cache
-from .formats.facts import FileFacts
+from .formats.facts import FileFacts, TensorTypeStat, VocabFacts
 from .formats.sniff import read_facts
 
 #: headers smaller than this are read again each time (they take a few milliseconds at most)
@@ -67,13 +68,12 @@ def read_facts_cached(path: str | os.PathLike[str]) -> FileFacts:
         before = os.stat(p)
     except (OSError, ValueError):
         return read_facts(p)  # the reader raises its own, precise error
-    entry = facts_dir() / f"{_key(p, before)}.pickle"
+    entry = facts_dir() / f"{_key(p, before)}.json"
     try:
-        with open(entry, "rb") as fh:
-            facts = pickle.load(fh)
-        if isinstance(facts, FileFacts) and facts.path == str(Path(p)):
+        facts = from_json(json.loads(entry.read_bytes()))
+        if facts.path == str(Path(p)):
             return facts
-    except Exception:  # noqa: BLE001 - missing, partial or stale entries are simply read again
+    except Exception:  # noqa: BLE001 - missing, partial or foreign entries are simply read again
         pass
     facts = read_facts(p)
     if (facts.data_offset or 0) >= MIN_HEADER_BYTES and facts.kind != "not-a-model":
@@ -86,24 +86,43 @@ def read_facts_cached(path: str | os.PathLike[str]) -> FileFacts:
     return facts
 
 
+def to_json(facts: FileFacts) -> dict[str, Any]:
+    """FileFacts as JSON values (tuples and sets become lists; from_json puts them back)."""
+    d = dataclasses.asdict(facts)
+    d["tensor_names"] = sorted(facts.tensor_names)
+    return d
+
+
+def from_json(d: dict[str, Any]) -> FileFacts:
+    """The inverse of :func:`to_json`; TypeError/KeyError/ValueError on anything else."""
+    d = dict(d)
+    d["tensor_types"] = {k: TensorTypeStat(**v) for k, v in d["tensor_types"].items()}
+    d["tensor_names"] = frozenset(d["tensor_names"])
+    d["tensors"] = {k: (t, tuple(ne), n) for k, (t, ne, n) in d["tensors"].items()}
+    if d["vocab"] is not None:
+        v = dict(d["vocab"])
+        for k in ("scores", "token_types"):
+            v[k] = tuple(v[k]) if v[k] is not None else None
+        d["vocab"] = VocabFacts(**v)
+    return FileFacts(**d)
+
+
 def _store(entry: Path, facts: FileFacts) -> None:
     try:
+        doc = to_json(facts)
+        if from_json(json.loads(json.dumps(doc))) != facts:
+            return  # a value JSON cannot carry exactly (a tuple in the hparams ...): not remembered
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".pickle")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(facts, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, entry)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, entry)
         _prune(entry.parent)
-    except OSError:
+    except (OSError, TypeError, ValueError):
         pass  # a read-only or full cache only costs the next read its time
 
 
 def _prune(folder: Path) -> None:
-    entries = list(folder.glob("*.pickle"))
+    entries = list(folder.glob("*.json"))
     if len(entries) <= MAX_ENTRIES:
         return
 

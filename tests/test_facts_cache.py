@@ -39,7 +39,7 @@ def test_same_facts_and_read_once(big_header, store, tmp_path, monkeypatch):
     path = tmp_path / "m.gguf"
     shutil.copyfile(big_header, path)
     first = facts_cache.read_facts_cached(path)
-    assert len(list(store.glob("*.pickle"))) == 1
+    assert len(list(store.glob("*.json"))) == 1
     _no_reading(monkeypatch)
     again = facts_cache.read_facts_cached(path)
     fresh = sniff.read_facts(path)
@@ -81,17 +81,17 @@ def test_small_headers_errors_and_other_files_are_not_stored(store, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a model " * 200_000)
     assert facts_cache.read_facts_cached(text).kind == "not-a-model"
-    assert not list(store.glob("*.pickle"))
+    assert not list(store.glob("*.json"))
 
 
 def test_unreadable_entries_and_switch_off(big_header, store, tmp_path, monkeypatch):
     path = tmp_path / "m.gguf"
     shutil.copyfile(big_header, path)
     facts_cache.read_facts_cached(path)
-    (entry,) = store.glob("*.pickle")
-    entry.write_bytes(b"not a pickle")
+    (entry,) = store.glob("*.json")
+    entry.write_bytes(b"not json")
     assert facts_cache.read_facts_cached(path).kind == "model"   # read again and rewritten
-    assert entry.read_bytes() != b"not a pickle"
+    assert entry.read_bytes() != b"not json"
     monkeypatch.setenv(facts_cache.ENV_DISABLE, "1")
     _no_reading(monkeypatch)
     with pytest.raises(AssertionError, match="read again"):
@@ -104,7 +104,7 @@ def test_store_is_bounded(big_header, store, tmp_path, monkeypatch):
         p = tmp_path / f"m{i}.gguf"
         shutil.copyfile(big_header, p)
         facts_cache.read_facts_cached(p)
-    assert len(list(store.glob("*.pickle"))) == 3
+    assert len(list(store.glob("*.json"))) == 3
 
 
 def test_load_and_probe_use_it(big_header, store, tmp_path, monkeypatch):
