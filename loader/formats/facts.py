@@ -1,6 +1,6 @@
 """What the reader found out about one file: plain data, no judgement.
 
-The reader (``reader.py`` and its per-family modules) fills a :class:`FileFacts`; the catalog
+The reader (``sniff.read_facts`` and its per-family modules) fills a :class:`FileFacts`; the catalog
 matches it against the backend manifest; the probe prints it.  Keeping the facts free of verdicts
 means every consumer sees the same truth about the file.
 """

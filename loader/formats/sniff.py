@@ -1,7 +1,7 @@
 """Read what a file is, from its first bytes and its headers, without reading any tensor data.
 
-Entry point: :func:`read_facts`.  It dispatches on the magic to :mod:`reader_gguf` (GGUF v1-v3, either
-byte order) or :mod:`reader_legacy` (ggml / ggmf / ggjt LLaMA, ggla LoRA, GPT-J and MPT ggml files,
+Entry point: :func:`read_facts`.  It dispatches on the magic to :mod:`.gguf_reader` (GGUF v1-v3, either
+byte order) or :mod:`.legacy` (ggml / ggmf / ggjt LLaMA, ggla LoRA, GPT-J and MPT ggml files,
 whisper and rwkv.cpp files), and recognizes common non-model files (safetensors, PyTorch archives,
 pickles, HTML/XML/JSON/text, empty files) so that they get a readable verdict instead of an error.
 
@@ -362,13 +362,13 @@ def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_voca
                                         "pseudo-file), not a model file", p)
         try:
             if len(head) >= 4 and head[:4] == GGUF_MAGIC:
-                from . import gguf_reader as reader_gguf
+                from . import gguf_reader
 
-                return reader_gguf.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
+                return gguf_reader.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
             if len(head) >= 4 and int.from_bytes(head[:4], "little") in LEGACY_MAGICS:
-                from . import legacy as reader_legacy
+                from . import legacy
 
-                return reader_legacy.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
+                return legacy.read(f, p, size, with_kv=with_kv, with_vocab=with_vocab)
             return _not_a_model(p, size, head)
         except FormatError:
             raise
