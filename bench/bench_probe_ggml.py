@@ -78,13 +78,10 @@ def ggml_times(exe: Path, files: list[Path], runs: int) -> dict[str, dict[str, A
 
 
 def median_s(fn: Callable[[], object], runs: int) -> float:
-    fn()  # page cache, imports, lazily built tables
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``runs`` calls after one untimed call (bench_probe's timer)."""
+    from bench_probe import timeit
+
+    return float(timeit(fn, runs))
 
 
 def real_files() -> list[Path]:

@@ -10,14 +10,7 @@ For each backend of backends/manifest.toml (shipped inside the package) and each
 A build whose inputs (manifest entry, shim sources, patches, compiler) are unchanged is skipped.
 The cache is platformdirs' user cache dir, or $GPT4ALL_LOADER_CACHE.
 
-    gpt4all-build                                # every CPU variant of every backend
-    gpt4all-build --only gguf-2026-10 --variant cpu
-    gpt4all-build --list [--json]                # what is declared, and what is built
-    gpt4all-build --clean [--only X]             # remove build trees and libraries
-    gpt4all-build --variant cuda                 # the CUDA variant of every backend that has one
-    gpt4all-build --variant cuda --only gguf-2026-10 --cuda-arch 90-real
-
-The command line is :mod:`gpt4all_loader.cli.build` (``gpt4all-build``).
+The command line is :mod:`gpt4all_loader.cli.build` (``gpt4all-build``, its usage is there).
 The inputs are files shipped inside the package (manifest.package_data), named by their path
 relative to it, so a checkout and an installed wheel with the same inputs share one cache entry.
 
