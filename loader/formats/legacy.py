@@ -175,6 +175,26 @@ def _vocab_kv(vocab: list[tuple[bytes, bytes]] | None, scores: bool) -> dict[str
     return kv
 
 
+def _finish_model(f: FileFacts, w: _Walk, data_offset: int, kv: dict[str, Any] | None) -> None:
+    """:func:`_finish` for a model container: a file without tensors is a vocabulary file, and
+    ``kv`` (the vocabulary, when asked for) is kept."""
+    _finish(f, w, data_offset)
+    f.vocab_only = w.n == 0 and not w.truncated
+    if f.vocab_only:
+        f.kind = "vocab-only"
+    if kv is not None:
+        f.kv = kv
+
+
+def _other_architecture(f: FileFacts, arch: str | None, what: str) -> FileFacts:
+    """A container of ours holding another model's tensors: named, and run by no backend of ours."""
+    f.kind = "unsupported-ggml"
+    f.architecture = arch
+    f.tokenizer = None
+    f.description = f"{what}; no backend of ours runs it"
+    return f
+
+
 def _finish(f: FileFacts, w: _Walk | None, data_offset: int) -> None:
     f.data_offset = data_offset
     if w is None:
@@ -239,20 +259,11 @@ def _read_llama(src: ByteSource, fmt: str, version: int, with_vocab: bool) -> Fi
         f.description = f"{fmt} file of a ggml-examples model (ftype {ftype}); no backend runs it"
         return f
     w = _walk_tensors(src, layout, 32 if fmt == "ggjt" else 0)
-    _finish(f, w, data_offset)
-    f.vocab_only = w.n == 0 and not w.truncated
-    if f.vocab_only:
-        f.kind = "vocab-only"
-    if with_vocab:
-        f.kv = _vocab_kv(vocab, scores)
+    _finish_model(f, w, data_offset, _vocab_kv(vocab, scores) if with_vocab else None)
     arch = _arch_from_names(w.names)
     if w.n and arch != "llama":
-        f.kind = "unsupported-ggml"
-        f.architecture = arch
-        f.tokenizer = None
-        f.description = (f"{fmt} v{version} file of a non-LLaMA model ({arch or 'unknown architecture'}, "
-                         f"first tensor {w.names[0]!r}); no backend of ours runs it")
-        return f
+        return _other_architecture(f, arch, f"{fmt} v{version} file of a non-LLaMA model "
+                                            f"({arch or 'unknown architecture'}, first tensor {w.names[0]!r})")
     wk = w.shapes.get("layers.0.attention.wk.weight")
     if wk and len(wk) == 2 and 0 < wk[1] < n_embd and n_embd % wk[1] == 0 and n_head:
         f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
@@ -321,14 +332,9 @@ def _read_ggml_gptj_family(src: ByteSource, n_hp: int, with_vocab: bool) -> File
     f = FileFacts(path=src.path, size=src.size, format="ggml", format_version=0, kind="model",
                   architecture=arch, hparams=hp, file_type=ftype,
                   file_type_name=LEGACY_FTYPE_NAMES.get(base), quant_layout=qname)
-    _finish(f, w, data_offset)
-    f.vocab_only = w.n == 0 and not w.truncated
-    if with_vocab:
-        f.kv = _vocab_kv(vocab, False)
+    _finish_model(f, w, data_offset, _vocab_kv(vocab, False) if with_vocab else None)
     if arch == "gptj" and n_hp == 7:
         f.tokenizer = "gpt2"
-        if f.vocab_only:
-            f.kind = "vocab-only"
         f.description = _describe(f, "GPT-J", w)
     else:
         f.kind = "unsupported-ggml"
@@ -369,20 +375,11 @@ def _read_mpt(src: ByteSource, fmt: str, with_vocab: bool) -> FileFacts:
                   file_type_name=LEGACY_FTYPE_NAMES.get(base), quant_layout=qname)
     f.hparams = {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
                  "n_layer": n_layer, "n_ff": 4 * n_embd, "alibi_bias_max": alibi, "clip_qkv": clip}
-    _finish(f, w, data_offset)
-    f.vocab_only = w.n == 0 and not w.truncated
-    if f.vocab_only:
-        f.kind = "vocab-only"
-    if with_vocab:
-        f.kv = _vocab_kv(vocab, False)
+    _finish_model(f, w, data_offset, _vocab_kv(vocab, False) if with_vocab else None)
     arch = _arch_from_names(w.names)
     if w.n and arch != "mpt":
-        f.kind = "unsupported-ggml"
-        f.architecture = arch
-        f.tokenizer = None
-        f.description = (f"{fmt} file read as MPT, but its first tensor is {w.names[0]!r} "
-                         f"({arch or 'unknown architecture'}); no backend of ours runs it")
-        return f
+        return _other_architecture(f, arch, f"{fmt} file read as MPT, but its first tensor is {w.names[0]!r} "
+                                            f"({arch or 'unknown architecture'})")
     f.description = _describe(f, "MPT (GPT4All layout)" if fmt == "ggmm" else "MPT (ggml-examples layout)", w)
     return f
 
