@@ -1,6 +1,6 @@
 """Write loader/gpt4all_published.json from a clone of nomic-ai/gpt4all (its git history, read with git).
 
-    python tools/gpt4all_published.py GPT4ALL_GIT_DIR [-o loader/gpt4all_published.json]
+    python tools/gpt4all_published.py GPT4ALL_CLONE [-o loader/gpt4all_published.json]
 
 Every ggml-era (.bin) file that ever appeared in ``gpt4all-chat/metadata/models.json``, from its first
 commit (be9f6ad5, 2023-06-02) to its last change before GGUF (a6309355, 2023-08-15; ``models2.json``,
@@ -26,12 +26,12 @@ INTEGERS = {"filesize", "ramrequired"}
 
 
 def git(repo: str, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", repo, *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("repo", help="the git directory of a nomic-ai/gpt4all clone")
+    ap.add_argument("repo", help="a clone of nomic-ai/gpt4all (its folder, or a bare repository)")
     ap.add_argument("-o", "--output", default=str(Path(__file__).parent.parent / "loader" / "gpt4all_published.json"))
     args = ap.parse_args()
     last = git(args.repo, "rev-parse", LAST).strip()
