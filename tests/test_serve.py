@@ -206,12 +206,16 @@ def test_chat_templates_given_per_model_and_published(tmp_path):
     table = table_with(tmp_path, ORCA_3B, orca)
     jinja = tmp_path / "mine.jinja"
     jinja.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ")
-    s = Server([bare, ggjt, orca], "--chat-template", str(jinja), "--chat-template", f"{GGJT}=vicuna",
+    files = [bare, ggjt, orca]
+    expect = {"bare.gguf": (f"user:{jinja}", dict(chat_template=str(jinja))),
+              GGJT: ("user:vicuna", dict(chat_template="vicuna")),
+              ORCA_3B: ("gpt4all:Mini Orca (Small)", dict(published_table=table))}
+    if backend_built("ggml-gptj-mpt-2023-05") or backend_built("ggml-gptj-mpt-2023-08"):
+        files.append(write_gptj(tmp_path / GPTJ, TinyGPTJ(seed=0)))
+        expect[GPTJ] = (f"user:{jinja}", dict(chat_template=str(jinja)))
+    s = Server(files, "--chat-template", str(jinja), "--chat-template", f"{GGJT}=vicuna",
                "--published-table", table, log=tmp_path / "serve.log")
     try:
-        expect = {"bare.gguf": (f"user:{jinja}", dict(chat_template=str(jinja))),
-                  GGJT: ("user:vicuna", dict(chat_template="vicuna")),
-                  ORCA_3B: ("gpt4all:Mini Orca (Small)", dict(published_table=table))}
         listed = {m["id"]: m["chat_template"] for m in s.get("/v1/models")[1]["data"]}
         assert listed == {k: v[0] for k, v in expect.items()}
         messages = [{"role": "user", "content": "hi there"}]
