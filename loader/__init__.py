@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
     from .model import Model
+    from .published import TableArg
     from .worker import IsolatedModel
 
 
@@ -39,33 +40,38 @@ if TYPE_CHECKING:  # pragma: no cover
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> Model: ...
 
 
 @overload
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> IsolatedModel: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> IsolatedModel: ...
 
 
 @overload
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model | IsolatedModel: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> Model | IsolatedModel: ...
 
 
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
-         worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> Model | IsolatedModel:
+         worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
+         published_table: TableArg = None) -> Model | IsolatedModel:
     """Load a model file on the backend that reads it: :func:`gpt4all_loader.model.load`."""
     from .model import load as _load
 
     return _load(path, device=device, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                  backend=backend, embeddings=embeddings, seed=seed, vocab_only=vocab_only, isolated=isolated,
-                 worker_timeout=worker_timeout, flash_attn=flash_attn)
+                 worker_timeout=worker_timeout, flash_attn=flash_attn, chat_template=chat_template,
+                 published_table=published_table)
 
 
 def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:

@@ -1,4 +1,9 @@
-"""Render a GGUF file's own chat template (``tokenizer.chat_template``).
+"""Chat templates: which one a model uses (:func:`resolve_template`), and rendering it in a sandbox.
+
+The order, for every file: the file's own template (``tokenizer.chat_template``); else the prompt
+template GPT4All published for that file (:mod:`~gpt4all_loader.published`, matched by name and
+size); else the one the user names (``load(..., chat_template=NAME|FILE)``: a built-in of
+:data:`BUILTIN` or a file of Jinja text); else ChatML, as llama-server falls back to.
 
 Templates are Jinja programs written by model authors: they run in Jinja's immutable sandbox, with
 the few helpers the ecosystem's templates expect (``raise_exception``, ``strftime_now``) and the
@@ -17,12 +22,16 @@ import functools
 import re
 import string
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, cast
 
 from .errors import ChatTemplateError
 
 if TYPE_CHECKING:  # pragma: no cover - jinja2 is imported when a template is first rendered
     from jinja2 import Template
+
+    from .formats.facts import FileFacts
+    from .published import TableArg
 
 #: the longest string or list a template may build, and the longest output (characters / items)
 MAX_LENGTH = 4 << 20
@@ -230,13 +239,131 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
     except ChatTemplateError:
         raise
     except Exception as e:  # a template is a program: any of its failures is its own
-        raise ChatTemplateError(f"the file's chat template cannot be rendered: {type(e).__name__}: {e}") from None
+        raise ChatTemplateError(f"the chat template cannot be rendered: {type(e).__name__}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Which template a model uses
+
+#: built-in templates for ``chat_template=NAME``: (Jinja text, stop strings added to the caller's, since a
+#: file that does not know the format has no end token for it)
+BUILTIN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+        ("<|im_end|>", "<|im_start|>")),
+    "llama2": (
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set sys = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}{% set msgs = messages[1:] %}"
+        "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}"
+        "{% for m in msgs %}{% if m['role'] == 'user' %}"
+        "{{ bos_token + '[INST] ' + (sys if loop.first else '') + m['content'] + ' [/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}",
+        ("[INST]",)),
+    "alpaca": (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + '\\n\\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}",
+        ("### Instruction:",)),
+    "vicuna": (
+        "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + ' ' }}{% else %}"
+        "{{ 'A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the user\\'s questions. ' }}{% endif %}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}"
+        "{% elif m['role'] == 'assistant' %}{{ 'ASSISTANT: ' + m['content'] + eos_token + ' ' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}",
+        ("USER:",)),
+}
+#: the template of files that carry none, are not in GPT4All's list, and were given none
+DEFAULT = "chatml"
+
+#: GPT4All's prompt templates (``%1`` the user's text, ``%2`` the reply) rendered as gpt4all 1.0.8's
+#: chat_session did: the system prompt stripped and followed by a blank line when it is not blank (a
+#: system message of the conversation replaces the published one), each user message in the template,
+#: each earlier reply followed by what follows ``%2`` (a newline when the template has no ``%2``)
+GPT4ALL_PROGRAM = (
+    "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+    "{% else %}{% set sys = system_prompt %}{% endif %}{% if sys | trim %}{{ sys | trim }}{{ '\\n\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ user_prefix }}{{ m['content'] }}{{ user_suffix }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ reply_suffix }}{% endif %}{% endfor %}")
+#: the most characters of a template file read for ``chat_template=FILE``
+MAX_TEMPLATE_FILE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """The template a model chats with, and why: ``source`` is "file", "gpt4all:<published name>",
+    "user:<name or path>" or "default:chatml"."""
+
+    source: str
+    jinja: str
+    #: stop strings added to the caller's (empty for the file's own template: its end token ends the reply)
+    stop: tuple[str, ...] = ()
+    #: extra variables of the Jinja program (the pieces of a GPT4All template)
+    variables: dict[str, str] = field(default_factory=dict)
+
+    def render(self, messages: Sequence[dict[str, Any]], *, bos_token: str = "", eos_token: str = "") -> str:
+        return render(self.jinja, messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True,
+                      **self.variables)
+
+
+def from_gpt4all(prompt_template: str, system_prompt: str | None, *, source: str,
+                 stop: Sequence[str] = ()) -> ChatTemplate:
+    """A GPT4All prompt template (``%1`` user text, ``%2`` reply) and system prompt, as a ChatTemplate."""
+    prefix, _, rest = prompt_template.partition("%1")
+    suffix, two, after = rest.partition("%2")
+    return ChatTemplate(source, GPT4ALL_PROGRAM, tuple(stop), {
+        "system_prompt": system_prompt or "", "user_prefix": prefix, "user_suffix": suffix,
+        "reply_suffix": after if two else "\n"})
+
+
+def user_template(spec: str) -> ChatTemplate:
+    """``chat_template=NAME|FILE``: a built-in (:data:`BUILTIN`) or a file of Jinja text, checked now."""
+    if spec in BUILTIN:
+        jinja, stop = BUILTIN[spec]
+        return ChatTemplate(f"user:{spec}", jinja, stop)
+    try:
+        with open(spec, encoding="utf-8") as f:
+            text = f.read(MAX_TEMPLATE_FILE + 1)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ChatTemplateError(
+            f"chat template {spec!r} is neither a built-in ({', '.join(BUILTIN)}) nor a readable file of Jinja "
+            f"text: {getattr(e, 'strerror', None) or e}") from None
+    if len(text) > MAX_TEMPLATE_FILE:
+        raise ChatTemplateError(f"chat template file {spec}: longer than {MAX_TEMPLATE_FILE} characters")
+    try:
+        _environment().from_string(text)
+    except Exception as e:  # noqa: BLE001 - a syntax error names the line
+        raise ChatTemplateError(f"chat template file {spec}: not a Jinja template: {type(e).__name__}: {e}") from None
+    return ChatTemplate(f"user:{spec}", text)
+
+
+def resolve_template(path: str, facts: FileFacts, user: str | None = None,
+                     table: TableArg = None) -> ChatTemplate:
+    """The template a model of ``path`` chats with: the file's own; else GPT4All's published one for that
+    file (by name and size); else ``user`` (a built-in name or a file; checked even when not used);
+    else ChatML."""
+    from . import published
+
+    chosen = user_template(user) if user is not None else None
+    if facts.chat_template:
+        return ChatTemplate("file", facts.chat_template)
+    entry = published.lookup(path, facts.size, table)
+    if entry is not None:
+        t = published.load_table(table)
+        return from_gpt4all(t.prompt_template(entry), entry.system_prompt, source=f"gpt4all:{entry.title}",
+                            stop=t.reverse_prompts)
+    if chosen is not None:
+        return chosen
+    jinja, stop = BUILTIN[DEFAULT]
+    return ChatTemplate(f"default:{DEFAULT}", jinja, stop)
 
 
 class ChatSession:
     """A conversation with one model, in the style of gpt4all's ``with model.chat_session(): ...``.
 
-    The messages are kept here, each turn is rendered whole with the file's own template, and the
+    The messages are kept here, each turn is rendered whole with the model's template, and the
     model evaluates only what follows the prefix it already holds (the previous turns), so a chat of
     n turns costs the new text of each turn instead of its whole history every time.  Works on a
     :class:`~gpt4all_loader.model.Model` and on an isolated one alike (only ``chat()`` is used).

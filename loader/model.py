@@ -29,7 +29,8 @@ from .formats.facts import FileFacts
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .chat import ChatSession
+    from .chat import ChatSession, ChatTemplate
+    from .published import TableArg
     from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
@@ -103,6 +104,9 @@ class ModelInfo:
     #: how a full context makes room during generation: "cache" (the engine moves the kept positions)
     #: or "re-evaluate" (the kept tokens are evaluated again); "" when nothing can be evaluated
     context_shift: str = ""
+    #: the chat template chat() uses, and why: "file", "gpt4all:<published name>", "user:<name or path>",
+    #: "default:chatml" (see :func:`~gpt4all_loader.chat.resolve_template`)
+    chat_template_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +139,7 @@ class Model(Closing):
     """A loaded model.  Create with :func:`load`; use as a context manager or call :meth:`close`."""
 
     def __init__(self, backend: native.Backend, handle: Any, info: ModelInfo, facts: FileFacts,
-                 embeddings: bool):
+                 embeddings: bool, chat_template: ChatTemplate):
         self._backend = backend
         self._lib = backend.lib
         self._ffi = native.ffi()
@@ -146,6 +150,7 @@ class Model(Closing):
         self.info = info
         self.facts = facts
         self._embeddings = embeddings
+        self._chat_template = chat_template
         self._piece_buf = self._ffi.new("char[256]")
         #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
         #: what follows the longest prefix it shares with them
@@ -514,6 +519,15 @@ class Model(Closing):
             tokens.close()
 
     # -- chat -----------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The template :meth:`chat` renders with (its ``source`` says why this one)."""
+        return self._chat_template
+
+    @property
+    def chat_template_source(self) -> str:
+        return self.info.chat_template_source
+
     @overload
     def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[False] = ..., **kwargs: Any) -> str: ...
 
@@ -525,22 +539,19 @@ class Model(Closing):
              **kwargs: Any) -> str | Iterator[str]: ...
 
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> str | Iterator[str]:
-        """Render ``messages`` with the file's own chat template and generate the reply."""
-        from .chat import render
-
-        template = self.facts.chat_template
-        if not template:
-            raise ChatTemplateError(
-                f"{self.info.path}: the file carries no chat template (tokenizer.chat_template); "
-                f"use generate() with a prompt written in the model's own format")
+        """Render ``messages`` with the model's chat template (:attr:`chat_template`) and generate the
+        reply; the template's stop strings are added to ``stop``."""
+        t = self._chat_template
         bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
         eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
         try:
-            text = render(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+            text = t.render(messages, bos_token=bos, eos_token=eos)
         except ChatTemplateError as e:
-            raise ChatTemplateError(f"{self.info.path}: {e}") from None
+            raise ChatTemplateError(f"{self.info.path}: {t.source} template: {e}") from None
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
+        stop = kwargs.get("stop", ())
+        kwargs["stop"] = tuple(dict.fromkeys(((stop,) if isinstance(stop, str) else tuple(stop)) + t.stop))
         reply: str | Iterator[str] = self.generate(text, add_bos=add_bos, **kwargs)
         return reply
 
@@ -582,27 +593,31 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> Model: ...
 
 
 @overload
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> IsolatedModel: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> IsolatedModel: ...
 
 
 @overload
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ...) -> Model | IsolatedModel: ...
+         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
+         published_table: TableArg = ...) -> Model | IsolatedModel: ...
 
 
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
-         worker_timeout: float | None = None, flash_attn: str | bool = "auto") -> "Model | IsolatedModel":
+         worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
+         published_table: TableArg = None) -> "Model | IsolatedModel":
     """Load a model file on the backend that reads it.
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
@@ -616,6 +631,10 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     (no tensors) and False otherwise.
     flash_attn: "auto" (the era's default: the 2026 engine turns it on for the CPU, 2024-09 leaves it
     off), True or False, to match another tool's numbers; eras without flash attention refuse True.
+    chat_template: the template :meth:`Model.chat` uses when the file carries none and GPT4All published
+    none for it: a built-in name ("chatml", "llama2", "alpaca", "vicuna") or a file of Jinja text; the
+    default is ChatML (:func:`~gpt4all_loader.chat.resolve_template`).  published_table: a list of
+    published files in the format of the packaged ``gpt4all_published.json`` (a path), used instead of it.
     """
     if isolated:
         from .worker import DEFAULT_TIMEOUT, IsolatedModel
@@ -623,13 +642,16 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
         return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
                                                    n_gpu_layers=n_gpu_layers, backend=backend,
                                                    embeddings=embeddings, seed=seed, vocab_only=vocab_only,
-                                                   flash_attn=flash_attn),
+                                                   flash_attn=flash_attn, chat_template=chat_template,
+                                                   published_table=published_table),
                              DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
+    from .chat import resolve_template
     from .facts_cache import read_facts_cached
     from .plan import plan
 
     path = os.fspath(path)
     facts = read_facts_cached(path)
+    template = resolve_template(path, facts, chat_template, published_table)
     if vocab_only is None:
         vocab_only = bool(facts.vocab_only)
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
@@ -667,5 +689,6 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
         n_embd=int(be.lib.g4a_n_embd(handle)), n_gpu_layers=int(be.lib.g4a_n_gpu_layers(handle)),
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
         engine=be.info(), vocab_only=bool(vocab_only), flash_attn=fa if fa != "auto" else (fa_default or "off"),
-        context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"))
-    return Model(be, handle, info, facts, embeddings)
+        context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"),
+        chat_template_source=template.source)
+    return Model(be, handle, info, facts, embeddings, template)

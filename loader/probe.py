@@ -17,6 +17,7 @@ from .engines.manifest import build_command, load_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
+    from .published import TableArg
 
 #: bump when a key is removed or changes meaning (adding keys keeps the version)
 SCHEMA_VERSION = 1
@@ -62,6 +63,12 @@ class ProbeReport:
     error_kind: str | None = None
     #: filled by ``gpt4all-probe --load``: one entry per backend tried
     load: list[dict[str, Any]] | None = None
+    #: the entry of GPT4All's published list with this file's name and size (:mod:`published`); None otherwise
+    published: dict[str, Any] | None = None
+    #: only with ``verify=True`` (``--verify``): the md5 compared with the published one
+    verify: dict[str, Any] | None = None
+    #: the chat template chat() would use without a user's choice: "file", "gpt4all:<name>", "default:chatml"
+    chat_template_source: str | None = None
 
     def __post_init__(self) -> None:
         # what the reader found, for callers in Python; not a dataclass field, so not in to_dict()
@@ -77,8 +84,9 @@ class ProbeReport:
             d[name] = _jsonable(getattr(self, name))
         if d["kv"] is None:
             del d["kv"]
-        if d["load"] is None:
-            del d["load"]
+        for optional in ("load", "verify"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 
@@ -139,17 +147,20 @@ def _fill_from_facts(rep: ProbeReport, facts: FileFacts) -> None:
     rep.vocab_only = bool(facts.vocab_only)
     rep.split_experts = bool(facts.split_experts)
     rep.truncated = bool(facts.truncated)
-    rep.notes = list(facts.notes)
+    rep.notes = list(facts.notes) + rep.notes
     if facts.kv is not None:
         rep.kv = dict(facts.kv)
 
 
 def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str = 0, with_kv: bool = False,
-          device: str = "auto", free_vram_bytes: int | None = None) -> ProbeReport:
+          device: str = "auto", free_vram_bytes: int | None = None, verify: bool = False,
+          published_table: TableArg = None) -> ProbeReport:
     """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file.
 
     ``gpu_layers`` (a count or "auto") and ``free_vram_bytes`` shape the memory estimate's split
-    between the CPU and the GPU (see :func:`memory.plan`)."""
+    between the CPU and the GPU (see :func:`memory.plan`).  A file of GPT4All's published list (by name
+    and size) is named in ``published``; ``verify=True`` also compares its md5 (reads the whole file).
+    ``published_table``: a table of the packaged one's format to use instead (a path)."""
     spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     rep = ProbeReport(path=spath)
     try:
@@ -160,6 +171,12 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
         return rep
     except (ValueError, TypeError) as e:  # e.g. an embedded NUL byte
         rep.error = f"cannot read {spath!r}: invalid path ({e})"
+        rep.error_kind = "unreadable"
+        return rep
+    try:
+        _published(rep, spath, verify, published_table)
+    except OSError as e:
+        rep.error = f"cannot read {spath}: {e.strerror or e}"
         rep.error_kind = "unreadable"
         return rep
     from .facts_cache import read_facts_cached
@@ -180,12 +197,34 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
         rep.error_kind = "internal"
         return rep
     try:
+        if facts.kind == "model":
+            from .chat import resolve_template
+
+            rep.chat_template_source = resolve_template(spath, facts, None, published_table).source
         _judge(rep, facts, estimate_ctx=estimate_ctx, gpu_layers=gpu_layers, device=device,
                free_vram_bytes=free_vram_bytes)
     except Exception as e:  # noqa: BLE001
         rep.error = f"internal error while judging the file: {type(e).__name__}: {e}"
         rep.error_kind = "internal"
     return rep
+
+
+def _published(rep: ProbeReport, path: str, verify: bool, table: TableArg) -> None:
+    """``published`` (by name and size), a note for a file named like a published one but of another
+    size, and with ``verify`` the md5 comparison."""
+    from . import published
+
+    size = os.stat(path).st_size
+    entry = published.lookup(path, size, table)
+    if entry is not None:
+        rep.published = entry.to_dict()
+    else:
+        named = published.by_name(path, table)
+        if named is not None:
+            rep.notes.append(f"named like GPT4All's published {named.summary()}, but {size} bytes, not "
+                             f"{named.filesize}: not that file (an incomplete download?)")
+    if verify:
+        rep.verify = published.verify(path, table).to_dict()
 
 
 def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_layers: int | str, device: str,

@@ -305,6 +305,11 @@ class IsolatedModel(Closing):
     def n_ctx(self) -> int:
         return self.info.n_ctx
 
+    @property
+    def chat_template_source(self) -> str:
+        """As :attr:`Model.chat_template_source` (the worker resolved it when it loaded the file)."""
+        return self.info.chat_template_source
+
     # -- streaming methods ----------------------------------------------------------------------
     @overload
     def generate(self, prompt: str | Sequence[int], *, stream: Literal[False] = ...,

@@ -126,11 +126,15 @@ def test_close_and_use_after_close(tiny_llama):
             call()
 
 
-def test_chat_without_template_is_a_clear_error(tiny_llama):
+def test_chat_without_template_falls_back_to_chatml(tiny_llama):
+    """A file without a template (and not in GPT4All's list) chats in ChatML, as llama-server does."""
     require_backend("gguf-2026-10")
     with g.load(tiny_llama[("gguf", 3, "f32")], n_ctx=64, n_threads=1) as m:
-        with pytest.raises(UnsupportedModelError, match="no chat template"):
-            m.chat([{"role": "user", "content": "hi"}])
+        assert m.chat_template_source == "default:chatml"
+        messages = [{"role": "user", "content": "hi"}]
+        prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        assert m.chat(messages, max_tokens=4) == m.generate(prompt, max_tokens=4, special=True,
+                                                            stop=("<|im_end|>", "<|im_start|>"))
 
 
 def test_two_eras_generate_at_the_same_time(tiny_llama):

@@ -78,7 +78,7 @@ def test_sdist_and_wheel_ship_the_build_inputs_and_types(dist):
     wheel = zipfile.ZipFile(next(dist.glob("*.whl"))).namelist()
     assert sorted(n.removeprefix("gpt4all_loader/") for n in wheel if n.startswith("gpt4all_loader/backends/")) \
         == SHIPPED
-    assert "gpt4all_loader/py.typed" in wheel
+    assert "gpt4all_loader/py.typed" in wheel and "gpt4all_loader/gpt4all_published.json" in wheel
     entry_points = zipfile.ZipFile(next(dist.glob("*.whl"))).read(
         next(n for n in wheel if n.endswith("entry_points.txt"))).decode()
     for script in ("gpt4all-build", "gpt4all-probe", "gpt4all-convert"):

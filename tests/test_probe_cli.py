@@ -200,3 +200,54 @@ def test_probe_never_raises(tmp_path):
         r = probe(p)
         assert r.error and r.loadable is False
         json.dumps(r.to_dict())
+
+
+def _table_naming(tmp_path, filename: str, size: int, md5: str) -> str:
+    """A test-only copy of the packaged published table whose ``filename`` entry has this size and md5."""
+    from importlib import resources
+
+    data = json.loads(resources.files("gpt4all_loader").joinpath("gpt4all_published.json").read_text())
+    entry = next(e for e in data["entries"] if e["filename"] == filename)
+    entry.update(filesize=size, md5sum=md5)
+    out = tmp_path / "table.json"
+    out.write_text(json.dumps(data))
+    return str(out)
+
+
+def test_published_file_named_and_verified(tmp_path):
+    """A file of GPT4All's list (by name and size) is named; --verify compares its md5."""
+    import hashlib
+
+    name = "ggml-model-gpt4all-falcon-q4_0.bin"
+    f = write_gguf(tmp_path / name)
+    md5 = hashlib.md5(f.read_bytes()).hexdigest()
+    table = _table_naming(tmp_path, name, f.stat().st_size, md5)
+    rc, data = cli_json("--published-table", table, f)
+    d = data[0]
+    assert rc == 0 and d["published"]["name"] == "GPT4All Falcon" and d["published"]["md5sum"] == md5
+    assert d["published"]["commit"].startswith("a6309355") and "verify" not in d
+    assert d["chat_template_source"] == "gpt4all:GPT4All Falcon"
+    text = cli("--published-table", table, f).stdout
+    assert "GPT4All's GPT4All Falcon, q4_0, 8 GB RAM" in text and "a6309355" in text
+    rc, data = cli_json("--verify", "--published-table", table, f)
+    assert rc == 0 and data[0]["verify"] == {"md5": md5, "expected": md5, "ok": True,
+                                             "message": f"md5 {md5} matches GPT4All's published GPT4All Falcon, "
+                                                        f"q4_0, 8 GB RAM"}
+    # the same size, other bytes: a mismatch, said clearly, exit status 1
+    bad = _table_naming(tmp_path, name, f.stat().st_size, "0" * 32)
+    cp = cli("--verify", "--published-table", bad, f)
+    assert cp.returncode == 1 and "md5 MISMATCH" in cp.stdout and "0" * 32 in cp.stdout
+    # the packaged table: a tiny file of that name is not the published one
+    rc, data = cli_json("--verify", f)
+    assert data[0]["published"] is None and data[0]["verify"]["ok"] is False
+    assert any("named like GPT4All's published GPT4All Falcon" in n for n in data[0]["notes"])
+    assert rc == 1
+
+
+def test_verify_of_a_file_not_in_the_list(tmp_path):
+    f = write_gguf(tmp_path / "mine.gguf")
+    rc, data = cli_json("--verify", f)
+    assert rc == 0 and data[0]["published"] is None and data[0]["verify"]["ok"] is None
+    assert data[0]["chat_template_source"] == "default:chatml"
+    assert "not in GPT4All's published list" in cli("--verify", f).stdout
+    assert cli("--published-table", tmp_path / "nope.json", f).returncode == 2

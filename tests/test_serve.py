@@ -183,9 +183,55 @@ def test_chat_with_the_files_template(server, folder):
     chunks = list(c.chat.completions.create(model=GGUF, messages=messages, max_tokens=6, temperature=0, stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == r.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    # no template in the file: 400 that says so
-    with pytest.raises(openai.BadRequestError, match="no chat template"):
-        c.chat.completions.create(model=GGJT, messages=messages, max_tokens=4)
+    assert r.system_fingerprint.endswith("; chat_template=file") and chunks[0].system_fingerprint == \
+        r.system_fingerprint
+    # no template in the file, not in GPT4All's list, none given: ChatML, and both say so
+    listed = {m["id"]: m for m in server.get("/v1/models")[1]["data"]}
+    assert listed[GGUF]["chat_template"] == "file" and listed[GGJT]["chat_template"] == "default:chatml"
+    old = c.chat.completions.create(model=GGJT, messages=messages, max_tokens=4, temperature=0)
+    assert old.system_fingerprint == "llama-2023-08/cpu; chat_template=default:chatml"
+    with load(folder / GGJT, n_threads=1) as m:
+        assert old.choices[0].message.content == m.chat(messages, max_tokens=4, temperature=0)
+
+
+def test_chat_templates_given_per_model_and_published(tmp_path):
+    """--chat-template for all models and MODEL=... for one; a file of GPT4All's list gets its template."""
+    from test_chat_templates import ORCA_3B, table_with
+
+    require_backend("llama-2023-08")
+    require_backend("gguf-2026-10")
+    bare = write_llama(tmp_path / "bare.gguf", TinyLlama(seed=0), "gguf", version=3)
+    ggjt = write_llama(tmp_path / GGJT, TinyLlama(seed=1), "ggjt", version=3)
+    orca = write_llama(tmp_path / ORCA_3B, TinyLlama(seed=2), "ggjt", version=3)
+    table = table_with(tmp_path, ORCA_3B, orca)
+    jinja = tmp_path / "mine.jinja"
+    jinja.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ")
+    files = [bare, ggjt, orca]
+    expect = {"bare.gguf": (f"user:{jinja}", dict(chat_template=str(jinja))),
+              GGJT: ("user:vicuna", dict(chat_template="vicuna")),
+              ORCA_3B: ("gpt4all:Mini Orca (Small)", dict(published_table=table))}
+    if backend_built("ggml-gptj-mpt-2023-05") or backend_built("ggml-gptj-mpt-2023-08"):
+        files.append(write_gptj(tmp_path / GPTJ, TinyGPTJ(seed=0)))
+        expect[GPTJ] = (f"user:{jinja}", dict(chat_template=str(jinja)))
+    s = Server(files, "--chat-template", str(jinja), "--chat-template", f"{GGJT}=vicuna",
+               "--published-table", table, log=tmp_path / "serve.log")
+    try:
+        listed = {m["id"]: m["chat_template"] for m in s.get("/v1/models")[1]["data"]}
+        assert listed == {k: v[0] for k, v in expect.items()}
+        messages = [{"role": "user", "content": "hi there"}]
+        for name, (source, kw) in expect.items():
+            r = s.client().chat.completions.create(model=name, messages=messages, max_tokens=5, temperature=0)
+            assert r.system_fingerprint.endswith(f"; chat_template={source}")
+            with load(tmp_path / name, n_threads=1, **kw) as m:
+                assert m.chat_template_source == source
+                assert r.choices[0].message.content == m.chat(messages, max_tokens=5, temperature=0)
+    finally:
+        s.stop()
+    # a template that is neither built in nor a file, or a model not served: usage errors
+    for bad in (["--chat-template", "chatmI"], ["--chat-template", "nope.gguf=chatml"]):
+        cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.serve", str(bare), "--port",
+                             str(_free_port()), *bad], capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 2 and ("neither a built-in" in cp.stderr or "no model nope.gguf" in cp.stderr)
 
 
 def test_embeddings(server, folder):

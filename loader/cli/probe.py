@@ -6,8 +6,9 @@
     gpt4all-probe --estimate --gpu-layers auto [--free-vram MIB] PATH   the most layers that fit
     gpt4all-probe --estimate --exact PATH   also the engine's own buffer sizes (loads it in a child process)
     gpt4all-probe --load [--all-backends] PATH   really load it (in a child process) and evaluate a token
+    gpt4all-probe --verify PATH      compare the md5 of a file of GPT4All's published list (reads it all)
 
-Exit status: 0 every file is loadable; 1 some file is not (or a --load failed); 2 usage error or an
+Exit status: 0 every file is loadable; 1 some file is not (or a --load or --verify failed); 2 usage error or an
 unreadable path (missing, permission denied, symlink loop, a directory without model files).
 """
 from __future__ import annotations
@@ -194,6 +195,21 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         row("context", f"{r.context_length} (trained)")
     if r.tokenizer or r.chat_template:
         row("tokenizer", (r.tokenizer or "?") + (", chat template" if r.chat_template else ""))
+    if r.published:
+        p = r.published
+        row("published", f"GPT4All's {_published_line(p)} (nomic-ai/gpt4all models.json at {p['commit'][:8]}, "
+                         f"{p['date']})")
+    elif not r.verify:
+        named = next((n for n in r.notes if n.startswith("named like GPT4All's")), None)
+        if named:
+            row("published", st.bad(named))
+    if r.verify:
+        v = r.verify
+        row("verify", st.good(v["message"]) if v["ok"] else st.bad(v["message"]) if v["ok"] is False else v["message"])
+    if r.chat_template_source and r.chat_template_source != "file":
+        src = r.chat_template_source
+        row("chat", f"GPT4All's prompt template for {src.split(':', 1)[1]}" if src.startswith("gpt4all:") else
+            f"{src.split(':', 1)[-1]}, the default (no template in the file, not in GPT4All's list)")
     if r.truncated:
         row("truncated", st.bad("yes"))
     if show_memory and r.memory:
@@ -239,6 +255,13 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         else:
             row("load", st.bad(f"FAILED with {ld.get('backend')}") + f": {ld.get('error')}")
     return "\n".join(lines)
+
+
+def _published_line(p: dict[str, Any]) -> str:
+    """E.g. "GPT4All Falcon, q4_0, 8 GB RAM"."""
+    from ..published import Entry
+
+    return Entry(**p).summary()
 
 
 def _not_ready(r: ProbeReport) -> str:
@@ -376,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--load", action="store_true", help="load with the chosen backend in a child process")
     ap.add_argument("--all-backends", action="store_true", help="with --load: try every backend that claims the file")
     ap.add_argument("--load-timeout", type=float, default=600.0, metavar="S")
+    ap.add_argument("--verify", action="store_true",
+                    help="compare the md5 of files in GPT4All's published list with the published one (reads them)")
+    ap.add_argument("--published-table", default=None, metavar="FILE",
+                    help="a list of published files in the format of the packaged gpt4all_published.json, "
+                         "used instead of it")
     ap.add_argument("-v", "--verbose", action="store_true", help="show every backend's reasons")
     return ap
 
@@ -404,6 +432,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.exact and not args.estimate:
         raise UsageError("--exact goes with --estimate")
     free = args.free_vram * 1024 * 1024 if args.free_vram is not None else None
+    table = None
+    if args.published_table is not None:
+        from ..published import load_table
+
+        try:
+            table = load_table(args.published_table)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     items = expand(args.paths)
     reports: list[ProbeReport] = []
     unreadable = False
@@ -412,7 +448,7 @@ def _run(args: argparse.Namespace) -> int:
             r = ProbeReport(path=path, error=err, error_kind="unreadable")
         else:
             r = probe(path, estimate_ctx=args.ctx_size, gpu_layers=args.gpu_layers, with_kv=args.kv,
-                      device=args.device, free_vram_bytes=free)
+                      device=args.device, free_vram_bytes=free, verify=args.verify, published_table=table)
         if r.error_kind == "unreadable":
             unreadable = True
         if args.exact and r.loadable and r.backend and r.memory and not r.vocab_only:
@@ -446,7 +482,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     bad = any(not r.loadable for r in reports)
     bad_load = any(not ld.get("ok") for r in reports for ld in (r.load or []))
-    return 1 if bad or bad_load else 0
+    bad_md5 = any(r.verify and r.verify["ok"] is False for r in reports)
+    return 1 if bad or bad_load or bad_md5 else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """gpt4all-serve: an OpenAI-compatible HTTP server over model files of every era.
 
     gpt4all-serve PATH... [--host 127.0.0.1] [--port 4891] [--api-key KEY] [--max-loaded N]
-                          [--memory-budget MIB]
+                          [--memory-budget MIB] [--chat-template [MODEL=]NAME|FILE]...
 
 Files are found and judged the way ``gpt4all-probe`` does; the model id is the file name.  Each loaded
 model runs in its own worker process (``load(..., isolated=True)``), so a native crash fails one request
@@ -9,6 +9,10 @@ and the model loads again on the next one.  Requests to one model wait in order 
 queues its waiters first come, first served); different models run at the same time.  Models load on
 first use; at most ``--max-loaded`` stay loaded and the sum of the probe's RAM+VRAM estimates stays under
 ``--memory-budget``: the least recently used idle model is unloaded first.
+
+Chat works on every file: its own template, else the one GPT4All published for it, else
+``--chat-template`` (for all models, or ``MODEL=`` one), else ChatML.  ``/v1/models`` and each reply's
+``system_fingerprint`` name the template a model uses.
 
 Starlette and uvicorn come with the ``serve`` extra and are imported only here, so the core package
 keeps its small dependency set.
@@ -91,9 +95,12 @@ class Entry:
     id: str
     path: str
     memory_mib: float
-    chat_template: bool
+    #: the template chat uses, and why ("file", "gpt4all:<name>", "user:<name or path>", "default:chatml")
+    chat_template: str
     created: int
     waiting: int = 0
+    #: the --chat-template given for this model (load()'s chat_template), None when none was
+    template_spec: str | None = None
 
 
 @dataclass
@@ -117,8 +124,31 @@ class Slot:
         return self.loading or (self.model is not None and self.model.alive)
 
 
-def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
-    """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does."""
+def parse_chat_templates(specs: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--chat-template`` values: (the one for every model, {model id: its own}); a value whose part
+    before ``=`` is a model file name (a known extension) is per model, anything else a NAME or FILE.
+    Each is checked here (a built-in name or a readable Jinja file), so a typo stops the server at once."""
+    from ..chat import user_template
+    from .probe import MODEL_EXTENSIONS
+
+    every: str | None = None
+    per_model: dict[str, str] = {}
+    for spec in specs:
+        model, eq, template = spec.partition("=")
+        if eq and os.path.splitext(model)[1].lower() in MODEL_EXTENSIONS and not os.path.exists(spec):
+            user_template(template)
+            per_model[model] = template
+        else:
+            user_template(spec)
+            every = spec
+    return every, per_model
+
+
+def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (None, {}),
+             published_table: str | None = None) -> tuple[dict[str, Entry], list[str]]:
+    """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
+    ``templates`` is :func:`parse_chat_templates`'s answer."""
+    from ..chat import resolve_template
     from ..model import DEFAULT_N_CTX
     from ..probe import probe
     from .probe import _main_reason, expand
@@ -129,7 +159,7 @@ def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
         if error:
             skipped.append(f"not served: {error}")
             continue
-        rep = probe(path)
+        rep = probe(path, published_table=published_table)
         name = os.path.basename(path)
         if rep.error or not rep.loadable or not rep.ready:
             why = rep.error or (rep.suggestion if rep.loadable else _main_reason(rep)) or "no backend loads it"
@@ -144,7 +174,10 @@ def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
         if mem and mem.get("ctx_size") != ctx:
             mem = probe(path, estimate_ctx=ctx).memory or mem
         mib = (int(mem.get("ram_bytes") or 0) + int(mem.get("vram_bytes") or 0)) / (1 << 20)
-        entries[name] = Entry(name, path, mib, rep.chat_template, int(os.stat(path).st_mtime))
+        spec = templates[1].get(name, templates[0])
+        assert rep.facts is not None  # a report without error has its facts
+        source = resolve_template(path, rep.facts, spec, published_table).source
+        entries[name] = Entry(name, path, mib, source, int(os.stat(path).st_mtime), template_spec=spec)
     return entries, skipped
 
 
@@ -152,8 +185,10 @@ class Pool:
     """Loaded workers, the per-model queues, and the LRU unloading under the limits."""
 
     def __init__(self, entries: dict[str, Entry], *, max_loaded: int, memory_budget_mib: float | None,
-                 worker_timeout: float = WORKER_TIMEOUT, n_threads: int | None = None) -> None:
+                 worker_timeout: float = WORKER_TIMEOUT, n_threads: int | None = None,
+                 published_table: str | None = None) -> None:
         self.entries = entries
+        self.published_table = published_table
         self.n_threads = n_threads
         self.max_loaded = max_loaded
         self.budget = memory_budget_mib
@@ -232,7 +267,8 @@ class Pool:
             t0 = time.monotonic()
             slot.model = await anyio.to_thread.run_sync(lambda: load(
                 slot.entry.path, isolated=True, embeddings=slot.embeddings, worker_timeout=self.worker_timeout,
-                n_threads=self.n_threads))
+                n_threads=self.n_threads, chat_template=slot.entry.template_spec,
+                published_table=self.published_table))
             log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
                      slot.model.info.backend, slot.model.info.variant)
         except Exception as e:  # noqa: BLE001 - a file that fails to load fails its request, clearly
@@ -395,7 +431,8 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
-            {"id": e.id, "object": "model", "created": e.created, "owned_by": "gpt4all-loader"}
+            {"id": e.id, "object": "model", "created": e.created, "owned_by": "gpt4all-loader",
+             "chat_template": e.chat_template}
             for e in pool.entries.values()]})
 
     async def completions(request: Request) -> Response:
@@ -414,10 +451,6 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         if kind == "chat":
             messages = _messages(body)
-            if not entry.chat_template:
-                raise ApiError(400, f"{entry.id} carries no chat template (tokenizer.chat_template); "
-                                    f"use POST /v1/completions with a prompt in the model's own format",
-                               param="model", code="no_chat_template")
         else:
             prompt = _prompt(body)
         slot = await pool.acquire(entry, False)
@@ -436,6 +469,9 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             raise
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
+        # which engine answered, and for chat which template rendered the conversation
+        fingerprint = f"{model.info.backend}/{model.info.variant}" + \
+            (f"; chat_template={model.chat_template_source}" if kind == "chat" else "")
 
         def usage() -> dict[str, int]:
             p, c = int(it.stats.get("prompt_tokens", 0)), int(it.stats.get("completion_tokens", 0))
@@ -454,7 +490,8 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                        "finish_reason": finish} if kind == "chat" else
                       {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
             return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-                                 "created": created, "model": entry.id, "choices": [choice], "usage": usage()})
+                                 "created": created, "model": entry.id, "system_fingerprint": fingerprint,
+                                 "choices": [choice], "usage": usage()})
 
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
@@ -465,7 +502,8 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
-            return _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [choice]})
+            return _sse({"id": rid, "object": obj, "created": created, "model": entry.id,
+                         "system_fingerprint": fingerprint, "choices": [choice]})
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -603,6 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the sum of the loaded models' RAM+VRAM estimates under MIB (default: no limit)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads per model (default: the engine's own choice)")
+    ap.add_argument("--chat-template", action="append", default=[], metavar="[MODEL=]NAME|FILE",
+                    help="chat template for files that carry none and are not in GPT4All's published list: a "
+                         "built-in (chatml, llama2, alpaca, vicuna) or a file of Jinja text; MODEL=... for one "
+                         "model (repeatable; default: chatml)")
+    ap.add_argument("--published-table", default=None, metavar="FILE",
+                    help="a list of published files in the format of the packaged gpt4all_published.json, "
+                         "used instead of it")
     return ap
 
 
@@ -620,7 +665,20 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("gpt4all-serve needs the serve extra: pip install 'gpt4all-loader[serve]'", file=sys.stderr)
         return 2
-    entries, skipped = discover(args.paths)
+    from ..published import load_table
+
+    try:
+        templates = parse_chat_templates(args.chat_template)
+        if args.published_table is not None:
+            load_table(args.published_table)
+    except ValueError as bad:  # ChatTemplateError is one
+        print(f"gpt4all-serve: {bad}", file=sys.stderr)
+        return 2
+    entries, skipped = discover(args.paths, templates, args.published_table)
+    for model in templates[1]:
+        if model not in entries:
+            print(f"gpt4all-serve: --chat-template {model}=...: no model {model} is served", file=sys.stderr)
+            return 2
     for line in skipped:
         log.info("%s", line)
     budget = args.memory_budget
@@ -633,8 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         print("gpt4all-serve: no model to serve (see the reasons above)", file=sys.stderr)
         return 1
     for e in entries.values():
-        log.info("serving %s (%s, about %.0f MiB)", e.id, e.path, e.memory_mib)
-    pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads)
+        log.info("serving %s (%s, about %.0f MiB, chat template %s)", e.id, e.path, e.memory_mib, e.chat_template)
+    pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads,
+                published_table=args.published_table)
     app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None)
     try:
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
