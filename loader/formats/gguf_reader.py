@@ -17,7 +17,7 @@ from math import prod
 from typing import Any, BinaryIO
 
 from ..errors import FormatError
-from .facts import FileFacts, TensorTypeStat, VocabFacts
+from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
 from .sniff import ByteSource
@@ -272,21 +272,27 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     kv_types: dict[str, str] = {}
     notes: list[str] = []
     vocab: VocabFacts | None = None
+    anomalies: list[Anomaly] = []
     for i in range(n_kv):
-        key_off = src.pos
         key = g.string(f"kv[{i}] key", MAX_KEY_LEN)
-        # ggml's gguf reader refuses both (the engines would keep the first value, we the last)
+        # an empty or repeated key is readable (ggml before 2025 reads both, keeping the first value
+        # of a key, as gguf_find_key finds it); which era refuses it is the manifest's to say
         if not key:
-            raise src.error(f"kv[{i}] key", "a non-empty key", key_off)
-        if key in kv:
-            raise src.error(f"kv[{i}] key", f"a key not seen before (got a second {key!r})", key_off)
+            anomalies.append(Anomaly("empty-key", f"empty key at kv {i}"))
+        repeated = key in kv_types
+        if repeated:
+            anomalies.append(Anomaly("duplicate-key", f"duplicate key {key!r} at kv {i}"))
         vtype = src.u32(f"kv[{i}] ({key}) value type")
-        kv_types[key] = _type_label(src, vtype)
-        if key == "tokenizer.ggml.tokens" and vtype == 9:
+        label = _type_label(src, vtype)
+        if label == "ARRAY[ARRAY]":
+            anomalies.append(Anomaly("nested-array", f"array of arrays in key {key!r} at kv {i}"))
+        if key == "tokenizer.ggml.tokens" and vtype == 9 and not repeated:
             val, vocab = g.tokens(f"kv[{i}] ({key})", keep=with_vocab)
         else:
-            val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab)
-        kv[key] = val
+            val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab and not repeated)
+        if not repeated:
+            kv_types[key] = label
+            kv[key] = val
     if vocab is not None:
         vocab.scores = _array_shape(kv, kv_types, "tokenizer.ggml.scores")
         vocab.token_types = _array_shape(kv, kv_types, "tokenizer.ggml.token_type")
@@ -323,7 +329,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         rec = _plain_tensor_info(buf, rel, ti_structs)
         t = table.get(rec[2]) if rec is not None else None
         if rec is not None and t is not None and expected is not None and rec[3] == expected \
-                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) >= 0 and not rec[1][0] % t.block:
+                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) > 0 and not rec[1][0] % t.block:
             name, ne_t, ttype, offset, rec_end = rec
             n_el = prod(ne_t)
             nbytes = n_el // t.block * t.size
@@ -376,10 +382,16 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
                 nbytes = n_el // t.block * t.size
             if offset % alignment:
                 raise src.error(f"{label} offset", f"a multiple of the alignment {alignment} (got {offset})", off_off)
-            if expected is not None and offset != expected:
-                raise src.error(f"{label} offset", f"{expected}, where the previous tensor's data ends "
-                                                   f"(ggml stores tensors in order; got {offset})", off_off)
             padded = nbytes + (-nbytes % alignment)
+            if expected is not None and offset != expected:
+                # ggml writes tensors packed in order; engines before 2025 read any aligned offset
+                anomalies.append(Anomaly("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at "
+                                                              f"offset {offset}, not at {expected} where the "
+                                                              f"previous tensor's data ends"))
+                expected = None  # one such record says it; the packing of the rest is not checked
+            if 0 in ne:
+                anomalies.append(Anomaly("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 "
+                                                     f"(shape {ne})"))
             if t is None:
                 expected = None
             elif expected is not None:
@@ -421,7 +433,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
         data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names), tensors=shapes,
-        vocab=vocab, kv_types=kv_types, alignment=alignment,
+        vocab=vocab, kv_types=kv_types, alignment=alignment, anomalies=anomalies,
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True
