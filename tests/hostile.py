@@ -82,10 +82,12 @@ GPTJ_MPT_CASES: dict[str, Callable[[Path], Path]] = {
 # -- GGUF --------------------------------------------------------------------------------------------------
 def gguf(path: Path, *, n_layer: int = 2, kv: dict | None = None, drop: tuple[str, ...] = (),
          types: dict[str, int] | None = None, tokens: list[str] | None = None, alignment: int = 32,
-         version: int = 3, extra: tuple[tuple[str, Any, Any], ...] = ()) -> Path:
+         version: int = 3, extra: tuple[tuple[str, Any, Any], ...] = (),
+         extra_tensors: tuple[tuple[str, int, list[int]], ...] = ()) -> Path:
     """A tiny zero-weight LLaMA GGUF; ``kv`` overrides or adds (key -> (type, value)), ``drop``
     removes keys, ``extra`` appends (key, type, value) as they are (a key twice, an empty key),
-    ``types`` gives GGUF tensor names a ggml type id other than F32."""
+    ``types`` gives GGUF tensor names a ggml type id other than F32, ``extra_tensors`` appends
+    (name, type id, ne)."""
     m = TinyLlama(seed=0, n_layer=n_layer)
     toks, scores, ttypes = m.gguf_vocab()
     toks = tokens if tokens is not None else toks
@@ -111,6 +113,7 @@ def gguf(path: Path, *, n_layer: int = 2, kv: dict | None = None, drop: tuple[st
     kvs = [(k, t, v) for k, (t, v) in base.items() if k not in drop] + list(extra)
     types = types or {}
     tensors = [(gguf_name(n), types.get(gguf_name(n), 0), shape) for n, shape in m.tensor_shapes().items()]
+    tensors += list(extra_tensors)
     return write_gguf(path, kvs, tensors, version=version, alignment=alignment)
 
 
@@ -171,11 +174,17 @@ def reading_eras(facts: FileFacts, specs: dict[str, BackendSpec]) -> list[str]:
                    for r in spec.accepts)]
 
 
+def _offset_field(data: bytes, name: str) -> int:
+    """Where the data offset of tensor ``name`` (GGUF v2/v3) is stored: after its name, n_dims, ne and type."""
+    at = data.index(name.encode()) + len(name)
+    return at + 4 + 8 * struct.unpack_from("<I", data, at)[0] + 4
+
+
 def swapped_offsets(path: Path, a: str, b: str) -> Path:
     """``path`` with the data offsets of two 1-D tensors of one size swapped: the data is all there,
     but not in the order of the tensor infos."""
     data = bytearray(path.read_bytes())
-    at = [data.index(n.encode()) + len(n) + 4 + 8 + 4 for n in (a, b)]  # name, n_dims, ne[0], type
+    at = [_offset_field(data, n) for n in (a, b)]
     oa, ob = (struct.unpack_from("<Q", data, i)[0] for i in at)
     struct.pack_into("<Q", data, at[0], ob)
     struct.pack_into("<Q", data, at[1], oa)
@@ -183,9 +192,21 @@ def swapped_offsets(path: Path, a: str, b: str) -> Path:
     return path
 
 
+def shifted_offset(path: Path, name: str, delta: int) -> Path:
+    """``path`` with the data offset of tensor ``name`` moved by ``delta`` bytes (into its padding or the
+    next tensor's data: every byte read is still in the file)."""
+    data = bytearray(path.read_bytes())
+    at = _offset_field(data, name)
+    struct.pack_into("<Q", data, at, struct.unpack_from("<Q", data, at)[0] + delta)
+    path.write_bytes(data)
+    return path
+
+
 # -- the matrix: every family x every era that reads its container ------------------------------------------
 #: the expected verdict of an era that loads the file (and must then evaluate it without a signal)
 LOADS = "loads"
+#: the catalog lets the era try and the engine's own loader refuses the file with an error (no signal)
+ENGINE_REFUSES = "the engine refuses"
 _EARLY = ("llama-2023-04", "llama-2023-05")
 _LEGACY_ERAS = ("llama-2023-04", "llama-2023-05", "llama-2023-08")
 _F16 = 1
@@ -271,7 +292,8 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
                                _each(GGUF_ERAS, f"tokenizer model '{t}'"))
        for t in ("bert", "none", "no_vocab", "rwkv")},
     # GGUF: what the reader records and each era's rules decide (manifest: accepts.anomalies)
-    "gguf-duplicate-key": (lambda p: gguf(p, kv={"general.file_type": (U32, 0)}, extra=(("general.file_type", U32, 0),)),
+    "gguf-duplicate-key": (lambda p: gguf(p, kv={"general.file_type": (U32, 0)},
+                                          extra=(("general.file_type", U32, 0),)),
                            {**_each(GGUF_ERAS[:2], LOADS), "gguf-2026-10": "duplicate key 'general.file_type' at kv"}),
     "gguf-empty-key": (lambda p: gguf(p, extra=(("", U32, 1),)),
                        {**_each(GGUF_ERAS[:2], LOADS), "gguf-2026-10": "empty key at kv 16"}),
@@ -280,6 +302,17 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
                            "gguf-2026-10": "refuses an array of arrays"}),
     "gguf-tensor-data-order": (lambda p: swapped_offsets(gguf(p), "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"),
                                {**_each(GGUF_ERAS[:2], LOADS), "gguf-2026-10": "not packed in the order"}),
+    **{f"gguf-tensor-data-misaligned-{t.split('.')[-2]}": (
+        lambda p, t=t: shifted_offset(gguf(p), t, 4),
+        {"gguf-2023-11": LOADS, "gguf-2026-10": f"tensor '{t}' (tensor {i}) has its data at",
+         # 2024-09 aborts when the first tensor's data (where its mapped buffer starts) is misaligned
+         "gguf-2024-09": "not a multiple of the alignment 32: llama.cpp 2024-09 aborts"})
+       for i, t in ((0, "token_embd.weight"), (11, "blk.0.ffn_norm.weight"))},
+    # a tensor the architecture does not use: the engines count it and refuse the file, except that ggml of
+    # 2024 aborts on its dimension of 0 first
+    "gguf-zero-dim": (lambda p: gguf(p, extra_tensors=(("blk.0.extra.weight", 0, [0, 4]),)),
+                      {"gguf-2023-11": ENGINE_REFUSES, "gguf-2026-10": ENGINE_REFUSES,
+                       "gguf-2024-09": "'blk.0.extra.weight' (tensor 21) has a dimension of 0"}),
     "dbrx-vocab": (dbrx_vocab, {"gguf-2024-09": LOADS,
                                 "gguf-2026-10": "duplicate key 'general.file_type' at kv 14"}),
 }

@@ -22,6 +22,7 @@ import pytest
 from conftest import backend_built
 from gguf_handcrafted import EXPECTED, KINDS, handcrafted
 from hostile import (
+    ENGINE_REFUSES,
     FAMILIES,
     GGUF_ERAS,
     GPTJ_MPT_CASES,
@@ -75,7 +76,7 @@ def test_handcrafted_gguf_agrees_with_ggml(kind, tmp_path):
             # llama.cpp's loader checks each tensor's own bytes (ggml, reading the data section,
             # also wants the last tensor's padding): refused whenever a tensor's byte is missing
             assert f.truncated or f.data_offset + f.data_bytes_expected <= f.size
-        elif EXPECTED[kind] == "refuse" and f.anomalies:
+        elif EXPECTED[kind] == "refuse" and f.anomalies and not f.truncated:
             # what only some eras refuse is read and recorded; the era of this ggml (2026-10) refuses it
             # for that reason, whatever else it finds
             reasons = {v.backend: v for v in verdicts(f)}["gguf-2026-10"].reasons
@@ -126,7 +127,7 @@ def test_matrix_verdict(name, era, matrix_files):
     expected = FAMILIES[name][1][era]
     f = read_facts(matrix_files[name])
     v = {v.backend: v for v in verdicts(f)}[era]
-    if expected == LOADS:
+    if expected in (LOADS, ENGINE_REFUSES):
         assert v.loadable, (name, era, v.reasons)
     else:
         assert not v.loadable and any(expected in r for r in v.reasons), (name, era, v.reasons)
@@ -143,8 +144,9 @@ def matrix_runs(matrix_files):
 
 @pytest.mark.parametrize("name,era", MATRIX, ids=[f"{n}@{e}" for n, e in MATRIX])
 def test_matrix_in_child(name, era, matrix_files, matrix_runs):
-    """Forced onto the era, the file either loads and evaluates (the era reads it) or is refused with the
-    table's reason before native code; never a signal, a time-out or a child that dies."""
+    """Forced onto the era, the file loads and evaluates (the era reads it), the engine's loader refuses it
+    with an error, or it is refused with the table's reason before native code; never a signal, a time-out
+    or a child that dies."""
     if not backend_built(era):
         pytest.skip(f"backend {era}/cpu is not built")
     r = matrix_runs[(str(matrix_files[name]), era)]
@@ -154,6 +156,8 @@ def test_matrix_in_child(name, era, matrix_files, matrix_runs):
     if expected == LOADS:
         assert r["ok"] is True and r["n_prompt_tokens"], r
         assert r["token_evaluated"] or read_facts(matrix_files[name]).vocab_only, r
+    elif expected == ENGINE_REFUSES:
+        assert r["ok"] is False and r["error"].startswith("BackendError: "), r
     else:
         assert r["ok"] is False and r["error"].startswith("UnsupportedModelError: "), r
         assert expected in r["error"]
@@ -182,7 +186,8 @@ def test_dbrx_vocab_identified_and_read_by_the_era_that_reads_it(tmp_path):
     if not backend_built("gguf-2024-09"):
         pytest.skip("backend gguf-2024-09/cpu is not built")
     code = ("import json, sys\nfrom gpt4all_loader import load\nm = load(sys.argv[1], vocab_only=True)\n"
-            "ids = m.tokenize('Hello world')\nprint(json.dumps([m.info.backend, [m.token_bytes(i).decode() for i in ids]]))")
+            "ids = m.tokenize('Hello world')\n"
+            "print(json.dumps([m.info.backend, [m.token_bytes(i).decode() for i in ids]]))")
     cp = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr[-2000:]
     assert json.loads(cp.stdout.splitlines()[-1]) == ["gguf-2024-09", ["Hello", " world"]]

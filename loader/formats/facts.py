@@ -18,6 +18,7 @@ ANOMALY_KINDS: dict[str, str] = {
     "empty-key": "a GGUF key of zero length",
     "nested-array": "a GGUF key/value holding an array of arrays",
     "tensor-data-order": "tensor data not packed in the order of the tensor infos (gaps, or out of order)",
+    "tensor-data-misaligned": "tensor data at an offset that is not a multiple of general.alignment",
     "zero-dim": "a tensor with a dimension of 0 (no elements)",
 }
 
