@@ -4,8 +4,9 @@ unbounded allocation) before the validator existed, and the baselines they diffe
 
 :data:`FAMILIES` is the matrix as data: each family writes one file and states, for every era with a
 manifest rule for the file's container and architecture (:func:`reading_eras`), whether that era loads
-it (:data:`LOADS`) or what its refusal says.  ``run_child`` / ``run_children`` load files in child
-processes with a time and address-space limit, for the native step.
+it (:data:`LOADS`), lets the engine refuse it by itself (:data:`ENGINE_REFUSES`) or what its refusal
+says.  :func:`run_children` loads files in child processes with a time and address-space limit, for the
+native step.
 """
 from __future__ import annotations
 
@@ -65,18 +66,6 @@ def patched(path: Path, offset: int, value: int) -> Path:
     struct.pack_into("<i", b, offset, value)
     path.write_bytes(b)
     return path
-
-
-#: GPT-J (ggml: magic, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot) and MPT (ggmm: magic, n_vocab,
-#: n_ctx, n_layer, n_head, n_embd) header fields set hostile; their loaders check what they read, so
-#: these must end in a load or a library error on every era
-GPTJ_MPT_CASES: dict[str, Callable[[Path], Path]] = {
-    "gptj-n_head-0": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 16, 0),
-    "gptj-n_layer-1000": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 20, 1000),
-    "gptj-n_rot-0": lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 24, 0),
-    "mpt-n_head-0": lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 16, 0),
-    "mpt-n_layer-1000": lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 12, 1000),
-}
 
 
 # -- GGUF --------------------------------------------------------------------------------------------------
@@ -209,6 +198,7 @@ LOADS = "loads"
 ENGINE_REFUSES = "the engine refuses"
 _EARLY = ("llama-2023-04", "llama-2023-05")
 _LEGACY_ERAS = ("llama-2023-04", "llama-2023-05", "llama-2023-08")
+_GPTJ_MPT_ERAS = ("ggml-gptj-mpt-2023-05", "ggml-gptj-mpt-2023-08")
 _F16 = 1
 
 
@@ -225,6 +215,17 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
     "legacy-ggjt3-baseline": (lambda p: legacy(p, "ggjt", 3), {"llama-2023-08": LOADS}),
     "gguf-baseline": (gguf, _each(GGUF_ERAS, LOADS)),
     "gguf-v2-baseline": (lambda p: gguf(p, version=2), _each(GGUF_ERAS, LOADS)),
+    "gptj-baseline": (lambda p: write_gptj(p, TinyGPTJ(seed=0)), _each(_GPTJ_MPT_ERAS, LOADS)),
+    "mpt-baseline": (lambda p: write_mpt(p, TinyMPT(seed=0)), _each(_GPTJ_MPT_ERAS, LOADS)),
+    # GPT-J (ggml: magic, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot) and MPT (ggmm: magic, n_vocab, n_ctx,
+    # n_layer, n_head, n_embd) header fields set hostile: their loaders (ours) check what they read
+    "gptj-n_head-0": (lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 16, 0), _each(_GPTJ_MPT_ERAS, ENGINE_REFUSES)),
+    "gptj-n_layer-1000": (lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 20, 1000),
+                          _each(_GPTJ_MPT_ERAS, ENGINE_REFUSES)),
+    "gptj-n_rot-0": (lambda p: patched(write_gptj(p, TinyGPTJ(seed=0)), 24, 0), _each(_GPTJ_MPT_ERAS, LOADS)),
+    "mpt-n_head-0": (lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 16, 0), _each(_GPTJ_MPT_ERAS, ENGINE_REFUSES)),
+    "mpt-n_layer-1000": (lambda p: patched(write_mpt(p, TinyMPT(seed=0)), 12, 1000),
+                         _each(_GPTJ_MPT_ERAS, ENGINE_REFUSES)),
     # legacy LLaMA (2023-04/05 read ggml/ggmf/ggjt v1; 2023-08 ggmf/ggjt)
     "legacy-n_layer-2-ggml-f16": (lambda p: legacy(p, "ggml", None, "f16", TinyLlama(seed=0, n_layer=2)),
                                   _each(_EARLY, "model-size table")),
@@ -321,37 +322,16 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
 #: address space a child may map: the tiny models need a few hundred MB; an engine that tries to
 #: allocate gigabytes for a hostile header fails inside the limit instead of exhausting the machine
 CHILD_ADDRESS_SPACE = 8 << 30
-#: what a refusal or failure inside the library looks like in gpt4all_loader.testing.smoke's "error"
-LIBRARY_ERRORS = ("UnsupportedModelError", "FormatError", "BackendError", "OSError", "MemoryError")
 
 
 def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
 
 
-def run_child(path: Path, backend: str | None, timeout: float = 120) -> dict:
-    """``load()`` + one ``evaluate`` of ``path`` in a child (``python -m gpt4all_loader.testing.smoke``, the
-    probe's ``--load`` step) under an address-space limit: its JSON line, or a dict saying how it
-    ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
-    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", str(path), "--device", "cpu", "--ctx-size", "64"]
-    if backend:
-        cmd += ["--backend", backend]
-    try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            preexec_fn=_limit_address_space)
-    except subprocess.TimeoutExpired:
-        return {"timeout": True}
-    if cp.returncode < 0:
-        return {"signal": -cp.returncode, "stderr": cp.stderr[-2000:]}
-    lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"rc": cp.returncode, "stderr": cp.stderr[-2000:]}
-    return json.loads(lines[-1])
-
-
 def run_children(jobs: list[tuple[Path, str]], timeout: float = 120) -> dict[tuple[str, str], dict]:
-    """``load()`` + one ``evaluate`` of each (path, backend) under the limits of :func:`run_child`, several
-    per child (``smoke --batch``): one child per backend, and after a child that ended early a new one
+    """``load()`` + one ``evaluate`` of each (path, backend) in children (``python -m
+    gpt4all_loader.testing.smoke --batch``, the probe's ``--load`` step) under an address-space limit and a
+    time-out, several files per child: one child per backend, and after a child that ended early a new one
     for the rest.  Result per (path, backend): the smoke JSON line, or how the child ended on it
     ("signal", "timeout" or "rc" with its stderr tail)."""
     out: dict[tuple[str, str], dict] = {}

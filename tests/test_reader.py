@@ -298,8 +298,9 @@ def test_repeated_key_keeps_the_first_value(tmp_path):
                    [("token_embd.weight", 0, [8, 4])])
     f = read_facts(p, with_kv=True)
     assert f.file_type == 1 and f.kv["general.file_type"] == 1 and f.kv_types["general.file_type"] == "UINT32"
-    assert [(a.kind, a.detail) for a in f.anomalies] == [("duplicate-key", "duplicate key 'general.file_type' at kv 3")]
-    assert f.to_dict()["anomalies"] == [{"kind": "duplicate-key", "detail": "duplicate key 'general.file_type' at kv 3"}]
+    detail = "duplicate key 'general.file_type' at kv 3"
+    assert [(a.kind, a.detail) for a in f.anomalies] == [("duplicate-key", detail)]
+    assert f.to_dict()["anomalies"] == [{"kind": "duplicate-key", "detail": detail}]
 
 
 def test_empty_key_and_nested_arrays_are_anomalies(tmp_path):

@@ -6,6 +6,10 @@ Layout: "GGUF", u32 version, n_tensors, n_kv (u32 in v1, u64 later), n_kv key/va
 ``general.alignment`` (default 32), tensor data.  A string is a length (u32 in v1, u64 later) and
 UTF-8 bytes.  Big-endian files (v3) store every number big-endian; they are recognized by a version
 that reads as a byte-swapped small number.
+
+What no engine reads past raises FormatError.  What a well-formed file may hold but only some engines
+refuse (a key stated twice, an empty key, an array of arrays, tensor data out of order or misaligned,
+a dimension of 0) is read and recorded in ``FileFacts.anomalies``; each era's manifest rules decide.
 """
 from __future__ import annotations
 
@@ -364,7 +368,6 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
             if n_el >= 1 << 63:
                 raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
             ttype = src.u32(f"{label} type")
-            off_off = src.pos
             offset = src.u64(f"{label} offset")
             t = table.get(ttype)
             if t is None:
