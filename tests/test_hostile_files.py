@@ -180,6 +180,11 @@ def test_dbrx_vocab_identified_and_read_by_the_era_that_reads_it(tmp_path):
     assert rep.reasons["gguf-2026-10"] == ["duplicate key 'general.file_type' at kv 14: llama.cpp 2026-10 refuses "
                                            "a key stated twice (gguf_init_from_file)"]
     assert rep.loadable and rep.backend == "gguf-2024-09" and rep.reasons["gguf-2024-09"] == []
+    from gpt4all_loader.cli.probe import Style, render
+
+    shown = render(rep, Style(False))
+    assert "anomaly       duplicate key 'general.file_type' at kv 14 (refused by gguf-2026-10)" in shown
+    assert "LOADABLE by gguf-2024-09" in shown
     if not backend_built("gguf-2024-09"):
         pytest.skip("backend gguf-2024-09/cpu is not built")
     code = ("import json, sys\nfrom gpt4all_loader import load\nm = load(sys.argv[1], vocab_only=True)\n"
