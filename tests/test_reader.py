@@ -304,10 +304,14 @@ def test_repeated_key_keeps_the_first_value(tmp_path):
 
 
 def test_empty_key_and_nested_arrays_are_anomalies(tmp_path):
-    p = write_gguf(tmp_path / "a.gguf", _kv(("", 4, 1), ("general.tags", (9, 9), [(4, [1, 2]), (8, ["a", "b"])])), [])
+    p = write_gguf(tmp_path / "a.gguf", _kv(("", 4, 1), ("general.tags", (9, 9), [(4, [1, 2]), (8, ["a", "b"])]),
+                                            ("", 4, 2), ("", 4, 3)), [])
     f = read_facts(p, with_kv=True)
-    assert [a.kind for a in f.anomalies] == ["empty-key", "nested-array"]
-    assert f.anomalies[1].detail == "array of arrays in key 'general.tags' at kv 3"
+    # the first of each kind, and how many more follow (a hostile file gets one reason per kind)
+    assert [(a.kind, a.detail) for a in f.anomalies] == [
+        ("empty-key", "empty key at kv 2 (and 2 more)"),
+        ("nested-array", "array of arrays in key 'general.tags' at kv 3"),
+        ("duplicate-key", "duplicate key '' at kv 4 (and 1 more)")]
     assert f.kv["general.tags"] == [[1, 2], ["a", "b"]] and f.kv_types["general.tags"] == "ARRAY[ARRAY]"
     # nesting beyond what any writer produces stays a format error (the reader's recursion is bounded)
     deep = write_gguf(tmp_path / "d.gguf", _kv(("t", (9, 9), [(9, [(9, [(4, [1])])])])), [])

@@ -46,6 +46,25 @@ _SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in SCALAR_FORMAT.items()}
 _ARRAY_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
 
 
+class _Anomalies:
+    """The first anomaly of each kind, where it is, and how many more of that kind follow: a hostile file
+    with a million repeated keys gets one record (and one reason per era), not a million."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, str] = {}
+        self.more: dict[str, int] = {}
+
+    def add(self, kind: str, detail: str) -> None:
+        if kind in self.first:
+            self.more[kind] = self.more.get(kind, 0) + 1
+        else:
+            self.first[kind] = detail
+
+    def records(self) -> list[Anomaly]:
+        return [Anomaly(kind, detail + (f" (and {self.more[kind]} more)" if kind in self.more else ""))
+                for kind, detail in self.first.items()]
+
+
 class _Gguf:
     def __init__(self, src: ByteSource, version: int, want_kv: bool, want_vocab: bool):
         self.src = src
@@ -276,20 +295,20 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     kv_types: dict[str, str] = {}
     notes: list[str] = []
     vocab: VocabFacts | None = None
-    anomalies: list[Anomaly] = []
+    anomalies = _Anomalies()
     for i in range(n_kv):
         key = g.string(f"kv[{i}] key", MAX_KEY_LEN)
         # an empty or repeated key is readable (ggml before 2025 reads both, keeping the first value
         # of a key, as gguf_find_key finds it); which era refuses it is the manifest's to say
         if not key:
-            anomalies.append(Anomaly("empty-key", f"empty key at kv {i}"))
+            anomalies.add("empty-key", f"empty key at kv {i}")
         repeated = key in kv_types
         if repeated:
-            anomalies.append(Anomaly("duplicate-key", f"duplicate key {key!r} at kv {i}"))
+            anomalies.add("duplicate-key", f"duplicate key {key!r} at kv {i}")
         vtype = src.u32(f"kv[{i}] ({key}) value type")
         label = _type_label(src, vtype)
         if label == "ARRAY[ARRAY]":
-            anomalies.append(Anomaly("nested-array", f"array of arrays in key {key!r} at kv {i}"))
+            anomalies.add("nested-array", f"array of arrays in key {key!r} at kv {i}")
         if key == "tokenizer.ggml.tokens" and vtype == 9 and not repeated:
             val, vocab = g.tokens(f"kv[{i}] ({key})", keep=with_vocab)
         else:
@@ -385,19 +404,16 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
                 nbytes = n_el // t.block * t.size
             if offset % alignment:
                 # ggml of 2023 maps such data where it lies; later eras refuse it or assert the alignment
-                anomalies.append(Anomaly("tensor-data-misaligned", f"tensor {name!r} (tensor {i}) has its data at "
-                                                                   f"offset {offset}, not a multiple of the "
-                                                                   f"alignment {alignment}"))
+                anomalies.add("tensor-data-misaligned", f"tensor {name!r} (tensor {i}) has its data at offset "
+                                                        f"{offset}, not a multiple of the alignment {alignment}")
             padded = nbytes + (-nbytes % alignment)
             if expected is not None and offset != expected:
-                # ggml writes tensors packed in order; engines before 2025 read any aligned offset
-                anomalies.append(Anomaly("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at "
-                                                              f"offset {offset}, not at {expected} where the "
-                                                              f"previous tensor's data ends"))
+                # ggml writes tensors packed in order; engines before 2025 read data at any offset
+                anomalies.add("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at offset {offset}, "
+                                                   f"not at {expected} where the previous tensor's data ends")
                 expected = None  # one such record says it; the packing of the rest is not checked
             if 0 in ne:
-                anomalies.append(Anomaly("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 "
-                                                     f"(shape {ne})"))
+                anomalies.add("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 (shape {ne})")
             if t is None:
                 expected = None
             elif expected is not None:
@@ -439,7 +455,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
         data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names), tensors=shapes,
-        vocab=vocab, kv_types=kv_types, alignment=alignment, anomalies=anomalies,
+        vocab=vocab, kv_types=kv_types, alignment=alignment, anomalies=anomalies.records(),
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True
