@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines import cache
-from .formats.facts import FileFacts, TensorTypeStat, VocabFacts
+from .formats.facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
 from .formats.sniff import read_facts
 
 #: headers smaller than this are read again each time (they take a few milliseconds at most)
@@ -104,6 +104,7 @@ def from_json(d: dict[str, Any]) -> FileFacts:
         for k in ("scores", "token_types"):
             v[k] = tuple(v[k]) if v[k] is not None else None
         d["vocab"] = VocabFacts(**v)
+    d["anomalies"] = [Anomaly(**a) for a in d["anomalies"]]
     return FileFacts(**d)
 
 

@@ -56,6 +56,8 @@ class ProbeReport:
     backends_built: dict[str, list[str]] | None = None
     memory: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: what only some engines refuse ({"kind", "detail"}; each era's verdict says whether it does)
+    anomalies: list[dict[str, str]] = field(default_factory=list)
     kv: dict[str, Any] | None = None
     error: str | None = None
     #: "unreadable" (the path cannot be opened), "format" (not a file we understand or malformed),
@@ -148,6 +150,7 @@ def _fill_from_facts(rep: ProbeReport, facts: FileFacts) -> None:
     rep.split_experts = bool(facts.split_experts)
     rep.truncated = bool(facts.truncated)
     rep.notes = list(facts.notes) + rep.notes
+    rep.anomalies = [{"kind": a.kind, "detail": a.detail} for a in facts.anomalies]
     if facts.kv is not None:
         rep.kv = dict(facts.kv)
 

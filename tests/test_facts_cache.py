@@ -117,3 +117,13 @@ def test_load_and_probe_use_it(big_header, store, tmp_path, monkeypatch):
     _no_reading(monkeypatch)
     again = gpt4all_loader.probe(path)
     assert again.to_dict() == rep.to_dict()
+
+
+def test_anomalies_are_remembered(tmp_path):
+    """What only some eras refuse (here a key stated twice) comes back from an entry as it was read."""
+    from gpt4all_loader.formats.writer import write_gguf
+
+    p = write_gguf(tmp_path / "a.gguf", [("general.architecture", 8, "llama"), ("general.file_type", 4, 1),
+                                         ("general.file_type", 4, 1)], [])
+    f = sniff.read_facts(p)
+    assert f.anomalies and facts_cache.from_json(facts_cache.to_json(f)) == f

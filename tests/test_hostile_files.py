@@ -1,13 +1,17 @@
 """Hostile files: what took an engine down is refused with a reason, before any native code runs.
 
-Three parts: llama.cpp's handcrafted GGUF kinds (``tests/test-gguf.cpp``) against our reader; tiny
-models with one field made hostile (:mod:`hostile`) against the catalog, era by era; and, for a
-representative set of those, ``load()`` + one ``evaluate`` in a child process with a time and
-address-space limit, asserting no signal and no time-out.  ``tools/fuzz_reader.py`` (the reader) and
-``tools/fuzz_native.py`` (mutated headers loaded in limited children) run larger randomized searches.
+Three parts: llama.cpp's handcrafted GGUF kinds (``tests/test-gguf.cpp``) against our reader; the
+hostile matrix (:data:`hostile.FAMILIES`): every family of tiny models with one field made hostile, on
+every era with a rule for its container, checked against the catalog and then loaded in child
+processes (``load()`` + one ``evaluate`` under a time and address-space limit: an era that loads a file
+must evaluate it without a signal, one that refuses must refuse before native code); and files that
+only some eras read (the dbrx-style vocabulary with a key stated twice).  ``tools/fuzz_reader.py``
+(the reader) and ``tools/fuzz_native.py`` (mutated headers loaded in limited children) run larger
+randomized searches.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -17,10 +21,20 @@ import sys
 import pytest
 from conftest import backend_built
 from gguf_handcrafted import EXPECTED, KINDS, handcrafted
-from hostile import CASES, CHILD_CASES, GGUF_ERAS, GPTJ_MPT_CASES, LIBRARY_ERRORS, gguf, legacy, run_child
+from hostile import (
+    ENGINE_REFUSES,
+    FAMILIES,
+    GGUF_ERAS,
+    LOADS,
+    dbrx_vocab,
+    gguf,
+    reading_eras,
+    run_children,
+)
 
 from gpt4all_loader import probe
 from gpt4all_loader.engines.catalog import verdicts
+from gpt4all_loader.engines.manifest import load_manifest
 from gpt4all_loader.errors import FormatError, UnsupportedModelError
 from gpt4all_loader.formats.sniff import read_facts
 from gpt4all_loader.formats.writer import write_gguf
@@ -36,9 +50,11 @@ def _refused(facts) -> bool:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_handcrafted_gguf_agrees_with_ggml(kind, tmp_path):
-    """Where ggml's gguf reader refuses a file, so do we: the reader raises FormatError, or the facts
-    say why no backend loads it (not a GGUF, truncated, an unknown tensor type).  Where ggml reads it,
-    our reader does too (these files have no architecture, so no backend loads them as models)."""
+    """Where ggml's gguf reader (2026) refuses a file, so do we: the reader raises FormatError where no
+    era reads past it, records an anomaly that the 2026-10 era refuses (a key twice, an empty key, tensor
+    data out of order: older eras read those), or the facts say why no backend loads it (not a GGUF,
+    truncated, an unknown tensor type).  Where ggml reads it, our reader does too (these files have no
+    architecture, so no backend loads them as models)."""
     for seed in SEEDS:
         p = tmp_path / f"{kind}-{seed}.gguf"
         p.write_bytes(handcrafted(kind, seed))
@@ -57,6 +73,11 @@ def test_handcrafted_gguf_agrees_with_ggml(kind, tmp_path):
             # llama.cpp's loader checks each tensor's own bytes (ggml, reading the data section,
             # also wants the last tensor's padding): refused whenever a tensor's byte is missing
             assert f.truncated or f.data_offset + f.data_bytes_expected <= f.size
+        elif EXPECTED[kind] == "refuse" and f.anomalies and not f.truncated:
+            # what only some eras refuse is read and recorded; the era of this ggml (2026-10) refuses it
+            # for that reason, whatever else it finds
+            reasons = {v.backend: v for v in verdicts(f)}["gguf-2026-10"].reasons
+            assert any(r.startswith(a.detail) for a in f.anomalies for r in reasons), (kind, seed, reasons)
         elif EXPECTED[kind] == "refuse":
             assert f.kind == "not-a-model" or f.truncated or any(t.startswith("TYPE_") for t in f.tensor_types), \
                 f"{kind} seed {seed}: ggml refuses it, we read {f.description}"
@@ -75,37 +96,103 @@ def test_unknown_tensor_type_refused_with_reason(tmp_path):
                if v.backend in GGUF_ERAS)
 
 
-# -- hostile tiny models, era by era ---------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_hostile_file_refused_with_reason(name, tmp_path):
-    write, expected = CASES[name]
-    p = write(tmp_path / f"{name}.bin")
-    f = read_facts(p)
-    by = {v.backend: v for v in verdicts(f)}
-    for backend, needle in expected.items():
-        v = by[backend]
-        assert not v.loadable and any(needle in r for r in v.reasons), (backend, v.reasons)
-    rep = probe(p)
-    if not rep.loadable:  # the probe says so with the same reasons
-        assert all(rep.reasons[b] == by[b].reasons for b in expected)
-    else:  # another era reads it safely: the reasons of the refusing ones are still shown
-        assert rep.backend not in expected
+# -- the hostile matrix: every family x every era with a rule for its container -------------------------
+def _pairs() -> list[tuple[str, str]]:
+    return [(name, era) for name, (_, expected) in FAMILIES.items() for era in expected]
 
 
-def test_baselines_are_loadable(tmp_path):
-    """The hostile cases differ from these loadable files by one field each."""
-    f = read_facts(gguf(tmp_path / "ok.gguf"))
-    assert {v.backend for v in verdicts(f) if v.loadable} == set(GGUF_ERAS)
-    f = read_facts(legacy(tmp_path / "ok.bin", "ggjt", 1))
-    assert {"llama-2023-04", "llama-2023-05", "llama-2023-08"} <= {v.backend for v in verdicts(f) if v.loadable}
+MATRIX = _pairs()
+
+
+@pytest.fixture(scope="module")
+def matrix_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    return {name: write(folder / f"{name}.bin") for name, (write, _) in FAMILIES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_names_every_reading_era(name, matrix_files):
+    """The table states a verdict for exactly the eras that read the file's container and architecture:
+    an era added to the manifest, or one left out of a row, shows up here."""
+    f = read_facts(matrix_files[name])
+    assert sorted(FAMILIES[name][1]) == sorted(reading_eras(f, load_manifest()))
+
+
+@pytest.mark.parametrize("name,era", MATRIX, ids=[f"{n}@{e}" for n, e in MATRIX])
+def test_matrix_verdict(name, era, matrix_files):
+    """The catalog's verdict for the era is the table's, and the probe shows the same reasons."""
+    expected = FAMILIES[name][1][era]
+    f = read_facts(matrix_files[name])
+    v = {v.backend: v for v in verdicts(f)}[era]
+    if expected in (LOADS, ENGINE_REFUSES):
+        assert v.loadable, (name, era, v.reasons)
+    else:
+        assert not v.loadable and any(expected in r for r in v.reasons), (name, era, v.reasons)
+    assert probe(matrix_files[name]).reasons[era] == v.reasons
+
+
+@pytest.fixture(scope="module")
+def matrix_runs(matrix_files):
+    """Every (family, built era) pair loaded in children, several files per child (one child per era)."""
+
+    jobs = [(matrix_files[n], e) for n, e in MATRIX if backend_built(e)]
+    return run_children(jobs)
+
+
+@pytest.mark.parametrize("name,era", MATRIX, ids=[f"{n}@{e}" for n, e in MATRIX])
+def test_matrix_in_child(name, era, matrix_files, matrix_runs):
+    """Forced onto the era, the file loads and evaluates (the era reads it), the engine's loader refuses it
+    with an error, or it is refused with the table's reason before native code; never a signal, a time-out
+    or a child that dies."""
+    if not backend_built(era):
+        pytest.skip(f"backend {era}/cpu is not built")
+    r = matrix_runs[(str(matrix_files[name]), era)]
+    assert "signal" not in r, f"{name} on {era}: killed by {signal.Signals(r['signal']).name}: {r['stderr']}"
+    assert not r.get("timeout") and "rc" not in r, r
+    expected = FAMILIES[name][1][era]
+    if expected == LOADS:
+        assert r["ok"] is True and r["n_prompt_tokens"], r
+        assert r["token_evaluated"] or read_facts(matrix_files[name]).vocab_only, r
+    elif expected == ENGINE_REFUSES:
+        assert r["ok"] is False and r["error"].startswith("BackendError: "), r
+    else:
+        assert r["ok"] is False and r["error"].startswith("UnsupportedModelError: "), r
+        assert expected in r["error"]
 
 
 def test_load_raises_with_the_reason(tmp_path):
-    p = CASES["gguf-rms-eps-negative"][0](tmp_path / "eps.gguf")
+    p = FAMILIES["gguf-rms-eps-negative"][0](tmp_path / "eps.gguf")
     with pytest.raises(UnsupportedModelError, match="finite positive"):
         from gpt4all_loader import load
 
         load(p)
+
+
+# -- read by some eras only: a published vocabulary with a key stated twice ----------------------------------
+def test_dbrx_vocab_identified_and_read_by_the_era_that_reads_it(tmp_path):
+    """llama.cpp's models/ggml-vocab-dbrx.gguf (2024) states general.file_type twice: ggml of 2024 reads it
+    (keeping the first value), the 2026 reader refuses it.  The probe says what it is and both verdicts."""
+    p = dbrx_vocab(tmp_path / "ggml-vocab-dbrx.gguf")
+    rep = probe(p)
+    assert rep.error is None and rep.format == "gguf" and rep.format_version == 3
+    assert rep.architecture == "dbrx" and rep.vocab_only and rep.kind == "vocab-only" and rep.n_tensors == 0
+    assert rep.anomalies == [{"kind": "duplicate-key", "detail": "duplicate key 'general.file_type' at kv 14"}]
+    assert rep.reasons["gguf-2026-10"] == ["duplicate key 'general.file_type' at kv 14: llama.cpp 2026-10 refuses "
+                                           "a key stated twice (gguf_init_from_file)"]
+    assert rep.loadable and rep.backend == "gguf-2024-09" and rep.reasons["gguf-2024-09"] == []
+    from gpt4all_loader.cli.probe import Style, render
+
+    shown = render(rep, Style(False))
+    assert "anomaly       duplicate key 'general.file_type' at kv 14 (refused by gguf-2026-10)" in shown
+    assert "LOADABLE by gguf-2024-09" in shown
+    if not backend_built("gguf-2024-09"):
+        pytest.skip("backend gguf-2024-09/cpu is not built")
+    code = ("import json, sys\nfrom gpt4all_loader import load\nm = load(sys.argv[1], vocab_only=True)\n"
+            "ids = m.tokenize('Hello world')\n"
+            "print(json.dumps([m.info.backend, [m.token_bytes(i).decode() for i in ids]]))")
+    cp = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert json.loads(cp.stdout.splitlines()[-1]) == ["gguf-2024-09", ["Hello", " world"]]
 
 
 # -- non-regular files ----------------------------------------------------------------------------------
@@ -136,47 +223,6 @@ def test_alignment_of_another_type_is_a_format_error(vtype, tmp_path):
                    [("token_embd.weight", 0, [8, 4])])
     with pytest.raises(FormatError, match="general.alignment.*UINT32"):
         read_facts(p)
-
-
-# -- the native step, in a child ----------------------------------------------------------------------
-@pytest.mark.parametrize("name,backend", CHILD_CASES)
-def test_hostile_load_in_child(name, backend, tmp_path):
-    """Forced onto the era it crashed, the file now gets a library error naming the reason."""
-    if not backend_built(backend):
-        pytest.skip(f"backend {backend}/cpu is not built")
-    p = CASES[name][0](tmp_path / f"{name}.bin")
-    r = run_child(p, backend)
-    assert "signal" not in r, f"{name} on {backend}: killed by {signal.Signals(r['signal']).name}: {r['stderr']}"
-    assert not r.get("timeout") and "rc" not in r, r
-    assert r["ok"] is False and r["error"].startswith("UnsupportedModelError: ")
-    assert CASES[name][1][backend] in r["error"]
-
-
-@pytest.mark.parametrize("backend,fmt,version", [("llama-2023-04", "ggjt", 1), ("llama-2023-08", "ggjt", 3),
-                                                 ("gguf-2023-11", "gguf", 3), ("gguf-2026-10", "gguf", 3)])
-def test_baseline_load_in_child(backend, fmt, version, tmp_path):
-    """The same tiny files without the hostile field load and evaluate under the same limits."""
-    if not backend_built(backend):
-        pytest.skip(f"backend {backend}/cpu is not built")
-    p = gguf(tmp_path / "ok.gguf") if fmt == "gguf" else legacy(tmp_path / "ok.bin", fmt, version)
-    r = run_child(p, backend)
-    assert r.get("ok") is True and r["token_evaluated"], r
-
-
-@pytest.mark.parametrize("name", sorted(GPTJ_MPT_CASES))
-@pytest.mark.parametrize("backend", ["ggml-gptj-mpt-2023-05", "ggml-gptj-mpt-2023-08"])
-def test_gptj_mpt_hostile_header_in_child(name, backend, tmp_path):
-    """The GPT-J/MPT loaders check their headers themselves: a load or a library error, never a signal."""
-    if not backend_built(backend):
-        pytest.skip(f"backend {backend}/cpu is not built")
-    p = GPTJ_MPT_CASES[name](tmp_path / f"{name}.bin")
-    try:
-        loadable = any(v.loadable for v in verdicts(read_facts(p)) if v.backend == backend)
-    except FormatError:
-        return  # refused by the reader: nothing reaches native code
-    r = run_child(p, backend if loadable else None)
-    assert "signal" not in r and not r.get("timeout") and "rc" not in r, r
-    assert r["ok"] or r["error"].startswith(LIBRARY_ERRORS), r
 
 
 # -- file names --------------------------------------------------------------------------------------------

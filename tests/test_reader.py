@@ -284,3 +284,53 @@ def test_type_table():
             tensor_nbytes(*bad)
     assert ftype_name(4) == "MOSTLY_Q4_1_SOME_F16" and ftype_name(32, gguf=True) == "MOSTLY_BF16"
     assert ftype_name(1024, gguf=True) == "GUESSED"
+
+
+# -- what only some engines refuse: read, and recorded where it is --------------------------------------------
+def _kv(*extra):
+    return [("general.architecture", 8, "llama"), ("general.file_type", 4, 1), *extra]
+
+
+def test_repeated_key_keeps_the_first_value(tmp_path):
+    """ggml before 2025 reads a key stated twice and finds the first value (gguf_find_key): so does the reader,
+    and the repetition is an anomaly naming the key and its kv index."""
+    p = write_gguf(tmp_path / "a.gguf", _kv(("general.name", 8, "x"), ("general.file_type", 4, 7)),
+                   [("token_embd.weight", 0, [8, 4])])
+    f = read_facts(p, with_kv=True)
+    assert f.file_type == 1 and f.kv["general.file_type"] == 1 and f.kv_types["general.file_type"] == "UINT32"
+    detail = "duplicate key 'general.file_type' at kv 3"
+    assert [(a.kind, a.detail) for a in f.anomalies] == [("duplicate-key", detail)]
+    assert f.to_dict()["anomalies"] == [{"kind": "duplicate-key", "detail": detail}]
+
+
+def test_empty_key_and_nested_arrays_are_anomalies(tmp_path):
+    p = write_gguf(tmp_path / "a.gguf", _kv(("", 4, 1), ("general.tags", (9, 9), [(4, [1, 2]), (8, ["a", "b"])]),
+                                            ("", 4, 2), ("", 4, 3)), [])
+    f = read_facts(p, with_kv=True)
+    # the first of each kind, and how many more follow (a hostile file gets one reason per kind)
+    assert [(a.kind, a.detail) for a in f.anomalies] == [
+        ("empty-key", "empty key at kv 2 (and 2 more)"),
+        ("nested-array", "array of arrays in key 'general.tags' at kv 3"),
+        ("duplicate-key", "duplicate key '' at kv 4 (and 1 more)")]
+    assert f.kv["general.tags"] == [[1, 2], ["a", "b"]] and f.kv_types["general.tags"] == "ARRAY[ARRAY]"
+    # nesting beyond what any writer produces stays a format error (the reader's recursion is bounded)
+    deep = write_gguf(tmp_path / "d.gguf", _kv(("t", (9, 9), [(9, [(9, [(4, [1])])])])), [])
+    with pytest.raises(FormatError, match="nested at most 3 deep"):
+        read_facts(deep)
+
+
+def test_tensor_data_out_of_order_and_zero_dims_are_anomalies(tmp_path):
+    """Data offsets that are aligned but not packed in order (read by ggml before 2025), and a dimension of 0
+    (aborts ggml of 2024): both recorded with the tensor's name."""
+    p = write_gguf(tmp_path / "a.gguf", _kv(), [("a.weight", 0, [8]), ("b.weight", 0, [8]), ("c.weight", 0, [0, 4])])
+    b = bytearray(p.read_bytes())
+    at = [b.index(n) + len(n) + 4 + 8 + 4 for n in (b"a.weight", b"b.weight")]
+    offs = [struct.unpack_from("<Q", b, i)[0] for i in at]
+    for i, off in zip(at, reversed(offs)):
+        struct.pack_into("<Q", b, i, off)
+    p.write_bytes(b)
+    f = read_facts(p)
+    assert [a.kind for a in f.anomalies] == ["tensor-data-order", "zero-dim"]
+    assert f.anomalies[0].detail.startswith("tensor 'a.weight' (tensor 0) has its data at offset 32, not at 0")
+    assert f.anomalies[1].detail == "tensor 'c.weight' (tensor 2) has a dimension of 0 (shape [0, 4])"
+    assert not f.truncated and f.tensors["c.weight"] == ("F32", (0, 4), 0)

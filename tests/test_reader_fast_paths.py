@@ -110,13 +110,13 @@ def test_hostile_vocab_refused_before_native_code(tmp_path, monkeypatch, case):
     import gpt4all_loader as g
     from gpt4all_loader.engines import native
     from gpt4all_loader.errors import UnsupportedModelError
-    from hostile import CASES
+    from hostile import FAMILIES
 
     def no_native(*a, **kw):
         raise AssertionError("native code reached")
 
     monkeypatch.setattr(native, "open_backend", no_native)
-    write, reasons = CASES[case]
+    write, reasons = FAMILIES[case]
     p = write(tmp_path / f"{case}.gguf")
     with pytest.raises(UnsupportedModelError) as e:
         g.load(p, backend="gguf-2026-10")

@@ -212,6 +212,9 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
             f"{src.split(':', 1)[-1]}, the default (no template in the file, not in GPT4All's list)")
     if r.truncated:
         row("truncated", st.bad("yes"))
+    for a in r.anomalies:  # what some eras refuse: the verdict below is of an era that reads it
+        by = [b for b, rs in r.reasons.items() if any(x.startswith(a["detail"]) for x in rs)]
+        row("anomaly", a["detail"] + (f" (refused by {', '.join(by)})" if by else ""))
     if show_memory and r.memory:
         m = r.memory
         row("memory", f"ctx {m['ctx_size']}, {m['gpu_layers']}/{m['n_layer']} layers on GPU: "

@@ -241,6 +241,11 @@ def _check_rule(facts: FileFacts, spec: BackendSpec, rule: AcceptRule,
         fails.append((20, f"a mixture-of-experts model ({facts.hparams['expert_count']} experts); llama.cpp "
                           f"{spec.era} predates MoE support (b1629, Dec 2023)"))
 
+    refused = dict(rule.anomalies)
+    for a in facts.anomalies:
+        if a.kind in refused:
+            fails.append((3, f"{a.detail}: llama.cpp {spec.era} {refused[a.kind]}"))
+
     if rule.split_experts is False and facts.split_experts:
         if spec.era < "2023-12":
             msg = ("the file stores one tensor per MoE expert (blk.N.ffn_gate.E.weight); llama.cpp "

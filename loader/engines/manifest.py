@@ -31,6 +31,9 @@ class AcceptRule:
     quant_layouts: tuple[str, ...] | None = None  # FileFacts.quant_layout values (GPT-J/MPT: qnt0, qnt2)
     required_tensors: tuple[str, ...] = ()        # tensors the era's loader insists on
     moe: bool | None = None                       # False: the era predates mixture-of-experts models
+    #: anomaly kind (``formats.facts.ANOMALY_KINDS``) -> what the era's engine does with it ("refuses ...",
+    #: "aborts ..."); a file with any of them is refused by this rule
+    anomalies: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,18 @@ def cuda_table() -> dict[str, Any]:
     return dict(_parsed().get("cuda", {}))
 
 
+def _anomalies(backend: str, table: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """An accept rule's ``anomalies`` table, each kind checked against the reader's (a misspelt kind
+    would silently let the engine meet what it cannot take)."""
+    from ..formats.facts import ANOMALY_KINDS
+
+    unknown = sorted(set(table) - set(ANOMALY_KINDS))
+    if unknown:
+        raise BuildError(f"manifest: backend {backend}: unknown anomaly kind(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(ANOMALY_KINDS)})")
+    return tuple((k, str(v)) for k, v in table.items())
+
+
 @functools.lru_cache(maxsize=4)
 def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
     """All declared backends, by name, in manifest order."""
@@ -195,6 +210,7 @@ def load_manifest(path: Path | None = None) -> dict[str, BackendSpec]:
                 quant_layouts=tuple(r["quant_layouts"]) if "quant_layouts" in r else None,
                 required_tensors=tuple(r.get("required_tensors", ())),
                 moe=r.get("moe"),
+                anomalies=_anomalies(name, r.get("anomalies", {})),
             )
             for r in b.get("accepts", ())
         )

@@ -57,8 +57,12 @@ ERAS: dict[str, EraLimits] = {
     # b1000 adds 26 (3B) and maps n_layer < 32 to 7B; asserts n_embd / n_head == n_rot in the graph
     "llama-2023-08": EraLimits(layer_table=frozenset({26, 32, 40, 60, 80}), layer_table_below=32,
                                rot_asserted=True),
-    "gguf-2023-11": EraLimits(),
-    "gguf-2024-09": EraLimits(unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS, alignment_multiple=32),
+    # ggml_mul asserts an F32 src1 (the norms, GGML_ASSERT "only f32 src1 supported for now"); ggml_add of an
+    # F16 src1 to F32 activations reads it as F32 (2023-11, garbage) or aborts (2024-09): biases too.
+    # llama_load_vocab asserts id_to_token.size() == token_to_id.size(): every token text unique
+    "gguf-2023-11": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True),
+    "gguf-2024-09": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
+                              alignment_multiple=32),
     "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
                               alignment_multiple=32),
 }
@@ -167,15 +171,22 @@ def _types(facts: FileFacts, era: EraLimits) -> list[str]:
         out.append(f"weight matrices of type {'/'.join(bad_w)}, which no matrix multiplication takes")
     vec = [(n, t) for n, (t, shape, _) in facts.tensors.items() if len(shape) == 1]
     if era.vector_types is not None:
-        bad = sorted({t for _, t in vec if t not in era.vector_types})
-        if bad:
-            out.append(f"1-D tensors (norms) of type {'/'.join(bad)}; this loader needs "
-                       f"{'/'.join(sorted(era.vector_types))}")
+        bad_v = [(n, t) for n, t in vec if t not in era.vector_types]
+        if bad_v:
+            out.append(f"1-D tensors (norms, biases) of type {'/'.join(sorted({t for _, t in bad_v}))}"
+                       f"{_first(bad_v)}; this engine needs {'/'.join(sorted(era.vector_types))}")
     if era.norms_f32:
-        bad = sorted({t for n, t in vec if n.endswith("norm.weight") and t != "F32"})
-        if bad:
-            out.append(f"norm tensors of type {'/'.join(bad)}; this engine needs F32 norms")
+        bad_n = [(n, t) for n, t in vec if n.endswith("norm.weight") and t != "F32"]
+        if bad_n:
+            out.append(f"norm tensors of type {'/'.join(sorted({t for _, t in bad_n}))}{_first(bad_n)}; "
+                       "this engine needs F32 norms")
     return out
+
+
+def _first(named: list[tuple[str, str]]) -> str:
+    """" (blk.0.attn_norm.weight and 4 more)": where in the file a rule found its tensors."""
+    more = f" and {len(named) - 1} more" if len(named) > 1 else ""
+    return f" ({named[0][0]}{more})"
 
 
 def _gguf_hparams(facts: FileFacts, era: EraLimits) -> list[str]:

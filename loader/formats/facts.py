@@ -10,6 +10,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+#: what the reader records instead of refusing: things a well-formed file may hold that only some engines
+#: refuse (or abort on).  Which era refuses which kind is data: the ``anomalies`` of each accept rule in
+#: ``backends/manifest.toml``.  Kind -> what it is.
+ANOMALY_KINDS: dict[str, str] = {
+    "duplicate-key": "a GGUF key stated twice (engines that read it keep the first value)",
+    "empty-key": "a GGUF key of zero length",
+    "nested-array": "a GGUF key/value holding an array of arrays",
+    "tensor-data-order": "tensor data not packed in the order of the tensor infos (gaps, or out of order)",
+    "tensor-data-misaligned": "tensor data at an offset that is not a multiple of general.alignment",
+    "zero-dim": "a tensor with a dimension of 0 (no elements)",
+}
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One thing only some engines refuse, where it is in the file (``detail`` names the key, kv index
+    or tensor, e.g. "duplicate key 'general.file_type' at kv 14")."""
+
+    kind: str
+    detail: str
+
+
 @dataclass
 class TensorTypeStat:
     """How many tensors of one ggml type a file holds, and their bytes on disk."""
@@ -84,6 +106,8 @@ class FileFacts:
     kv: dict[str, Any] | None = None
     #: further remarks the reader wants a person to see
     notes: list[str] = field(default_factory=list)
+    #: what only some engines refuse (see :data:`ANOMALY_KINDS`); each era's accept rules decide
+    anomalies: list[Anomaly] = field(default_factory=list)
     #: names of all tensors (for rules such as "needs output.weight"); not part of to_dict()
     tensor_names: frozenset[str] = field(default_factory=frozenset, repr=False)
     #: name -> (ggml type name, ne, bytes) of every tensor: per-layer and per-use memory figures

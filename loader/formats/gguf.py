@@ -79,16 +79,21 @@ class GgufHeader:
         self._kv.append(self._string(key) + self._pack("I", vtype) + body)
 
     def add_array(self, key: str, etype: int, values: Sequence[Any]) -> None:
-        """An array of scalars or strings."""
-        body = [self._string(key), self._pack("I", ValueType.ARRAY), self._pack("I", etype),
-                self._pack(self._len, len(values))]
+        """An array of scalars or strings; of arrays when ``etype`` is ARRAY, each value then an
+        (element type, values) pair (the format allows it; most engines do not read it)."""
+        self._kv.append(self._string(key) + self._pack("I", ValueType.ARRAY) + self._array(key, etype, values))
+
+    def _array(self, key: str, etype: int, values: Sequence[Any]) -> bytes:
+        body = [self._pack("I", etype), self._pack(self._len, len(values))]
         if etype == ValueType.STRING:
             body.extend(self._string(v) for v in values)
         elif etype in SCALAR_FORMAT:
             body.append(self._pack(f"{len(values)}{SCALAR_FORMAT[etype]}", *values))
+        elif etype == ValueType.ARRAY:
+            body.extend(self._array(key, et, vals) for et, vals in values)
         else:
             raise ValueError(f"{key}: arrays of value type {etype} are not written")
-        self._kv.append(b"".join(body))
+        return b"".join(body)
 
     def add_tensor(self, name: str, ne: Sequence[int], ggml_type: int, nbytes: int) -> None:
         """A tensor info; its data follows the header at the next offset that is a multiple of the alignment."""

@@ -6,6 +6,10 @@ Layout: "GGUF", u32 version, n_tensors, n_kv (u32 in v1, u64 later), n_kv key/va
 ``general.alignment`` (default 32), tensor data.  A string is a length (u32 in v1, u64 later) and
 UTF-8 bytes.  Big-endian files (v3) store every number big-endian; they are recognized by a version
 that reads as a byte-swapped small number.
+
+What no engine reads past raises FormatError.  What a well-formed file may hold but only some engines
+refuse (a key stated twice, an empty key, an array of arrays, tensor data out of order or misaligned,
+a dimension of 0) is read and recorded in ``FileFacts.anomalies``; each era's manifest rules decide.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from math import prod
 from typing import Any, BinaryIO
 
 from ..errors import FormatError
-from .facts import FileFacts, TensorTypeStat, VocabFacts
+from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
 from .sniff import ByteSource
@@ -40,6 +44,25 @@ _SPLIT_EXPERT = re.compile(r"^blk\.\d+\.ffn_(gate|down|up)\.\d+\.weight$")
 
 _SCALAR_SIZES = {t: struct.calcsize("<" + c) for t, c in SCALAR_FORMAT.items()}
 _ARRAY_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
+
+
+class _Anomalies:
+    """The first anomaly of each kind, where it is, and how many more of that kind follow: a hostile file
+    with a million repeated keys gets one record (and one reason per era), not a million."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, str] = {}
+        self.more: dict[str, int] = {}
+
+    def add(self, kind: str, detail: str) -> None:
+        if kind in self.first:
+            self.more[kind] = self.more.get(kind, 0) + 1
+        else:
+            self.first[kind] = detail
+
+    def records(self) -> list[Anomaly]:
+        return [Anomaly(kind, detail + (f" (and {self.more[kind]} more)" if kind in self.more else ""))
+                for kind, detail in self.first.items()]
 
 
 class _Gguf:
@@ -272,21 +295,27 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     kv_types: dict[str, str] = {}
     notes: list[str] = []
     vocab: VocabFacts | None = None
+    anomalies = _Anomalies()
     for i in range(n_kv):
-        key_off = src.pos
         key = g.string(f"kv[{i}] key", MAX_KEY_LEN)
-        # ggml's gguf reader refuses both (the engines would keep the first value, we the last)
+        # an empty or repeated key is readable (ggml before 2025 reads both, keeping the first value
+        # of a key, as gguf_find_key finds it); which era refuses it is the manifest's to say
         if not key:
-            raise src.error(f"kv[{i}] key", "a non-empty key", key_off)
-        if key in kv:
-            raise src.error(f"kv[{i}] key", f"a key not seen before (got a second {key!r})", key_off)
+            anomalies.add("empty-key", f"empty key at kv {i}")
+        repeated = key in kv_types
+        if repeated:
+            anomalies.add("duplicate-key", f"duplicate key {key!r} at kv {i}")
         vtype = src.u32(f"kv[{i}] ({key}) value type")
-        kv_types[key] = _type_label(src, vtype)
-        if key == "tokenizer.ggml.tokens" and vtype == 9:
+        label = _type_label(src, vtype)
+        if label == "ARRAY[ARRAY]":
+            anomalies.add("nested-array", f"array of arrays in key {key!r} at kv {i}")
+        if key == "tokenizer.ggml.tokens" and vtype == 9 and not repeated:
             val, vocab = g.tokens(f"kv[{i}] ({key})", keep=with_vocab)
         else:
-            val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab)
-        kv[key] = val
+            val = g.value(vtype, f"kv[{i}] ({key})", keep_arrays=with_vocab and not repeated)
+        if not repeated:
+            kv_types[key] = label
+            kv[key] = val
     if vocab is not None:
         vocab.scores = _array_shape(kv, kv_types, "tokenizer.ggml.scores")
         vocab.token_types = _array_shape(kv, kv_types, "tokenizer.ggml.token_type")
@@ -323,7 +352,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         rec = _plain_tensor_info(buf, rel, ti_structs)
         t = table.get(rec[2]) if rec is not None else None
         if rec is not None and t is not None and expected is not None and rec[3] == expected \
-                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) >= 0 and not rec[1][0] % t.block:
+                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) > 0 and not rec[1][0] % t.block:
             name, ne_t, ttype, offset, rec_end = rec
             n_el = prod(ne_t)
             nbytes = n_el // t.block * t.size
@@ -358,7 +387,6 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
             if n_el >= 1 << 63:
                 raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
             ttype = src.u32(f"{label} type")
-            off_off = src.pos
             offset = src.u64(f"{label} offset")
             t = table.get(ttype)
             if t is None:
@@ -375,11 +403,17 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
                                                       f"block size {t.block} (got {ne[0]})", ne_off)
                 nbytes = n_el // t.block * t.size
             if offset % alignment:
-                raise src.error(f"{label} offset", f"a multiple of the alignment {alignment} (got {offset})", off_off)
-            if expected is not None and offset != expected:
-                raise src.error(f"{label} offset", f"{expected}, where the previous tensor's data ends "
-                                                   f"(ggml stores tensors in order; got {offset})", off_off)
+                # ggml of 2023 maps such data where it lies; later eras refuse it or assert the alignment
+                anomalies.add("tensor-data-misaligned", f"tensor {name!r} (tensor {i}) has its data at offset "
+                                                        f"{offset}, not a multiple of the alignment {alignment}")
             padded = nbytes + (-nbytes % alignment)
+            if expected is not None and offset != expected:
+                # ggml writes tensors packed in order; engines before 2025 read data at any offset
+                anomalies.add("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at offset {offset}, "
+                                                   f"not at {expected} where the previous tensor's data ends")
+                expected = None  # one such record says it; the packing of the rest is not checked
+            if 0 in ne:
+                anomalies.add("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 (shape {ne})")
             if t is None:
                 expected = None
             elif expected is not None:
@@ -421,7 +455,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         chat_template=tmpl if isinstance(tmpl, str) else None,
         vocab_only=vocab_only, split_experts=split, data_offset=data_offset,
         data_bytes_expected=max_end, notes=notes, tensor_names=frozenset(names), tensors=shapes,
-        vocab=vocab, kv_types=kv_types, alignment=alignment,
+        vocab=vocab, kv_types=kv_types, alignment=alignment, anomalies=anomalies.records(),
     )
     if n_tensors and data_offset + max_end > size:
         facts.truncated = True
