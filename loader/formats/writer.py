@@ -25,13 +25,15 @@ import struct
 import sys
 from array import array
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence, TypeAlias
+from typing import Any, BinaryIO, ClassVar, Sequence, TypeAlias
 
 from .gguf import GgufHeader, TokenType, ValueType
+from .zoo import BERT, FALCON, REPLIT, STARCODER, Architecture, ftype_of
 
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
-           "legacy_tensor_header"]
+           "legacy_tensor_header", "TinyZoo", "TinyFalcon", "TinyReplit", "TinyStarCoder", "TinyBert", "write_zoo",
+           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -663,3 +665,248 @@ def write_mpt(path: str | os.PathLike[str], model: TinyMPT, layout: str = "ggmm"
             force = layout == "ggmm" and name == "transformer.wte.weight"
             _legacy_tensor(f, name, shape, _ttype(shape, ft, force), m.weights(name), 0)
     return path
+
+
+# -- GPT4All's 2023 zoo: Falcon, Replit, StarCoder, BERT ------------------------------------------------
+#: real-looking multi-character entries beyond the English word pieces: code, accents, CJK, emoji
+ZOO_EXTRA_PIECES = [
+    "def", " def", " return", "return", " print", "print", "import", " import", " self", "self", "():", "()",
+    "(", ")", ":", "    ", "\n", "\n\n", "\t", " =", " +", " #", "é", " café", "caf", " naïve", "ü", "ñ", " über",
+    "你好", "世界", "你", "好", "🙂", "👍", "日本", "語",
+]
+#: single characters (beyond printable ASCII) that the Replit and BERT test vocabularies hold as pieces
+ZOO_EXTRA_CHARS = "éèêàçüöäñïôÉ你好世界日本語🙂👍—’"
+
+_FALCON_SPECIALS = [">>TITLE<<", ">>ABSTRACT<<", ">>INTRODUCTION<<", ">>SUMMARY<<", ">>COMMENT<<", ">>ANSWER<<",
+                    ">>QUESTION<<", ">>DOMAIN<<", ">>PREFIX<<", ">>SUFFIX<<", ">>MIDDLE<<", "<|endoftext|>"]
+_STARCODER_SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+                       "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
+                       "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
+                       "<commit_msg>", "<commit_after>", "<reponame>"]
+
+
+def _greedy_vocab(specials: list[str], n_vocab: int) -> list[bytes]:
+    """For gpt4all's greedy longest-match tokenizer: specials, the 256 single bytes (so every text
+    tokenizes), word and code pieces, then unique fillers up to ``n_vocab``."""
+    toks = [s.encode() for s in specials] + [bytes([b]) for b in range(256)]
+    seen = set(toks)
+    for w in _pieces() + ZOO_EXTRA_PIECES:
+        t = w.encode()
+        if t not in seen:
+            seen.add(t)
+            toks.append(t)
+    if len(toks) > n_vocab:
+        raise ValueError(f"n_vocab must be at least {len(toks)}")
+    toks += [f"<|filler_{i}|>".encode() for i in range(len(toks), n_vocab)]
+    return toks
+
+
+class TinyZoo(_Tiny):
+    """A tiny model of one :mod:`.zoo` architecture: hparams by the project's keys, a vocabulary, and
+    deterministic weights for the architecture's tensor table."""
+
+    arch: ClassVar[Architecture]
+
+    def __init__(self, seed: int, hparams: dict[str, int]):
+        super().__init__()
+        self.seed = seed
+        self.hparams = dict(hparams)
+        self.hparams.setdefault("n_head_kv", self.hparams["n_head"])
+        self.hparams.setdefault("n_ff", 4 * self.hparams["n_embd"])
+        if self.hparams["n_embd"] % self.hparams["n_head"]:
+            raise ValueError(f"n_embd {self.hparams['n_embd']} is not a multiple of n_head {self.hparams['n_head']}")
+        self.skip: set[str] = set()  # optional tensors left out
+
+    def __getattr__(self, key: str) -> int:
+        hp = self.__dict__.get("hparams", {})
+        if key in hp:
+            return int(hp[key])
+        raise AttributeError(key)
+
+    def vocab(self) -> list[bytes]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def scores(self) -> list[float]:
+        return [0.0] * len(self.vocab())
+
+    def header_values(self, ftype: int) -> list[int]:
+        """The header integers in file order."""
+        hp = dict(self.hparams, ftype=ftype)
+        return [hp[f.key] for f in self.arch.header]
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        return {n: list(s) for n, (s, _, _) in self.arch.expected_tensors(self.hparams).items() if n not in self.skip}
+
+    def is_weight(self, name: str) -> bool:
+        return self.arch.expected_tensors(self.hparams)[name][1]
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if len(shape) == 1:
+            return (-0.02, 0.02) if name.endswith(("bias", "/b")) else (0.9, 1.1)
+        if "position" in name or name == "model/wpe" or "token_type" in name:
+            return -0.1, 0.1
+        if name in ("transformer.word_embeddings.weight", "transformer.wte.weight", "model/wte",
+                    "embeddings.word_embeddings.weight"):
+            return -0.5, 0.5
+        b = 1.0 / math.sqrt(shape[0]) * (3.0 if name in ("lm_head.weight", "model/lm_head") else 1.0)
+        return -b, b
+
+
+class TinyFalcon(TinyZoo):
+    """Falcon-7B's layout (gpt4all 1.0.8 needs n_vocab 65024..65100, falcon_version 7, n_head_kv 1 and an
+    even head dimension).  Vocabulary: Falcon's 11 ``>>…<<`` specials, ``<|endoftext|>`` = 11 (the end
+    token), the 256 single bytes, word/code/accent/CJK/emoji pieces, fillers."""
+
+    arch = FALCON
+
+    def __init__(self, seed: int = 0, n_vocab: int = 65024, n_embd: int = 8, n_head: int = 2, n_head_kv: int = 1,
+                 n_layer: int = 2, falcon_version: int = 7):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_embd": n_embd, "n_head": n_head, "n_head_kv": n_head_kv,
+                                "n_layer": n_layer, "falcon_version": falcon_version, "n_ctx_train": 2048})
+        self.eos_id = 11
+
+    def vocab(self) -> list[bytes]:
+        return _greedy_vocab(_FALCON_SPECIALS, self.hparams["n_vocab"])
+
+
+class TinyStarCoder(TinyZoo):
+    """StarCoder's layout (gpt4all 1.0.8 needs n_vocab 49100..49290; K/V already widened to n_head heads).
+    Vocabulary: ``<|endoftext|>`` = 0 (the end token) and StarCoder's other specials, the 256 single
+    bytes, pieces, fillers.  ``lm_head=False`` leaves ``model/lm_head`` out (the loader reuses wte)."""
+
+    arch = STARCODER
+
+    def __init__(self, seed: int = 0, n_vocab: int = 49152, n_ctx: int = 128, n_embd: int = 8, n_head: int = 2,
+                 n_layer: int = 2, lm_head: bool = True):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
+                                "n_layer": n_layer})
+        if not lm_head:
+            self.skip.add("model/lm_head")
+        self.eos_id = 0
+
+    def vocab(self) -> list[bytes]:
+        return _greedy_vocab(_STARCODER_SPECIALS, self.hparams["n_vocab"])
+
+
+class TinyReplit(TinyZoo):
+    """Replit's layout.  Vocabulary of SentencePiece pieces with scores, spaces as "▁" (U+2581):
+    ``<|endoftext|>`` = 0, ``<|padding|>`` = 1, the 256 ``<0xNN>`` byte pieces (which gpt4all's
+    segmentation never matches, as in the real file), single characters (printable ASCII, newline, tab,
+    :data:`ZOO_EXTRA_CHARS`) with low scores, word/code pieces with higher scores, fillers."""
+
+    arch = REPLIT
+
+    def __init__(self, seed: int = 0, n_vocab: int = 1024, n_ctx: int = 128, n_embd: int = 16, n_head: int = 2,
+                 n_layer: int = 2):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
+                                "n_layer": n_layer})
+        self.eos_id = 0
+        pieces: list[tuple[str, float]] = [("<|endoftext|>", 0.0), ("<|padding|>", 0.0)]
+        pieces += [(f"<0x{b:02X}>", 0.0) for b in range(256)]
+        chars = [chr(c) for c in range(0x21, 0x7F)] + ["\u2581", "\n", "\t"] + list(ZOO_EXTRA_CHARS)
+        pieces += [(c, -10.0 - 0.001 * k) for k, c in enumerate(chars)]
+        seen = {p for p, _ in pieces}
+        k = 0
+        for w in _pieces() + ZOO_EXTRA_PIECES:
+            p = w.replace(" ", "\u2581")
+            if p not in seen:
+                seen.add(p)
+                pieces.append((p, -3.0 - 0.001 * k))
+                k += 1
+        if len(pieces) > n_vocab:
+            raise ValueError(f"n_vocab must be at least {len(pieces)}")
+        pieces += [(f"<|filler_{i}|>", -30.0) for i in range(len(pieces), n_vocab)]
+        self._pieces = pieces
+
+    def vocab(self) -> list[bytes]:
+        return [p.encode() for p, _ in self._pieces]
+
+    def scores(self) -> list[float]:
+        return [s for _, s in self._pieces]
+
+
+class TinyBert(TinyZoo):
+    """BERT (Embed4All) layout.  A WordPiece vocabulary like bert-base-uncased: [PAD] = 0, [unusedN],
+    [UNK] = 100, [CLS] = 101, [SEP] = 102, [MASK] = 103, single characters (printable ASCII without
+    capitals), ``##`` continuations of letters and digits, whole words and ``##`` suffixes, fillers.
+    gpt4all 1.0.8 needs n_vocab > 103 and every tensor's byte size a multiple of 16 (n_embd and
+    n_intermediate multiples of 8)."""
+
+    arch = BERT
+
+    def __init__(self, seed: int = 0, n_vocab: int = 512, n_max_tokens: int = 128, n_embd: int = 32,
+                 n_intermediate: int = 64, n_head: int = 4, n_layer: int = 2):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_max_tokens, "n_embd": n_embd,
+                                "n_ff": n_intermediate, "n_head": n_head, "n_layer": n_layer})
+        toks = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        toks += [chr(c) for c in range(0x21, 0x7F) if not "A" <= chr(c) <= "Z"]
+        toks += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+        words = ["the", "of", "and", "to", "in", "is", "hello", "world", "once", "upon", "time", "there", "lived",
+                 "little", "cat", "dog", "story", "model", "file", "def", "return", "print", "import", "self",
+                 "cafe", "naive", "uber", "code", "##ing", "##ed", "##er", "##s", "##ly", "##lo", "##ld"]
+        toks += [w for w in words if w not in toks]
+        if len(toks) > n_vocab:
+            raise ValueError(f"n_vocab must be at least {len(toks)}")
+        toks += [f"[unused{i}]" for i in range(99, 99 + n_vocab - len(toks))]
+        self._toks = toks
+        self.eos_id = 102
+
+    def vocab(self) -> list[bytes]:
+        return [t.encode() for t in self._toks]
+
+
+def zoo_header(arch: Architecture, values: Sequence[int], tokens: Sequence[bytes],
+               scores: Sequence[float] | None = None, *, format_version: int = 3, count: int | None = None) -> bytes:
+    """Magic, header integers (``values`` in file order), vocabulary of a :mod:`.zoo` architecture;
+    tensor records follow.  ``count``: the repeated vocabulary count (StarCoder; default len(tokens))."""
+    parts = [struct.pack("<I", arch.magic)]
+    if arch.has_version:
+        parts.append(struct.pack("<I", format_version))
+    parts.append(struct.pack(f"<{len(values)}i", *values))
+    if arch.vocab_count_repeated:
+        parts.append(struct.pack("<i", len(tokens) if count is None else count))
+    for k, t in enumerate(tokens):
+        parts.append(struct.pack("<I", len(t)) + t)
+        if arch.vocab_scores:
+            parts.append(struct.pack("<f", scores[k] if scores is not None else 0.0))
+    return b"".join(parts)
+
+
+def write_zoo(path: str | os.PathLike[str], model: TinyZoo, ftype: str = "f32", format_version: int = 3) -> Path:
+    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32 or F16, the rest F32,
+    tensor data aligned where the architecture says (Falcon: 32 bytes)."""
+    ft = _check_ftype(ftype)
+    wtype = "F16" if ft else "F32"
+    path = Path(path)
+    arch = model.arch
+    with open(path, "wb") as f:
+        f.write(zoo_header(arch, model.header_values(ftype_of(arch, wtype)), model.vocab(), model.scores(),
+                           format_version=format_version))
+        for name, shape in model.tensor_shapes().items():
+            tt = ft if model.is_weight(name) else 0
+            _legacy_tensor(f, name, shape, tt, model.weights(name), arch.alignment)
+    return path
+
+
+def write_falcon(path: str | os.PathLike[str], model: TinyFalcon, ftype: str = "f32",
+                 format_version: int = 3) -> Path:
+    """Falcon as gpt4all 1.0.8 read it: magic "ggjt", a format version it ignores (3, as ggllm.cpp's
+    quantizer wrote), 7 hparams, (length, bytes, f32 score) vocabulary, data 32-byte aligned."""
+    return write_zoo(path, model, ftype, format_version)
+
+
+def write_replit(path: str | os.PathLike[str], model: TinyReplit, ftype: str = "f32") -> Path:
+    """Replit as gpt4all 1.0.8 read it: magic "repl", 6 hparams, (length, piece, f32 score) vocabulary."""
+    return write_zoo(path, model, ftype)
+
+
+def write_starcoder(path: str | os.PathLike[str], model: TinyStarCoder, ftype: str = "f32") -> Path:
+    """StarCoder as the ggml example's converter wrote it: magic "ggml", 6 hparams, the vocabulary count
+    again, (length, bytes) vocabulary; ``model/wpe`` always F32."""
+    return write_zoo(path, model, ftype)
+
+
+def write_bert(path: str | os.PathLike[str], model: TinyBert, ftype: str = "f32") -> Path:
+    """BERT as gpt4all's converter wrote it: magic "bert", 7 hparams, (length, bytes) vocabulary; all
+    2-D tensors (the three embedding tables included) in ``ftype``."""
+    return write_zoo(path, model, ftype)
