@@ -16,16 +16,15 @@ linked (QNT version 2: Q4_0 = f16 scale + 16 bytes), whatever quant version the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Mapping
+
+from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_REPL
 
 #: hyperparameters by the project's keys (n_vocab, n_embd, n_head, n_head_kv, n_layer, n_ctx_train, n_ff)
 Hparams = Mapping[str, int]
-
-MAGIC_REPL = 0x7265706C  # "repl" (bytes "lper")
-MAGIC_BERT = 0x62657274  # "bert" (bytes "treb")
-MAGIC_GGJT = 0x67676A74  # "ggjt": Falcon shares it with llama.cpp
-MAGIC_GGML = 0x67676D6C  # "ggml": StarCoder shares it with GPT-J and the ggml examples' GPT-2
 
 #: ``enum ggml_ftype`` -> tensor type, as ``ggml_ftype_to_ggml_type`` of the 2023-06 ggml maps it
 #: (Falcon, StarCoder); other values abort there
@@ -81,6 +80,20 @@ class Architecture:
     gpt4all_ranges: Mapping[str, tuple[int, int]]
     #: tensor types gpt4all's ggml for this model reads (what the manifest accepts)
     tensor_types: tuple[str, ...]
+
+    @cached_property
+    def _name_pattern(self) -> re.Pattern[str]:
+        alts = (re.escape(r.name).replace(re.escape("{i}"), r"(?:0|[1-9][0-9]*)") for r in self.tensors)
+        return re.compile("(?:" + "|".join(alts) + ")")
+
+    def owns(self, tensor_name: str) -> bool:
+        """Whether ``tensor_name`` is one of this architecture's tensor names (any layer)."""
+        return self._name_pattern.fullmatch(tensor_name) is not None
+
+    @property
+    def ftype_field(self) -> int:
+        """Index of the ftype among the header fields."""
+        return [f.key for f in self.header].index("ftype")
 
     def n_ctx(self, hp: Hparams) -> int:
         return self.n_ctx_fixed if self.n_ctx_fixed is not None else int(hp["n_ctx_train"])
