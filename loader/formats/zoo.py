@@ -78,8 +78,6 @@ class Architecture:
     ftype_mod_1000: bool          #: ``ftype %= 1000`` before mapping (ggml-examples quant version)
     #: what gpt4all 1.0.8's ``magic_match`` also asks, by hparams key: (low, high) inclusive
     gpt4all_ranges: Mapping[str, tuple[int, int]]
-    #: tensor types gpt4all's ggml for this model reads (what the manifest accepts)
-    tensor_types: tuple[str, ...]
 
     @cached_property
     def _name_pattern(self) -> re.Pattern[str]:
@@ -142,9 +140,6 @@ _E: Callable[[Hparams], tuple[int, ...]] = lambda h: (h["n_embd"],)  # noqa: E73
 def _r(name: str, shape: Callable[[Hparams], tuple[int, ...]], weight: bool, optional: bool = False) -> TensorRule:
     return TensorRule(name, shape, weight, optional)
 
-
-_K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-
 FALCON = Architecture(
     name="falcon", display="Falcon", model_type="Falcon", magic=MAGIC_GGJT, container="ggjt", has_version=True,
     header=(HeaderField("n_vocab", "n_vocab"), HeaderField("n_embd", "n_embd"), HeaderField("n_head", "n_head"),
@@ -167,7 +162,6 @@ FALCON = Architecture(
     alignment=32, tokenizer="gpt4all-greedy", n_ctx_fixed=2048, end_token_texts=(), end_token_ids=(11,),
     ftype_types=GGML_FTYPE_TYPES, ftype_mod_1000=True,
     gpt4all_ranges={"n_vocab": (65024, 65100), "falcon_version": (7, 7), "n_head_kv": (1, 1)},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") + _K_QUANTS,
 )
 
 REPLIT = Architecture(
@@ -187,7 +181,6 @@ REPLIT = Architecture(
     ),
     alignment=0, tokenizer="replit-sentencepiece-dp", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",),
     end_token_ids=(0,), ftype_types=SMALL_FTYPE_TYPES, ftype_mod_1000=True, gpt4all_ranges={},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1"),
 )
 
 STARCODER = Architecture(
@@ -218,7 +211,6 @@ STARCODER = Architecture(
     ),
     alignment=0, tokenizer="gpt4all-greedy", n_ctx_fixed=None, end_token_texts=(), end_token_ids=(0,),
     ftype_types=GGML_FTYPE_TYPES, ftype_mod_1000=True, gpt4all_ranges={"n_vocab": (49100, 49290)},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") + _K_QUANTS,
 )
 
 BERT = Architecture(
@@ -253,7 +245,6 @@ BERT = Architecture(
     ),
     alignment=0, tokenizer="bert-wordpiece", n_ctx_fixed=None, end_token_texts=(), end_token_ids=(102,),
     ftype_types=SMALL_FTYPE_TYPES, ftype_mod_1000=False, gpt4all_ranges={},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1"),
 )
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FALCON, REPLIT, STARCODER, BERT)}
