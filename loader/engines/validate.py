@@ -71,6 +71,10 @@ NON_WEIGHT_TYPES = frozenset({"I8", "I16", "I32", "I64", "F64", "Q8_1"})
 #: more layers than any released model has: a header number beyond it is damage, not a model
 MAX_LAYERS = 4096
 
+#: the longest context a GPT4All 2023 zoo header may state (StarCoder's 8192 was the longest): a larger
+#: number is damage, and the 2023 loaders sized their caches with it
+MAX_ZOO_CTX = 1 << 16
+
 #: architectures whose graph divides by the head counts (the cases measured to crash)
 ATTENTION_ARCHS = frozenset({"llama"})
 
@@ -255,6 +259,10 @@ def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
     n_layer = _int(hp.get("n_layer")) or 0
     if n_layer > MAX_LAYERS:
         out.append(f"n_layer {n_layer} is outside 1..{MAX_LAYERS}")
+    n_ctx = _int(hp.get("n_ctx_train")) or 0
+    if n_ctx > MAX_ZOO_CTX:
+        out.append(f"the context {n_ctx} is beyond {MAX_ZOO_CTX} tokens; no model of this format had more than 8192 "
+                   "(a damaged header)")
     if out:
         return out
     n_embd, n_head, n_vocab = int(hp["n_embd"]), int(hp["n_head"]), int(hp["n_vocab"])
@@ -312,7 +320,7 @@ def _zoo_tensors(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
             out.append(f"{name} has shape {list(gshape)}; the header says {list(shape)}")
         want = wtype if weight else "F32"
         if gtype != want:
-            role = f"the file's weight type (ftype {facts.file_type})" if weight else "always F32"
+            role = f"the file's weight type (ftype {facts.file_type})" if weight else "as every norm and bias"
             out.append(f"{name} is {gtype}; it must be {want}, {role}")
         if len(out) >= 8:
             out.append("(further tensor problems not listed)")

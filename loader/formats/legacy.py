@@ -493,7 +493,12 @@ def _read_zoo(src: ByteSource, arch: Architecture, with_vocab: bool, version: in
         return f
     if wtype is None:
         f.notes.append(f"header ftype {ftype} is not one that gpt4all's {arch.display} loader maps to a weight type")
-    f.description = _describe(f, arch.display, w)
+    for key, (lo, hi) in arch.gpt4all_ranges.items():
+        if not lo <= hp.get(key, lo) <= hi:
+            span = str(lo) if lo == hi else f"{lo}..{hi}"
+            f.notes.append(f"gpt4all 1.0.8 recognized {arch.display} files only with {key} {span} (this one: {hp[key]})")
+    family = arch.display if arch.container in LEGACY_CONTAINERS else f"file of GPT4All {arch.display}"
+    f.description = _describe(f, family, w)
     return f
 
 

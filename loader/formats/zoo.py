@@ -127,7 +127,7 @@ class Architecture:
         return hp
 
     def n_params(self, hp: Hparams) -> int:
-        return sum(math.prod(s) for s, _, opt in self.expected_tensors(hp).values() if not opt)
+        return sum(math.prod(s) for s, _, _ in self.expected_tensors(hp).values())
 
 
 def _hd(h: Hparams) -> int:
