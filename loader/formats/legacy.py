@@ -496,7 +496,8 @@ def _read_zoo(src: ByteSource, arch: Architecture, with_vocab: bool, version: in
     for key, (lo, hi) in arch.gpt4all_ranges.items():
         if not lo <= hp.get(key, lo) <= hi:
             span = str(lo) if lo == hi else f"{lo}..{hi}"
-            f.notes.append(f"gpt4all 1.0.8 recognized {arch.display} files only with {key} {span} (this one: {hp[key]})")
+            f.notes.append(f"gpt4all 1.0.8 recognized {arch.display} files only with {key} {span} "
+                           f"(this one: {hp[key]})")
     family = arch.display if arch.container in LEGACY_CONTAINERS else f"file of GPT4All {arch.display}"
     f.description = _describe(f, family, w)
     return f
