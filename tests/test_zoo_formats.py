@@ -116,6 +116,13 @@ def test_reader_identifies_each_architecture(zoo_files, kind, ftype):
     assert best is not None and best.backend == BACKEND
 
 
+@pytest.mark.parametrize("kind", ["falcon", "starcoder"])
+def test_q4_0_files(zoo_files, kind):
+    f = read_facts(zoo_files[f"{kind}-q4_0"])
+    assert f.file_type == 2 and f.file_type_name == "MOSTLY_Q4_0" and "Q4_0" in f.tensor_types
+    assert validate.problems(f, BACKEND) == [] and catalog.choose(f)[0].backend == BACKEND
+
+
 def test_falcon_told_from_llama_by_its_tensor_table(tmp_path):
     """Both are ggjt with 7 header integers and a scored vocabulary; the tensor names decide, whatever
     the version field (gpt4all's converter wrote 1, ggllm.cpp's quantizer 3) or n_vocab."""

@@ -54,6 +54,14 @@ def test_gpt4all108_runs_the_tiny_file(reference, kind, ftype):
             assert r["greedy"], f"no greedy tokens after {r['prompt']!r}"
 
 
+@pytest.mark.parametrize("kind", ["falcon", "starcoder"])
+def test_gpt4all108_runs_q4_0(reference, kind):
+    """Q4_0 in ggml quant version 2 blocks (18 bytes per 32 values), the type of the published Falcon."""
+    results = reference(f"{kind}-q4_0")
+    assert all(r["prompt_tokens"] and r["greedy"] for r in results)
+    assert [r["prompt_tokens"] for r in results] == [r["prompt_tokens"] for r in reference(f"{kind}-f32")]
+
+
 @pytest.mark.parametrize("kind", ZOO_KINDS)
 def test_tokenization_does_not_depend_on_the_weight_type(reference, kind):
     f32, f16 = reference(f"{kind}-f32"), reference(f"{kind}-f16")

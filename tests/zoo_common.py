@@ -43,7 +43,8 @@ ZOO_KINDS = ("falcon", "replit", "starcoder", "bert")
 
 
 def write_zoo_files(d: Path, seed: int = 5) -> dict[str, Path]:
-    """``{"falcon-f32": path, "falcon-f16": ..., ...}``: one seeded tiny model per architecture, F32 and F16."""
+    """``{"falcon-f32": path, "falcon-f16": ..., ...}``: one seeded tiny model per architecture, F32 and F16,
+    and Q4_0 Falcon and StarCoder files (``"falcon-q4_0"``, ``"starcoder-q4_0"``, n_embd 32)."""
     from gpt4all_loader.formats import writer as w
 
     models = {"falcon": (w.TinyFalcon(seed=seed), w.write_falcon),
@@ -54,6 +55,11 @@ def write_zoo_files(d: Path, seed: int = 5) -> dict[str, Path]:
     for kind, (model, write) in models.items():
         for ft in ("f32", "f16"):
             out[f"{kind}-{ft}"] = write(d / f"tiny-{kind}-{ft}.bin", model, ft)  # type: ignore[operator]
+    # Q4_0 (ggml quant version 2 blocks, the published Falcon's type): rows of 32 values
+    out["falcon-q4_0"] = w.write_falcon(d / "tiny-falcon-q4_0.bin", w.TinyFalcon(seed=seed, n_embd=32, n_head=4),
+                                        "q4_0")
+    out["starcoder-q4_0"] = w.write_starcoder(d / "tiny-starcoder-q4_0.bin",
+                                              w.TinyStarCoder(seed=seed, n_embd=32, n_head=4), "q4_0")
     return out
 
 

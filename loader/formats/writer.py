@@ -33,7 +33,7 @@ from .zoo import BERT, FALCON, REPLIT, STARCODER, Architecture, ftype_of
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
            "legacy_tensor_header", "TinyZoo", "TinyFalcon", "TinyReplit", "TinyStarCoder", "TinyBert", "write_zoo",
-           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header"]
+           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header", "quantize_q4_0"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -872,19 +872,47 @@ def zoo_header(arch: Architecture, values: Sequence[int], tokens: Sequence[bytes
     return b"".join(parts)
 
 
+def quantize_q4_0(values: array[float]) -> bytes:
+    """Q4_0 blocks in the layout of ggml quant version 2 (ggjt v3, the ggml GPT4All's zoo libraries linked):
+    per 32 values an f16 scale d and 16 bytes whose low nibbles hold values 0-15 and high nibbles 16-31,
+    each value (q - 8) * d; d = the value of largest magnitude / -8, as ggml's reference quantizer."""
+    if len(values) % 32:
+        raise ValueError("Q4_0 needs a multiple of 32 values per row")
+    out = bytearray()
+    for b in range(0, len(values), 32):
+        x = values[b:b + 32]
+        m = max(x, key=abs)
+        d = m / -8.0
+        d16 = struct.unpack("<e", struct.pack("<e", d))[0]
+        inv = 1.0 / d if d else 0.0
+        q = [min(15, int(v * inv + 8.5)) for v in x]
+        out += struct.pack("<e", d16) + bytes(q[j] | (q[j + 16] << 4) for j in range(16))
+    return bytes(out)
+
+
+#: weight types write_zoo writes: name -> (ggml type id, encoder of float32 values)
+_ZOO_WTYPES = {"f32": "F32", "f16": "F16", "q4_0": "Q4_0"}
+
+
 def write_zoo(path: str | os.PathLike[str], model: TinyZoo, ftype: str = "f32", format_version: int = 3) -> Path:
-    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32 or F16, the rest F32,
-    tensor data aligned where the architecture says (Falcon: 32 bytes)."""
-    ft = _check_ftype(ftype)
-    wtype = "F16" if ft else "F32"
+    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32, F16 or Q4_0 (``ftype``
+    "q4_0": rows must be multiples of 32 values), the rest F32, tensor data aligned where the architecture
+    says (Falcon: 32 bytes)."""
+    if ftype not in _ZOO_WTYPES:
+        raise ValueError(f"ftype must be one of {', '.join(_ZOO_WTYPES)} (got {ftype!r})")
+    wtype = _ZOO_WTYPES[ftype]
+    tt_w = {"F32": 0, "F16": 1, "Q4_0": 2}[wtype]
     path = Path(path)
     arch = model.arch
     with open(path, "wb") as f:
         f.write(zoo_header(arch, model.header_values(ftype_of(arch, wtype)), model.vocab(), model.scores(),
                            format_version=format_version))
         for name, shape in model.tensor_shapes().items():
-            tt = ft if model.is_weight(name) else 0
-            _legacy_tensor(f, name, shape, tt, model.weights(name), arch.alignment)
+            tt = tt_w if model.is_weight(name) else 0
+            f.write(legacy_tensor_header(name, shape, tt))
+            if arch.alignment:
+                _pad(f, arch.alignment)
+            f.write(quantize_q4_0(model.weights(name)) if tt == 2 else _data(model.weights(name), tt, "<"))
     return path
 
 
