@@ -343,3 +343,17 @@ def test_probe_reports_the_zoo(zoo_files):
 
 def test_tiny_files_stay_small(zoo_files):
     assert all(p.stat().st_size < 8 << 20 for p in zoo_files.values())
+
+
+def test_unpadded_ggmf_falcon_points_to_gguf(tmp_path):
+    """ggllm.cpp's falcon_convert.py wrote "ggmf" v1 without padding: no 2023 loader of ours (nor gpt4all)
+    read it, and the suggestion is the GGUF conversion that today's llama.cpp runs."""
+    m = small("falcon")
+    raw = bytearray(zoo_bytes(m, align=0, ftype=0).replace(b"\x03\0\0\0", b"\x01\0\0\0", 1))
+    raw[0:4] = struct.pack("<I", 0x67676D66)
+    p = tmp_path / "ggmf-falcon.bin"
+    p.write_bytes(bytes(raw))
+    f = read_facts(p)
+    assert (f.kind, f.architecture) == ("unsupported-ggml", "falcon")
+    best, all_v = catalog.choose(f)
+    assert best is None and "gpt4all-convert" in (catalog.suggest(f, all_v) or "")

@@ -452,6 +452,9 @@ def suggest(facts: FileFacts, all_v: list[Verdict], *, built: Iterable[str] | No
         return f"this is {hint}" if hint else f"this is {facts.description or facts.format}, not a llama.cpp model"
     if kind == "lora":
         return "this is a LoRA adapter: load its base model and apply the adapter to it"
+    if kind == "unsupported-ggml" and facts.architecture in ZOO_GGUF_HINT:
+        return (f"this is {facts.description}; {ZOO_GGUF_HINT[str(facts.architecture)]}: convert the original "
+                "Hugging Face weights with gpt4all-convert HF_FOLDER -o model.gguf")
     if kind == "unsupported-ggml":
         return f"this is {facts.description or 'a ggml file of another project'}; no llama.cpp runs it"
     if facts.endianness and facts.endianness != "little":

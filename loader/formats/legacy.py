@@ -271,8 +271,13 @@ def _read_llama(src: ByteSource, fmt: str, version: int, with_vocab: bool) -> Fi
     _finish_model(f, w, data_offset, _vocab_kv(vocab, scores) if with_vocab else None)
     arch = _arch_from_names(w.names)
     if w.n and arch != "llama":
-        return _other_architecture(f, arch, f"{fmt} v{version} file of a non-LLaMA model "
-                                            f"({arch or 'unknown architecture'}, first tensor {w.names[0]!r})")
+        what = f"{fmt} v{version} file of a non-LLaMA model ({arch or 'unknown architecture'}, first tensor " \
+               f"{w.names[0]!r})"
+        if arch == "falcon":
+            # ggllm.cpp's falcon_convert.py wrote ggmf v1 without padding; gpt4all (and our Falcon code) read
+            # the padded ggjt layout of its falcon_quantize
+            what += " in ggllm.cpp's unquantized layout, which gpt4all never read (it read ggjt)"
+        return _other_architecture(f, arch, what)
     wk = w.shapes.get("layers.0.attention.wk.weight")
     if wk and len(wk) == 2 and 0 < wk[1] < n_embd and n_embd % wk[1] == 0 and n_head:
         f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
