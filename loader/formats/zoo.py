@@ -1,11 +1,13 @@
-"""GPT4All's 2023 ggml model zoo as data: Falcon, Replit, StarCoder and BERT (Embed4All).
+"""GPT4All's 2023 ggml model zoo as data: Falcon, Replit, StarCoder and BERT (Embed4All), and the GPT-J and
+MPT layouts the project already ran (:data:`GPTJ`, :data:`MPT_GGMM`, :data:`MPT_GGML`).
 
 Each :class:`Architecture` states what gpt4all 1.0.8's loader of that model read: the magic, the header
 fields in file order, the vocabulary layout, the tensor table (names, shapes as functions of the
 hyperparameters, which tensors take the file's weight type and which are always F32), the alignment of
 tensor data, the tokenizer, the context length and the end tokens.  The reader (:mod:`.legacy`), the
 validator (:mod:`..engines.validate`) and the writer of test files (:mod:`.writer`) all use these
-tables, so a layout is written down once.
+tables, so a layout is written down once.  GPT-J and MPT keep their own reader code (in :mod:`.legacy`)
+and loaders that check their files themselves; their tables here drive the writer.
 
 Common to all four (gpt4all-backend at 39acbc83): little-endian; tensor records of ``i32 n_dims,
 i32 name_len, i32 ggml type, i32 ne[n_dims], name`` then the data (Falcon: zero padding first, so that
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping
 
-from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_REPL
+from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL
 
 #: hyperparameters by the project's keys (n_vocab, n_embd, n_head, n_head_kv, n_layer, n_ctx_train, n_ff)
 Hparams = Mapping[str, int]
@@ -36,10 +38,12 @@ SMALL_FTYPE_TYPES: dict[int, str] = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1"}
 
 @dataclass(frozen=True)
 class HeaderField:
-    """One header integer: its name in gpt4all's hparams struct and the project's hparams key."""
+    """One header number: its name in gpt4all's hparams struct, the project's hparams key, and its
+    ``struct`` code ("i" int32, "I" uint32, "f" float32)."""
 
     name: str
     key: str
+    code: str = "i"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Architecture:
     ftype_mod_1000: bool          #: ``ftype %= 1000`` before mapping (ggml-examples quant version)
     #: what gpt4all 1.0.8's ``magic_match`` also asks, by hparams key: (low, high) inclusive
     gpt4all_ranges: Mapping[str, tuple[int, int]]
+    #: bit 31 of a token's length marks a special token (GPT4All's MPT)
+    vocab_special_bit: bool = False
 
     @cached_property
     def _name_pattern(self) -> re.Pattern[str]:
@@ -119,7 +125,7 @@ class Architecture:
 
     def hparams_from_header(self, values: tuple[int, ...]) -> dict[str, int]:
         """The header's integers (ftype excluded) by the project's keys, plus the derived ones."""
-        hp = {f.key: v for f, v in zip(self.header, values) if f.key != "ftype"}
+        hp = {f.key: int(v) for f, v in zip(self.header, values) if f.key != "ftype" and f.code != "f"}
         hp.setdefault("n_head_kv", hp.get("n_head", 0))
         hp.setdefault("n_ff", 4 * hp.get("n_embd", 0))
         if self.n_ctx_fixed is not None:
@@ -247,6 +253,79 @@ BERT = Architecture(
     ftype_types=SMALL_FTYPE_TYPES, ftype_mod_1000=False, gpt4all_ranges={},
 )
 
+# -- the layouts the project already ran on its own model code --------------------------------------------
+#: ``enum ggml_ftype`` of the May 2023 ggml GPT4All's GPT-J and MPT libraries linked (5: Q4_2)
+_GGML_230511_FTYPES: dict[int, str] = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 5: "Q4_2", 7: "Q8_0", 8: "Q5_0",
+                                       9: "Q5_1"}
+
+GPTJ = Architecture(
+    name="gptj", display="GPT-J", model_type="GPT-J", magic=MAGIC_GGML, container="ggml", has_version=False,
+    header=(HeaderField("n_vocab", "n_vocab"), HeaderField("n_ctx", "n_ctx_train"), HeaderField("n_embd", "n_embd"),
+            HeaderField("n_head", "n_head"), HeaderField("n_layer", "n_layer"), HeaderField("n_rot", "n_rot"),
+            HeaderField("ftype", "ftype")),
+    vocab_count_repeated=True, vocab_scores=False,
+    tensors=(
+        _r("transformer.wte.weight", lambda h: (h["n_embd"], h["n_vocab"]), True),
+        _r("transformer.h.{i}.ln_1.weight", _E, False),
+        _r("transformer.h.{i}.ln_1.bias", _E, False),
+        _r("transformer.h.{i}.attn.q_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.k_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.v_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.out_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_in.weight", lambda h: (h["n_embd"], 4 * h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_in.bias", lambda h: (4 * h["n_embd"],), False),
+        _r("transformer.h.{i}.mlp.fc_out.weight", lambda h: (4 * h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_out.bias", _E, False),
+        _r("transformer.ln_f.weight", _E, False),
+        _r("transformer.ln_f.bias", _E, False),
+        _r("lm_head.weight", lambda h: (h["n_embd"], h["n_vocab"]), True),
+        _r("lm_head.bias", lambda h: (h["n_vocab"],), False),
+    ),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(50256,),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={"n_vocab": (50300, 50400)},
+)
+
+
+def _mpt_tensors(wte_weight: bool) -> tuple[TensorRule, ...]:
+    return (
+        _r("transformer.wte.weight", lambda h: (h["n_embd"], h["n_vocab"]), wte_weight),
+        _r("transformer.blocks.{i}.norm_1.weight", _E, False),
+        _r("transformer.blocks.{i}.attn.Wqkv.weight", lambda h: (h["n_embd"], 3 * h["n_embd"]), True),
+        _r("transformer.blocks.{i}.attn.out_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.blocks.{i}.norm_2.weight", _E, False),
+        _r("transformer.blocks.{i}.ffn.up_proj.weight", lambda h: (h["n_embd"], 4 * h["n_embd"]), True),
+        _r("transformer.blocks.{i}.ffn.down_proj.weight", lambda h: (4 * h["n_embd"], h["n_embd"]), True),
+        _r("transformer.norm_f.weight", _E, False),
+    )
+
+
+#: GPT4All's MPT ("ggmm"): unsigned header, the token embedding always F32, special tokens flagged
+MPT_GGMM = Architecture(
+    name="mpt", display="MPT (GPT4All layout)", model_type="MPT", magic=MAGIC_GGMM, container="ggmm",
+    has_version=False,
+    header=(HeaderField("n_vocab", "n_vocab", "I"), HeaderField("n_ctx", "n_ctx_train", "I"),
+            HeaderField("n_layer", "n_layer", "I"), HeaderField("n_head", "n_head", "I"),
+            HeaderField("n_embd", "n_embd", "I"), HeaderField("alibi_bias_max", "alibi_bias_max", "f"),
+            HeaderField("clip_qkv", "clip_qkv", "f"), HeaderField("ftype", "ftype", "I")),
+    vocab_count_repeated=True, vocab_scores=False, vocab_special_bit=True, tensors=_mpt_tensors(False),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={},
+)
+
+#: the ggml examples' MPT (read by ctransformers, not by gpt4all)
+MPT_GGML = Architecture(
+    name="mpt", display="MPT (ggml-examples layout)", model_type="MPT", magic=MAGIC_GGML, container="ggml",
+    has_version=False,
+    header=(HeaderField("d_model", "n_embd"), HeaderField("max_seq_len", "n_ctx_train"),
+            HeaderField("n_heads", "n_head"), HeaderField("n_layers", "n_layer"), HeaderField("n_vocab", "n_vocab"),
+            HeaderField("alibi_bias_max", "alibi_bias_max", "f"), HeaderField("clip_qkv", "clip_qkv", "f"),
+            HeaderField("ftype", "ftype")),
+    vocab_count_repeated=False, vocab_scores=False, tensors=_mpt_tensors(True),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={},
+)
+
+#: the zoo this module adds, by FileFacts.architecture (what the reader and the validator dispatch on)
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FALCON, REPLIT, STARCODER, BERT)}
 BY_CONTAINER_MAGIC: dict[int, Architecture] = {MAGIC_REPL: REPLIT, MAGIC_BERT: BERT}
 
