@@ -357,3 +357,17 @@ def test_unpadded_ggmf_falcon_points_to_gguf(tmp_path):
     assert (f.kind, f.architecture) == ("unsupported-ggml", "falcon")
     best, all_v = catalog.choose(f)
     assert best is None and "gpt4all-convert" in (catalog.suggest(f, all_v) or "")
+
+
+@pytest.mark.parametrize("kind", ZOO_KINDS)
+def test_zoo_files_on_the_2023_backend_in_a_child(zoo_files, kind):
+    """load() + one evaluate in a child process: the model code runs it, or the library says why not;
+    never a signal or a hang."""
+    from conftest import backend_built
+    from hostile import LIBRARY_ERRORS, run_child
+
+    if not backend_built(BACKEND):
+        pytest.skip(f"backend {BACKEND}/cpu is not built")
+    r = run_child(zoo_files[f"{kind}-f16"], BACKEND)
+    assert "signal" not in r and not r.get("timeout") and "rc" not in r, r
+    assert r["ok"] or r["error"].startswith(LIBRARY_ERRORS), r
