@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Run gpt4all 1.0.8's libllmodel on one model file and print JSON: the prompt's tokens, the logits of
-the last prompt token, and the greedy continuation.
+the last prompt token, and the greedy continuation; for BERT (Embed4All) files, also the embedding.
 
 gpt4all 1.0.8 bundles its own ggml (and several copies of it, one per model library), so run this
 script in a CHILD process, never inside a process that also loads our backends:
@@ -14,7 +14,10 @@ Output (one JSON object on stdout):
     {"ok": true, "prompt_tokens": [...], "logits": [... n_vocab floats ...], "greedy": [...],
      "n_vocab": N}
 
-or ``{"ok": false, "error": "..."}`` with exit status 2 when the file does not load.
+or ``{"ok": false, "error": "..."}`` with exit status 2 when the file does not load.  ``--embed`` adds
+``"embedding": [... n_embd floats ...]`` (``llmodel_embedding``, what ``GPT4All.model.generate_embedding``
+calls; BERT only) and asks for no generation.  ``--prompts-file F`` (a JSON list of strings) runs every
+prompt on the one loaded model and prints ``{"ok": true, "results": [{...one per prompt...}, ...]}``.
 
 How the numbers are obtained (the C API of libllmodel, ``llmodel_c.h`` of gpt4all 1.0.8):
 
@@ -25,6 +28,8 @@ How the numbers are obtained (the C API of libllmodel, ``llmodel_c.h`` of gpt4al
 * a second ``llmodel_prompt`` from ``n_past = 0`` with ``top_k = 1`` (one candidate: the argmax,
   whatever the temperature) and no repeat penalty yields the greedy tokens through the response
   callback.  gpt4all stops early at its end-of-text tokens, so fewer tokens may come back.
+* for BERT, ``llmodel_prompt`` with ``n_predict = 0`` only tokenizes (its token evaluation does
+  nothing): the prompt callback reports gpt4all's WordPiece ids ([CLS] first, no [SEP]).
 """
 from __future__ import annotations
 
@@ -79,6 +84,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.llmodel_setThreadCount.restype = None
     lib.llmodel_set_implementation_search_path.argtypes = [ctypes.c_char_p]
     lib.llmodel_set_implementation_search_path.restype = None
+    lib.llmodel_embedding.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
+    lib.llmodel_embedding.restype = ctypes.POINTER(ctypes.c_float)
+    lib.llmodel_free_embedding.argtypes = [ctypes.POINTER(ctypes.c_float)]
+    lib.llmodel_free_embedding.restype = None
 
 
 def _context(n_predict: int, n_batch: int) -> LLModelPromptContext:
@@ -96,7 +105,8 @@ def _context(n_predict: int, n_batch: int) -> LLModelPromptContext:
     return ctx
 
 
-def run(lib_dir: str, model: str, prompt: str, n_predict: int, threads: int, n_batch: int) -> dict:
+def run(lib_dir: str, model: str, prompts: list[str], n_predict: int, threads: int, n_batch: int,
+        embed: bool = False) -> dict:
     lib = ctypes.CDLL(os.path.join(lib_dir, "libllmodel.so"))
     _bind(lib)
     lib.llmodel_set_implementation_search_path(lib_dir.encode())
@@ -110,37 +120,47 @@ def run(lib_dir: str, model: str, prompt: str, n_predict: int, threads: int, n_b
             return {"ok": False, "error": "llmodel_loadModel failed"}
         if threads > 0:
             lib.llmodel_setThreadCount(m, threads)
-
-        prompt_tokens: list[int] = []
-        greedy: list[int] = []
-
-        def on_prompt(tok: int) -> bool:
-            prompt_tokens.append(int(tok))
-            return True
-
-        def on_response(tok: int, _text: bytes) -> bool:
-            if tok >= 0:
-                greedy.append(int(tok))
-            return True
-
-        def on_recalc(_busy: bool) -> bool:
-            return True
-
-        cb_p, cb_r, cb_c = PromptCallback(on_prompt), ResponseCallback(on_response), RecalculateCallback(on_recalc)
-        ctx = _context(0, n_batch)
-        lib.llmodel_prompt(m, prompt.encode("utf-8"), cb_p, cb_r, cb_c, ctypes.byref(ctx))
-        n = int(ctx.logits_size)
-        logits = [float(ctx.logits[i]) for i in range(n)] if n and ctx.logits else []
-        first_tokens = list(prompt_tokens)
-        greedy.clear()
-        if n_predict > 0:
-            prompt_tokens.clear()
-            ctx2 = _context(n_predict, n_batch)
-            lib.llmodel_prompt(m, prompt.encode("utf-8"), cb_p, cb_r, cb_c, ctypes.byref(ctx2))
-        return {"ok": True, "prompt_tokens": first_tokens, "logits": logits, "greedy": list(greedy),
-                "n_vocab": n}
+        return {"ok": True, "results": [_one(lib, m, p, n_predict, n_batch, embed) for p in prompts]}
     finally:
         lib.llmodel_model_destroy(m)
+
+
+def _one(lib: ctypes.CDLL, m: int, prompt: str, n_predict: int, n_batch: int, embed: bool) -> dict:
+    prompt_tokens: list[int] = []
+    greedy: list[int] = []
+
+    def on_prompt(tok: int) -> bool:
+        prompt_tokens.append(int(tok))
+        return True
+
+    def on_response(tok: int, _text: bytes) -> bool:
+        if tok >= 0:
+            greedy.append(int(tok))
+        return True
+
+    def on_recalc(_busy: bool) -> bool:
+        return True
+
+    cb_p, cb_r, cb_c = PromptCallback(on_prompt), ResponseCallback(on_response), RecalculateCallback(on_recalc)
+    ctx = _context(0, n_batch)
+    lib.llmodel_prompt(m, prompt.encode("utf-8"), cb_p, cb_r, cb_c, ctypes.byref(ctx))
+    n = int(ctx.logits_size)
+    logits = [float(ctx.logits[i]) for i in range(n)] if n and ctx.logits and not embed else []
+    first_tokens = list(prompt_tokens)
+    greedy.clear()
+    out: dict = {"prompt": prompt, "prompt_tokens": first_tokens, "logits": logits, "n_vocab": len(logits)}
+    if embed:
+        size = ctypes.c_size_t()
+        ptr = lib.llmodel_embedding(m, prompt.encode("utf-8"), ctypes.byref(size))
+        out["embedding"] = [float(ptr[i]) for i in range(size.value)] if ptr else []
+        if ptr:
+            lib.llmodel_free_embedding(ptr)
+    elif n_predict > 0:
+        prompt_tokens.clear()
+        ctx2 = _context(n_predict, n_batch)
+        lib.llmodel_prompt(m, prompt.encode("utf-8"), cb_p, cb_r, cb_c, ctypes.byref(ctx2))
+    out["greedy"] = list(greedy)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,14 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-predict", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-batch", type=int, default=512, help="prompt tokens per evaluation (default: all at once)")
+    ap.add_argument("--embed", action="store_true", help="also compute the embedding (BERT); no generation")
+    ap.add_argument("--prompts-file", help="a JSON list of prompts, all run on the one loaded model")
     args = ap.parse_args(argv)
+    prompts = [args.prompt]
+    if args.prompts_file:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts = json.load(f)
     # the native libraries print their progress to stdout: keep stdout for the JSON line alone
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        out = run(os.path.abspath(args.lib_dir), args.model, args.prompt, args.n_predict, args.threads,
-                  args.n_batch)
+        out = run(os.path.abspath(args.lib_dir), args.model, prompts, args.n_predict, args.threads,
+                  args.n_batch, args.embed)
+        if out.get("ok") and not args.prompts_file:
+            out = {"ok": True, **out["results"][0]}
     except OSError as e:
         out = {"ok": False, "error": f"cannot run libllmodel: {e}"}
     finally:

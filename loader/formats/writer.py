@@ -4,10 +4,13 @@ The central object is :class:`TinyLlama`: ONE small LLaMA weight set (same seed 
 values) plus a vocabulary, which :func:`write_llama` writes as unversioned ggml, ggmf v1, ggjt v1-v3
 or GGUF v1-v3 (GGUF v3 also big-endian).  Every backend can then be compared on identical weights.
 :class:`TinyGPTJ` / :func:`write_gptj` and :class:`TinyMPT` / :func:`write_mpt` do the same for the
-GPT4All-era GPT-J (``ggml``) and MPT (``ggmm`` and ggml-examples) files.
+GPT4All-era GPT-J (``ggml``) and MPT (``ggmm`` and ggml-examples) files, and :class:`TinyFalcon`,
+:class:`TinyReplit`, :class:`TinyStarCoder`, :class:`TinyBert` with :func:`write_zoo` (``write_falcon``
+...) for the rest of GPT4All's 2023 zoo; their headers and tensor tables come from :mod:`.zoo`.
 
-Only F32 and F16 are written (1-D tensors always F32); quantized files are made by the engines' own
-quantizers from these.  Pure Python (``struct``/``array``), no third-party packages.
+Only F32 and F16 are written (1-D tensors always F32), plus Q4_0 for the zoo (:func:`quantize_q4_0`);
+other quantized files are made by the engines' own quantizers from these.  Pure Python
+(``struct``/``array``), no third-party packages.
 
 Example::
 
@@ -25,13 +28,15 @@ import struct
 import sys
 from array import array
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence, TypeAlias
+from typing import Any, BinaryIO, ClassVar, Sequence, TypeAlias
 
 from .gguf import GgufHeader, TokenType, ValueType
+from .zoo import BERT, FALCON, GPTJ, MPT_GGML, MPT_GGMM, REPLIT, STARCODER, Architecture, ftype_of
 
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
-           "legacy_tensor_header"]
+           "legacy_tensor_header", "TinyZoo", "TinyFalcon", "TinyReplit", "TinyStarCoder", "TinyBert", "write_zoo",
+           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header", "quantize_q4_0"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -530,23 +535,8 @@ class TinyGPTJ(_Tiny):
         return _gpt_vocab(self.n_vocab, {50256: b"<|endoftext|>"}, utf8_safe=False)
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, v = self.n_embd, self.n_vocab
-        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
-        for i in range(self.n_layer):
-            p = f"transformer.h.{i}."
-            s[p + "ln_1.weight"] = [e]
-            s[p + "ln_1.bias"] = [e]
-            for q in ("q", "k", "v", "out"):
-                s[p + f"attn.{q}_proj.weight"] = [e, e]
-            s[p + "mlp.fc_in.weight"] = [e, 4 * e]
-            s[p + "mlp.fc_in.bias"] = [4 * e]
-            s[p + "mlp.fc_out.weight"] = [4 * e, e]
-            s[p + "mlp.fc_out.bias"] = [e]
-        s["transformer.ln_f.weight"] = [e]
-        s["transformer.ln_f.bias"] = [e]
-        s["lm_head.weight"] = [e, v]
-        s["lm_head.bias"] = [v]
-        return s
+        hp = {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_layer": self.n_layer}
+        return {n: list(sh) for n, (sh, _, _) in GPTJ.expected_tensors(hp).items()}
 
     def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
         if name.endswith("bias"):
@@ -562,20 +552,14 @@ class TinyGPTJ(_Tiny):
 def gptj_header(n_vocab: int, n_ctx: int, n_embd: int, n_head: int, n_layer: int, n_rot: int, ftype: int,
                 tokens: list[bytes]) -> bytes:
     """Magic, hparams and vocabulary of a GPT4All-era GPT-J ``ggml`` file (tensor records follow)."""
-    parts = [struct.pack("<I7ii", 0x67676D6C, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype, len(tokens))]
-    for t in tokens:
-        parts.append(struct.pack("<I", len(t)) + t)
-    return b"".join(parts)
+    return zoo_header(GPTJ, [n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype], tokens)
 
 
 def ggmm_header(n_vocab: int, n_ctx: int, n_layer: int, n_head: int, n_embd: int, alibi_bias_max: float,
                 clip_qkv: float, ftype: int, tokens: list[bytes], special: set[int]) -> bytes:
     """Magic, hparams and vocabulary of a GPT4All ``ggmm`` MPT file; bit 31 of a length marks a special token."""
-    parts = [struct.pack("<6I2fII", 0x67676D6D, n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv,
-                         ftype, len(tokens))]
-    for i, t in enumerate(tokens):
-        parts.append(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)) + t)
-    return b"".join(parts)
+    return zoo_header(MPT_GGMM, [n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv, ftype], tokens,
+                      special=special)
 
 
 def write_gptj(path: str | os.PathLike[str], model: TinyGPTJ, ftype: str = "f32") -> Path:
@@ -617,18 +601,8 @@ class TinyMPT(_Tiny):
         return toks
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, v = self.n_embd, self.n_vocab
-        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
-        for i in range(self.n_layer):
-            p = f"transformer.blocks.{i}."
-            s[p + "norm_1.weight"] = [e]
-            s[p + "attn.Wqkv.weight"] = [e, 3 * e]
-            s[p + "attn.out_proj.weight"] = [e, e]
-            s[p + "norm_2.weight"] = [e]
-            s[p + "ffn.up_proj.weight"] = [e, 4 * e]
-            s[p + "ffn.down_proj.weight"] = [4 * e, e]
-        s["transformer.norm_f.weight"] = [e]
-        return s
+        hp = {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_layer": self.n_layer}
+        return {n: list(sh) for n, (sh, _, _) in MPT_GGMM.expected_tensors(hp).items()}
 
     def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
         if len(shape) == 1:
@@ -652,14 +626,300 @@ def write_mpt(path: str | os.PathLike[str], model: TinyMPT, layout: str = "ggmm"
             f.write(ggmm_header(m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd, m.alibi_bias_max, m.clip_qkv,
                                 ft, toks, special))
         elif layout == "ggml":
-            f.write(struct.pack("<I5i2fi", 0x67676D6C, m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab,
-                                m.alibi_bias_max, m.clip_qkv, ft))
-            for t in toks:
-                f.write(struct.pack("<I", len(t)))
-                f.write(t)
+            f.write(zoo_header(MPT_GGML, [m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab, m.alibi_bias_max,
+                                          m.clip_qkv, ft], toks))
         else:
             raise ValueError(f"layout must be 'ggmm' or 'ggml' (got {layout!r})")
+        arch = MPT_GGMM if layout == "ggmm" else MPT_GGML
+        roles = arch.expected_tensors({"n_vocab": m.n_vocab, "n_embd": m.n_embd, "n_layer": m.n_layer})
         for name, shape in m.tensor_shapes().items():
-            force = layout == "ggmm" and name == "transformer.wte.weight"
-            _legacy_tensor(f, name, shape, _ttype(shape, ft, force), m.weights(name), 0)
+            # GPT4All's ggmm keeps the token embedding F32 (the weight role of the table says so)
+            _legacy_tensor(f, name, shape, ft if roles[name][1] else 0, m.weights(name), 0)
     return path
+
+
+# -- GPT4All's 2023 zoo: Falcon, Replit, StarCoder, BERT ------------------------------------------------
+#: real-looking multi-character entries beyond the English word pieces: code, accents, CJK, emoji
+ZOO_EXTRA_PIECES = [
+    "def", " def", " return", "return", " print", "print", "import", " import", " self", "self", "():", "()",
+    "(", ")", ":", "    ", "\n", "\n\n", "\t", " =", " +", " #", "é", " café", "caf", " naïve", "ü", "ñ", " über",
+    "你好", "世界", "你", "好", "🙂", "👍", "日本", "語",
+]
+#: single characters (beyond printable ASCII) that the Replit and BERT test vocabularies hold as pieces
+ZOO_EXTRA_CHARS = "éèêàçüöäñïôÉ你好世界日本語🙂👍—’"
+
+_FALCON_SPECIALS = [">>TITLE<<", ">>ABSTRACT<<", ">>INTRODUCTION<<", ">>SUMMARY<<", ">>COMMENT<<", ">>ANSWER<<",
+                    ">>QUESTION<<", ">>DOMAIN<<", ">>PREFIX<<", ">>SUFFIX<<", ">>MIDDLE<<", "<|endoftext|>"]
+_STARCODER_SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+                       "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
+                       "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
+                       "<commit_msg>", "<commit_after>", "<reponame>"]
+
+
+def _greedy_vocab(specials: list[str], n_vocab: int) -> list[bytes]:
+    """For gpt4all's greedy longest-match tokenizer: specials, the 256 single bytes (so every text
+    tokenizes), word and code pieces, then unique fillers up to ``n_vocab``."""
+    toks = [s.encode() for s in specials] + [bytes([b]) for b in range(256)]
+    seen = set(toks)
+    for w in _pieces() + ZOO_EXTRA_PIECES:
+        t = w.encode()
+        if t not in seen:
+            seen.add(t)
+            toks.append(t)
+    if len(toks) > n_vocab:
+        raise ValueError(f"n_vocab must be at least {len(toks)}")
+    toks += [f"<|filler_{i}|>".encode() for i in range(len(toks), n_vocab)]
+    return toks
+
+
+class TinyZoo(_Tiny):
+    """A tiny model of one :mod:`.zoo` architecture: hparams by the project's keys, a vocabulary, and
+    deterministic weights for the architecture's tensor table."""
+
+    arch: ClassVar[Architecture]
+
+    def __init__(self, seed: int, hparams: dict[str, int]):
+        super().__init__()
+        self.seed = seed
+        self.hparams = dict(hparams)
+        self.hparams.setdefault("n_head_kv", self.hparams["n_head"])
+        self.hparams.setdefault("n_ff", 4 * self.hparams["n_embd"])
+        if self.hparams["n_embd"] % self.hparams["n_head"]:
+            raise ValueError(f"n_embd {self.hparams['n_embd']} is not a multiple of n_head {self.hparams['n_head']}")
+        self.skip: set[str] = set()  # optional tensors left out
+
+    def __getattr__(self, key: str) -> int:
+        hp = self.__dict__.get("hparams", {})
+        if key in hp:
+            return int(hp[key])
+        raise AttributeError(key)
+
+    def vocab(self) -> list[bytes]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def scores(self) -> list[float]:
+        return [0.0] * len(self.vocab())
+
+    def header_values(self, ftype: int) -> list[int]:
+        """The header integers in file order."""
+        hp = dict(self.hparams, ftype=ftype)
+        return [hp[f.key] for f in self.arch.header]
+
+    def tensor_shapes(self) -> dict[str, list[int]]:
+        return {n: list(s) for n, (s, _, _) in self.arch.expected_tensors(self.hparams).items() if n not in self.skip}
+
+    def is_weight(self, name: str) -> bool:
+        return self.arch.expected_tensors(self.hparams)[name][1]
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        if len(shape) == 1:
+            return (-0.02, 0.02) if name.endswith(("bias", "/b")) else (0.9, 1.1)
+        if "position" in name or name == "model/wpe" or "token_type" in name:
+            return -0.1, 0.1
+        if name in ("transformer.word_embeddings.weight", "transformer.wte.weight", "model/wte",
+                    "embeddings.word_embeddings.weight"):
+            return -0.5, 0.5
+        b = 1.0 / math.sqrt(shape[0]) * (3.0 if name in ("lm_head.weight", "model/lm_head") else 1.0)
+        return -b, b
+
+
+class TinyFalcon(TinyZoo):
+    """Falcon-7B's layout (gpt4all 1.0.8 needs n_vocab 65024..65100, falcon_version 7, n_head_kv 1 and an
+    even head dimension).  Vocabulary: Falcon's 11 ``>>…<<`` specials, ``<|endoftext|>`` = 11 (the end
+    token), the 256 single bytes, word/code/accent/CJK/emoji pieces, fillers."""
+
+    arch = FALCON
+
+    def __init__(self, seed: int = 0, n_vocab: int = 65024, n_embd: int = 8, n_head: int = 2, n_head_kv: int = 1,
+                 n_layer: int = 2, falcon_version: int = 7):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_embd": n_embd, "n_head": n_head, "n_head_kv": n_head_kv,
+                                "n_layer": n_layer, "falcon_version": falcon_version, "n_ctx_train": 2048})
+        self.eos_id = 11
+
+    def vocab(self) -> list[bytes]:
+        return _greedy_vocab(_FALCON_SPECIALS, self.hparams["n_vocab"])
+
+
+class TinyStarCoder(TinyZoo):
+    """StarCoder's layout (gpt4all 1.0.8 needs n_vocab 49100..49290; K/V already widened to n_head heads).
+    Vocabulary: ``<|endoftext|>`` = 0 (the end token) and StarCoder's other specials, the 256 single
+    bytes, pieces, fillers.  ``lm_head=False`` leaves ``model/lm_head`` out (the loader reuses wte)."""
+
+    arch = STARCODER
+
+    def __init__(self, seed: int = 0, n_vocab: int = 49152, n_ctx: int = 128, n_embd: int = 8, n_head: int = 2,
+                 n_layer: int = 2, lm_head: bool = True):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
+                                "n_layer": n_layer})
+        if not lm_head:
+            self.skip.add("model/lm_head")
+        self.eos_id = 0
+
+    def vocab(self) -> list[bytes]:
+        return _greedy_vocab(_STARCODER_SPECIALS, self.hparams["n_vocab"])
+
+
+class TinyReplit(TinyZoo):
+    """Replit's layout.  Vocabulary of SentencePiece pieces with scores, spaces as "▁" (U+2581):
+    ``<|endoftext|>`` = 0, ``<|padding|>`` = 1, the 256 ``<0xNN>`` byte pieces (which gpt4all's
+    segmentation never matches, as in the real file), single characters (printable ASCII, newline, tab,
+    :data:`ZOO_EXTRA_CHARS`) with low scores, word/code pieces with higher scores, fillers."""
+
+    arch = REPLIT
+
+    def __init__(self, seed: int = 0, n_vocab: int = 1024, n_ctx: int = 128, n_embd: int = 16, n_head: int = 2,
+                 n_layer: int = 2):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_ctx, "n_embd": n_embd, "n_head": n_head,
+                                "n_layer": n_layer})
+        self.eos_id = 0
+        pieces: list[tuple[str, float]] = [("<|endoftext|>", 0.0), ("<|padding|>", 0.0)]
+        pieces += [(f"<0x{b:02X}>", 0.0) for b in range(256)]
+        chars = [chr(c) for c in range(0x21, 0x7F)] + ["\u2581", "\n", "\t"] + list(ZOO_EXTRA_CHARS)
+        pieces += [(c, -10.0 - 0.001 * k) for k, c in enumerate(chars)]
+        seen = {p for p, _ in pieces}
+        k = 0
+        for w in _pieces() + ZOO_EXTRA_PIECES:
+            p = w.replace(" ", "\u2581")
+            if p not in seen:
+                seen.add(p)
+                pieces.append((p, -3.0 - 0.001 * k))
+                k += 1
+        if len(pieces) > n_vocab:
+            raise ValueError(f"n_vocab must be at least {len(pieces)}")
+        pieces += [(f"<|filler_{i}|>", -30.0) for i in range(len(pieces), n_vocab)]
+        self._pieces = pieces
+
+    def vocab(self) -> list[bytes]:
+        return [p.encode() for p, _ in self._pieces]
+
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        # the output is tied to wte: with embeddings that dominate the residual stream, greedy decoding
+        # repeats its input token forever; small embeddings and strong blocks make it move on
+        if name == "transformer.wte.weight":
+            return -0.1, 0.1
+        if len(shape) == 2:
+            b = 4.0 / math.sqrt(shape[0])
+            return -b, b
+        return super()._init_range(name, shape)
+
+    def scores(self) -> list[float]:
+        return [s for _, s in self._pieces]
+
+
+class TinyBert(TinyZoo):
+    """BERT (Embed4All) layout.  A WordPiece vocabulary like bert-base-uncased: [PAD] = 0, [unusedN],
+    [UNK] = 100, [CLS] = 101, [SEP] = 102, [MASK] = 103, single characters (printable ASCII without
+    capitals), ``##`` continuations of letters and digits, whole words and ``##`` suffixes, fillers.
+    gpt4all 1.0.8 needs n_vocab > 103 and every tensor's byte size a multiple of 16 (n_embd and
+    n_intermediate multiples of 8)."""
+
+    arch = BERT
+
+    def __init__(self, seed: int = 0, n_vocab: int = 512, n_max_tokens: int = 128, n_embd: int = 32,
+                 n_intermediate: int = 64, n_head: int = 4, n_layer: int = 2):
+        super().__init__(seed, {"n_vocab": n_vocab, "n_ctx_train": n_max_tokens, "n_embd": n_embd,
+                                "n_ff": n_intermediate, "n_head": n_head, "n_layer": n_layer})
+        toks = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        toks += [chr(c) for c in range(0x21, 0x7F) if not "A" <= chr(c) <= "Z"]
+        toks += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+        words = ["the", "of", "and", "to", "in", "is", "hello", "world", "once", "upon", "time", "there", "lived",
+                 "little", "cat", "dog", "story", "model", "file", "def", "return", "print", "import", "self",
+                 "cafe", "naive", "uber", "code", "##ing", "##ed", "##er", "##s", "##ly", "##lo", "##ld"]
+        toks += [w for w in words if w not in toks]
+        if len(toks) > n_vocab:
+            raise ValueError(f"n_vocab must be at least {len(toks)}")
+        toks += [f"[unused{i}]" for i in range(99, 99 + n_vocab - len(toks))]
+        self._toks = toks
+        self.eos_id = 102
+
+    def vocab(self) -> list[bytes]:
+        return [t.encode() for t in self._toks]
+
+
+def zoo_header(arch: Architecture, values: Sequence[float], tokens: Sequence[bytes],
+               scores: Sequence[float] | None = None, *, format_version: int = 3, count: int | None = None,
+               special: set[int] | None = None) -> bytes:
+    """Magic, header numbers (``values`` in file order), vocabulary of a :mod:`.zoo` architecture;
+    tensor records follow.  ``count``: the repeated vocabulary count (StarCoder, GPT-J, MPT; default
+    len(tokens)); ``special``: ids flagged as special tokens (GPT4All MPT)."""
+    parts = [struct.pack("<I", arch.magic)]
+    if arch.has_version:
+        parts.append(struct.pack("<I", format_version))
+    parts.append(struct.pack("<" + "".join(f.code for f in arch.header), *values))
+    if arch.vocab_count_repeated:
+        parts.append(struct.pack("<i", len(tokens) if count is None else count))
+    flagged = special or set()
+    for k, t in enumerate(tokens):
+        flag = (1 << 31) if arch.vocab_special_bit and k in flagged else 0
+        parts.append(struct.pack("<I", len(t) | flag) + t)
+        if arch.vocab_scores:
+            parts.append(struct.pack("<f", scores[k] if scores is not None else 0.0))
+    return b"".join(parts)
+
+
+def quantize_q4_0(values: array[float]) -> bytes:
+    """Q4_0 blocks in the layout of ggml quant version 2 (ggjt v3, the ggml GPT4All's zoo libraries linked):
+    per 32 values an f16 scale d and 16 bytes whose low nibbles hold values 0-15 and high nibbles 16-31,
+    each value (q - 8) * d; d = the value of largest magnitude / -8, as ggml's reference quantizer."""
+    if len(values) % 32:
+        raise ValueError("Q4_0 needs a multiple of 32 values per row")
+    out = bytearray()
+    for b in range(0, len(values), 32):
+        x = values[b:b + 32]
+        m = max(x, key=abs)
+        d = m / -8.0
+        d16 = struct.unpack("<e", struct.pack("<e", d))[0]
+        inv = 1.0 / d if d else 0.0
+        q = [min(15, int(v * inv + 8.5)) for v in x]
+        out += struct.pack("<e", d16) + bytes(q[j] | (q[j + 16] << 4) for j in range(16))
+    return bytes(out)
+
+
+#: weight types write_zoo writes: name -> (ggml type id, encoder of float32 values)
+_ZOO_WTYPES = {"f32": "F32", "f16": "F16", "q4_0": "Q4_0"}
+
+
+def write_zoo(path: str | os.PathLike[str], model: TinyZoo, ftype: str = "f32", format_version: int = 3) -> Path:
+    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32, F16 or Q4_0 (``ftype``
+    "q4_0": rows must be multiples of 32 values), the rest F32, tensor data aligned where the architecture
+    says (Falcon: 32 bytes)."""
+    if ftype not in _ZOO_WTYPES:
+        raise ValueError(f"ftype must be one of {', '.join(_ZOO_WTYPES)} (got {ftype!r})")
+    wtype = _ZOO_WTYPES[ftype]
+    tt_w = {"F32": 0, "F16": 1, "Q4_0": 2}[wtype]
+    path = Path(path)
+    arch = model.arch
+    with open(path, "wb") as f:
+        f.write(zoo_header(arch, model.header_values(ftype_of(arch, wtype)), model.vocab(), model.scores(),
+                           format_version=format_version))
+        for name, shape in model.tensor_shapes().items():
+            tt = tt_w if model.is_weight(name) else 0
+            f.write(legacy_tensor_header(name, shape, tt))
+            if arch.alignment:
+                _pad(f, arch.alignment)
+            f.write(quantize_q4_0(model.weights(name)) if tt == 2 else _data(model.weights(name), tt, "<"))
+    return path
+
+
+def write_falcon(path: str | os.PathLike[str], model: TinyFalcon, ftype: str = "f32",
+                 format_version: int = 3) -> Path:
+    """Falcon as gpt4all 1.0.8 read it: magic "ggjt", a format version it ignores (3, as ggllm.cpp's
+    quantizer wrote), 7 hparams, (length, bytes, f32 score) vocabulary, data 32-byte aligned."""
+    return write_zoo(path, model, ftype, format_version)
+
+
+def write_replit(path: str | os.PathLike[str], model: TinyReplit, ftype: str = "f32") -> Path:
+    """Replit as gpt4all 1.0.8 read it: magic "repl", 6 hparams, (length, piece, f32 score) vocabulary."""
+    return write_zoo(path, model, ftype)
+
+
+def write_starcoder(path: str | os.PathLike[str], model: TinyStarCoder, ftype: str = "f32") -> Path:
+    """StarCoder as the ggml example's converter wrote it: magic "ggml", 6 hparams, the vocabulary count
+    again, (length, bytes) vocabulary; ``model/wpe`` always F32."""
+    return write_zoo(path, model, ftype)
+
+
+def write_bert(path: str | os.PathLike[str], model: TinyBert, ftype: str = "f32") -> Path:
+    """BERT as gpt4all's converter wrote it: magic "bert", 7 hparams, (length, bytes) vocabulary; all
+    2-D tensors (the three embedding tables included) in ``ftype``."""
+    return write_zoo(path, model, ftype)
