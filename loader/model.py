@@ -31,7 +31,6 @@ from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX,
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession, ChatTemplate
     from .published import TableArg
-    from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
 DEFAULT_N_CTX = LEGACY_N_CTX
@@ -589,43 +588,17 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     return 0, LEGACY_RMS_EPS
 
 
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model: ...
-
-
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> IsolatedModel: ...
-
-
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model | IsolatedModel: ...
-
-
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
-         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
-         worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
-         published_table: TableArg = None) -> "Model | IsolatedModel":
-    """Load a model file on the backend that reads it.
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, flash_attn: str | bool = "auto",
+         chat_template: str | None = None, published_table: TableArg = None) -> Model:
+    """Load a model file, in this process, on the backend that reads it (``gpt4all_loader.load`` also
+    runs it in a worker process: ``isolated=True``).
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
     by name (it must still accept the file: files are never handed to an engine that would misread
-    them).  isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`:
-    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which
-    the model is closed: later calls raise ModelClosedError naming the cause).
+    them).
     vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
     detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
     (no tensors) and False otherwise.
@@ -636,15 +609,6 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     default is ChatML (:func:`~gpt4all_loader.chat.resolve_template`).  published_table: a list of
     published files in the format of the packaged ``gpt4all_published.json`` (a path), used instead of it.
     """
-    if isolated:
-        from .worker import DEFAULT_TIMEOUT, IsolatedModel
-
-        return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
-                                                   n_gpu_layers=n_gpu_layers, backend=backend,
-                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only,
-                                                   flash_attn=flash_attn, chat_template=chat_template,
-                                                   published_table=published_table),
-                             DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
     from .chat import resolve_template
     from .facts_cache import read_facts_cached
     from .plan import plan

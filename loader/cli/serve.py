@@ -249,7 +249,7 @@ class Pool:
     async def _load(self, slot: Slot) -> None:
         import anyio
 
-        from ..model import load
+        from .. import load
 
         async with self.changed:
             while self._over(slot):
