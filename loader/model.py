@@ -111,6 +111,32 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass
+class GenerationStats:
+    """What one generation did, recorded by the Model as it runs (:attr:`Model.last_generation`) and
+    sent back by the worker of an IsolatedModel: the usage and finish reason a server reports."""
+
+    #: tokens of the prompt, and how many of them were evaluated (the rest were already in the cache)
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    completion_tokens: int = 0
+    #: "stop" (an end-of-generation token or a stop string), "length" (max_tokens, or a full context
+    #: without context shift), "cancelled" (the consumer closed the stream or a callback said no);
+    #: "" while running, or when it failed
+    finish_reason: str = ""
+    #: seconds from the start of the generation (prompt evaluation included) to the first token
+    time_to_first_token_s: float | None = None
+    #: seconds from the first token to the end
+    completion_s: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens after the first, per second of generating them (None with fewer than 2)."""
+        if self.completion_tokens < 2 or self.completion_s <= 0:
+            return None
+        return (self.completion_tokens - 1) / self.completion_s
+
+
 _C = TypeVar("_C", bound="Closing")
 
 
@@ -154,10 +180,15 @@ class Model(Closing):
         #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
         #: what follows the longest prefix it shares with them
         self._kv: list[int] = []
-        #: prompt tokens the last generation evaluated (the others were already in the cache)
-        self.last_evaluated = 0
+        #: what the last generation did (None before the first)
+        self.last_generation: GenerationStats | None = None
         # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
         self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
+
+    @property
+    def last_evaluated(self) -> int:
+        """Prompt tokens the last generation evaluated (the others were already in the cache)."""
+        return self.last_generation.prompt_evaluated if self.last_generation is not None else 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -456,7 +487,9 @@ class Model(Closing):
                     tokens = [self.token_bos()]
                 if len(tokens) >= self.info.n_ctx:
                     raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
-                self.last_evaluated = self._evaluate_to(tokens)
+                stats = self.last_generation = GenerationStats(prompt_tokens=len(tokens))
+                t0 = time.perf_counter()
+                stats.prompt_evaluated = self._evaluate_to(tokens)
                 # context shift: -1 off; None the prompt's start, up to a quarter of the context
                 n_keep = min(len(tokens), max(1, self.info.n_ctx // 4)) if shift is None else shift
                 params = ffi.new("g4a_sampling *", sampling)
@@ -465,23 +498,36 @@ class Model(Closing):
                 hist = ffi.new("int32_t[]", window_n)
                 recent = list(tokens[-window_n:])
                 one = ffi.new("int32_t[1]")
-                for _ in range(max_tokens):
-                    hist[0:len(recent)] = recent
-                    tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
-                    if tok < 0:
-                        raise self._err("sampling failed")
-                    if self._lib.g4a_is_eog(self._h(), tok):
-                        return
-                    yield tok
-                    if len(self._kv) + 1 > self.info.n_ctx:
-                        if n_keep < 0:
+                t_first = t0
+                try:
+                    for _ in range(max_tokens):
+                        hist[0:len(recent)] = recent
+                        tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
+                        if tok < 0:
+                            raise self._err("sampling failed")
+                        if self._lib.g4a_is_eog(self._h(), tok):
+                            stats.finish_reason = "stop"
                             return
-                        self._shift(n_keep)
-                    recent.append(tok)
-                    if len(recent) > window_n:
-                        del recent[0]
-                    one[0] = tok
-                    self._eval(self._h(), one, (tok,))
+                        now = time.perf_counter()
+                        if stats.time_to_first_token_s is None:
+                            stats.time_to_first_token_s, t_first = now - t0, now
+                        stats.completion_tokens += 1
+                        stats.completion_s = now - t_first
+                        yield tok
+                        if len(self._kv) + 1 > self.info.n_ctx:
+                            if n_keep < 0:
+                                stats.finish_reason = "length"
+                                return
+                            self._shift(n_keep)
+                        recent.append(tok)
+                        if len(recent) > window_n:
+                            del recent[0]
+                        one[0] = tok
+                        self._eval(self._h(), one, (tok,))
+                    stats.finish_reason = "length"
+                except GeneratorExit:
+                    stats.finish_reason = stats.finish_reason or "cancelled"  # _generate sets "stop" for a stop string
+                    raise
             finally:
                 self._streams -= 1
                 if self._closing and not self._streams:
@@ -498,6 +544,8 @@ class Model(Closing):
                 if stop:
                     cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
                     if cut >= 0:
+                        if self.last_generation is not None:  # this stream's: it holds the lock
+                            self.last_generation.finish_reason = "stop"
                         if pending[:cut]:
                             yield pending[:cut]
                         return

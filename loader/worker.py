@@ -15,7 +15,7 @@ child), whose ``poll`` gives the time-out that turns a hang into an error.
 Protocol (parent -> worker, one request at a time):
     ("load", path, kwargs)            -> ("ok", (info, facts))
     ("call", name, args, kwargs)      -> ("ok", value)      a method call, or a property when args is None
-    ("iter", name, args, kwargs)      -> ("item", x)* then ("end", stats); ("cancel",) from the parent
+    ("iter", name, args, kwargs)      -> ("item", x)* then ("end", GenerationStats); ("cancel",) from the parent
                                          between items stops the iteration early
     any request                       -> ("err", exception) when the Model raised
 """
@@ -28,10 +28,10 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
 from .errors import BackendError, ModelClosedError
-from .model import Closing, ModelInfo
+from .model import Closing, GenerationStats, ModelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
@@ -64,8 +64,7 @@ class _Call:
 class _Stream:
     """An iterator over what the worker streams; closing it early cancels the generation there.
 
-    After the end, ``stats`` holds what the worker reports: ``prompt_tokens``, ``completion_tokens``
-    and ``finish_reason`` ("stop" or "length"), the usage counts a server needs.
+    At the end, the model's :attr:`~IsolatedModel.last_generation` is what the worker's Model recorded.
     """
 
     def __init__(self, owner: "IsolatedModel", name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -76,7 +75,6 @@ class _Stream:
         self._started = False
         self._done = False
         self._thread = threading.get_ident()
-        self.stats: dict[str, Any] = {}
 
     def __iter__(self) -> "_Stream":
         return self
@@ -106,7 +104,7 @@ class _Stream:
             return value
         self._finish()
         if kind == "end":
-            self.stats = value
+            o.last_generation = value
             raise StopIteration
         raise value  # "err": the Model's own exception, raised here
 
@@ -129,7 +127,7 @@ class _Stream:
             while True:
                 kind, value = o._recv()
                 if kind == "end":
-                    self.stats = value
+                    o.last_generation = value
                     break
                 if kind == "err":
                     break
@@ -164,6 +162,8 @@ class IsolatedModel(Closing):
         self._holder: Any = None
         self._dead: str | None = None
         self._doing = "load"  # the request in progress, named when the worker dies
+        #: as :attr:`Model.last_generation`: what the worker's Model recorded, at the end of each stream
+        self.last_generation: GenerationStats | None = None
         parent_sock, child_sock = socket.socketpair()
         # the child imports this very package however the caller found it (installed, or a path it added)
         boot = f"import sys; sys.path[:0] = {sys.path!r}; from {__name__} import main; sys.exit(main())"
@@ -306,6 +306,10 @@ class IsolatedModel(Closing):
         return self.info.n_ctx
 
     @property
+    def last_evaluated(self) -> int:
+        return self.last_generation.prompt_evaluated if self.last_generation is not None else 0
+
+    @property
     def chat_template_source(self) -> str:
         """As :attr:`Model.chat_template_source` (the worker resolved it when it loaded the file)."""
         return self.info.chat_template_source
@@ -384,40 +388,10 @@ class IsolatedModel(Closing):
 # ------------------------------------------------------------------------------------------------
 # The worker side
 
-class _Counted:
-    """Wraps a Model's generate_tokens to count what it yields and say why it ended."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.inner = model.generate_tokens
-        self.stats: dict[str, Any] = {}
-
-    def __call__(self, prompt: Any, **kw: Any) -> Generator[int, None, None]:
-        m = self.model
-        text = isinstance(prompt, (str, bytes))
-        n_prompt = len(m.tokenize(prompt, add_bos=kw.get("add_bos", True), special=kw.get("special", False))) \
-            if text else len(prompt)
-        max_tokens = kw.get("max_tokens", 128)
-        self.stats = {"prompt_tokens": n_prompt, "completion_tokens": 0, "finish_reason": "stop"}
-        n = 0
-        inner = self.inner(prompt, **kw)
-        try:
-            for tok in inner:
-                n += 1
-                self.stats["completion_tokens"] = n
-                yield tok
-        finally:
-            inner.close()  # a stop string or a cancel ends it here: the model lock is released now
-        # exhausted (not cut by a stop string): by max_tokens or a full context, or an end token
-        if n >= max_tokens or m.n_past + 1 > m.n_ctx:
-            self.stats["finish_reason"] = "length"
-
-
 def _serve(conn: Connection) -> None:
     from .model import load
 
     model: Any = None
-    counted: _Counted | None = None
     while True:
         try:
             msg = conn.recv()
@@ -431,8 +405,6 @@ def _serve(conn: Connection) -> None:
         try:
             if op == "load":
                 model = load(msg[1], **msg[2])
-                counted = _Counted(model)
-                model.generate_tokens = counted  # _generate counts through it
                 conn.send(("ok", (model.info, model.facts)))
             elif op == "call":
                 _, name, args, kwargs = msg
@@ -440,8 +412,6 @@ def _serve(conn: Connection) -> None:
                 conn.send(("ok", attr if args is None else attr(*args, **kwargs)))
             elif op == "iter":
                 _, name, args, kwargs = msg
-                assert counted is not None
-                counted.stats = {}
                 it = getattr(model, name)(*args, **kwargs)
                 try:
                     for x in it:
@@ -450,7 +420,7 @@ def _serve(conn: Connection) -> None:
                             break
                 finally:
                     it.close()
-                conn.send(("end", dict(counted.stats)))
+                conn.send(("end", model.last_generation))
         except (EOFError, OSError):
             break
         except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller
