@@ -13,6 +13,7 @@ from .errors import (
     BackendError,
     BuildError,
     ChatTemplateError,
+    ContextLengthError,
     DeviceError,
     FormatError,
     ModelClosedError,
@@ -23,7 +24,7 @@ from .errors import (
 from .probe import ProbeReport, probe
 
 __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
-           "BuildError", "ChatTemplateError", "DeviceError", "ModelClosedError"]
+           "BuildError", "ChatTemplateError", "ContextLengthError", "DeviceError", "ModelClosedError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, S
 
 from .engines import cache, native
 from .engines.manifest import load_manifest
-from .errors import BackendError, ChatTemplateError, ModelClosedError
+from .errors import BackendError, ChatTemplateError, ContextLengthError, ModelClosedError
 from .formats.facts import FileFacts
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
 
@@ -486,7 +486,8 @@ class Model(Closing):
                 if not tokens:
                     tokens = [self.token_bos()]
                 if len(tokens) >= self.info.n_ctx:
-                    raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
+                    raise ContextLengthError(f"the prompt has {len(tokens)} tokens; the context holds "
+                                             f"{self.info.n_ctx}")
                 stats = self.last_generation = GenerationStats(prompt_tokens=len(tokens))
                 t0 = time.perf_counter()
                 stats.prompt_evaluated = self._evaluate_to(tokens)

@@ -7,7 +7,7 @@ import signal
 import pytest
 from conftest import require_backend
 
-from gpt4all_loader import BackendError, FormatError, ModelClosedError, UnsupportedModelError, load
+from gpt4all_loader import BackendError, ContextLengthError, FormatError, ModelClosedError, UnsupportedModelError, load
 from gpt4all_loader.formats.writer import TinyLlama, write_llama
 from gpt4all_loader.worker import IsolatedModel
 
@@ -112,7 +112,7 @@ def test_streaming_stop_callback_and_cancel(pair):
 
 def test_errors_cross_the_boundary(pair, tmp_path):
     iso, ref = pair
-    with pytest.raises(ValueError, match="context holds"):
+    with pytest.raises(ContextLengthError, match="context holds"):
         iso.generate("hello " * 400, max_tokens=1)
     with pytest.raises(AttributeError):
         iso.no_such_method  # noqa: B018

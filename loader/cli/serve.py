@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Final
 
-from ..errors import BackendError, ModelClosedError, UnsupportedModelError
+from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import GenerationStats
@@ -80,7 +80,7 @@ class ApiError(Exception):
 def _engine_error(model_id: str, e: BaseException) -> ApiError:
     """What a Model call raised, as the OpenAI error a client gets."""
     if isinstance(e, (ValueError, UnsupportedModelError)):  # the prompt or conversation does not fit the model
-        code = "context_length_exceeded" if "context holds" in str(e) else None
+        code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
         return ApiError(400, f"{model_id}: {e}", code=code)
     if isinstance(e, (BackendError, ModelClosedError)):
         return ApiError(500, f"{model_id}: {e}; it loads again on the next request", type="server_error",
@@ -558,7 +558,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             for t in texts:
                 n = len(model.tokenize(t))
                 if n >= model.n_ctx:
-                    raise ValueError(f"input has {n} tokens; the context holds {model.n_ctx}")
+                    raise ContextLengthError(f"input has {n} tokens; the context holds {model.n_ctx}")
                 n_tokens += n
                 vectors.append(model.embed(t))
             return vectors, n_tokens
