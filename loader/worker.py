@@ -5,11 +5,9 @@
 living in the worker); streaming methods (``generate``/``chat`` with ``stream=True``,
 ``generate_tokens``) stream across the boundary: the worker sends each piece as soon as it is made.
 
-Why ``subprocess`` (the same interpreter, the caller's ``sys.path``, running :func:`main`) and not
-``multiprocessing``: the spawn start method re-imports the caller's ``__main__`` in the child, which
-re-runs scripts without a ``if __name__ == "__main__"`` guard (and refuses to start from them); a plain
-child process of our own module starts the same way from a script, a REPL or a server.  The channel is
-a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
+The worker is a child started by :mod:`~gpt4all_loader.engines.child` (the same interpreter and
+``sys.path``, running :func:`main`), so it starts the same way from a script, a REPL or a server.  The
+channel is a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
 child), whose ``poll`` gives the time-out that turns a hang into an error.
 
 Protocol (parent -> worker, one request at a time):
@@ -30,6 +28,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
+from .engines import child
 from .errors import BackendError, ModelClosedError
 from .model import Closing, GenerationStats, ModelInfo
 
@@ -41,17 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_TIMEOUT = 300.0
 #: seconds to wait for a worker to exit after close() before it is killed
 EXIT_GRACE = 5.0
-
-
-def _signal_name(returncode: int | None) -> str:
-    if returncode is None:
-        return "no exit status"
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class _Call:
@@ -165,11 +153,8 @@ class IsolatedModel(Closing):
         #: as :attr:`Model.last_generation`: what the worker's Model recorded, at the end of each stream
         self.last_generation: GenerationStats | None = None
         parent_sock, child_sock = socket.socketpair()
-        # the child imports this very package however the caller found it (installed, or a path it added)
-        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {__name__} import main; sys.exit(main())"
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", boot, str(child_sock.fileno())],
-                                          pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = child.start("worker", [str(child_sock.fileno())], pass_fds=[child_sock.fileno()])
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -221,7 +206,7 @@ class IsolatedModel(Closing):
         except subprocess.TimeoutExpired:
             self._kill()
             rc = self._proc.returncode
-        self._dead = f"the worker process (pid {self.pid}) died {when}: {_signal_name(rc)}"
+        self._dead = f"the worker process (pid {self.pid}) died {when}: {child.ending(rc)}"
         self._conn.close()
         return BackendError(f"{self._path}: {self._dead}")
 
@@ -289,7 +274,7 @@ class IsolatedModel(Closing):
     def why_closed(self) -> str | None:
         """Why the model is closed (closed by the caller, or how its worker ended); None while open."""
         if self._dead is None and self._proc.poll() is not None:
-            return f"the worker process (pid {self.pid}) ended: {_signal_name(self._proc.returncode)}"
+            return f"the worker process (pid {self.pid}) ended: {child.ending(self._proc.returncode)}"
         return self._dead
 
     @property

@@ -8,14 +8,11 @@ in a child process with a time and address-space limit, for the native step.
 """
 from __future__ import annotations
 
-import json
-import resource
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
+from gpt4all_loader.engines import child
 from gpt4all_loader.formats.writer import (
     TinyGPTJ,
     TinyLlama,
@@ -215,25 +212,15 @@ CHILD_ADDRESS_SPACE = 8 << 30
 LIBRARY_ERRORS = ("UnsupportedModelError", "FormatError", "BackendError", "OSError", "MemoryError")
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
-
-
 def run_child(path: Path, backend: str | None, timeout: float = 120) -> dict:
-    """``load()`` + one ``evaluate`` of ``path`` in a child (``python -m gpt4all_loader.testing.smoke``, the
-    probe's ``--load`` step) under an address-space limit: its JSON line, or a dict saying how it
-    ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
-    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", str(path), "--device", "cpu", "--ctx-size", "64"]
-    if backend:
-        cmd += ["--backend", backend]
-    try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            preexec_fn=_limit_address_space)
-    except subprocess.TimeoutExpired:
+    """``load()`` + one ``evaluate`` of ``path`` in a child (``gpt4all_loader.smoke``, the probe's ``--load``
+    step, started by the package's child runner) under an address-space limit: its JSON line, or a dict
+    saying how it ended ("signal": N, "timeout": True, or "rc" with its stderr tail)."""
+    args = [str(path), "--device", "cpu", "--ctx-size", "64"] + (["--backend", backend] if backend else [])
+    cp = child.run("smoke", args, timeout=timeout, address_space=CHILD_ADDRESS_SPACE)
+    if cp.timed_out:
         return {"timeout": True}
-    if cp.returncode < 0:
+    if cp.crashed:
         return {"signal": -cp.returncode, "stderr": cp.stderr[-2000:]}
-    lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"rc": cp.returncode, "stderr": cp.stderr[-2000:]}
-    return json.loads(lines[-1])
+    res = cp.last_json()
+    return res if res is not None else {"rc": cp.returncode, "stderr": cp.stderr[-2000:]}

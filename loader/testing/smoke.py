@@ -1,73 +1,7 @@
-"""Load one file with one backend, evaluate one token, print one JSON line.
-
-Run as a child process by ``gpt4all-probe --load`` so that a crash in native code ends only this
-process::
-
-    python -m gpt4all_loader.testing.smoke PATH --backend NAME [--device auto] [--ctx-size N] [--vocab-only]
-
-Exit status 0 when the model loaded (and, unless ``--vocab-only``, evaluated a token), else 1.
-"""
-from __future__ import annotations
-
-import argparse
-import json
+"""``python -m gpt4all_loader.testing.smoke``: the same as ``python -m gpt4all_loader.smoke`` (scripts call it)."""
 import sys
-import time
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
-
-
-def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_only: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": path, "backend": backend, "device": device, "ok": False,
-                           "load_s": None, "eval_s": None, "n_prompt_tokens": None,
-                           "token_evaluated": False, "text": None, "variant": None, "error": None}
-    model: Model | None = None
-    try:
-        from .. import load
-
-        t0 = time.perf_counter()
-        model = load(path, backend=backend, device=device, n_ctx=n_ctx or 256)
-        out["load_s"] = round(time.perf_counter() - t0, 4)
-        out["variant"] = model.info.variant
-        out["backend"] = model.info.backend
-        out["device"] = model.info.device
-        toks = model.tokenize("Hello", add_bos=True)
-        out["n_prompt_tokens"] = len(toks)
-        if not vocab_only:
-            t1 = time.perf_counter()
-            model.evaluate(toks or [model.token_bos()])
-            logits = model.logits()
-            out["eval_s"] = round(time.perf_counter() - t1, 4)
-            best = max(range(len(logits)), key=logits.__getitem__)
-            out["text"] = model.token_bytes(best).decode("utf-8", "replace")  # the piece, as generate() streams it
-            out["token_evaluated"] = True
-        out["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - report everything as one JSON line
-        out["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        if model is not None:
-            try:
-                model.close()
-            except Exception:  # noqa: BLE001
-                pass
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt4all_loader.testing.smoke")
-    ap.add_argument("path")
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--ctx-size", type=int, default=None)
-    ap.add_argument("--vocab-only", action="store_true")
-    args = ap.parse_args(argv)
-    res = run(args.path, args.backend, args.device, args.ctx_size, args.vocab_only)
-    sys.stdout.write(json.dumps(res) + "\n")
-    sys.stdout.flush()
-    return 0 if res["ok"] else 1
-
+from ..smoke import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
