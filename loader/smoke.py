@@ -13,14 +13,16 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .reports import LoadCheck
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
 
 
-def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_only: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": path, "backend": backend, "device": device, "ok": False,
+def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_only: bool) -> LoadCheck:
+    out: LoadCheck = {"path": path, "backend": backend, "device": device, "ok": False,
                            "load_s": None, "eval_s": None, "n_prompt_tokens": None,
                            "token_evaluated": False, "text": None, "variant": None, "error": None}
     model: Model | None = None

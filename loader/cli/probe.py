@@ -19,12 +19,13 @@ import os
 import re
 import stat
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from ..engines import child
 from ..engines.child import ChildResult
 from ..errors import UsageError
 from ..probe import ProbeReport, probe
+from ..reports import EngineMemory, LoadCheck
 
 MODEL_EXTENSIONS = {".bin", ".gguf", ".ggml", ".ggjt", ".ggmf", ".ggla"}
 _QUANT_SUFFIX = re.compile(r"\.(q\d(_[0-9a-z]+)*|f16|f32|bf16|iq\d\w*)$", re.I)
@@ -308,11 +309,11 @@ def _smoke_in_child(path: str, backend: str, *, device: str, ctx: int | None, vo
 
 
 def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool,
-                  timeout: float) -> dict[str, Any]:
+                  timeout: float) -> LoadCheck:
     cp, failed = _smoke_in_child(path, backend, device=device, ctx=ctx, vocab_only=vocab_only, timeout=timeout)
     if cp is None:
         return {"backend": backend, "ok": False, "error": failed}
-    res = cp.last_json()
+    res = cast("LoadCheck | None", cp.last_json())  # the JSON line of smoke.run
     if failed or res is None:
         tail = (cp.last_error_line() or (cp.stdout.strip().splitlines() or ["no output"])[-1])
         return {"backend": backend, "ok": False, "wall_s": cp.wall_s,
@@ -322,14 +323,14 @@ def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, voca
     return res
 
 
-def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, timeout: float) -> dict[str, Any]:
+def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, timeout: float) -> EngineMemory:
     """The buffer sizes the engine itself allocates for ``path`` at ``ctx`` tokens: loads it in a
     child process (as ``--load`` does) with the engine's log on (``G4A_VERBOSE=1``) and parses the
     "buffer size" lines (:func:`memory.parse_engine_log`).  ``ok`` is False with ``error`` set when
     the load failed or the engine logged no sizes."""
     from ..memory import parse_engine_log
 
-    out: dict[str, Any] = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
+    out: EngineMemory = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
     cp, failed = _smoke_in_child(path, backend, device=device, ctx=ctx, vocab_only=False, timeout=timeout,
                                  env={"G4A_VERBOSE": "1"})
     if cp is None or failed:
@@ -337,7 +338,8 @@ def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, ti
         return out
     parsed = parse_engine_log(cp.stderr)
     res = cp.last_json() or {}
-    out.update(parsed, variant=res.get("variant"))
+    out["parts"], out["devices"], out["total_bytes"] = parsed["parts"], parsed["devices"], parsed["total_bytes"]
+    out["lines"], out["variant"] = parsed["lines"], res.get("variant")
     if not res.get("ok"):
         out["error"] = res.get("error") or f"exit status {cp.returncode}"
     elif not parsed["total_bytes"]:

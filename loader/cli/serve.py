@@ -173,10 +173,10 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
             continue
         n_ctx_train = int(rep.context_length or 0)
         ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX  # load()'s default context
-        mem = rep.memory or {}
-        if mem and mem.get("ctx_size") != ctx:
+        mem = rep.memory
+        if mem and mem["ctx_size"] != ctx:
             mem = probe(path, estimate_ctx=ctx).memory or mem
-        mib = (int(mem.get("ram_bytes") or 0) + int(mem.get("vram_bytes") or 0)) / (1 << 20)
+        mib = (mem["ram_bytes"] + mem["vram_bytes"]) / (1 << 20) if mem else 0.0
         spec = templates[1].get(name, templates[0])
         assert rep.facts is not None  # a report without error has its facts
         source = resolve_template(path, rep.facts, spec, published_table).source
