@@ -7,12 +7,13 @@ Public entry points:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .errors import (
     BackendError,
     BuildError,
     ChatTemplateError,
+    ContextLengthError,
     DeviceError,
     FormatError,
     ModelClosedError,
@@ -23,7 +24,7 @@ from .errors import (
 from .probe import ProbeReport, probe
 
 __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
-           "BuildError", "ChatTemplateError", "DeviceError", "ModelClosedError"]
+           "BuildError", "ChatTemplateError", "ContextLengthError", "DeviceError", "ModelClosedError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # load() and read_facts() import their modules when first called: importing the package stays as cheap
-# as the probe (model.py and the readers are not loaded by ``import gpt4all_loader``).  The parameters
-# are model.load's and sniff.read_facts's, spelled out so that editors and type checkers see them.
+# as the probe (model.py and the readers are not loaded by ``import gpt4all_loader``).  load() is where
+# the in-process Model and the worker's IsolatedModel meet, so that model.py never imports worker.py.
 @overload
 def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
@@ -65,13 +66,22 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
          worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
          published_table: TableArg = None) -> Model | IsolatedModel:
-    """Load a model file on the backend that reads it: :func:`gpt4all_loader.model.load`."""
-    from .model import load as _load
+    """Load a model file on the backend that reads it; the parameters are :func:`gpt4all_loader.model.load`'s.
 
-    return _load(path, device=device, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                 backend=backend, embeddings=embeddings, seed=seed, vocab_only=vocab_only, isolated=isolated,
-                 worker_timeout=worker_timeout, flash_attn=flash_attn, chat_template=chat_template,
-                 published_table=published_table)
+    isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`: a
+    native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which the
+    model is closed: later calls raise ModelClosedError naming the cause).
+    """
+    kwargs: dict[str, Any] = dict(device=device, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                  backend=backend, embeddings=embeddings, seed=seed, vocab_only=vocab_only,
+                                  flash_attn=flash_attn, chat_template=chat_template, published_table=published_table)
+    if isolated:
+        from .worker import DEFAULT_TIMEOUT, IsolatedModel
+
+        return IsolatedModel(os.fspath(path), kwargs, DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
+    from .model import load as load_here
+
+    return load_here(path, **kwargs)
 
 
 def read_facts(path: str | os.PathLike[str], *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:

@@ -23,6 +23,11 @@ class ChatTemplateError(UnsupportedModelError):
     loop iterations, string and output length).  Generating with a prompt written by hand works."""
 
 
+class ContextLengthError(ValueError):
+    """A prompt (or an input to embed) has more tokens than the model's context holds; the message gives
+    both numbers.  A server answers it with ``context_length_exceeded``."""
+
+
 class BackendError(RuntimeError):
     """A backend library is missing, corrupt, of the wrong ABI, or failed inside native code."""
 

@@ -74,13 +74,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
 from .formats.zoo import ARCHITECTURES as ZOO_ARCHITECTURES
+from .reports import DeviceItem, EngineLog, MemoryEstimate, MemoryPlan
 
 MiB = 1024 * 1024
 
@@ -287,7 +288,7 @@ def _compute_graph(s: _Shape, rules: EraRules, n_ctx: int, n_kv: int, flash_attn
 
 
 def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int = 0,
-             era: str | None = None) -> dict[str, Any]:
+             era: str | None = None) -> MemoryEstimate:
     """Estimate memory needs of ``facts`` (a FileFacts) at ``ctx_size`` tokens with ``gpu_layers`` offloaded.
 
     ``era`` is the chosen backend's era ("2023-04" ...); None uses the newest rules for GGUF files
@@ -389,7 +390,7 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
 
 
 def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
-         free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> dict[str, Any]:
+         free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> MemoryPlan:
     """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
 
     ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
@@ -416,18 +417,19 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
         layers = max(0, int(gpu_layers or 0))
     est = estimate(facts, ctx_size=ctx_size, gpu_layers=layers, era=era)
     n_layer, on_gpu = est["n_layer"], min(est["gpu_layers"], est["n_layer"])
-    items: list[dict[str, Any]] = [{"device": "cpu", "bytes": est["ram_bytes"], "layers": n_layer - on_gpu,
-                                    "output": not (n_layer and est["gpu_layers"] > n_layer)}]
+    items: list[DeviceItem] = [{"device": "cpu", "bytes": est["ram_bytes"], "layers": n_layer - on_gpu,
+                                "output": not (n_layer and est["gpu_layers"] > n_layer)}]
     if layers:
-        gpu: dict[str, Any] = {"device": "cuda:0", "bytes": est["vram_bytes"], "layers": on_gpu,
-                               "output": bool(n_layer and est["gpu_layers"] > n_layer)}
+        gpu: DeviceItem = {"device": "cuda:0", "bytes": est["vram_bytes"], "layers": on_gpu,
+                           "output": bool(n_layer and est["gpu_layers"] > n_layer)}
         if free is not None:
-            gpu.update(free_bytes=int(free), reserve_bytes=int(reserve_bytes),
-                       fits=est["vram_bytes"] + reserve_bytes <= free)
+            gpu.update({"free_bytes": int(free), "reserve_bytes": int(reserve_bytes),
+                        "fits": est["vram_bytes"] + reserve_bytes <= free})
         items.append(gpu)
-    est["gpu_layers_requested"] = "auto" if auto else layers
-    est["items"] = items
-    return est
+    out = cast(MemoryPlan, est)  # the estimate, with the two keys of a plan added here
+    out["gpu_layers_requested"] = "auto" if auto else layers
+    out["items"] = items
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,7 +450,7 @@ _LOG_LINES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
-def parse_engine_log(text: str) -> dict[str, Any]:
+def parse_engine_log(text: str) -> EngineLog:
     """The buffer sizes an engine logged while loading: ``{parts: {model, repack, output, kv, state,
     compute}, devices: {name: bytes}, total_bytes, lines}``.  The ``CPU_REPACK`` model buffer is
     reported as ``repack``.  Buffers add up (2026-10 logs one KV buffer per cache, base and SWA),

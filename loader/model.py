@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, S
 
 from .engines import cache, native
 from .engines.manifest import load_manifest
-from .errors import BackendError, ChatTemplateError, ModelClosedError
+from .errors import BackendError, ChatTemplateError, ContextLengthError, ModelClosedError
 from .formats.facts import FileFacts
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession, ChatTemplate
     from .published import TableArg
-    from .worker import IsolatedModel
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
 DEFAULT_N_CTX = LEGACY_N_CTX
@@ -112,6 +111,32 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass
+class GenerationStats:
+    """What one generation did, recorded by the Model as it runs (:attr:`Model.last_generation`) and
+    sent back by the worker of an IsolatedModel: the usage and finish reason a server reports."""
+
+    #: tokens of the prompt, and how many of them were evaluated (the rest were already in the cache)
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    completion_tokens: int = 0
+    #: "stop" (an end-of-generation token or a stop string), "length" (max_tokens, or a full context
+    #: without context shift), "cancelled" (the consumer closed the stream or a callback said no);
+    #: "" while running, or when it failed
+    finish_reason: str = ""
+    #: seconds from the start of the generation (prompt evaluation included) to the first token
+    time_to_first_token_s: float | None = None
+    #: seconds from the first token to the end
+    completion_s: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens after the first, per second of generating them (None with fewer than 2)."""
+        if self.completion_tokens < 2 or self.completion_s <= 0:
+            return None
+        return (self.completion_tokens - 1) / self.completion_s
+
+
 _C = TypeVar("_C", bound="Closing")
 
 
@@ -155,10 +180,15 @@ class Model(Closing):
         #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
         #: what follows the longest prefix it shares with them
         self._kv: list[int] = []
-        #: prompt tokens the last generation evaluated (the others were already in the cache)
-        self.last_evaluated = 0
+        #: what the last generation did (None before the first)
+        self.last_generation: GenerationStats | None = None
         # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
         self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
+
+    @property
+    def last_evaluated(self) -> int:
+        """Prompt tokens the last generation evaluated (the others were already in the cache)."""
+        return self.last_generation.prompt_evaluated if self.last_generation is not None else 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -456,8 +486,11 @@ class Model(Closing):
                 if not tokens:
                     tokens = [self.token_bos()]
                 if len(tokens) >= self.info.n_ctx:
-                    raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
-                self.last_evaluated = self._evaluate_to(tokens)
+                    raise ContextLengthError(f"the prompt has {len(tokens)} tokens; the context holds "
+                                             f"{self.info.n_ctx}")
+                stats = self.last_generation = GenerationStats(prompt_tokens=len(tokens))
+                t0 = time.perf_counter()
+                stats.prompt_evaluated = self._evaluate_to(tokens)
                 # context shift: -1 off; None the prompt's start, up to a quarter of the context
                 n_keep = min(len(tokens), max(1, self.info.n_ctx // 4)) if shift is None else shift
                 params = ffi.new("g4a_sampling *", sampling)
@@ -466,23 +499,36 @@ class Model(Closing):
                 hist = ffi.new("int32_t[]", window_n)
                 recent = list(tokens[-window_n:])
                 one = ffi.new("int32_t[1]")
-                for _ in range(max_tokens):
-                    hist[0:len(recent)] = recent
-                    tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
-                    if tok < 0:
-                        raise self._err("sampling failed")
-                    if self._lib.g4a_is_eog(self._h(), tok):
-                        return
-                    yield tok
-                    if len(self._kv) + 1 > self.info.n_ctx:
-                        if n_keep < 0:
+                t_first = t0
+                try:
+                    for _ in range(max_tokens):
+                        hist[0:len(recent)] = recent
+                        tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
+                        if tok < 0:
+                            raise self._err("sampling failed")
+                        if self._lib.g4a_is_eog(self._h(), tok):
+                            stats.finish_reason = "stop"
                             return
-                        self._shift(n_keep)
-                    recent.append(tok)
-                    if len(recent) > window_n:
-                        del recent[0]
-                    one[0] = tok
-                    self._eval(self._h(), one, (tok,))
+                        now = time.perf_counter()
+                        if stats.time_to_first_token_s is None:
+                            stats.time_to_first_token_s, t_first = now - t0, now
+                        stats.completion_tokens += 1
+                        stats.completion_s = now - t_first
+                        yield tok
+                        if len(self._kv) + 1 > self.info.n_ctx:
+                            if n_keep < 0:
+                                stats.finish_reason = "length"
+                                return
+                            self._shift(n_keep)
+                        recent.append(tok)
+                        if len(recent) > window_n:
+                            del recent[0]
+                        one[0] = tok
+                        self._eval(self._h(), one, (tok,))
+                    stats.finish_reason = "length"
+                except GeneratorExit:
+                    stats.finish_reason = stats.finish_reason or "cancelled"  # _generate sets "stop" for a stop string
+                    raise
             finally:
                 self._streams -= 1
                 if self._closing and not self._streams:
@@ -499,6 +545,8 @@ class Model(Closing):
                 if stop:
                     cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
                     if cut >= 0:
+                        if self.last_generation is not None:  # this stream's: it holds the lock
+                            self.last_generation.finish_reason = "stop"
                         if pending[:cut]:
                             yield pending[:cut]
                         return
@@ -589,43 +637,17 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
     return 0, LEGACY_RMS_EPS
 
 
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model: ...
-
-
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> IsolatedModel: ...
-
-
-@overload
-def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None = ...,
-         n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
-         embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
-         worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model | IsolatedModel: ...
-
-
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
-         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
-         worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
-         published_table: TableArg = None) -> "Model | IsolatedModel":
-    """Load a model file on the backend that reads it.
+         embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, flash_attn: str | bool = "auto",
+         chat_template: str | None = None, published_table: TableArg = None) -> Model:
+    """Load a model file, in this process, on the backend that reads it (``gpt4all_loader.load`` also
+    runs it in a worker process: ``isolated=True``).
 
     device: "auto" (CUDA when a CUDA variant is built and usable, else the best CPU variant),
     "cpu", or "cuda" (raises DeviceError rather than falling back).  backend: force one backend
     by name (it must still accept the file: files are never handed to an engine that would misread
-    them).  isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`:
-    a native crash or a hang longer than ``worker_timeout`` seconds becomes a BackendError, after which
-    the model is closed: later calls raise ModelClosedError naming the cause).
+    them).
     vocab_only: load only the tokenizer (no weights, no context): the Model tokenizes and
     detokenizes, and refuses to evaluate.  None (the default) means True for vocabulary-only files
     (no tensors) and False otherwise.
@@ -636,15 +658,6 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     default is ChatML (:func:`~gpt4all_loader.chat.resolve_template`).  published_table: a list of
     published files in the format of the packaged ``gpt4all_published.json`` (a path), used instead of it.
     """
-    if isolated:
-        from .worker import DEFAULT_TIMEOUT, IsolatedModel
-
-        return IsolatedModel(os.fspath(path), dict(device=device, n_ctx=n_ctx, n_threads=n_threads,
-                                                   n_gpu_layers=n_gpu_layers, backend=backend,
-                                                   embeddings=embeddings, seed=seed, vocab_only=vocab_only,
-                                                   flash_attn=flash_attn, chat_template=chat_template,
-                                                   published_table=published_table),
-                             DEFAULT_TIMEOUT if worker_timeout is None else worker_timeout)
     from .chat import resolve_template
     from .facts_cache import read_facts_cached
     from .plan import plan

@@ -18,6 +18,7 @@ from .engines.manifest import build_command, load_manifest
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
     from .published import TableArg
+    from .reports import LoadCheck, MemoryPlan
 
 #: bump when a key is removed or changes meaning (adding keys keeps the version)
 SCHEMA_VERSION = 1
@@ -54,7 +55,7 @@ class ProbeReport:
     reasons: dict[str, list[str]] = field(default_factory=dict)
     suggestion: str | None = None
     backends_built: dict[str, list[str]] | None = None
-    memory: dict[str, Any] | None = None
+    memory: MemoryPlan | None = None
     notes: list[str] = field(default_factory=list)
     #: what only some engines refuse ({"kind", "detail"}; each era's verdict says whether it does)
     anomalies: list[dict[str, str]] = field(default_factory=list)
@@ -64,7 +65,7 @@ class ProbeReport:
     #: "internal" (a bug of ours); None when there is no error
     error_kind: str | None = None
     #: filled by ``gpt4all-probe --load``: one entry per backend tried
-    load: list[dict[str, Any]] | None = None
+    load: list[LoadCheck] | None = None
     #: the entry of GPT4All's published list with this file's name and size (:mod:`published`); None otherwise
     published: dict[str, Any] | None = None
     #: only with ``verify=True`` (``--verify``): the md5 compared with the published one

@@ -5,17 +5,15 @@
 living in the worker); streaming methods (``generate``/``chat`` with ``stream=True``,
 ``generate_tokens``) stream across the boundary: the worker sends each piece as soon as it is made.
 
-Why ``subprocess`` (the same interpreter, the caller's ``sys.path``, running :func:`main`) and not
-``multiprocessing``: the spawn start method re-imports the caller's ``__main__`` in the child, which
-re-runs scripts without a ``if __name__ == "__main__"`` guard (and refuses to start from them); a plain
-child process of our own module starts the same way from a script, a REPL or a server.  The channel is
-a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
+The worker is a child started by :mod:`~gpt4all_loader.engines.child` (the same interpreter and
+``sys.path``, running :func:`main`), so it starts the same way from a script, a REPL or a server.  The
+channel is a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
 child), whose ``poll`` gives the time-out that turns a hang into an error.
 
 Protocol (parent -> worker, one request at a time):
     ("load", path, kwargs)            -> ("ok", (info, facts))
     ("call", name, args, kwargs)      -> ("ok", value)      a method call, or a property when args is None
-    ("iter", name, args, kwargs)      -> ("item", x)* then ("end", stats); ("cancel",) from the parent
+    ("iter", name, args, kwargs)      -> ("item", x)* then ("end", GenerationStats); ("cancel",) from the parent
                                          between items stops the iteration early
     any request                       -> ("err", exception) when the Model raised
 """
@@ -28,10 +26,11 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
+from .engines import child
 from .errors import BackendError, ModelClosedError
-from .model import Closing, ModelInfo
+from .model import Closing, GenerationStats, ModelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
@@ -41,17 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_TIMEOUT = 300.0
 #: seconds to wait for a worker to exit after close() before it is killed
 EXIT_GRACE = 5.0
-
-
-def _signal_name(returncode: int | None) -> str:
-    if returncode is None:
-        return "no exit status"
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class _Call:
@@ -64,8 +52,7 @@ class _Call:
 class _Stream:
     """An iterator over what the worker streams; closing it early cancels the generation there.
 
-    After the end, ``stats`` holds what the worker reports: ``prompt_tokens``, ``completion_tokens``
-    and ``finish_reason`` ("stop" or "length"), the usage counts a server needs.
+    At the end, the model's :attr:`~IsolatedModel.last_generation` is what the worker's Model recorded.
     """
 
     def __init__(self, owner: "IsolatedModel", name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -76,7 +63,6 @@ class _Stream:
         self._started = False
         self._done = False
         self._thread = threading.get_ident()
-        self.stats: dict[str, Any] = {}
 
     def __iter__(self) -> "_Stream":
         return self
@@ -106,7 +92,7 @@ class _Stream:
             return value
         self._finish()
         if kind == "end":
-            self.stats = value
+            o.last_generation = value
             raise StopIteration
         raise value  # "err": the Model's own exception, raised here
 
@@ -129,7 +115,7 @@ class _Stream:
             while True:
                 kind, value = o._recv()
                 if kind == "end":
-                    self.stats = value
+                    o.last_generation = value
                     break
                 if kind == "err":
                     break
@@ -164,12 +150,11 @@ class IsolatedModel(Closing):
         self._holder: Any = None
         self._dead: str | None = None
         self._doing = "load"  # the request in progress, named when the worker dies
+        #: as :attr:`Model.last_generation`: what the worker's Model recorded, at the end of each stream
+        self.last_generation: GenerationStats | None = None
         parent_sock, child_sock = socket.socketpair()
-        # the child imports this very package however the caller found it (installed, or a path it added)
-        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {__name__} import main; sys.exit(main())"
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", boot, str(child_sock.fileno())],
-                                          pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = child.start("worker", [str(child_sock.fileno())], pass_fds=[child_sock.fileno()])
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -221,7 +206,7 @@ class IsolatedModel(Closing):
         except subprocess.TimeoutExpired:
             self._kill()
             rc = self._proc.returncode
-        self._dead = f"the worker process (pid {self.pid}) died {when}: {_signal_name(rc)}"
+        self._dead = f"the worker process (pid {self.pid}) died {when}: {child.ending(rc)}"
         self._conn.close()
         return BackendError(f"{self._path}: {self._dead}")
 
@@ -289,7 +274,7 @@ class IsolatedModel(Closing):
     def why_closed(self) -> str | None:
         """Why the model is closed (closed by the caller, or how its worker ended); None while open."""
         if self._dead is None and self._proc.poll() is not None:
-            return f"the worker process (pid {self.pid}) ended: {_signal_name(self._proc.returncode)}"
+            return f"the worker process (pid {self.pid}) ended: {child.ending(self._proc.returncode)}"
         return self._dead
 
     @property
@@ -304,6 +289,10 @@ class IsolatedModel(Closing):
     @property
     def n_ctx(self) -> int:
         return self.info.n_ctx
+
+    @property
+    def last_evaluated(self) -> int:
+        return self.last_generation.prompt_evaluated if self.last_generation is not None else 0
 
     @property
     def chat_template_source(self) -> str:
@@ -384,40 +373,10 @@ class IsolatedModel(Closing):
 # ------------------------------------------------------------------------------------------------
 # The worker side
 
-class _Counted:
-    """Wraps a Model's generate_tokens to count what it yields and say why it ended."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.inner = model.generate_tokens
-        self.stats: dict[str, Any] = {}
-
-    def __call__(self, prompt: Any, **kw: Any) -> Generator[int, None, None]:
-        m = self.model
-        text = isinstance(prompt, (str, bytes))
-        n_prompt = len(m.tokenize(prompt, add_bos=kw.get("add_bos", True), special=kw.get("special", False))) \
-            if text else len(prompt)
-        max_tokens = kw.get("max_tokens", 128)
-        self.stats = {"prompt_tokens": n_prompt, "completion_tokens": 0, "finish_reason": "stop"}
-        n = 0
-        inner = self.inner(prompt, **kw)
-        try:
-            for tok in inner:
-                n += 1
-                self.stats["completion_tokens"] = n
-                yield tok
-        finally:
-            inner.close()  # a stop string or a cancel ends it here: the model lock is released now
-        # exhausted (not cut by a stop string): by max_tokens or a full context, or an end token
-        if n >= max_tokens or m.n_past + 1 > m.n_ctx:
-            self.stats["finish_reason"] = "length"
-
-
 def _serve(conn: Connection) -> None:
     from .model import load
 
     model: Any = None
-    counted: _Counted | None = None
     while True:
         try:
             msg = conn.recv()
@@ -431,8 +390,6 @@ def _serve(conn: Connection) -> None:
         try:
             if op == "load":
                 model = load(msg[1], **msg[2])
-                counted = _Counted(model)
-                model.generate_tokens = counted  # _generate counts through it
                 conn.send(("ok", (model.info, model.facts)))
             elif op == "call":
                 _, name, args, kwargs = msg
@@ -440,8 +397,6 @@ def _serve(conn: Connection) -> None:
                 conn.send(("ok", attr if args is None else attr(*args, **kwargs)))
             elif op == "iter":
                 _, name, args, kwargs = msg
-                assert counted is not None
-                counted.stats = {}
                 it = getattr(model, name)(*args, **kwargs)
                 try:
                     for x in it:
@@ -450,7 +405,7 @@ def _serve(conn: Connection) -> None:
                             break
                 finally:
                     it.close()
-                conn.send(("end", dict(counted.stats)))
+                conn.send(("end", model.last_generation))
         except (EOFError, OSError):
             break
         except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller

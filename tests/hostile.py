@@ -11,13 +11,11 @@ native step.
 from __future__ import annotations
 
 import json
-import resource
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from gpt4all_loader.engines import child
 from gpt4all_loader.engines.manifest import BackendSpec
 from gpt4all_loader.formats.facts import FileFacts
 from gpt4all_loader.formats.writer import (
@@ -324,13 +322,9 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
 CHILD_ADDRESS_SPACE = 8 << 30
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
-
-
 def run_children(jobs: list[tuple[Path, str]], timeout: float = 120) -> dict[tuple[str, str], dict]:
-    """``load()`` + one ``evaluate`` of each (path, backend) in children (``python -m
-    gpt4all_loader.testing.smoke --batch``, the probe's ``--load`` step) under an address-space limit and a
+    """``load()`` + one ``evaluate`` of each (path, backend) in children (``gpt4all_loader.smoke --batch``, the
+    probe's ``--load`` step, started by the package's child runner) under an address-space limit and a
     time-out, several files per child: one child per backend, and after a child that ended early a new one
     for the rest.  Result per (path, backend): the smoke JSON line, or how the child ended on it
     ("signal", "timeout" or "rc" with its stderr tail)."""
@@ -341,21 +335,14 @@ def run_children(jobs: list[tuple[Path, str]], timeout: float = 120) -> dict[tup
     for backend, paths in by_backend.items():
         while paths:
             stdin = "".join(json.dumps({"path": p, "backend": backend}) + "\n" for p in paths)
-            # one thread: the engines' threads spin at every barrier, which a busy machine turns into
-            # seconds per evaluation of a 32-layer tiny model
-            cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", "--batch", "--device", "cpu",
-                   "--ctx-size", "64", "--threads", "1"]
-            try:
-                cp = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
-                                    preexec_fn=_limit_address_space)
-                stdout, ended = cp.stdout, ({"signal": -cp.returncode} if cp.returncode < 0
-                                            else {"rc": cp.returncode})
-                stderr = cp.stderr
-            except subprocess.TimeoutExpired as e:
-                stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-                ended, stderr = {"timeout": True}, ""
+            # one thread: a 32-layer tiny model evaluates in milliseconds, and a busy machine would make
+            # the engines' threads wait for each other at every node
+            cp = child.run("smoke", ["--batch", "--device", "cpu", "--ctx-size", "64", "--threads", "1"],
+                           timeout=timeout, address_space=CHILD_ADDRESS_SPACE, input=stdin)
+            ended: dict[str, Any] = ({"timeout": True} if cp.timed_out else
+                                     {"signal": -(cp.returncode or 0)} if cp.crashed else {"rc": cp.returncode})
             current = None
-            for line in stdout.splitlines():
+            for line in cp.stdout.splitlines():
                 if not line.startswith("{"):
                     continue
                 rec = json.loads(line)
@@ -366,10 +353,10 @@ def run_children(jobs: list[tuple[Path, str]], timeout: float = 120) -> dict[tup
                     current = None
             done = [p for p in paths if (p, backend) in out]
             if current is not None:  # the child ended on this file
-                out[(current, backend)] = {**ended, "stderr": stderr[-2000:]}
+                out[(current, backend)] = {**ended, "stderr": cp.stderr[-2000:]}
                 done.append(current)
             elif len(done) < len(paths):  # ended before it started the next one
-                out[(paths[len(done)], backend)] = {**ended, "stderr": stderr[-2000:]}
+                out[(paths[len(done)], backend)] = {**ended, "stderr": cp.stderr[-2000:]}
                 done.append(paths[len(done)])
             paths = [p for p in paths if p not in done]
     return out

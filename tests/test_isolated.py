@@ -7,7 +7,7 @@ import signal
 import pytest
 from conftest import require_backend
 
-from gpt4all_loader import BackendError, FormatError, ModelClosedError, UnsupportedModelError, load
+from gpt4all_loader import BackendError, ContextLengthError, FormatError, ModelClosedError, UnsupportedModelError, load
 from gpt4all_loader.formats.writer import TinyLlama, write_llama
 from gpt4all_loader.worker import IsolatedModel
 
@@ -76,21 +76,31 @@ def test_streaming_stop_callback_and_cancel(pair):
     assert not isinstance(it, str)
     pieces = list(it)
     assert pieces == list(ref.generate("hello", stream=True, **kw))
-    assert it.stats["completion_tokens"] == 16 and it.stats["finish_reason"] == "length"
+    # the Model records what each generation did, in this process and in the worker alike
+    got, want = iso.last_generation, ref.last_generation
+    assert got is not None and want is not None
+    assert got.completion_tokens == want.completion_tokens == 16
+    assert got.finish_reason == want.finish_reason == "length"
+    assert got.prompt_tokens == want.prompt_tokens == len(ref.tokenize("hello"))
+    assert got.time_to_first_token_s is not None and got.tokens_per_second
     full = "".join(pieces)
     stop = full[3:5]
     assert iso.generate("hello", stop=[stop], **kw) == ref.generate("hello", stop=[stop], **kw) \
         == full[:full.find(stop)]
+    assert iso.last_generation.finish_reason == ref.last_generation.finish_reason == "stop"
+    assert iso.last_generation.completion_tokens == ref.last_generation.completion_tokens < 16
     seen_i: list[str] = []
     seen_r: list[str] = []
     got = iso.generate("hello", callback=lambda p: seen_i.append(p) or len(seen_i) < 3, **kw)
     want = ref.generate("hello", callback=lambda p: seen_r.append(p) or len(seen_r) < 3, **kw)
     assert got == want and seen_i == seen_r and len(seen_i) == 3
+    assert iso.last_generation.finish_reason == ref.last_generation.finish_reason == "cancelled"
     # breaking out cancels in the worker: the next call answers at once, from a short context
     stream = iso.generate("hello", stream=True, max_tokens=200, temperature=0)
     next(stream)
     stream.close()
     assert iso.n_past < 10
+    assert iso.last_generation.finish_reason == "cancelled" and iso.last_generation.completion_tokens < 10
     assert iso.tokenize("abc") == ref.tokenize("abc")
     # a stream left open blocks other calls of the same thread with a clear error, not a deadlock
     stream = iso.generate("hello", stream=True, max_tokens=4, temperature=0)
@@ -102,7 +112,7 @@ def test_streaming_stop_callback_and_cancel(pair):
 
 def test_errors_cross_the_boundary(pair, tmp_path):
     iso, ref = pair
-    with pytest.raises(ValueError, match="context holds"):
+    with pytest.raises(ContextLengthError, match="context holds"):
         iso.generate("hello " * 400, max_tokens=1)
     with pytest.raises(AttributeError):
         iso.no_such_method  # noqa: B018

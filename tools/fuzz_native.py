@@ -6,20 +6,19 @@ or a time-out is a finding (a check missing from ``validate.py``); a library err
     python tools/fuzz_native.py 200 [--seed 1] [--timeout 60]
 
 Prints the count of each outcome; files that crashed are kept (``fuzz-native-SEED-I.bin``) for replay
-with ``python -m gpt4all_loader.testing.smoke FILE --backend NAME``.
+with ``python -m gpt4all_loader.smoke FILE --backend NAME`` (the child runner of ``engines/child.py``).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import random
-import resource
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from gpt4all_loader.engines import child
 from gpt4all_loader.engines.catalog import verdicts
 from gpt4all_loader.engines.variants import built_variants
 from gpt4all_loader.errors import FormatError
@@ -67,10 +66,6 @@ def mutate(rng: random.Random, data: bytes, spots: list[int], header_end: int) -
     return bytes(b)
 
 
-def _limit() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n", type=int, nargs="?", default=100)
@@ -105,21 +100,17 @@ def main() -> int:
                 counts["catalog refused"] += 1
                 continue
             for backend in ok:
-                cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", str(target), "--backend", backend,
-                       "--device", "cpu", "--ctx-size", "64"]
-                try:
-                    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=_limit)
-                except subprocess.TimeoutExpired:
-                    cp = None
-                if cp is not None and cp.returncode >= 0:
+                cp = child.run("smoke", [str(target), "--backend", backend, "--device", "cpu", "--ctx-size", "64"],
+                               timeout=args.timeout, address_space=ADDRESS_SPACE)
+                if not cp.timed_out and not cp.crashed:
                     counts[f"{backend}: {'loaded' if cp.returncode == 0 else 'library error'}"] += 1
                     continue
                 crashes += 1
-                how = "time-out" if cp is None else f"signal {-cp.returncode}"
+                how = "time-out" if cp.timed_out else cp.ending
                 counts[f"{backend}: {how}"] += 1
                 keep = Path(f"fuzz-native-{args.seed}-{i}.bin")
                 keep.write_bytes(data)
-                tail = "" if cp is None else (cp.stderr.strip().splitlines() or [""])[-1]
+                tail = cp.last_error_line()
                 print(f"input {i} (from {name}) on {backend}: {how}, kept as {keep}; {tail}", file=sys.stderr)
     print(f"{args.n} inputs (seed {args.seed}); backends built: {', '.join(sorted(built))}")
     for k, v in sorted(counts.items()):

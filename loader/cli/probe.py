@@ -17,15 +17,15 @@ import argparse
 import json
 import os
 import re
-import signal
 import stat
-import subprocess
 import sys
-import time
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
+from ..engines import child
+from ..engines.child import ChildResult
 from ..errors import UsageError
 from ..probe import ProbeReport, probe
+from ..reports import EngineMemory, LoadCheck
 
 MODEL_EXTENSIONS = {".bin", ".gguf", ".ggml", ".ggjt", ".ggmf", ".ggla"}
 _QUANT_SUFFIX = re.compile(r"\.(q\d(_[0-9a-z]+)*|f16|f32|bf16|iq\d\w*)$", re.I)
@@ -298,77 +298,58 @@ def _main_reason(r: ProbeReport) -> str | None:
 # --------------------------------------------------------------------------------------------------
 # Loading in a child process
 
-def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool,
-                  timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", path, "--backend", backend, "--device", device]
-    if ctx:
-        cmd += ["--ctx-size", str(ctx)]
-    if vocab_only:
-        cmd.append("--vocab-only")
-    t0 = time.perf_counter()
+def _smoke_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool, timeout: float,
+                    env: dict[str, str] | None = None) -> tuple[ChildResult | None, str | None]:
+    """:mod:`gpt4all_loader.smoke` on ``path`` in a child: (what it left, None), or (what it left or None,
+    why it gave no answer: it could not start, ran past ``timeout`` or crashed)."""
+    args = [path, "--backend", backend, "--device", device] + (["--ctx-size", str(ctx)] if ctx else []) + \
+        (["--vocab-only"] if vocab_only else [])
     try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"backend": backend, "ok": False, "error": f"no answer within {timeout:.0f} s"}
+        cp = child.run("smoke", args, timeout=timeout, env=env)
     except OSError as e:
-        return {"backend": backend, "ok": False, "error": f"cannot start the child process: {e}"}
-    wall = round(time.perf_counter() - t0, 3)
-    res: dict[str, Any] | None = None
-    for line in reversed(cp.stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                res = json.loads(line)
-                break
-            except ValueError:
-                continue
-    if cp.returncode < 0:
-        try:
-            sig = signal.Signals(-cp.returncode).name
-        except ValueError:
-            sig = str(-cp.returncode)
-        tail = (cp.stderr or "").strip().splitlines()[-1:] or [""]
-        return {"backend": backend, "ok": False, "wall_s": wall,
-                "error": f"the backend crashed ({sig})" + (f"; last message: {tail[0]}" if tail[0] else "")}
-    if res is None:
-        tail = (cp.stderr or cp.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        return {"backend": backend, "ok": False, "wall_s": wall,
-                "error": f"exit status {cp.returncode}: {tail[0]}"}
+        return None, f"cannot start the child process: {e}"
+    if cp.timed_out:
+        return None, cp.ending
+    if cp.crashed:
+        assert cp.returncode is not None
+        tail = cp.last_error_line()
+        return cp, f"the backend crashed ({child.signal_name(cp.returncode)})" + \
+            (f"; last message: {tail}" if tail else "")
+    return cp, None
+
+
+def load_in_child(path: str, backend: str, *, device: str, ctx: int | None, vocab_only: bool,
+                  timeout: float) -> LoadCheck:
+    cp, failed = _smoke_in_child(path, backend, device=device, ctx=ctx, vocab_only=vocab_only, timeout=timeout)
+    if cp is None:
+        return {"backend": backend, "ok": False, "error": failed}
+    res = cast("LoadCheck | None", cp.last_json())  # the JSON line of smoke.run
+    if failed or res is None:
+        tail = (cp.last_error_line() or (cp.stdout.strip().splitlines() or ["no output"])[-1])
+        return {"backend": backend, "ok": False, "wall_s": cp.wall_s,
+                "error": failed or f"exit status {cp.returncode}: {tail}"}
     res["backend"] = res.get("backend") or backend
-    res["wall_s"] = wall
+    res["wall_s"] = cp.wall_s
     return res
 
 
-def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, timeout: float) -> dict[str, Any]:
+def engine_memory_in_child(path: str, backend: str, *, device: str, ctx: int, timeout: float) -> EngineMemory:
     """The buffer sizes the engine itself allocates for ``path`` at ``ctx`` tokens: loads it in a
     child process (as ``--load`` does) with the engine's log on (``G4A_VERBOSE=1``) and parses the
     "buffer size" lines (:func:`memory.parse_engine_log`).  ``ok`` is False with ``error`` set when
     the load failed or the engine logged no sizes."""
     from ..memory import parse_engine_log
 
-    cmd = [sys.executable, "-m", "gpt4all_loader.testing.smoke", path, "--backend", backend, "--device", device,
-           "--ctx-size", str(ctx)]
-    out: dict[str, Any] = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
-    try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                            env=dict(os.environ, G4A_VERBOSE="1"))
-    except subprocess.TimeoutExpired:
-        out["error"] = f"no answer within {timeout:.0f} s"
+    out: EngineMemory = {"backend": backend, "ctx_size": ctx, "ok": False, "error": None}
+    cp, failed = _smoke_in_child(path, backend, device=device, ctx=ctx, vocab_only=False, timeout=timeout,
+                                 env={"G4A_VERBOSE": "1"})
+    if cp is None or failed:
+        out["error"] = failed
         return out
-    except OSError as e:
-        out["error"] = f"cannot start the child process: {e}"
-        return out
-    if cp.returncode < 0:
-        try:
-            sig = signal.Signals(-cp.returncode).name
-        except ValueError:
-            sig = str(-cp.returncode)
-        out["error"] = f"the backend crashed ({sig})"
-        return out
-    parsed = parse_engine_log(cp.stderr or "")
-    res: dict[str, Any] = next((json.loads(x) for x in reversed(cp.stdout.splitlines())
-                                if x.strip().startswith("{")), {})
-    out.update(parsed, variant=res.get("variant"))
+    parsed = parse_engine_log(cp.stderr)
+    res = cp.last_json() or {}
+    out["parts"], out["devices"], out["total_bytes"] = parsed["parts"], parsed["devices"], parsed["total_bytes"]
+    out["lines"], out["variant"] = parsed["lines"], res.get("variant")
     if not res.get("ok"):
         out["error"] = res.get("error") or f"exit status {cp.returncode}"
     elif not parsed["total_bytes"]:

@@ -33,9 +33,12 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Final
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Final
 
-from ..errors import BackendError, ModelClosedError, UnsupportedModelError
+from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import GenerationStats
 
 log = logging.getLogger("gpt4all_loader.cli.serve")
 
@@ -77,7 +80,7 @@ class ApiError(Exception):
 def _engine_error(model_id: str, e: BaseException) -> ApiError:
     """What a Model call raised, as the OpenAI error a client gets."""
     if isinstance(e, (ValueError, UnsupportedModelError)):  # the prompt or conversation does not fit the model
-        code = "context_length_exceeded" if "context holds" in str(e) else None
+        code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
         return ApiError(400, f"{model_id}: {e}", code=code)
     if isinstance(e, (BackendError, ModelClosedError)):
         return ApiError(500, f"{model_id}: {e}; it loads again on the next request", type="server_error",
@@ -170,10 +173,10 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
             continue
         n_ctx_train = int(rep.context_length or 0)
         ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX  # load()'s default context
-        mem = rep.memory or {}
-        if mem and mem.get("ctx_size") != ctx:
+        mem = rep.memory
+        if mem and mem["ctx_size"] != ctx:
             mem = probe(path, estimate_ctx=ctx).memory or mem
-        mib = (int(mem.get("ram_bytes") or 0) + int(mem.get("vram_bytes") or 0)) / (1 << 20)
+        mib = (mem["ram_bytes"] + mem["vram_bytes"]) / (1 << 20) if mem else 0.0
         spec = templates[1].get(name, templates[0])
         assert rep.facts is not None  # a report without error has its facts
         source = resolve_template(path, rep.facts, spec, published_table).source
@@ -249,7 +252,7 @@ class Pool:
     async def _load(self, slot: Slot) -> None:
         import anyio
 
-        from ..model import load
+        from .. import load
 
         async with self.changed:
             while self._over(slot):
@@ -473,25 +476,26 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         fingerprint = f"{model.info.backend}/{model.info.variant}" + \
             (f"; chat_template={model.chat_template_source}" if kind == "chat" else "")
 
-        def usage() -> dict[str, int]:
-            p, c = int(it.stats.get("prompt_tokens", 0)), int(it.stats.get("completion_tokens", 0))
+        def usage(g: GenerationStats | None) -> dict[str, int]:
+            p, c = (g.prompt_tokens, g.completion_tokens) if g is not None else (0, 0)
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
         if not stream:
             try:
                 rest = await anyio.to_thread.run_sync(lambda: "".join(it)) if first is not _END else ""
+                done = model.last_generation  # read before the slot goes to the next request
             except Exception as e:  # noqa: BLE001
                 raise _engine_error(entry.id, e) from None
             finally:
                 await pool.release(slot)
             text = ("" if first is _END else first) + rest
-            finish = it.stats.get("finish_reason", "stop")
+            finish = done.finish_reason if done is not None else "stop"
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                        "finish_reason": finish} if kind == "chat" else
                       {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
             return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
                                  "created": created, "model": entry.id, "system_fingerprint": fingerprint,
-                                 "choices": [choice], "usage": usage()})
+                                 "choices": [choice], "usage": usage(done)})
 
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
@@ -513,10 +517,11 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                 while piece is not _END:
                     yield chunk(piece)
                     piece = await anyio.to_thread.run_sync(next, it, _END)
-                yield chunk(None, it.stats.get("finish_reason", "stop"))
+                done = model.last_generation
+                yield chunk(None, done.finish_reason if done is not None else "stop")
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
-                                "usage": usage()})
+                                "usage": usage(done)})
                 yield "data: [DONE]\n\n"
             except Exception as e:  # noqa: BLE001 - the status is sent: the error goes in the stream
                 err = _engine_error(entry.id, e)
@@ -553,7 +558,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             for t in texts:
                 n = len(model.tokenize(t))
                 if n >= model.n_ctx:
-                    raise ValueError(f"input has {n} tokens; the context holds {model.n_ctx}")
+                    raise ContextLengthError(f"input has {n} tokens; the context holds {model.n_ctx}")
                 n_tokens += n
                 vectors.append(model.embed(t))
             return vectors, n_tokens

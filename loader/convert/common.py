@@ -10,12 +10,12 @@ import errno
 import glob
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engines import child
 from ..errors import ConvertError, UsageError
 from ..formats.legacy import LEGACY_N_CTX
 
@@ -155,30 +155,6 @@ def check_paths(src: Path, out: Path, opts: Options) -> None:
         raise ConvertError(f"cannot write {out}: no write permission in {parent}")
 
 
-
-#: the quantizer's child process: one line on stderr and exit 1 on a library error.  ``catalog``:
-#: quantize() with the backend the catalog approves; ``carrier``: g4a_quantize of a backend directly, for
-#: the ggjt carrier files of convert/hf.py that no catalog entry describes
-_QUANTIZE_CHILD = """
-import os, sys
-from {pkg}.errors import BackendError
-mode, src, dst, ftype, backend, threads = sys.argv[1:]
-try:
-    if mode == "catalog":
-        from {pkg}.convert.quantize import quantize
-        quantize(src, dst, int(ftype), backend=backend, n_threads=int(threads))
-    else:
-        from {pkg}.engines import native
-        from {pkg}.engines.variants import choose_variant
-        be = native.open_backend(backend, choose_variant(backend, "cpu").variant)
-        if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(dst), int(ftype), int(threads)) != 0:
-            raise BackendError(be.last_error())
-except (BackendError, ValueError, OSError) as e:  # ValueError: FormatError, UnsupportedModelError
-    print(e, file=sys.stderr)
-    sys.exit(1)
-"""
-
-
 def quantize_in_child(stage: Path, temps: Temps, opts: Options, backend: str = NEWEST,
                       mode: str = "catalog") -> Path:
     """Quantize ``stage`` to ``opts.outtype`` with ``backend`` in a child process; returns the new temp file.
@@ -188,19 +164,15 @@ def quantize_in_child(stage: Path, temps: Temps, opts: Options, backend: str = N
     any the quantizer itself left) and reports the failure instead of dying with them left behind."""
     dst = temps.new(opts.outtype.lower())
     say(opts, f"quantizing to {opts.outtype.upper()} with {backend} ...")
-    code = _QUANTIZE_CHILD.format(pkg="gpt4all_loader")
-    cmd = [sys.executable, "-c", code, mode, str(stage), str(dst), str(outtype_number(opts.outtype)), backend,
-           str(opts.threads)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    proc = child.run("convert.quantize", [mode, str(stage), str(dst), str(outtype_number(opts.outtype)), backend,
+                                          str(opts.threads)], keep_stdout=False)
     if proc.returncode != 0:
         for left in dst.parent.glob(glob.escape(dst.name) + ".*.part"):  # quantize()'s own temporary file
             left.unlink(missing_ok=True)
-        err = proc.stderr or ""
-        if "No space left on device" in err:
+        if "No space left on device" in proc.stderr:
             raise write_error(OSError(errno.ENOSPC, "No space left on device"), temps.out)
-        lines = err.strip().splitlines()
-        why = (f"the quantizer crashed (signal {-proc.returncode})" if proc.returncode < 0
-               else lines[-1] if lines else f"the quantizer exited with status {proc.returncode}")
+        why = (f"the quantizer crashed ({proc.ending})" if proc.crashed
+               else proc.last_error_line() or f"the quantizer exited with status {proc.returncode}")
         raise ConvertError(f"quantizing to {opts.outtype} failed: {why}; nothing was left behind")
     return dst
 

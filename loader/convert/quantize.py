@@ -6,6 +6,7 @@ so quantized fixtures and conversions get bytes from the real engines, never fro
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,3 +57,29 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], ftype: st
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The quantizer's child process (:func:`~gpt4all_loader.convert.common.quantize_in_child`):
+    ``MODE SRC DST FTYPE BACKEND THREADS``; a library error is one line on stderr and exit status 1.
+
+    MODE ``catalog``: :func:`quantize` with the backend the catalog approves; ``carrier``: g4a_quantize of
+    a backend directly, for the ggjt carrier files of convert/hf.py that no catalog entry describes.
+    """
+    mode, src, dst, ftype, backend, threads = sys.argv[1:] if argv is None else argv
+    try:
+        if mode == "catalog":
+            quantize(src, dst, int(ftype), backend=backend, n_threads=int(threads))
+        else:
+            from ..engines.variants import choose_variant
+
+            choice = choose_variant(backend, "cpu")
+            if choice.variant is None:
+                raise BackendError(f"{backend}: {choice.reason}")
+            be = native.open_backend(backend, choice.variant)
+            if be.lib.g4a_quantize(os.fsencode(src), os.fsencode(dst), int(ftype), int(threads)) != 0:
+                raise BackendError(be.last_error())
+    except (BackendError, ValueError, OSError) as e:  # ValueError: FormatError, UnsupportedModelError
+        print(e, file=sys.stderr)
+        return 1
+    return 0

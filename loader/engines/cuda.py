@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..formats.facts import FileFacts
+from ..reports import MemoryEstimate
 from . import cache
 from .manifest import cuda_table, load_manifest
 
@@ -252,7 +253,7 @@ def _min_arch(record: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
-               reserve_bytes: int) -> tuple[int, int, dict[str, Any]]:
+               reserve_bytes: int) -> tuple[int, int, MemoryEstimate]:
     """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
     output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes``."""
     from ..memory import estimate

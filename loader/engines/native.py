@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from ..errors import BackendError
 from . import cache
 from .manifest import ContextTable, build_command, load_manifest, package_data
+from .shim import ShimLib
 
 _HEADER = "backends/shim/g4a_shim.h"   # shipped inside the package (manifest.package_data)
 _lock = threading.Lock()
@@ -165,7 +166,8 @@ class Backend:
     variant: str
     path: Path
     record: dict[str, Any]
-    lib: Any
+    #: the library's g4a_* functions, typed by :class:`~gpt4all_loader.engines.shim.ShimLib`
+    lib: ShimLib
     budget: ContextBudget | None = field(default=None, repr=False)
 
     def info(self) -> str:
