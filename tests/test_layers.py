@@ -21,9 +21,6 @@ LAYERS = [
 #: imports that go against the layers or close a circle and belong to other points of issue #26 ("The
 #: house, round 2"); each one is listed so that it stays visible, and any new one fails the test
 KNOWN = {
-    # ByteSource lives in formats/sniff.py, which dispatches to the readers that use it
-    ("formats.gguf_reader", "formats.sniff"),
-    ("formats.legacy", "formats.sniff"),
     # engines/cuda.fit_layers asks memory.estimate, and memory.plan asks engines/cuda
     ("engines.cuda", "memory"),
 }

@@ -24,7 +24,7 @@ from ..errors import FormatError
 from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
-from .sniff import ByteSource
+from .source import ByteSource
 
 #: arrays up to this many elements are returned as lists by ``with_kv``; longer ones are summarized
 SMALL_ARRAY = 64

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, cast
 from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat
 from .ggml_types import LEGACY_FTYPE_NAMES, QNT_LAYOUT, TYPES, ftype_phrase, tensor_nbytes
-from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL, ByteSource
+from .source import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL, ByteSource
 from .zoo import BERT, FALCON, REPLIT, STARCODER, Architecture, wtype_of
 
 #: the LLaMA containers of llama.cpp's 2023 releases (GPT4All's GPT-J files also say "ggml")
@@ -548,20 +548,16 @@ def read(fh: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_voca
     raise src.error("magic", "a ggml-family magic", 0)
 
 
-def tensor_records(path: str, facts: FileFacts | None = None) -> list[tuple[str, int, list[int], int, int]]:
+def tensor_records(path: str, facts: FileFacts) -> list[tuple[str, int, list[int], int, int]]:
     """(name, ggml type id, ne, data offset, data bytes) of every tensor of a ggml/ggmf/ggjt/ggmm/ggla/repl/bert
     file, in file order; type ids and sizes are those of the file's quant layout (``facts.quant_layout``).
 
-    ``facts``: the file's :func:`~gpt4all_loader.formats.sniff.read_facts` result (read here when None).
+    ``facts``: the file's :func:`~gpt4all_loader.formats.sniff.read_facts` result.
     Raises FormatError for a file that is not a legacy model container or whose tensor data runs
     past its end.
     """
     import os
 
-    if facts is None:
-        from .sniff import read_facts
-
-        facts = read_facts(path)
     layout = facts.quant_layout
     layout = QNT_LAYOUT.get(int(layout[3:])) if layout and layout.startswith("qnt") else layout
     if layout is None and facts.format == "ggla":

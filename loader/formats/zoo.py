@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping
 
-from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL
+from .source import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL
 
 #: hyperparameters by the project's keys (n_vocab, n_embd, n_head, n_head_kv, n_layer, n_ctx_train, n_ff)
 Hparams = Mapping[str, int]
