@@ -46,7 +46,11 @@ compute
 
     GPT4All-era GPT-J and MPT files run on our own runner (``backends/legacy/g4a_legacy.cpp``),
     which sizes its evaluation buffer with ``eval_bytes()`` for chunks of 32 tokens; the estimate
-    repeats that sum for a full context (the runner logs no sizes to check it against).
+    repeats that sum for a full context (the runner logs no sizes to check it against).  GPT4All's
+    2023 zoo (Falcon, Replit, StarCoder, BERT) runs on the same runner and is estimated the same way:
+    the activations of a GPT-J layer (BERT's with its own n_intermediate), a KV cache of n_head_kv
+    heads (Falcon: one) at 2 bytes per value, context capped at the model's (Falcon 2048), and for
+    BERT, an encoder, no cache and a window of n_max_tokens.
 
     Graph-allocator eras (2023-08 CPU, 2023-11, 2024-09, 2026-10) measure the graph of one
     micro-batch of ``ub = min(512, n_ctx)`` tokens against a full cache of ``n_kv`` cells and keep
@@ -76,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
+from .formats.zoo import ARCHITECTURES as ZOO_ARCHITECTURES
 
 MiB = 1024 * 1024
 
@@ -256,7 +261,7 @@ def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
     """The evaluation buffer our GPT-J/MPT runner sizes for a full context: ``eval_bytes(m, N, L)`` of
     ``backends/legacy/g4a_legacy.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
     n, ctx = min(_GPTJ_MPT_CHUNK, n_ctx), n_ctx
-    e, f, h, v = s.n_embd, 4 * s.n_embd, s.n_head, s.n_vocab
+    e, f, h, v = s.n_embd, s.n_ff or 4 * s.n_embd, s.n_head, s.n_vocab
     per_layer = 16 * n * e + 8 * n * f + 6 * h * n * ctx + e * ctx
     head = 4 * n * e + 3 * n * v + n
     objects = (s.n_layer * 100 + 100) * 400
@@ -292,14 +297,18 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     README lists); every value is an int or a short string.
     """
     fmt = facts.format
-    # GPT4All-era GPT-J and MPT files run on our own ggml runner (backends/legacy), not llama.cpp
-    gptj_mpt = fmt in ("ggml", "ggmm") and facts.architecture in ("gptj", "mpt")
+    # GPT4All-era GPT-J and MPT files and GPT4All's 2023 zoo run on our own ggml runner (backends/legacy)
+    zoo_arch = fmt in ("ggjt", "ggml", "repl", "bert") and facts.architecture in ZOO_ARCHITECTURES
+    gptj_mpt = (fmt in ("ggml", "ggmm") and facts.architecture in ("gptj", "mpt")) or zoo_arch
+    encoder = zoo_arch and facts.architecture == "bert"
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(facts.hparams)
     n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
         ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+    if zoo_arch and n_ctx_train:
+        ctx_size = n_ctx_train if encoder else min(ctx_size, n_ctx_train)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer
     era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)
@@ -335,7 +344,7 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     vram_weights = min(vram_weights, weights + copy)
 
     cells = _pad(ctx_size, rules.kv_pad)
-    attn_layers = n_layer if not s.state_per_layer else 0
+    attn_layers = n_layer if not (s.state_per_layer or encoder) else 0
     kv_per_layer = (s.key_length + s.value_length) * s.n_head_kv * cells * 2 if attn_layers else 0
     state_per_layer = s.state_per_layer
     kv = kv_per_layer * attn_layers

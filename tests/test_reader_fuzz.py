@@ -1,5 +1,6 @@
-"""Mutated and truncated headers of every written container: the reader returns facts or raises
-FormatError, never anything else, and never takes long."""
+"""Mutated and truncated headers of every written container (GPT4All's Falcon, Replit, StarCoder and BERT
+files included): the reader returns facts or raises FormatError, never anything else, and never takes
+long; the catalog's verdicts (validation included) on whatever it returns raise nothing."""
 from __future__ import annotations
 
 import random
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpt4all_loader.engines.catalog import verdicts
 from gpt4all_loader.errors import FormatError
 from gpt4all_loader.formats.facts import FileFacts
 from gpt4all_loader.formats.sniff import read_facts
@@ -30,10 +32,11 @@ def _check(path: Path) -> None:
         assert str(path) in str(exc)
         return
     assert isinstance(f, FileFacts) and f.format
+    verdicts(f)
 
 
 NAMES = ["ggmlNone", "ggmf1", "ggjt1", "ggjt2", "ggjt3", "gguf1", "gguf2", "gguf3", "gguf3-be",
-         "gguf3-vocab", "gguf-odd", "gptj", "mpt-ggmm", "mpt-ggml"]
+         "gguf3-vocab", "gguf-odd", "gptj", "mpt-ggmm", "mpt-ggml", "falcon", "replit", "starcoder", "bert"]
 
 
 @settings(max_examples=250, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,7 +75,8 @@ def test_arbitrary_bytes(tmp_path_factory, blob):
 
 
 @settings(max_examples=80, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(magic=st.sampled_from([b"GGUF", b"lmgg", b"fmgg", b"tjgg", b"algg", b"mmgg"]), rest=st.binary(max_size=256))
+@given(magic=st.sampled_from([b"GGUF", b"lmgg", b"fmgg", b"tjgg", b"algg", b"mmgg", b"lper", b"treb"]),
+       rest=st.binary(max_size=256))
 def test_magic_then_garbage(tmp_path, magic, rest):
     p = tmp_path / "g.bin"
     p.write_bytes(magic + rest)

@@ -17,9 +17,23 @@ import time
 import traceback
 from pathlib import Path
 
+from gpt4all_loader.engines.catalog import verdicts
 from gpt4all_loader.errors import FormatError
 from gpt4all_loader.formats.sniff import read_facts
-from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gguf, write_gptj, write_llama, write_mpt
+from gpt4all_loader.formats.writer import (
+    TinyBert,
+    TinyFalcon,
+    TinyGPTJ,
+    TinyLlama,
+    TinyMPT,
+    TinyReplit,
+    TinyStarCoder,
+    write_gguf,
+    write_gptj,
+    write_llama,
+    write_mpt,
+    write_zoo,
+)
 
 INTERESTING = [0, 1, 2, 3, 4, 31, 32, 255, 256, 1000, 2002, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFE]
 
@@ -40,6 +54,14 @@ def bases(d: Path) -> dict[str, bytes]:
     mp = TinyMPT(seed=5, n_embd=8, n_layer=1)
     out["mpt-ggmm"] = write_mpt(d / "mm", mp, "ggmm", "f16").read_bytes()
     out["mpt-ggml"] = write_mpt(d / "mg", mp, "ggml", "f32").read_bytes()
+    # GPT4All's 2023 zoo, with short vocabularies so that mutations reach the tensor tables
+    zoo_models = {"falcon": TinyFalcon(seed=5, n_vocab=600, n_layer=1),
+                  "replit": TinyReplit(seed=5, n_vocab=600, n_layer=1),
+                  "starcoder": TinyStarCoder(seed=5, n_vocab=600, n_ctx=8, n_layer=1),
+                  "bert": TinyBert(seed=5, n_vocab=256, n_max_tokens=40, n_embd=8, n_intermediate=16, n_head=2,
+                                   n_layer=1)}
+    for name, zm in zoo_models.items():
+        out[name] = write_zoo(d / name, zm, "f16").read_bytes()
     return out
 
 
@@ -74,6 +96,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n", type=int, nargs="?", default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="base files to mutate (default: all), e.g. falcon replit starcoder bert")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     counts: collections.Counter[str] = collections.Counter()
@@ -82,7 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
         base = bases(d)
-        names = sorted(base)
+        names = sorted(n for n in base if not args.only or n in args.only)
         target = d / "input.bin"
         t0 = time.perf_counter()
         for i in range(args.n):
@@ -93,6 +116,9 @@ def main() -> int:
             try:
                 f = read_facts(target)
                 counts[f"facts:{f.kind}{'/truncated' if f.truncated else ''}"] += 1
+                # validation and verdicts must hold up on whatever the reader returned
+                if any(v.loadable for v in verdicts(f)):
+                    counts["loadable"] += 1
             except FormatError:
                 counts["FormatError"] += 1
             except Exception:  # noqa: BLE001 - the point is to find these

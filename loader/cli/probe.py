@@ -172,6 +172,10 @@ def _quant_line(r: ProbeReport) -> str:
     return head or detail or "-"
 
 
+#: the hyperparameters the text report lists (all of them are in --json)
+_HPARAMS_SHOWN = ("n_vocab", "n_embd", "n_head", "n_head_kv", "n_layer", "n_ff", "falcon_version")
+
+
 def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: bool = True) -> str:
     lines = [st.bold(r.path)]
 
@@ -188,6 +192,9 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
         h = r.hparams
         extra = f", {h['n_layer']} layers" if isinstance(h.get("n_layer"), int) else ""
         row("model", f"{r.architecture or '?'}, {human_count(r.n_params)} parameters{extra}")
+        shown = [f"{k} {h[k]}" for k in _HPARAMS_SHOWN if isinstance(h.get(k), int) and not isinstance(h.get(k), bool)]
+        if shown:
+            row("hparams", ", ".join(shown))
     if r.tensor_types or r.file_type is not None:
         row("quantization", _quant_line(r))
     if r.context_length:

@@ -74,6 +74,15 @@ FORMAT_HISTORY: dict[tuple[str, int], str] = {
     ("gguf", 1): "GGUF v1 was dropped in Nov 2023 (llama.cpp b1470)",
     ("gguf", 2): "Sept 2023, llama.cpp b1087",
     ("gguf", 3): "Oct 2023, llama.cpp b1405",
+    ("repl", 0): "GPT4All's Replit container (June 2023), read by no llama.cpp",
+    ("bert", 0): "GPT4All's BERT / Embed4All container (July 2023), read by no llama.cpp",
+}
+
+#: GPT4All's 2023 zoo: what runs each architecture as GGUF today (the probe's upgrade hint)
+ZOO_GGUF_HINT: dict[str, str] = {
+    "falcon": "llama.cpp runs Falcon as GGUF",
+    "starcoder": "llama.cpp runs StarCoder as GGUF",
+    "bert": "llama.cpp runs BERT embedding models as GGUF",
 }
 
 #: architectures with a known story
@@ -414,6 +423,9 @@ def upgrade_suggestion(facts: FileFacts, all_v: list[Verdict], *,
     import shlex
     from pathlib import PurePath
 
+    if facts.architecture in ZOO_GGUF_HINT and facts.kind == "model" and not facts.truncated:
+        return (f"only our 2023 model code reads this file; {ZOO_GGUF_HINT[str(facts.architecture)]} (gguf-2026-10): "
+                "convert the original Hugging Face weights with gpt4all-convert HF_FOLDER -o model.gguf")
     if (facts.format not in LEGACY_CONTAINERS or facts.architecture != "llama" or facts.kind != "model"
             or facts.truncated or facts.vocab_only):
         return None
@@ -440,6 +452,9 @@ def suggest(facts: FileFacts, all_v: list[Verdict], *, built: Iterable[str] | No
         return f"this is {hint}" if hint else f"this is {facts.description or facts.format}, not a llama.cpp model"
     if kind == "lora":
         return "this is a LoRA adapter: load its base model and apply the adapter to it"
+    if kind == "unsupported-ggml" and facts.architecture in ZOO_GGUF_HINT:
+        return (f"this is {facts.description}; {ZOO_GGUF_HINT[str(facts.architecture)]}: convert the original "
+                "Hugging Face weights with gpt4all-convert HF_FOLDER -o model.gguf")
     if kind == "unsupported-ggml":
         return f"this is {facts.description or 'a ggml file of another project'}; no llama.cpp runs it"
     if facts.endianness and facts.endianness != "little":
@@ -479,6 +494,9 @@ def suggest(facts: FileFacts, all_v: list[Verdict], *, built: Iterable[str] | No
         return f"architecture '{arch}' needs a llama.cpp newer than the newest pinned backend"
     if arch == "persimmon":
         return "persimmon needs llama.cpp b2951 or older (e.g. the gguf-2023-11 backend with a supported tokenizer)"
+    if arch in ZOO_GGUF_HINT:
+        return (f"{ZOO_GGUF_HINT[arch]}: convert the original Hugging Face weights with gpt4all-convert HF_FOLDER "
+                "-o model.gguf")
     if fmt in LEGACY_CONTAINERS:
         return ("convert it to GGUF with llama.cpp's convert_llama_ggml_to_gguf.py (from a ggjt v3 file), or "
                 "re-convert from the original weights")

@@ -6,7 +6,8 @@ what the tensors *are*, and the engines do that with asserts (SIGABRT), division
 all (SIGSEGV): ``n_head = 0``, ``n_layer`` outside a 2023 size table, an F16 norm, a vocabulary with a
 short score array, two tokens with the same text.  :func:`problems` lists, for one backend, every
 such reason the file would take that backend's process down, so that the catalog refuses the file
-with a reason instead.
+with a reason instead.  GPT4All's 2023 zoo (Falcon, Replit, StarCoder, BERT) is checked against its
+tensor tables in :mod:`..formats.zoo`: every tensor present once, of the exact shape and type.
 
 What each era asserts is data (:data:`ERAS`, keyed by backend name); the checks themselves are the
 same small functions for every era.
@@ -18,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..formats import zoo
 from ..formats.facts import FileFacts
 
 
@@ -68,6 +70,10 @@ ERAS: dict[str, EraLimits] = {
 NON_WEIGHT_TYPES = frozenset({"I8", "I16", "I32", "I64", "F64", "Q8_1"})
 #: more layers than any released model has: a header number beyond it is damage, not a model
 MAX_LAYERS = 4096
+
+#: the longest context a GPT4All 2023 zoo header may state (StarCoder's 8192 was the longest): a larger
+#: number is damage, and the 2023 loaders sized their caches with it
+MAX_ZOO_CTX = 1 << 16
 
 #: architectures whose graph divides by the head counts (the cases measured to crash)
 ATTENTION_ARCHS = frozenset({"llama"})
@@ -234,12 +240,110 @@ def _vocab(facts: FileFacts, era: EraLimits) -> list[str]:
     return out
 
 
+def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A 1-D tensor may be stored as [n, 1]: compare shapes without trailing ones."""
+    out = list(shape)
+    while len(out) > 1 and out[-1] == 1:
+        out.pop()
+    return tuple(out)
+
+
+def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
+    """The header numbers the model code divides by, sizes buffers with or indexes with."""
+    hp = facts.hparams
+    out = []
+    for key, low in (("n_vocab", 1), ("n_embd", 1), ("n_head", 1), ("n_layer", 1), ("n_ff", 1), ("n_ctx_train", 4)):
+        v = _int(hp.get(key))
+        if v is None or v < low:
+            out.append(f"{key} is {v}; it must be at least {low}")
+    n_layer = _int(hp.get("n_layer")) or 0
+    if n_layer > MAX_LAYERS:
+        out.append(f"n_layer {n_layer} is outside 1..{MAX_LAYERS}")
+    n_ctx = _int(hp.get("n_ctx_train")) or 0
+    if n_ctx > MAX_ZOO_CTX:
+        out.append(f"the context {n_ctx} is beyond {MAX_ZOO_CTX} tokens; no model of this format had more than 8192 "
+                   "(a damaged header)")
+    if out:
+        return out
+    n_embd, n_head, n_vocab = int(hp["n_embd"]), int(hp["n_head"]), int(hp["n_vocab"])
+    if n_embd % n_head:
+        out.append(f"n_head {n_head} does not divide n_embd {n_embd}")
+    if arch is zoo.FALCON:
+        if hp.get("falcon_version") != 7:
+            out.append(f"falcon_version is {hp.get('falcon_version')}; the Falcon graph is Falcon-7B's (7): 40 "
+                       "marks Falcon-40B, whose grouped key/value heads it does not run")
+        if hp.get("n_head_kv") != 1:
+            out.append(f"n_head_kv is {hp.get('n_head_kv')}; the Falcon graph shares one key/value head (1)")
+        if n_embd % n_head == 0 and (n_embd // n_head) % 2:
+            out.append(f"the head dimension n_embd / n_head = {n_embd // n_head} is odd; RoPE needs it even")
+    if arch is zoo.BERT:
+        if n_vocab <= zoo.BERT_MASK:
+            out.append(f"n_vocab is {n_vocab}; the BERT tokenizer uses the fixed ids [CLS] {zoo.BERT_CLS} and "
+                       f"[SEP] {zoo.BERT_SEP}, so the vocabulary needs more than {zoo.BERT_MASK} tokens")
+        n_max = int(hp["n_ctx_train"])
+        if n_max <= zoo.BERT_WINDOW_OVERLAP:
+            out.append(f"n_max_tokens is {n_max}; long texts are embedded in windows of n_max_tokens that overlap "
+                       f"by {zoo.BERT_WINDOW_OVERLAP} tokens, so it must exceed {zoo.BERT_WINDOW_OVERLAP}")
+    top = max(arch.end_token_ids, default=0)
+    if n_vocab <= top:
+        out.append(f"n_vocab is {n_vocab}; the end token id {top} must be in the vocabulary")
+    return out
+
+
+def _zoo_tensors(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
+    """The tensor table against the hyperparameters: every tensor present once, of its exact shape and type."""
+    hp = facts.hparams
+    if int(hp["n_layer"]) > facts.n_tensors:
+        return [f"n_layer is {hp['n_layer']} but the file holds only {facts.n_tensors} tensors"]
+    if facts.n_tensors != len(facts.tensors):
+        return [f"{facts.n_tensors - len(facts.tensors)} tensor name(s) occur more than once"]
+    wtype = zoo.wtype_of(arch, int(facts.file_type or 0))
+    if wtype is None:
+        return [f"header ftype {facts.file_type} is not a weight type the {arch.display} loader maps "
+                f"(it takes {', '.join(f'{k} ({v})' for k, v in arch.ftype_types.items())})"]
+    expected = arch.expected_tensors({k: int(v) for k, v in hp.items() if isinstance(v, int)})
+    out = []
+    unknown = sorted(set(facts.tensors) - set(expected))
+    if unknown:
+        out.append(f"{len(unknown)} tensor(s) that {arch.display} does not have, e.g. {unknown[0]!r}")
+    missing = [n for n, (_, _, opt) in expected.items() if not opt and n not in facts.tensors]
+    if missing:
+        out.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}")
+    for name, (shape, weight, _) in expected.items():
+        got = facts.tensors.get(name)
+        if got is None:
+            continue
+        gtype, gshape, _ = got
+        if len(gshape) > 2:
+            out.append(f"{name} has {len(gshape)} dimensions; {arch.display} tensors have at most 2")
+        elif _strip_ones(gshape) != _strip_ones(shape):
+            out.append(f"{name} has shape {list(gshape)}; the header says {list(shape)}")
+        want = wtype if weight else "F32"
+        if gtype != want:
+            role = f"the file's weight type (ftype {facts.file_type})" if weight else "as every norm and bias"
+            out.append(f"{name} is {gtype}; it must be {want}, {role}")
+        if len(out) >= 8:
+            out.append("(further tensor problems not listed)")
+            break
+    return out
+
+
+def _zoo_checks(facts: FileFacts, era: EraLimits) -> list[str]:
+    arch = zoo.ARCHITECTURES[str(facts.architecture)]
+    bad = _zoo_hparams(facts, arch)
+    if bad or not facts.n_tensors:
+        return bad
+    return _zoo_tensors(facts, arch)
+
+
 def _gguf_checks(facts: FileFacts, era: EraLimits) -> list[str]:
     return (_layer_count(facts, "gguf", exact=facts.architecture == "llama") + _heads(facts)
             + _gguf_hparams(facts, era) + _types(facts, era) + _vocab(facts, era))
 
 
 def _legacy_checks(facts: FileFacts, era: EraLimits) -> list[str]:
+    if facts.architecture in zoo.ARCHITECTURES:
+        return _zoo_checks(facts, era)
     if facts.architecture != "llama":
         return []
     return (_heads(facts) + _legacy_llama(facts, era) + _layer_count(facts, "legacy", exact=True)
@@ -247,7 +351,7 @@ def _legacy_checks(facts: FileFacts, era: EraLimits) -> list[str]:
 
 
 _FAMILY: dict[str, Callable[[FileFacts, EraLimits], list[str]]] = {
-    "gguf": _gguf_checks, **{f: _legacy_checks for f in _LEGACY},
+    "gguf": _gguf_checks, **{f: _legacy_checks for f in _LEGACY}, "repl": _zoo_checks, "bert": _zoo_checks,
 }
 
 

@@ -13,6 +13,10 @@ n_vocab``, f32 ``alibi_bias_max, clip_qkv``, i32 ftype, n_vocab x (u32 length, b
 records.  MPT (GPT4All, magic "ggmm"): u32 ``n_vocab, n_ctx, n_layer, n_head, n_embd``, f32
 ``alibi_bias_max, clip_qkv``, u32 ftype, u32 vocab count, n_vocab x (u32 length | bit 31 for special
 tokens, bytes), tensor records.  ggml-examples ftypes >= 1000 are ``1000 * quant version + ftype``.
+
+GPT4All's Falcon (inside "ggjt"), StarCoder (inside unversioned "ggml"), Replit ("repl") and BERT
+("bert") files are read from their descriptions in :mod:`.zoo`.  Falcon is told from LLaMA, and
+StarCoder from GPT-J, by the tensor table (the first record's name), not by n_vocab ranges.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from typing import Any, BinaryIO, cast
 from ..errors import FormatError
 from .facts import FileFacts, TensorTypeStat
 from .ggml_types import LEGACY_FTYPE_NAMES, QNT_LAYOUT, TYPES, ftype_phrase, tensor_nbytes
-from .sniff import MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, ByteSource
+from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGLA, MAGIC_GGMF, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL, ByteSource
+from .zoo import BERT, FALCON, REPLIT, STARCODER, Architecture, wtype_of
 
 #: the LLaMA containers of llama.cpp's 2023 releases (GPT4All's GPT-J files also say "ggml")
 LEGACY_CONTAINERS = ("ggml", "ggmf", "ggjt")
@@ -248,6 +253,10 @@ def _read_llama(src: ByteSource, fmt: str, version: int, with_vocab: bool) -> Fi
     scores = fmt != "ggml"
     vocab = _read_vocab(src, n_vocab, scores=scores, collect=with_vocab, count_offset=hp_off)
     data_offset = src.pos
+    if fmt == "ggjt" and FALCON.owns(_first_tensor_name(src) or ""):
+        # the same header and vocabulary layout, other hparams: read it again as Falcon
+        src.pos = hp_off
+        return _read_zoo(src, FALCON, with_vocab, version=version)
     if ftype >= 1000:
         f.kind = "unsupported-ggml"
         f.architecture = None
@@ -262,8 +271,13 @@ def _read_llama(src: ByteSource, fmt: str, version: int, with_vocab: bool) -> Fi
     _finish_model(f, w, data_offset, _vocab_kv(vocab, scores) if with_vocab else None)
     arch = _arch_from_names(w.names)
     if w.n and arch != "llama":
-        return _other_architecture(f, arch, f"{fmt} v{version} file of a non-LLaMA model "
-                                            f"({arch or 'unknown architecture'}, first tensor {w.names[0]!r})")
+        what = f"{fmt} v{version} file of a non-LLaMA model ({arch or 'unknown architecture'}, first tensor " \
+               f"{w.names[0]!r})"
+        if arch == "falcon":
+            # ggllm.cpp's falcon_convert.py wrote ggmf v1 without padding; gpt4all (and our Falcon code) read
+            # the padded ggjt layout of its falcon_quantize
+            what += " in ggllm.cpp's unquantized layout, which gpt4all never read (it read ggjt)"
+        return _other_architecture(f, arch, what)
     wk = w.shapes.get("layers.0.attention.wk.weight")
     if wk and len(wk) == 2 and 0 < wk[1] < n_embd and n_embd % wk[1] == 0 and n_head:
         f.hparams["n_head_kv"] = n_head * wk[1] // n_embd
@@ -326,6 +340,9 @@ def _read_ggml_gptj_family(src: ByteSource, n_hp: int, with_vocab: bool) -> File
     vocab = _read_vocab(src, count, scores=False, collect=with_vocab, count_field="vocab count",
                         count_offset=c_off)
     data_offset = src.pos
+    if n_hp == 6 and STARCODER.owns(_first_tensor_name(src) or ""):
+        src.pos = hp_off
+        return _read_zoo(src, STARCODER, with_vocab, version=0)
     w = _walk_tensors(src, layout, 0)
     arch = _arch_from_names(w.names) or ("gptj" if n_hp == 7 else "gpt2")
     hp["n_ff"] = 4 * hp["n_embd"]
@@ -405,6 +422,92 @@ def _read_ggml(src: ByteSource, with_vocab: bool) -> FileFacts:
     return _read_llama(src, "ggml", 0, with_vocab)
 
 
+def _first_tensor_name(src: ByteSource) -> str | None:
+    """The name of the tensor record at ``src.pos`` (None when there is none or it is malformed);
+    ``src.pos`` does not move."""
+    head = src.peek(12 + 16 + 256)
+    if len(head) < 12:
+        return None
+    n_dims, name_len, _ = struct.unpack_from("<3i", head)
+    start = 12 + 4 * n_dims
+    if not 1 <= n_dims <= 4 or not 1 <= name_len <= 256 or start + name_len > len(head):
+        return None
+    return head[start:start + name_len].decode("utf-8", "replace")
+
+
+def _zoo_type_name(wtype: str | None) -> str | None:
+    return None if wtype is None else ("ALL_F32" if wtype == "F32" else f"MOSTLY_{wtype}")
+
+
+def _check_padding(src: ByteSource, arch: Architecture) -> None:
+    """The first record of an aligned file (Falcon) must be followed by zero padding up to the data:
+    gpt4all's own Falcon converter wrote records without padding, which its loader misread."""
+    if not arch.alignment or src.remaining < 12:
+        return
+    rec = src.pos
+    head = src.peek(12 + 16 + 256 + arch.alignment)
+    n_dims, name_len, _ = struct.unpack_from("<3i", head)
+    end = 12 + 4 * n_dims + name_len
+    if not 1 <= n_dims <= 4 or not 1 <= name_len <= 256 or end > len(head):
+        return  # the walk names the defect
+    pad = -(rec + end) % arch.alignment
+    if any(head[end:end + pad]):
+        raise src.error("tensor[0] padding", f"zero bytes up to the next {arch.alignment}-byte boundary before the "
+                                            f"tensor data ({arch.display} files align tensor data; this one looks "
+                                            "unpadded, as gpt4all's convert_falcon_hf_to_ggml.py wrote it)",
+                        rec + end)
+
+
+def _read_zoo(src: ByteSource, arch: Architecture, with_vocab: bool, version: int | None = None) -> FileFacts:
+    """A GPT4All 2023 zoo file (Falcon, Replit, StarCoder, BERT) as :mod:`.zoo` describes its layout;
+    ``src.pos`` at the first header integer (after the magic and any version)."""
+    hp_off = src.pos
+    names = tuple(f.name for f in arch.header)
+    vals = src.unpack(f"{len(names)}i", "hparams")
+    _check_hparams(src, names, vals, hp_off)
+    hp = arch.hparams_from_header(vals)
+    ftype = vals[arch.ftype_field]
+    n_vocab = hp["n_vocab"]
+    c_off = hp_off
+    if arch.vocab_count_repeated:
+        c_off = src.pos
+        count = src.i32("vocab count")
+        if count != n_vocab:
+            raise src.error("vocab count", f"the n_vocab of the header ({n_vocab}), got {count}", c_off)
+    first = src.peek(4 + 64)
+    first_token = first[4:4 + int.from_bytes(first[:4], "little")] if len(first) >= 4 else b""
+    vocab = _read_vocab(src, n_vocab, scores=arch.vocab_scores, collect=with_vocab, count_offset=c_off)
+    data_offset = src.pos
+    _check_padding(src, arch)
+    w = _walk_tensors(src, "pr1508", arch.alignment)
+    wtype = wtype_of(arch, ftype)
+    f = FileFacts(path=src.path, size=src.size, format=arch.container, format_version=version, kind="model",
+                  architecture=arch.name, tokenizer=arch.tokenizer, file_type=ftype,
+                  file_type_name=_zoo_type_name(wtype), quant_layout="qnt2", hparams=dict(hp))
+    if hp.get("n_head", 0) > 0:
+        f.hparams["head_dim"] = hp["n_embd"] // hp["n_head"]
+    _finish_model(f, w, data_offset, _vocab_kv(vocab, arch.vocab_scores) if with_vocab else None)
+    if arch is STARCODER and n_vocab and first_token != b"<|endoftext|>":
+        # GPT-2 of the ggml examples: StarCoder's table, but a GPT-2 vocabulary (StarCoder's id 0 is
+        # its end token "<|endoftext|>")
+        f.tokenizer = None
+        f.architecture = "gpt2"
+        f.kind = "unsupported-ggml"
+        f.description = (f"ggml-examples GPT-2 file ({ftype_phrase(f.file_type_name)}); no backend of ours runs "
+                         "it (StarCoder's tensor table, but not StarCoder's vocabulary)")
+        return f
+    if wtype is None:
+        f.notes.append(f"header ftype {ftype} is not one that gpt4all's {arch.display} loader maps to a weight type")
+    for key, (lo, hi) in arch.gpt4all_ranges.items():
+        if not lo <= hp.get(key, lo) <= hi:
+            span = str(lo) if lo == hi else f"{lo}..{hi}"
+            f.notes.append(f"gpt4all 1.0.8 recognized {arch.display} files only with {key} {span} "
+                           f"(this one: {hp[key]})")
+    family = arch.display if arch.container in LEGACY_CONTAINERS else f"file of GPT4All {arch.display}"
+    f.description = _describe(f, family, w)
+    return f
+
+
 def _read_rwkv(src: ByteSource, version: int) -> FileFacts:
     n_vocab, n_embd, n_layer, dtype = src.unpack("4i", "hparams")
     f = FileFacts(path=src.path, size=src.size, format="rwkv", format_version=version,
@@ -417,6 +520,10 @@ def _read_rwkv(src: ByteSource, version: int) -> FileFacts:
 def read(fh: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab: bool = False) -> FileFacts:
     src = ByteSource(fh, path, size)
     magic = src.u32("magic")
+    if magic == MAGIC_REPL:
+        return _read_zoo(src, REPLIT, with_vocab)
+    if magic == MAGIC_BERT:
+        return _read_zoo(src, BERT, with_vocab)
     if magic == MAGIC_GGML:
         return _read_ggml(src, with_vocab)
     if magic == MAGIC_GGMM:

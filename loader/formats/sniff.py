@@ -2,8 +2,9 @@
 
 Entry point: :func:`read_facts`.  It dispatches on the magic to :mod:`.gguf_reader` (GGUF v1-v3, either
 byte order) or :mod:`.legacy` (ggml / ggmf / ggjt LLaMA, ggla LoRA, GPT-J and MPT ggml files,
-whisper and rwkv.cpp files), and recognizes common non-model files (safetensors, PyTorch archives,
-pickles, HTML/XML/JSON/text, empty files) so that they get a readable verdict instead of an error.
+GPT4All's Falcon, Replit, StarCoder and BERT files, whisper and rwkv.cpp files), and recognizes
+common non-model files (safetensors, PyTorch archives, pickles, HTML/XML/JSON/text, empty files) so
+that they get a readable verdict instead of an error.
 
 Guarantees: the time taken depends on the header size, never on the data size (tensor data is
 skipped by seeking); every count and length is checked against the bytes left in the file before
@@ -28,8 +29,10 @@ MAGIC_GGMF = 0x67676D66  # "ggmf"
 MAGIC_GGJT = 0x67676A74  # "ggjt"
 MAGIC_GGLA = 0x67676C61  # "ggla" LoRA
 MAGIC_GGMM = 0x67676D6D  # "ggmm" GPT4All MPT
+MAGIC_REPL = 0x7265706C  # "repl" GPT4All Replit (bytes "lper")
+MAGIC_BERT = 0x62657274  # "bert" GPT4All BERT / Embed4All (bytes "treb")
 LEGACY_MAGICS = {MAGIC_GGML: "ggml", MAGIC_GGMF: "ggmf", MAGIC_GGJT: "ggjt", MAGIC_GGLA: "ggla",
-                 MAGIC_GGMM: "ggmm"}
+                 MAGIC_GGMM: "ggmm", MAGIC_REPL: "repl", MAGIC_BERT: "bert"}
 GGUF_MAGIC = b"GGUF"
 
 

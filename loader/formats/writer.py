@@ -4,10 +4,13 @@ The central object is :class:`TinyLlama`: ONE small LLaMA weight set (same seed 
 values) plus a vocabulary, which :func:`write_llama` writes as unversioned ggml, ggmf v1, ggjt v1-v3
 or GGUF v1-v3 (GGUF v3 also big-endian).  Every backend can then be compared on identical weights.
 :class:`TinyGPTJ` / :func:`write_gptj` and :class:`TinyMPT` / :func:`write_mpt` do the same for the
-GPT4All-era GPT-J (``ggml``) and MPT (``ggmm`` and ggml-examples) files.
+GPT4All-era GPT-J (``ggml``) and MPT (``ggmm`` and ggml-examples) files, and :class:`TinyFalcon`,
+:class:`TinyReplit`, :class:`TinyStarCoder`, :class:`TinyBert` with :func:`write_zoo` (``write_falcon``
+...) for the rest of GPT4All's 2023 zoo; their headers and tensor tables come from :mod:`.zoo`.
 
-Only F32 and F16 are written (1-D tensors always F32); quantized files are made by the engines' own
-quantizers from these.  Pure Python (``struct``/``array``), no third-party packages.
+Only F32 and F16 are written (1-D tensors always F32), plus Q4_0 for the zoo (:func:`quantize_q4_0`);
+other quantized files are made by the engines' own quantizers from these.  Pure Python
+(``struct``/``array``), no third-party packages.
 
 Example::
 
@@ -28,12 +31,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Sequence, TypeAlias
 
 from .gguf import GgufHeader, TokenType, ValueType
-from .zoo import BERT, FALCON, REPLIT, STARCODER, Architecture, ftype_of
+from .zoo import BERT, FALCON, GPTJ, MPT_GGML, MPT_GGMM, REPLIT, STARCODER, Architecture, ftype_of
 
 __all__ = ["TinyLlama", "TinyGPTJ", "TinyMPT", "TinyGemma3", "TinyMamba", "write_llama", "write_gptj", "write_mpt",
            "write_gguf", "write_gemma3", "write_mamba", "LEGACY_TO_GGUF", "gguf_name", "gptj_header", "ggmm_header",
            "legacy_tensor_header", "TinyZoo", "TinyFalcon", "TinyReplit", "TinyStarCoder", "TinyBert", "write_zoo",
-           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header"]
+           "write_falcon", "write_replit", "write_starcoder", "write_bert", "zoo_header", "quantize_q4_0"]
 
 _FTYPES = {"f32": 0, "f16": 1}
 
@@ -532,23 +535,8 @@ class TinyGPTJ(_Tiny):
         return _gpt_vocab(self.n_vocab, {50256: b"<|endoftext|>"}, utf8_safe=False)
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, v = self.n_embd, self.n_vocab
-        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
-        for i in range(self.n_layer):
-            p = f"transformer.h.{i}."
-            s[p + "ln_1.weight"] = [e]
-            s[p + "ln_1.bias"] = [e]
-            for q in ("q", "k", "v", "out"):
-                s[p + f"attn.{q}_proj.weight"] = [e, e]
-            s[p + "mlp.fc_in.weight"] = [e, 4 * e]
-            s[p + "mlp.fc_in.bias"] = [4 * e]
-            s[p + "mlp.fc_out.weight"] = [4 * e, e]
-            s[p + "mlp.fc_out.bias"] = [e]
-        s["transformer.ln_f.weight"] = [e]
-        s["transformer.ln_f.bias"] = [e]
-        s["lm_head.weight"] = [e, v]
-        s["lm_head.bias"] = [v]
-        return s
+        hp = {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_layer": self.n_layer}
+        return {n: list(sh) for n, (sh, _, _) in GPTJ.expected_tensors(hp).items()}
 
     def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
         if name.endswith("bias"):
@@ -564,20 +552,14 @@ class TinyGPTJ(_Tiny):
 def gptj_header(n_vocab: int, n_ctx: int, n_embd: int, n_head: int, n_layer: int, n_rot: int, ftype: int,
                 tokens: list[bytes]) -> bytes:
     """Magic, hparams and vocabulary of a GPT4All-era GPT-J ``ggml`` file (tensor records follow)."""
-    parts = [struct.pack("<I7ii", 0x67676D6C, n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype, len(tokens))]
-    for t in tokens:
-        parts.append(struct.pack("<I", len(t)) + t)
-    return b"".join(parts)
+    return zoo_header(GPTJ, [n_vocab, n_ctx, n_embd, n_head, n_layer, n_rot, ftype], tokens)
 
 
 def ggmm_header(n_vocab: int, n_ctx: int, n_layer: int, n_head: int, n_embd: int, alibi_bias_max: float,
                 clip_qkv: float, ftype: int, tokens: list[bytes], special: set[int]) -> bytes:
     """Magic, hparams and vocabulary of a GPT4All ``ggmm`` MPT file; bit 31 of a length marks a special token."""
-    parts = [struct.pack("<6I2fII", 0x67676D6D, n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv,
-                         ftype, len(tokens))]
-    for i, t in enumerate(tokens):
-        parts.append(struct.pack("<I", len(t) | ((1 << 31) if i in special else 0)) + t)
-    return b"".join(parts)
+    return zoo_header(MPT_GGMM, [n_vocab, n_ctx, n_layer, n_head, n_embd, alibi_bias_max, clip_qkv, ftype], tokens,
+                      special=special)
 
 
 def write_gptj(path: str | os.PathLike[str], model: TinyGPTJ, ftype: str = "f32") -> Path:
@@ -619,18 +601,8 @@ class TinyMPT(_Tiny):
         return toks
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        e, v = self.n_embd, self.n_vocab
-        s: dict[str, list[int]] = {"transformer.wte.weight": [e, v]}
-        for i in range(self.n_layer):
-            p = f"transformer.blocks.{i}."
-            s[p + "norm_1.weight"] = [e]
-            s[p + "attn.Wqkv.weight"] = [e, 3 * e]
-            s[p + "attn.out_proj.weight"] = [e, e]
-            s[p + "norm_2.weight"] = [e]
-            s[p + "ffn.up_proj.weight"] = [e, 4 * e]
-            s[p + "ffn.down_proj.weight"] = [4 * e, e]
-        s["transformer.norm_f.weight"] = [e]
-        return s
+        hp = {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_layer": self.n_layer}
+        return {n: list(sh) for n, (sh, _, _) in MPT_GGMM.expected_tensors(hp).items()}
 
     def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
         if len(shape) == 1:
@@ -654,16 +626,15 @@ def write_mpt(path: str | os.PathLike[str], model: TinyMPT, layout: str = "ggmm"
             f.write(ggmm_header(m.n_vocab, m.n_ctx, m.n_layer, m.n_head, m.n_embd, m.alibi_bias_max, m.clip_qkv,
                                 ft, toks, special))
         elif layout == "ggml":
-            f.write(struct.pack("<I5i2fi", 0x67676D6C, m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab,
-                                m.alibi_bias_max, m.clip_qkv, ft))
-            for t in toks:
-                f.write(struct.pack("<I", len(t)))
-                f.write(t)
+            f.write(zoo_header(MPT_GGML, [m.n_embd, m.n_ctx, m.n_head, m.n_layer, m.n_vocab, m.alibi_bias_max,
+                                          m.clip_qkv, ft], toks))
         else:
             raise ValueError(f"layout must be 'ggmm' or 'ggml' (got {layout!r})")
+        arch = MPT_GGMM if layout == "ggmm" else MPT_GGML
+        roles = arch.expected_tensors({"n_vocab": m.n_vocab, "n_embd": m.n_embd, "n_layer": m.n_layer})
         for name, shape in m.tensor_shapes().items():
-            force = layout == "ggmm" and name == "transformer.wte.weight"
-            _legacy_tensor(f, name, shape, _ttype(shape, ft, force), m.weights(name), 0)
+            # GPT4All's ggmm keeps the token embedding F32 (the weight role of the table says so)
+            _legacy_tensor(f, name, shape, ft if roles[name][1] else 0, m.weights(name), 0)
     return path
 
 
@@ -855,36 +826,68 @@ class TinyBert(TinyZoo):
         return [t.encode() for t in self._toks]
 
 
-def zoo_header(arch: Architecture, values: Sequence[int], tokens: Sequence[bytes],
-               scores: Sequence[float] | None = None, *, format_version: int = 3, count: int | None = None) -> bytes:
-    """Magic, header integers (``values`` in file order), vocabulary of a :mod:`.zoo` architecture;
-    tensor records follow.  ``count``: the repeated vocabulary count (StarCoder; default len(tokens))."""
+def zoo_header(arch: Architecture, values: Sequence[float], tokens: Sequence[bytes],
+               scores: Sequence[float] | None = None, *, format_version: int = 3, count: int | None = None,
+               special: set[int] | None = None) -> bytes:
+    """Magic, header numbers (``values`` in file order), vocabulary of a :mod:`.zoo` architecture;
+    tensor records follow.  ``count``: the repeated vocabulary count (StarCoder, GPT-J, MPT; default
+    len(tokens)); ``special``: ids flagged as special tokens (GPT4All MPT)."""
     parts = [struct.pack("<I", arch.magic)]
     if arch.has_version:
         parts.append(struct.pack("<I", format_version))
-    parts.append(struct.pack(f"<{len(values)}i", *values))
+    parts.append(struct.pack("<" + "".join(f.code for f in arch.header), *values))
     if arch.vocab_count_repeated:
         parts.append(struct.pack("<i", len(tokens) if count is None else count))
+    flagged = special or set()
     for k, t in enumerate(tokens):
-        parts.append(struct.pack("<I", len(t)) + t)
+        flag = (1 << 31) if arch.vocab_special_bit and k in flagged else 0
+        parts.append(struct.pack("<I", len(t) | flag) + t)
         if arch.vocab_scores:
             parts.append(struct.pack("<f", scores[k] if scores is not None else 0.0))
     return b"".join(parts)
 
 
+def quantize_q4_0(values: array[float]) -> bytes:
+    """Q4_0 blocks in the layout of ggml quant version 2 (ggjt v3, the ggml GPT4All's zoo libraries linked):
+    per 32 values an f16 scale d and 16 bytes whose low nibbles hold values 0-15 and high nibbles 16-31,
+    each value (q - 8) * d; d = the value of largest magnitude / -8, as ggml's reference quantizer."""
+    if len(values) % 32:
+        raise ValueError("Q4_0 needs a multiple of 32 values per row")
+    out = bytearray()
+    for b in range(0, len(values), 32):
+        x = values[b:b + 32]
+        m = max(x, key=abs)
+        d = m / -8.0
+        d16 = struct.unpack("<e", struct.pack("<e", d))[0]
+        inv = 1.0 / d if d else 0.0
+        q = [min(15, int(v * inv + 8.5)) for v in x]
+        out += struct.pack("<e", d16) + bytes(q[j] | (q[j + 16] << 4) for j in range(16))
+    return bytes(out)
+
+
+#: weight types write_zoo writes: name -> (ggml type id, encoder of float32 values)
+_ZOO_WTYPES = {"f32": "F32", "f16": "F16", "q4_0": "Q4_0"}
+
+
 def write_zoo(path: str | os.PathLike[str], model: TinyZoo, ftype: str = "f32", format_version: int = 3) -> Path:
-    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32 or F16, the rest F32,
-    tensor data aligned where the architecture says (Falcon: 32 bytes)."""
-    ft = _check_ftype(ftype)
-    wtype = "F16" if ft else "F32"
+    """``model`` in its architecture's GPT4All layout: weights (``weight`` rules) F32, F16 or Q4_0 (``ftype``
+    "q4_0": rows must be multiples of 32 values), the rest F32, tensor data aligned where the architecture
+    says (Falcon: 32 bytes)."""
+    if ftype not in _ZOO_WTYPES:
+        raise ValueError(f"ftype must be one of {', '.join(_ZOO_WTYPES)} (got {ftype!r})")
+    wtype = _ZOO_WTYPES[ftype]
+    tt_w = {"F32": 0, "F16": 1, "Q4_0": 2}[wtype]
     path = Path(path)
     arch = model.arch
     with open(path, "wb") as f:
         f.write(zoo_header(arch, model.header_values(ftype_of(arch, wtype)), model.vocab(), model.scores(),
                            format_version=format_version))
         for name, shape in model.tensor_shapes().items():
-            tt = ft if model.is_weight(name) else 0
-            _legacy_tensor(f, name, shape, tt, model.weights(name), arch.alignment)
+            tt = tt_w if model.is_weight(name) else 0
+            f.write(legacy_tensor_header(name, shape, tt))
+            if arch.alignment:
+                _pad(f, arch.alignment)
+            f.write(quantize_q4_0(model.weights(name)) if tt == 2 else _data(model.weights(name), tt, "<"))
     return path
 
 

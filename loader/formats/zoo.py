@@ -1,11 +1,13 @@
-"""GPT4All's 2023 ggml model zoo as data: Falcon, Replit, StarCoder and BERT (Embed4All).
+"""GPT4All's 2023 ggml model zoo as data: Falcon, Replit, StarCoder and BERT (Embed4All), and the GPT-J and
+MPT layouts the project already ran (:data:`GPTJ`, :data:`MPT_GGMM`, :data:`MPT_GGML`).
 
 Each :class:`Architecture` states what gpt4all 1.0.8's loader of that model read: the magic, the header
 fields in file order, the vocabulary layout, the tensor table (names, shapes as functions of the
 hyperparameters, which tensors take the file's weight type and which are always F32), the alignment of
 tensor data, the tokenizer, the context length and the end tokens.  The reader (:mod:`.legacy`), the
 validator (:mod:`..engines.validate`) and the writer of test files (:mod:`.writer`) all use these
-tables, so a layout is written down once.
+tables, so a layout is written down once.  GPT-J and MPT keep their own reader code (in :mod:`.legacy`)
+and loaders that check their files themselves; their tables here drive the writer.
 
 Common to all four (gpt4all-backend at 39acbc83): little-endian; tensor records of ``i32 n_dims,
 i32 name_len, i32 ggml type, i32 ne[n_dims], name`` then the data (Falcon: zero padding first, so that
@@ -16,16 +18,15 @@ linked (QNT version 2: Q4_0 = f16 scale + 16 bytes), whatever quant version the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Mapping
+
+from .sniff import MAGIC_BERT, MAGIC_GGJT, MAGIC_GGML, MAGIC_GGMM, MAGIC_REPL
 
 #: hyperparameters by the project's keys (n_vocab, n_embd, n_head, n_head_kv, n_layer, n_ctx_train, n_ff)
 Hparams = Mapping[str, int]
-
-MAGIC_REPL = 0x7265706C  # "repl" (bytes "lper")
-MAGIC_BERT = 0x62657274  # "bert" (bytes "treb")
-MAGIC_GGJT = 0x67676A74  # "ggjt": Falcon shares it with llama.cpp
-MAGIC_GGML = 0x67676D6C  # "ggml": StarCoder shares it with GPT-J and the ggml examples' GPT-2
 
 #: ``enum ggml_ftype`` -> tensor type, as ``ggml_ftype_to_ggml_type`` of the 2023-06 ggml maps it
 #: (Falcon, StarCoder); other values abort there
@@ -37,10 +38,12 @@ SMALL_FTYPE_TYPES: dict[int, str] = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1"}
 
 @dataclass(frozen=True)
 class HeaderField:
-    """One header integer: its name in gpt4all's hparams struct and the project's hparams key."""
+    """One header number: its name in gpt4all's hparams struct, the project's hparams key, and its
+    ``struct`` code ("i" int32, "I" uint32, "f" float32)."""
 
     name: str
     key: str
+    code: str = "i"
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,22 @@ class Architecture:
     ftype_mod_1000: bool          #: ``ftype %= 1000`` before mapping (ggml-examples quant version)
     #: what gpt4all 1.0.8's ``magic_match`` also asks, by hparams key: (low, high) inclusive
     gpt4all_ranges: Mapping[str, tuple[int, int]]
-    #: tensor types gpt4all's ggml for this model reads (what the manifest accepts)
-    tensor_types: tuple[str, ...]
+    #: bit 31 of a token's length marks a special token (GPT4All's MPT)
+    vocab_special_bit: bool = False
+
+    @cached_property
+    def _name_pattern(self) -> re.Pattern[str]:
+        alts = (re.escape(r.name).replace(re.escape("{i}"), r"(?:0|[1-9][0-9]*)") for r in self.tensors)
+        return re.compile("(?:" + "|".join(alts) + ")")
+
+    def owns(self, tensor_name: str) -> bool:
+        """Whether ``tensor_name`` is one of this architecture's tensor names (any layer)."""
+        return self._name_pattern.fullmatch(tensor_name) is not None
+
+    @property
+    def ftype_field(self) -> int:
+        """Index of the ftype among the header fields."""
+        return [f.key for f in self.header].index("ftype")
 
     def n_ctx(self, hp: Hparams) -> int:
         return self.n_ctx_fixed if self.n_ctx_fixed is not None else int(hp["n_ctx_train"])
@@ -108,7 +125,7 @@ class Architecture:
 
     def hparams_from_header(self, values: tuple[int, ...]) -> dict[str, int]:
         """The header's integers (ftype excluded) by the project's keys, plus the derived ones."""
-        hp = {f.key: v for f, v in zip(self.header, values) if f.key != "ftype"}
+        hp = {f.key: int(v) for f, v in zip(self.header, values) if f.key != "ftype" and f.code != "f"}
         hp.setdefault("n_head_kv", hp.get("n_head", 0))
         hp.setdefault("n_ff", 4 * hp.get("n_embd", 0))
         if self.n_ctx_fixed is not None:
@@ -116,7 +133,7 @@ class Architecture:
         return hp
 
     def n_params(self, hp: Hparams) -> int:
-        return sum(math.prod(s) for s, _, opt in self.expected_tensors(hp).values() if not opt)
+        return sum(math.prod(s) for s, _, _ in self.expected_tensors(hp).values())
 
 
 def _hd(h: Hparams) -> int:
@@ -128,9 +145,6 @@ _E: Callable[[Hparams], tuple[int, ...]] = lambda h: (h["n_embd"],)  # noqa: E73
 
 def _r(name: str, shape: Callable[[Hparams], tuple[int, ...]], weight: bool, optional: bool = False) -> TensorRule:
     return TensorRule(name, shape, weight, optional)
-
-
-_K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 FALCON = Architecture(
     name="falcon", display="Falcon", model_type="Falcon", magic=MAGIC_GGJT, container="ggjt", has_version=True,
@@ -154,7 +168,6 @@ FALCON = Architecture(
     alignment=32, tokenizer="gpt4all-greedy", n_ctx_fixed=2048, end_token_texts=(), end_token_ids=(11,),
     ftype_types=GGML_FTYPE_TYPES, ftype_mod_1000=True,
     gpt4all_ranges={"n_vocab": (65024, 65100), "falcon_version": (7, 7), "n_head_kv": (1, 1)},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") + _K_QUANTS,
 )
 
 REPLIT = Architecture(
@@ -174,7 +187,6 @@ REPLIT = Architecture(
     ),
     alignment=0, tokenizer="replit-sentencepiece-dp", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",),
     end_token_ids=(0,), ftype_types=SMALL_FTYPE_TYPES, ftype_mod_1000=True, gpt4all_ranges={},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1"),
 )
 
 STARCODER = Architecture(
@@ -205,7 +217,6 @@ STARCODER = Architecture(
     ),
     alignment=0, tokenizer="gpt4all-greedy", n_ctx_fixed=None, end_token_texts=(), end_token_ids=(0,),
     ftype_types=GGML_FTYPE_TYPES, ftype_mod_1000=True, gpt4all_ranges={"n_vocab": (49100, 49290)},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") + _K_QUANTS,
 )
 
 BERT = Architecture(
@@ -240,9 +251,81 @@ BERT = Architecture(
     ),
     alignment=0, tokenizer="bert-wordpiece", n_ctx_fixed=None, end_token_texts=(), end_token_ids=(102,),
     ftype_types=SMALL_FTYPE_TYPES, ftype_mod_1000=False, gpt4all_ranges={},
-    tensor_types=("F32", "F16", "Q4_0", "Q4_1"),
 )
 
+# -- the layouts the project already ran on its own model code --------------------------------------------
+#: ``enum ggml_ftype`` of the May 2023 ggml GPT4All's GPT-J and MPT libraries linked (5: Q4_2)
+_GGML_230511_FTYPES: dict[int, str] = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 5: "Q4_2", 7: "Q8_0", 8: "Q5_0",
+                                       9: "Q5_1"}
+
+GPTJ = Architecture(
+    name="gptj", display="GPT-J", model_type="GPT-J", magic=MAGIC_GGML, container="ggml", has_version=False,
+    header=(HeaderField("n_vocab", "n_vocab"), HeaderField("n_ctx", "n_ctx_train"), HeaderField("n_embd", "n_embd"),
+            HeaderField("n_head", "n_head"), HeaderField("n_layer", "n_layer"), HeaderField("n_rot", "n_rot"),
+            HeaderField("ftype", "ftype")),
+    vocab_count_repeated=True, vocab_scores=False,
+    tensors=(
+        _r("transformer.wte.weight", lambda h: (h["n_embd"], h["n_vocab"]), True),
+        _r("transformer.h.{i}.ln_1.weight", _E, False),
+        _r("transformer.h.{i}.ln_1.bias", _E, False),
+        _r("transformer.h.{i}.attn.q_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.k_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.v_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.attn.out_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_in.weight", lambda h: (h["n_embd"], 4 * h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_in.bias", lambda h: (4 * h["n_embd"],), False),
+        _r("transformer.h.{i}.mlp.fc_out.weight", lambda h: (4 * h["n_embd"], h["n_embd"]), True),
+        _r("transformer.h.{i}.mlp.fc_out.bias", _E, False),
+        _r("transformer.ln_f.weight", _E, False),
+        _r("transformer.ln_f.bias", _E, False),
+        _r("lm_head.weight", lambda h: (h["n_embd"], h["n_vocab"]), True),
+        _r("lm_head.bias", lambda h: (h["n_vocab"],), False),
+    ),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(50256,),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={"n_vocab": (50300, 50400)},
+)
+
+
+def _mpt_tensors(wte_weight: bool) -> tuple[TensorRule, ...]:
+    return (
+        _r("transformer.wte.weight", lambda h: (h["n_embd"], h["n_vocab"]), wte_weight),
+        _r("transformer.blocks.{i}.norm_1.weight", _E, False),
+        _r("transformer.blocks.{i}.attn.Wqkv.weight", lambda h: (h["n_embd"], 3 * h["n_embd"]), True),
+        _r("transformer.blocks.{i}.attn.out_proj.weight", lambda h: (h["n_embd"], h["n_embd"]), True),
+        _r("transformer.blocks.{i}.norm_2.weight", _E, False),
+        _r("transformer.blocks.{i}.ffn.up_proj.weight", lambda h: (h["n_embd"], 4 * h["n_embd"]), True),
+        _r("transformer.blocks.{i}.ffn.down_proj.weight", lambda h: (4 * h["n_embd"], h["n_embd"]), True),
+        _r("transformer.norm_f.weight", _E, False),
+    )
+
+
+#: GPT4All's MPT ("ggmm"): unsigned header, the token embedding always F32, special tokens flagged
+MPT_GGMM = Architecture(
+    name="mpt", display="MPT (GPT4All layout)", model_type="MPT", magic=MAGIC_GGMM, container="ggmm",
+    has_version=False,
+    header=(HeaderField("n_vocab", "n_vocab", "I"), HeaderField("n_ctx", "n_ctx_train", "I"),
+            HeaderField("n_layer", "n_layer", "I"), HeaderField("n_head", "n_head", "I"),
+            HeaderField("n_embd", "n_embd", "I"), HeaderField("alibi_bias_max", "alibi_bias_max", "f"),
+            HeaderField("clip_qkv", "clip_qkv", "f"), HeaderField("ftype", "ftype", "I")),
+    vocab_count_repeated=True, vocab_scores=False, vocab_special_bit=True, tensors=_mpt_tensors(False),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={},
+)
+
+#: the ggml examples' MPT (read by ctransformers, not by gpt4all)
+MPT_GGML = Architecture(
+    name="mpt", display="MPT (ggml-examples layout)", model_type="MPT", magic=MAGIC_GGML, container="ggml",
+    has_version=False,
+    header=(HeaderField("d_model", "n_embd"), HeaderField("max_seq_len", "n_ctx_train"),
+            HeaderField("n_heads", "n_head"), HeaderField("n_layers", "n_layer"), HeaderField("n_vocab", "n_vocab"),
+            HeaderField("alibi_bias_max", "alibi_bias_max", "f"), HeaderField("clip_qkv", "clip_qkv", "f"),
+            HeaderField("ftype", "ftype")),
+    vocab_count_repeated=False, vocab_scores=False, tensors=_mpt_tensors(True),
+    alignment=0, tokenizer="gpt2", n_ctx_fixed=None, end_token_texts=("<|endoftext|>",), end_token_ids=(),
+    ftype_types=_GGML_230511_FTYPES, ftype_mod_1000=True, gpt4all_ranges={},
+)
+
+#: the zoo this module adds, by FileFacts.architecture (what the reader and the validator dispatch on)
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FALCON, REPLIT, STARCODER, BERT)}
 BY_CONTAINER_MAGIC: dict[int, Architecture] = {MAGIC_REPL: REPLIT, MAGIC_BERT: BERT}
 

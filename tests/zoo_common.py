@@ -1,0 +1,98 @@
+"""Shared by the tests of GPT4All's 2023 zoo (Falcon, Replit, StarCoder, BERT): the test texts, the tiny
+files of each architecture, and gpt4all 1.0.8 (the reference) run in a child process.
+
+gpt4all 1.0.8 carries its own ggml copies: it runs only in a child (``tools/gpt4all108_logits.py``).
+:func:`gpt4all108_lib_dir` skips the calling test, with the reason, when its wheel cannot be fetched.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GPT4ALL_108 = "gpt4all==1.0.8"
+GPT4ALL_108_SHA256 = "96b5f8e139784d9ce11aea2cb6d39d7866943d7cb574917af48eca4cccb31a12"
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "gpt4all108_logits.py"
+
+#: texts every tokenizer and model comparison runs: spaces, newlines, tabs, accents, CJK, emoji, code
+#: (short enough for the tiny files' 128-token contexts)
+ZOO_TEXTS = [
+    "Hello world",
+    "Once upon a time there lived a little cat.",
+    "  two  spaces   and\ttabs\n\nnew lines\n",
+    "Café, naïve, über — déjà vu.",
+    "你好，世界！日本語",
+    "emoji 🙂👍 end",
+    "def hello(self):\n    return print(1 + 2)  # code\n",
+    "MiXeD CaSe 123 4567!?",
+]
+
+#: gpt4all 1.0.8's BERT aborts (GGML_ASSERT ggml_nelements(dst) == ggml_nelements(src0)) on a text whose
+#: WordPiece ids are [CLS] alone, e.g. one without any ASCII letter, digit or punctuation (its tokenizer
+#: drops every non-ASCII byte): the BERT comparisons use the texts that keep at least one token
+ZOO_TEXTS_BERT = [t for t in ZOO_TEXTS if any(c.isascii() and c.isalnum() or c in "!?.,:;()#+-" for c in t)]
+#: such a text, to check that our BERT answers it without a signal
+BERT_CLS_ONLY_TEXT = "你好，世界！日本語"
+
+ZOO_KINDS = ("falcon", "replit", "starcoder", "bert")
+
+
+def write_zoo_files(d: Path, seed: int = 5) -> dict[str, Path]:
+    """``{"falcon-f32": path, "falcon-f16": ..., ...}``: one seeded tiny model per architecture, F32 and F16,
+    and Q4_0 Falcon and StarCoder files (``"falcon-q4_0"``, ``"starcoder-q4_0"``, n_embd 32)."""
+    from gpt4all_loader.formats import writer as w
+
+    models = {"falcon": (w.TinyFalcon(seed=seed), w.write_falcon),
+              "replit": (w.TinyReplit(seed=seed), w.write_replit),
+              "starcoder": (w.TinyStarCoder(seed=seed), w.write_starcoder),
+              "bert": (w.TinyBert(seed=seed), w.write_bert)}
+    out: dict[str, Path] = {}
+    for kind, (model, write) in models.items():
+        for ft in ("f32", "f16"):
+            out[f"{kind}-{ft}"] = write(d / f"tiny-{kind}-{ft}.bin", model, ft)  # type: ignore[operator]
+    # Q4_0 (ggml quant version 2 blocks, the published Falcon's type): rows of 32 values
+    out["falcon-q4_0"] = w.write_falcon(d / "tiny-falcon-q4_0.bin", w.TinyFalcon(seed=seed, n_embd=32, n_head=4),
+                                        "q4_0")
+    out["starcoder-q4_0"] = w.write_starcoder(d / "tiny-starcoder-q4_0.bin",
+                                              w.TinyStarCoder(seed=seed, n_embd=32, n_head=4), "q4_0")
+    return out
+
+
+def gpt4all108_lib_dir() -> Path:
+    """The build folder of the extracted gpt4all 1.0.8 wheel (libllmodel.so and its model libraries)."""
+    from gpt4all_loader.engines import cache, sdist
+    from gpt4all_loader.errors import BuildError
+
+    try:
+        wheel = sdist.fetch(GPT4ALL_108, GPT4ALL_108_SHA256, binary=True)
+    except BuildError as e:
+        pytest.skip(f"{GPT4ALL_108} wheel not available: {e}")
+    root = cache.files_dir() / "gpt4all-1.0.8"
+    lib_dir = root / "gpt4all" / "llmodel_DO_NOT_MODIFY" / "build"
+    if not (lib_dir / "libllmodel.so").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            members = [n for n in z.namelist() if "/llmodel_DO_NOT_MODIFY/build/" in n and n.endswith(".so")]
+            z.extractall(root, members=members)
+    return lib_dir
+
+
+def gpt4all108(lib_dir: Path, model: Path, texts: list[str], *, n_predict: int = 8, embed: bool = False,
+               tmp: Path | None = None) -> list[dict[str, Any]]:
+    """gpt4all 1.0.8's prompt token ids, greedy ids (and, with ``embed``, the embedding) for each text,
+    from one child process; the test fails with the child's stderr when the file does not load."""
+    prompts = (tmp or model.parent) / f"{model.stem}.prompts.json"
+    prompts.write_text(json.dumps(texts), encoding="utf-8")
+    cmd = [sys.executable, str(TOOL), "--lib-dir", str(lib_dir), "--model", str(model), "--prompts-file",
+           str(prompts), "--n-predict", str(n_predict), "--threads", "1"] + (["--embed"] if embed else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"gpt4all 1.0.8 child printed nothing (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    out = json.loads(lines[-1])
+    assert out.get("ok"), f"{out.get('error')}: {proc.stderr[-2000:]}"
+    return list(out["results"])
