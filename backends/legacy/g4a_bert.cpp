@@ -129,8 +129,10 @@ ggml_tensor *graph(g4a_model &m, ggml_context *c, ggml_cgraph &, ggml_tensor *em
         cur = linear(c, Ly.down, Ly.down_b, cur);
         inpL = layer_norm(c, ggml_add(c, att_output, cur), Ly.ln_2_g, Ly.ln_2_b);
     }
-    // mean over the positions: the transposed states times a column of 1/N
-    inpL = ggml_cont(c, ggml_transpose(c, inpL));
+    // mean over the positions: the transposed states times a column of 1/N.  The reshape keeps the
+    // states 2-D: for one token ggml's repeat hands back the 1-D norm weights, the sums inherit their
+    // single dimension, and the transposed copy would hold one value (GPT4All aborts there)
+    inpL = ggml_cont(c, ggml_transpose(c, ggml_reshape_2d(c, inpL, E, N)));
     ggml_tensor *avg = ggml_new_tensor_2d(c, GGML_TYPE_F32, N, 1);
     ggml_set_f32(avg, 1.0f / (float)N);
     return ggml_mul_mat(c, inpL, avg);
