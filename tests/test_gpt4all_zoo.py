@@ -116,6 +116,29 @@ def test_bert_refuses_generation_and_embeds_a_cls_only_text(files):
         assert math.isclose(math.fsum(x * x for x in e), 1.0, rel_tol=1e-5)
 
 
+def test_bert_window_too_small_to_chunk_is_an_error_not_a_hang(tmp_path):
+    """Chunks advance by n_max_tokens - 32: with a window of 32 or less gpt4all loops forever on a long
+    text.  Validation refuses such files; the native code, reached directly, says why it cannot embed."""
+    require_backend(BACKEND)
+    from gpt4all_loader.engines import native
+    from gpt4all_loader.formats import writer as w
+
+    p = w.write_bert(tmp_path / "bert-window16.bin", w.TinyBert(seed=3, n_max_tokens=16), "f32")
+    be = native.open_backend(BACKEND, "cpu")
+    f = native.ffi()
+    h = be.lib.g4a_load(os.fsencode(str(p)), f.new("g4a_load_params *", dict(n_ctx=0, n_threads=1)))
+    assert h != f.NULL, be.last_error()
+    try:
+        assert be.lib.g4a_eval(h, f.new("int32_t[]", [101, 200, 201]), 3) == 0
+        assert be.lib.g4a_embeddings(h) != f.NULL, be.last_error()
+        assert be.lib.g4a_reset(h) == 0
+        assert be.lib.g4a_eval(h, f.new("int32_t[]", [101] + [200] * 40), 41) == 0
+        assert be.lib.g4a_embeddings(h) == f.NULL
+        assert "would not advance" in be.last_error()
+    finally:
+        be.lib.g4a_free(h)
+
+
 @pytest.mark.parametrize("name", ["falcon-f32", "starcoder-f32", "replit-f32"])
 def test_kv_cache_matches_full_evaluation(files, name):
     require_backend(BACKEND)

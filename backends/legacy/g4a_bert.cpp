@@ -58,6 +58,7 @@ bool read_vocab(Reader &r, g4a_model &m) {
         if (!r.read(len ? &w[0] : nullptr, len, "the vocabulary")) return false;
         if (len >= 2 && w[0] == '#' && w[1] == '#') m.subword_to_id[w.substr(2)] = i;   // a later one wins
         m.token_to_id.emplace(w, i);                                                   // the first one wins
+        m.max_token_len = std::max(m.max_token_len, (size_t)len);
     }
     m.eos = SEP;
     return true;
@@ -198,11 +199,12 @@ void tokenize(const g4a_model &m, const std::string &text, std::vector<int32_t> 
         }
         const std::string word = s.substr(i, len);
         i += len;
-        // WordPiece: longest whole-word match first, then the longest "##" continuations
+        // WordPiece: longest whole-word match first, then the longest "##" continuations (nothing longer
+        // than the longest vocabulary entry is looked up: it cannot match)
         const std::unordered_map<std::string, int32_t> *map = &m.token_to_id;
         size_t a = 0;
         while (a < word.size()) {
-            size_t b = word.size();
+            size_t b = std::min(word.size(), a + m.max_token_len);
             for (; b > a; --b) {
                 auto it = map->find(word.substr(a, b - a));
                 if (it != map->end()) {
