@@ -357,3 +357,38 @@ def test_unpadded_ggmf_falcon_points_to_gguf(tmp_path):
     assert (f.kind, f.architecture) == ("unsupported-ggml", "falcon")
     best, all_v = catalog.choose(f)
     assert best is None and "gpt4all-convert" in (catalog.suggest(f, all_v) or "")
+
+
+@pytest.mark.parametrize("kind", ZOO_KINDS)
+def test_zoo_files_on_the_2023_backend_in_a_child(zoo_files, kind):
+    """load() + one evaluate in a child process: the model code runs it, or the library says why not;
+    never a signal or a hang."""
+    from conftest import backend_built
+    from hostile import LIBRARY_ERRORS, run_child
+
+    if not backend_built(BACKEND):
+        pytest.skip(f"backend {BACKEND}/cpu is not built")
+    r = run_child(zoo_files[f"{kind}-f16"], BACKEND)
+    assert "signal" not in r and not r.get("timeout") and "rc" not in r, r
+    assert r["ok"] or r["error"].startswith(LIBRARY_ERRORS), r
+
+
+@pytest.mark.parametrize("kind", ZOO_KINDS)
+def test_writers_are_deterministic(tmp_path, kind):
+    from gpt4all_loader.formats.writer import write_zoo
+
+    a, b = write_zoo(tmp_path / "a.bin", small(kind), "f16"), write_zoo(tmp_path / "b.bin", small(kind), "f16")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_bert_writer_keeps_gpt4all_tensor_sizes(zoo_files, tmp_path):
+    """gpt4all 1.0.8's BERT pool holds exactly 256 bytes per tensor plus its data: every tensor's bytes
+    must be a multiple of 16 (the reader notes a file where they are not)."""
+    from gpt4all_loader.formats.legacy import tensor_records
+
+    for ft in ("f32", "f16"):
+        f = read_facts(zoo_files[f"bert-{ft}"])
+        assert all(n % 16 == 0 for *_, n in tensor_records(str(zoo_files[f"bert-{ft}"]), f)) and not f.notes
+    p = tmp_path / "odd.bin"
+    p.write_bytes(zoo_bytes(TinyBert(seed=1, n_embd=10, n_intermediate=20, n_head=2, n_layer=1)))
+    assert any("multiples of 16" in n for n in read_facts(p).notes)

@@ -503,6 +503,9 @@ def _read_zoo(src: ByteSource, arch: Architecture, with_vocab: bool, version: in
             span = str(lo) if lo == hi else f"{lo}..{hi}"
             f.notes.append(f"gpt4all 1.0.8 recognized {arch.display} files only with {key} {span} "
                            f"(this one: {hp[key]})")
+    if arch is BERT and any(nbytes % 16 for _, _, _, _, nbytes in w.records):
+        f.notes.append("some tensor sizes are not multiples of 16 bytes: gpt4all 1.0.8's BERT loader, which "
+                       "budgeted its memory pool exactly, failed on such files")
     family = arch.display if arch.container in LEGACY_CONTAINERS else f"file of GPT4All {arch.display}"
     f.description = _describe(f, family, w)
     return f
@@ -546,7 +549,7 @@ def read(fh: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_voca
 
 
 def tensor_records(path: str, facts: FileFacts | None = None) -> list[tuple[str, int, list[int], int, int]]:
-    """(name, ggml type id, ne, data offset, data bytes) of every tensor of a ggml/ggmf/ggjt/ggmm/ggla
+    """(name, ggml type id, ne, data offset, data bytes) of every tensor of a ggml/ggmf/ggjt/ggmm/ggla/repl/bert
     file, in file order; type ids and sizes are those of the file's quant layout (``facts.quant_layout``).
 
     ``facts``: the file's :func:`~gpt4all_loader.formats.sniff.read_facts` result (read here when None).
@@ -563,7 +566,8 @@ def tensor_records(path: str, facts: FileFacts | None = None) -> list[tuple[str,
     layout = QNT_LAYOUT.get(int(layout[3:])) if layout and layout.startswith("qnt") else layout
     if layout is None and facts.format == "ggla":
         layout = "pr1508"  # LoRA adapters were written by ggjt v3 tools
-    if facts.format not in ("ggml", "ggmf", "ggjt", "ggmm", "ggla") or facts.data_offset is None or layout is None:
+    if facts.format not in ("ggml", "ggmf", "ggjt", "ggmm", "ggla", "repl", "bert") or facts.data_offset is None \
+            or layout is None:
         raise FormatError(f"{path}: {facts.description or facts.format}: not a ggml-era model file with tensors")
     with open(path, "rb") as fh:
         src = ByteSource(fh, str(path), os.fstat(fh.fileno()).st_size)

@@ -792,6 +792,16 @@ class TinyReplit(TinyZoo):
     def vocab(self) -> list[bytes]:
         return [p.encode() for p, _ in self._pieces]
 
+    def _init_range(self, name: str, shape: list[int]) -> tuple[float, float]:
+        # the output is tied to wte: with embeddings that dominate the residual stream, greedy decoding
+        # repeats its input token forever; small embeddings and strong blocks make it move on
+        if name == "transformer.wte.weight":
+            return -0.1, 0.1
+        if len(shape) == 2:
+            b = 4.0 / math.sqrt(shape[0])
+            return -b, b
+        return super()._init_range(name, shape)
+
     def scores(self) -> list[float]:
         return [s for _, s in self._pieces]
 
