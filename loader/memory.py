@@ -44,7 +44,7 @@ compute
     Model sizes are recognised the way those loaders did, by ``n_layer`` (26, 32, 40, 60, 80);
     any other size scales the 7B figures by ``n_embd / 4096``.
 
-    GPT4All-era GPT-J and MPT files run on our own runner (``backends/legacy/g4a_gptj_mpt.cpp``),
+    GPT4All-era GPT-J and MPT files run on our own runner (``backends/legacy/g4a_legacy.cpp``),
     which sizes its evaluation buffer with ``eval_bytes()`` for chunks of 32 tokens; the estimate
     repeats that sum for a full context (the runner logs no sizes to check it against).  GPT4All's
     2023 zoo (Falcon, Replit, StarCoder, BERT) runs on the same runner and is estimated the same way:
@@ -254,13 +254,13 @@ def _repack_bytes(facts: FileFacts, rules: EraRules) -> int:
                and not name.startswith("token_embd."))
 
 
-#: tokens per graph of our GPT-J/MPT runner (EVAL_CHUNK in backends/legacy/g4a_gptj_mpt.cpp)
+#: tokens per graph of our GPT-J/MPT runner (EVAL_CHUNK in backends/legacy/g4a_legacy.cpp)
 _GPTJ_MPT_CHUNK = 32
 
 
 def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
     """The evaluation buffer our GPT-J/MPT runner sizes for a full context: ``eval_bytes(m, N, L)`` of
-    ``backends/legacy/g4a_gptj_mpt.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
+    ``backends/legacy/g4a_legacy.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
     n, ctx = min(_GPTJ_MPT_CHUNK, n_ctx), n_ctx
     e, f, h, v = s.n_embd, s.n_ff or 4 * s.n_embd, s.n_head, s.n_vocab
     per_layer = 16 * n * e + 8 * n * f + 6 * h * n * ctx + e * ctx

@@ -40,6 +40,8 @@ MAX_TOKENIZE_BYTES = 64 << 20
 #: the largest n_ctx load() takes, beyond a file's own training context: 2**20 already costs 8 GiB on
 #: gguf-2023-11 for a tiny model, and the eras' int32 sizes overflow on the way to 2**31 (SIGSEGV)
 MAX_N_CTX = 1 << 20
+#: architectures that encode a text into one vector (embed()) and have no next-token logits to generate from
+EMBEDDING_ONLY = frozenset({"bert"})
 
 
 def max_threads() -> int:
@@ -458,6 +460,10 @@ class Model(Closing):
                         special: bool = False, context_shift: bool = True,
                         n_keep: int | None = None) -> Generator[int, None, None]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
+        if self.info.architecture in EMBEDDING_ONLY:
+            raise BackendError(f"{self.info.path}: a {self.info.architecture} file is a sentence-embedding model: it "
+                               f"has no next-token logits and generates no text; use embed() (load(..., "
+                               f"embeddings=True))")
         sampling = dict(
             temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
             top_p=_float(top_p, "top_p", 0.0, 1.0), min_p=_float(min_p, "min_p", 0.0, 1.0),

@@ -86,8 +86,11 @@ def inputs_key(spec: BackendSpec, variant: str, cuda: "CudaToolchain | None" = N
     if cuda is not None:
         build_facts += [spec.extra.get("cuda", {}), cuda.key_facts()]
     h.update(json.dumps(build_facts).encode())  # only what shapes the bytes: catalog rules are not here
-    # files by their path relative to the package: the same key wherever the package lives
-    shim_files = [f"{SHIM_DIR}/{p.name}" for p in package_data(SHIM_DIR).iterdir() if p.is_file()]
+    # files by their path relative to the package: the same key wherever the package lives; every file
+    # in the folder of a shim source too (the headers its sources include)
+    folders = {SHIM_DIR, *(rel.rsplit("/", 1)[0] for rel in spec.shim_sources if "/" in rel)}
+    shim_files = [f"{d}/{p.name}" for d in folders if package_data(d).is_dir()
+                  for p in package_data(d).iterdir() if p.is_file()]
     for rel in sorted({*spec.shim_sources, *shim_files, *spec.patches}):
         p = package_data(rel)
         h.update(rel.encode())
