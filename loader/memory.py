@@ -258,10 +258,11 @@ def _repack_bytes(facts: FileFacts, rules: EraRules) -> int:
 _GPTJ_MPT_CHUNK = 32
 
 
-def _compute_gptj_mpt(s: _Shape, n_ctx: int) -> int:
+def _compute_gptj_mpt(s: _Shape, n_ctx: int, encoder: bool = False) -> int:
     """The evaluation buffer our GPT-J/MPT runner sizes for a full context: ``eval_bytes(m, N, L)`` of
-    ``backends/legacy/g4a_legacy.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes)."""
-    n, ctx = min(_GPTJ_MPT_CHUNK, n_ctx), n_ctx
+    ``backends/legacy/g4a_legacy.cpp`` with N = one chunk and L = n_ctx (ggml objects at 400 bytes).  An
+    encoder (BERT) evaluates a whole window at once: N = L = the window."""
+    n, ctx = (n_ctx if encoder else min(_GPTJ_MPT_CHUNK, n_ctx)), n_ctx
     e, f, h, v = s.n_embd, s.n_ff or 4 * s.n_embd, s.n_head, s.n_vocab
     per_layer = 16 * n * e + 8 * n * f + 6 * h * n * ctx + e * ctx
     head = 4 * n * e + 3 * n * v + n
@@ -357,7 +358,7 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     if not n_layer or not s.n_embd:
         compute = 0
     elif gptj_mpt:
-        compute = _compute_gptj_mpt(s, ctx_size)
+        compute = _compute_gptj_mpt(s, ctx_size, encoder)
     elif scratch:
         compute = _scratch_legacy(era, ctx_size, n_layer, s.n_embd, s.n_head, s.n_head_kv)
     else:

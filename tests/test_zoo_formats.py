@@ -211,6 +211,7 @@ def test_hostile_header_field(tmp_path, kind, field, value):
     ("falcon", "n_head_kv", 2, "one key/value head"),
     ("falcon", "ftype", 4, "not a weight type"),
     ("bert", "n_max_tokens", 32, "overlap by 32"),
+    ("bert", "n_max_tokens", 8200, "at most 8192"),
     ("replit", "n_ctx", 3, "n_ctx_train is 3"),
 ])
 def test_hostile_header_reasons(tmp_path, kind, field, value, reason):

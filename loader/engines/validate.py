@@ -295,6 +295,9 @@ def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
         if n_max <= zoo.BERT_WINDOW_OVERLAP:
             out.append(f"n_max_tokens is {n_max}; long texts are embedded in windows of n_max_tokens that overlap "
                        f"by {zoo.BERT_WINDOW_OVERLAP} tokens, so it must exceed {zoo.BERT_WINDOW_OVERLAP}")
+        elif n_max > zoo.BERT_MAX_WINDOW:
+            out.append(f"n_max_tokens is {n_max}; a window is evaluated at once and its attention grows with its "
+                       f"square, so this runner takes at most {zoo.BERT_MAX_WINDOW} (the published files use 512)")
     top = max(arch.end_token_ids, default=0)
     if n_vocab <= top:
         out.append(f"n_vocab is {n_vocab}; the end token id {top} must be in the vocabulary")

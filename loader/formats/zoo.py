@@ -333,6 +333,9 @@ BY_CONTAINER_MAGIC: dict[int, Architecture] = {MAGIC_REPL: REPLIT, MAGIC_BERT: B
 BERT_PAD, BERT_UNK, BERT_CLS, BERT_SEP, BERT_MASK = 0, 100, 101, 102, 103
 #: Bert::embedding splits long inputs into windows of n_max_tokens that overlap by this many tokens
 BERT_WINDOW_OVERLAP = 32
+#: the largest window a BERT file may declare: a window is evaluated at once, and its attention scores
+#: take n_head x window^2 floats per layer (8192: 256 MiB a head); the published BERT files use 512
+BERT_MAX_WINDOW = 8192
 
 
 def wtype_of(arch: Architecture, ftype: int) -> str | None:
