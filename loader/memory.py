@@ -75,7 +75,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
-from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
+from .formats.legacy import LEGACY_CONTAINERS
+from .plan import default_n_ctx
 
 MiB = 1024 * 1024
 
@@ -90,7 +91,6 @@ _SCRATCH0_2023_08 = {  # (divisor, base) of n_ctx / divisor + base
 _SCRATCH1_2023_08 = {"3B": 128, "7B": 160, "13B": 192, "30B": 256, "65B": 384, "70B": 304}
 _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 
-DEFAULT_CTX = LEGACY_N_CTX
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
 
 
@@ -286,8 +286,8 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     """Estimate memory needs of ``facts`` (a FileFacts) at ``ctx_size`` tokens with ``gpu_layers`` offloaded.
 
     ``era`` is the chosen backend's era ("2023-04" ...); None uses the newest rules for GGUF files
-    and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the file's training
-    context capped at 2048 (or 512 for legacy files, their usual default).
+    and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the context ``load()``
+    gives the file (:func:`gpt4all_loader.plan.default_n_ctx`).
     Returns ``{ram_bytes, vram_bytes, weights_bytes, kv_bytes, compute_bytes, ...}`` (the keys the
     README lists); every value is an int or a short string.
     """
@@ -297,9 +297,8 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(facts.hparams)
-    n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
-        ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        ctx_size = default_n_ctx(facts)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer
     era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)

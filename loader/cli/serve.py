@@ -119,7 +119,6 @@ class Slot:
 
 def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does."""
-    from ..model import DEFAULT_N_CTX
     from ..probe import probe
     from .probe import _main_reason, expand
 
@@ -138,11 +137,7 @@ def discover(paths: list[str]) -> tuple[dict[str, Entry], list[str]]:
         if name in entries:
             skipped.append(f"not served: {path}: model id {name} is taken by {entries[name].path}")
             continue
-        n_ctx_train = int(rep.context_length or 0)
-        ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX  # load()'s default context
-        mem = rep.memory or {}
-        if mem and mem.get("ctx_size") != ctx:
-            mem = probe(path, estimate_ctx=ctx).memory or mem
+        mem = rep.memory or {}  # planned for the context load() gives the file, which the workers load with
         mib = (int(mem.get("ram_bytes") or 0) + int(mem.get("vram_bytes") or 0)) / (1 << 20)
         entries[name] = Entry(name, path, mib, rep.chat_template, int(os.stat(path).st_mtime))
     return entries, skipped
