@@ -79,8 +79,9 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
-from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
+from .formats.legacy import LEGACY_CONTAINERS
 from .formats.zoo import ARCHITECTURES as ZOO_ARCHITECTURES
+from .plan import default_n_ctx
 from .reports import DeviceItem, EngineLog, MemoryEstimate, MemoryPlan
 
 MiB = 1024 * 1024
@@ -96,7 +97,6 @@ _SCRATCH0_2023_08 = {  # (divisor, base) of n_ctx / divisor + base
 _SCRATCH1_2023_08 = {"3B": 128, "7B": 160, "13B": 192, "30B": 256, "65B": 384, "70B": 304}
 _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 
-DEFAULT_CTX = LEGACY_N_CTX
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
 
 
@@ -293,8 +293,8 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     """Estimate memory needs of ``facts`` (a FileFacts) at ``ctx_size`` tokens with ``gpu_layers`` offloaded.
 
     ``era`` is the chosen backend's era ("2023-04" ...); None uses the newest rules for GGUF files
-    and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the file's training
-    context capped at 2048 (or 512 for legacy files, their usual default).
+    and the newest legacy table for ggml-era files.  ``ctx_size`` defaults to the context ``load()``
+    gives the file (:func:`gpt4all_loader.plan.default_n_ctx`).
     Returns ``{ram_bytes, vram_bytes, weights_bytes, kv_bytes, compute_bytes, ...}`` (the keys the
     README lists); every value is an int or a short string.
     """
@@ -306,10 +306,10 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(facts.hparams)
-    n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
-        ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
-    if zoo_arch and n_ctx_train:
+        ctx_size = default_n_ctx(facts)
+    n_ctx_train = _int(h, "n_ctx_train", "context_length")
+    if zoo_arch and n_ctx_train:  # the zoo's position tables and windows have the file's size
         ctx_size = n_ctx_train if encoder else min(ctx_size, n_ctx_train)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession, ChatTemplate
     from .published import TableArg
 
-#: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048)
+#: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048); the
+#: whole default rule is :func:`gpt4all_loader.plan.default_n_ctx`
 DEFAULT_N_CTX = LEGACY_N_CTX
 #: the largest text tokenize() takes: the engines allocate several times the input (and tokens are
 #: counted in int32), so a bigger text is refused with a message instead of ending in bad_alloc
@@ -674,15 +675,15 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     if vocab_only is None:
         vocab_only = bool(facts.vocab_only)
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
-    if n_ctx is None:
-        n_ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX
-    n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
+    if n_ctx is not None:  # None: the plan's default_n_ctx(facts), the context probe() plans with too
+        n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
     n_threads = _int(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
     if n_gpu_layers is not None:
         _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
     seed = _int(seed, "seed", -2**63, 2**64 - 1)
     the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
     name, choice = the_plan.require()
+    n_ctx = the_plan.n_ctx
     rejected, why_backend = the_plan.rejected, the_plan.why_backend
     fa_default = str(load_manifest()[name].extra.get("flash_attn", ""))
     fa = _flash_attn(flash_attn, fa_default, name)

@@ -3,7 +3,9 @@
 ``load()``, ``probe()``, ``quantize()`` and ``gpt4all-convert`` all ask :func:`plan`, so they can never
 name different backends or variants for the same file: facts -> every backend's verdict (catalog) ->
 the chosen backend (built ones first) -> the variant this machine runs for that file (variants, with
-the facts, so the CUDA type and memory checks apply) -> the library (native).
+the facts, so the CUDA type and memory checks apply) -> the library (native).  The context the plan is
+made for is :func:`default_n_ctx` unless the caller names one, so the layers that fit are counted for
+the context that will be allocated.
 """
 from __future__ import annotations
 
@@ -15,6 +17,26 @@ from .engines.manifest import build_command
 from .engines.variants import RunnableChoice, VariantChoice
 from .errors import BackendError, UnsupportedModelError
 from .formats.facts import FileFacts
+from .formats.legacy import LEGACY_N_CTX
+
+#: the most context a file gets by default: modern training contexts (32k ... 1M) would allocate
+#: gigabytes of KV cache that a short exchange never uses; ``n_ctx=`` asks for more
+DEFAULT_N_CTX_CAP = 4096
+
+
+def default_n_ctx(facts: FileFacts) -> int:
+    """The context a file runs with when the caller names none: its training context capped at
+    :data:`DEFAULT_N_CTX_CAP`, or :data:`LEGACY_N_CTX` (2048, what the 2023 LLaMA models were trained on)
+    for files that do not record one (the ggml-era LLaMA containers).
+
+    The one rule: ``load()``, ``probe()`` (its plan and its memory estimate), ``gpt4all-serve`` and
+    :func:`gpt4all_loader.memory.estimate` all ask it, so probe and load choose the same variant and
+    the same GPU layers for a file.
+    """
+    n_ctx_train = facts.hparams.get("n_ctx_train")
+    if isinstance(n_ctx_train, (int, float)) and not isinstance(n_ctx_train, bool) and n_ctx_train >= 1:
+        return int(min(n_ctx_train, DEFAULT_N_CTX_CAP))
+    return LEGACY_N_CTX
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,8 @@ class LoadPlan:
     built: dict[str, list[str]] = field(default_factory=dict)
     #: the backend the caller asked for, if any
     requested: str | None = None
+    #: the context the variant and its GPU layers were chosen for (the caller's, else :func:`default_n_ctx`)
+    n_ctx: int = 0
 
     @property
     def rejected(self) -> dict[str, list[str]]:
@@ -70,8 +94,11 @@ class LoadPlan:
 
 def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, n_ctx: int | None = None,
          n_gpu_layers: int | None = None) -> LoadPlan:
-    """The plan for ``facts`` on this machine.  Never raises for the file itself (see
-    :meth:`LoadPlan.require`); DeviceError for ``device="cuda"`` that cannot be had."""
+    """The plan for ``facts`` on this machine at ``n_ctx`` tokens (None: :func:`default_n_ctx`).  Never
+    raises for the file itself (see :meth:`LoadPlan.require`); DeviceError for ``device="cuda"`` that
+    cannot be had."""
+    if n_ctx is None:
+        n_ctx = default_n_ctx(facts)
     built = {name: list(vs) for name, vs in variants.built_variants().items()}
     # among the backends that read the file, one built on this machine wins over a better unbuilt one
     best, verdicts = choose(facts, prefer=[b for b, vs in built.items() if vs])
@@ -87,4 +114,4 @@ def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, 
         # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
         variant = variants.choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
                                           n_ctx=n_ctx)
-    return LoadPlan(facts, verdicts, chosen, why, variant, built, backend)
+    return LoadPlan(facts, verdicts, chosen, why, variant, built, backend, n_ctx)

@@ -52,6 +52,9 @@ class ProbeReport:
     backend: str | None = None
     variant: str | None = None
     variant_reason: str | None = None
+    #: the context the variant, its GPU layers and ``memory`` were planned for: ``estimate_ctx``, else the
+    #: one load() gives the file (:func:`gpt4all_loader.plan.default_n_ctx`); None when no backend loads it
+    n_ctx: int | None = None
     reasons: dict[str, list[str]] = field(default_factory=dict)
     suggestion: str | None = None
     backends_built: dict[str, list[str]] | None = None
@@ -161,10 +164,12 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
           published_table: TableArg = None) -> ProbeReport:
     """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file.
 
-    ``gpu_layers`` (a count or "auto") and ``free_vram_bytes`` shape the memory estimate's split
-    between the CPU and the GPU (see :func:`memory.plan`).  A file of GPT4All's published list (by name
-    and size) is named in ``published``; ``verify=True`` also compares its md5 (reads the whole file).
-    ``published_table``: a table of the packaged one's format to use instead (a path)."""
+    The variant and the memory estimate are planned for ``estimate_ctx`` tokens, else for the context
+    ``load()`` gives the file (``report.n_ctx`` says which).  ``gpu_layers`` (a count or "auto") and
+    ``free_vram_bytes`` shape the memory estimate's split between the CPU and the GPU (see
+    :func:`memory.plan`).  A file of GPT4All's published list (by name and size) is named in ``published``;
+    ``verify=True`` also compares its md5 (reads the whole file).  ``published_table``: a table of the packaged
+    one's format to use instead (a path)."""
     spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     rep = ProbeReport(path=spath)
     try:
@@ -240,10 +245,11 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
     from .plan import plan
 
     variant_error = None
+    n_ctx = estimate_ctx if estimate_ctx is not None and estimate_ctx > 0 else None  # None: load()'s default
     try:  # the very plan load() makes, so that probe and load never name different variants
-        lp = plan(facts, device=device, n_ctx=estimate_ctx)
+        lp = plan(facts, device=device, n_ctx=n_ctx)
     except DeviceError as e:  # device="cuda" that cannot be had here: say so, choose none
-        lp, variant_error = plan(facts, device="cpu", n_ctx=estimate_ctx), str(e)
+        lp, variant_error = plan(facts, device="cpu", n_ctx=n_ctx), str(e)
     built = lp.built
     rep.backends_built = built
     prefer = [b for b, vs in built.items() if vs]
@@ -252,6 +258,7 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
     rep.loadable = best is not None
     if best is not None:
         rep.backend = best.backend
+        rep.n_ctx = lp.n_ctx
         if variant_error is not None:
             rep.variant_reason = variant_error
         elif lp.variant is not None:
@@ -269,5 +276,5 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
         rep.suggestion = catalog.upgrade_suggestion(facts, all_v, specs=specs)
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
-        rep.memory = _memory.plan(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era,
+        rep.memory = _memory.plan(facts, ctx_size=lp.n_ctx, gpu_layers=gpu_layers, era=era,
                                   free_vram_bytes=free_vram_bytes)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 import gpt4all_loader as g
 from gpt4all_loader.cli import probe as probe_cli
 from gpt4all_loader.engines import cache
-from gpt4all_loader.engines.build import Progress, inputs_key
+from gpt4all_loader.engines.build import Progress, _data_members, inputs_key
 from gpt4all_loader.engines.manifest import build_command, load_manifest, pinned
 from gpt4all_loader.errors import BackendError, BuildError
 
@@ -53,6 +54,23 @@ def test_progress_on_a_terminal_rewrites_one_line():
     p.close()
     text = out.getvalue()
     assert text.count("\r") == 4 and text.endswith("[4/4] 100%\n") and text.count("\n") == 1
+
+
+def test_extraction_without_tarfile_filters_refuses_what_the_data_filter_refuses(tmp_path):
+    """Pythons before 3.11.4 have no filter="data": the same refusals are made by hand."""
+    def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
+        m = tarfile.TarInfo(name)
+        m.type, m.linkname, m.mode = kind, link, mode
+        return m
+
+    good = [member("pkg-1.0/vendor/llama.cpp/ggml.c", mode=0o6777), member("pkg-1.0/vendor", tarfile.DIRTYPE),
+            member("pkg-1.0/a/link", tarfile.SYMTYPE, "../b"), member("pkg-1.0/hard", tarfile.LNKTYPE, "pkg-1.0/b")]
+    assert _data_members(good, tmp_path, tmp_path / "x.tar.gz") == good and good[0].mode == 0o755
+    for bad in (member("../evil"), member("/etc/evil"), member("pkg-1.0/../../evil"),
+                member("pkg-1.0/link", tarfile.SYMTYPE, "../../etc"), member("pkg-1.0/link", tarfile.SYMTYPE, "/etc"),
+                member("pkg-1.0/hard", tarfile.LNKTYPE, "../evil"), member("pkg-1.0/dev", tarfile.CHRTYPE)):
+        with pytest.raises(BuildError, match="refusing to extract"):
+            _data_members([bad], tmp_path, tmp_path / "x.tar.gz")
 
 
 def test_pins_are_exact():

@@ -23,6 +23,7 @@ from gpt4all_loader.engines.manifest import load_manifest
 from gpt4all_loader.engines.variants import choose_variant
 from gpt4all_loader.errors import BackendError, DeviceError
 from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.plan import default_n_ctx
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_BACKENDS = sorted(n for n, s in load_manifest().items() if any(v.gpu == "cuda" for v in s.variants.values()))
@@ -268,3 +269,88 @@ def test_probe_and_load_make_the_same_plan(fake_gpu, tiny_llama):
         assert rep.backend == lp.chosen.backend == "llama-2023-08"
         assert rep.variant == lp.variant.variant and lp.variant.device == device, rep.variant_reason
     assert "F32 weight matrices" in probe(tiny_llama[("ggjt", 3, "f32")]).variant_reason
+
+
+# ------------------------------------------------------------------------------------------------
+# one default context: probe and load plan the same variant and layers for every sample file
+
+class _Planned(Exception):
+    """Stops load() right after its plan, before any native code (a CUDA variant is only simulated)."""
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> list[Path]:
+    """The demo's sample set: every container, each era's own quantizations, GPT-J, MPT, SmolLM2."""
+    from gpt4all_loader.cli.demo import write_samples
+
+    return write_samples(tmp_path_factory.mktemp("samples"), log=lambda line: None)
+
+
+def _plans(monkeypatch, path: Path, **probe_kw):
+    """(probe report, the plan probe made, the plan load() made) for ``path``, both with no n_ctx."""
+    import gpt4all_loader.plan as plan_module
+
+    real, made = plan_module.plan, []
+
+    def recorded(*a, **kw):
+        made.append(real(*a, **kw))
+        if stop:
+            raise _Planned
+        return made[-1]
+
+    with monkeypatch.context() as m:
+        m.setattr(plan_module, "plan", recorded)
+        stop = False
+        rep = g.probe(path, **probe_kw)
+        (probe_plan,) = made
+        stop = True
+        with pytest.raises(_Planned):
+            g.load(path)
+    return rep, probe_plan, made[-1]
+
+
+def _assert_same(rep, probe_plan, load_plan, label: str) -> None:
+    assert rep.error is None, (label, rep.error)
+    assert load_plan.n_ctx > 0 and probe_plan.n_ctx == load_plan.n_ctx == rep.n_ctx == rep.memory["ctx_size"], label
+    assert probe_plan.chosen is not None and load_plan.chosen is not None, label
+    assert probe_plan.chosen.backend == load_plan.chosen.backend == rep.backend, label
+    assert probe_plan.variant == load_plan.variant, label     # variant, device, n_gpu_layers and the reason
+    assert rep.variant == load_plan.variant.variant, label
+
+
+def test_probe_and_load_plan_alike_for_every_sample_file(samples, monkeypatch):
+    assert len(samples) >= 18, [p.name for p in samples]
+    for path in samples:
+        rep, probe_plan, load_plan = _plans(monkeypatch, path)
+        _assert_same(rep, probe_plan, load_plan, path.name)
+        assert load_plan.n_ctx == default_n_ctx(load_plan.facts), path.name
+
+
+def test_probe_and_load_plan_alike_with_free_vram_around_the_estimate(samples, fake_gpu, monkeypatch):
+    """Free VRAM for half of the layers, for all of them at a 512 context but not at the default one,
+    and for all: probe and load offload the same layers, since both count them at the same context."""
+    from gpt4all_loader.memory import estimate
+
+    reserve = cuda.cuda_table()["reserve_mib"] * 1024 * 1024
+    offloaded = 0
+    for path in samples:
+        facts = read_facts(path)
+        n_ctx = default_n_ctx(facts)
+        rep = g.probe(path)
+        if rep.backend not in CUDA_BACKENDS:
+            continue
+        era = load_manifest()[rep.backend].era
+        n_layer = estimate(facts, ctx_size=n_ctx, era=era)["n_layer"]
+        full = estimate(facts, ctx_size=n_ctx, gpu_layers=n_layer + 1, era=era)["vram_bytes"]
+        short = estimate(facts, ctx_size=min(512, n_ctx), gpu_layers=n_layer + 1, era=era)["vram_bytes"]
+        for free in (full // 2, (short + full) // 2, full):
+            fake_gpu["free"] = reserve + free
+            rep, probe_plan, load_plan = _plans(monkeypatch, path, gpu_layers="auto")
+            label = f"{path.name} with {free} bytes free"
+            _assert_same(rep, probe_plan, load_plan, label)
+            choice = load_plan.variant
+            if choice.device == "cuda":   # the memory estimate's "auto" split is the variant's
+                offloaded += 1
+                want = n_layer + 1 if choice.n_gpu_layers == -1 else choice.n_gpu_layers
+                assert rep.memory["gpu_layers"] == want, label
+    assert offloaded, "no sample file went to the simulated GPU"

@@ -1,14 +1,18 @@
 """The installable package: sdist and wheel build, and the wheel, installed into a fresh virtualenv,
 works from any working directory: its console scripts, its build keys and its text.
 
-The venv sees the system's site-packages (cffi, jinja2 ... are not downloaded again), but its own
-copy of gpt4all_loader comes first; PYTHONPATH is cleared so that nothing else can be imported in
-its place (the test checks which file was imported).
+The venv sees the packages of the environment that runs the tests (cffi, jinja2, platformdirs ... are
+not downloaded again: no network in tests), but its own copy of gpt4all_loader comes first; PYTHONPATH is
+cleared so that nothing else can be imported in its place (the test checks which file was imported).
+The tests run from a virtual environment as well as from the system's Python: a venv made with
+``--system-site-packages`` sees its *base* interpreter's packages, not those of a venv that made it, so
+a ``.pth`` file adds the running environment's site-packages folders after the venv's own.
 """
 from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import tarfile
@@ -59,6 +63,11 @@ def venv(dist, tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     root = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True, timeout=300)
     bindir = root / "bin"
+    own_site = subprocess.run([str(bindir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    # path lines only: appended to sys.path after the venv's site-packages (so the wheel's copy wins), and
+    # their own .pth files (an editable install's finder, say) are not run
+    Path(own_site, "running-environment.pth").write_text("".join(f"{d}\n" for d in running_site_packages()))
     wheel = next(dist.glob("*.whl"))
     proc = subprocess.run([str(bindir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                            "--ignore-installed", "--disable-pip-version-check", str(wheel)],
@@ -67,6 +76,12 @@ def venv(dist, tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     return bindir, env, tmp_path_factory.mktemp("elsewhere")
+
+
+def running_site_packages() -> list[str]:
+    """The site-packages folders of the interpreter running the tests (a venv's own, when it is one)."""
+    dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
 def run_in(venv, *cmd: str) -> subprocess.CompletedProcess:

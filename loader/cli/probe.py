@@ -198,8 +198,9 @@ def render(r: ProbeReport, st: Style, *, verbose: bool = False, show_memory: boo
             row("hparams", ", ".join(shown))
     if r.tensor_types or r.file_type is not None:
         row("quantization", _quant_line(r))
-    if r.context_length:
-        row("context", f"{r.context_length} (trained)")
+    if r.context_length or r.n_ctx:  # n_ctx: what the variant and the layers were chosen for (load's default)
+        planned = f", planned at {r.n_ctx}" if r.n_ctx else ""
+        row("context", (f"{r.context_length} (trained)" if r.context_length else "not recorded") + planned)
     if r.tokenizer or r.chat_template:
         row("tokenizer", (r.tokenizer or "?") + (", chat template" if r.chat_template else ""))
     if r.published:

@@ -152,7 +152,6 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
     ``templates`` is :func:`parse_chat_templates`'s answer."""
     from ..chat import resolve_template
-    from ..model import DEFAULT_N_CTX
     from ..probe import probe
     from .probe import _main_reason, expand
 
@@ -171,11 +170,7 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
         if name in entries:
             skipped.append(f"not served: {path}: model id {name} is taken by {entries[name].path}")
             continue
-        n_ctx_train = int(rep.context_length or 0)
-        ctx = min(n_ctx_train, 4096) if n_ctx_train else DEFAULT_N_CTX  # load()'s default context
-        mem = rep.memory
-        if mem and mem["ctx_size"] != ctx:
-            mem = probe(path, estimate_ctx=ctx).memory or mem
+        mem = rep.memory  # planned for the context load() gives the file, which the workers load with
         mib = (mem["ram_bytes"] + mem["vram_bytes"]) / (1 << 20) if mem else 0.0
         spec = templates[1].get(name, templates[0])
         assert rep.facts is not None  # a report without error has its facts

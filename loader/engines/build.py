@@ -331,11 +331,37 @@ def extract(spec: BackendSpec, archive: Path) -> Path:
         members = tf.getmembers()
         if spec.layout != "whole-sdist":
             members = [m for m in members if "/vendor/llama.cpp/" in m.name + "/"]
-        tf.extractall(root, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(root, members=members, filter="data")
+        else:  # Python 3.11.0-3.11.3 (Debian 12's 3.11.2): no extraction filters yet
+            tf.extractall(root, members=_data_members(members, root, archive))
     for patch in spec.patches:
         run(["patch", "-p1", "-d", str(_llama_dir(root)), "-i", str(package_data(patch))], root / "patch.log")
     marker.write_text(stamp)
     return _llama_dir(root)
+
+
+def _data_members(members: list[tarfile.TarInfo], root: Path, archive: Path) -> list[tarfile.TarInfo]:
+    """The members, once none is refused for what tarfile's "data" filter refuses: a name or link that
+    leads outside ``root``, a device or FIFO; modes lose their setuid/setgid/sticky and group/other
+    write bits."""
+    base = os.path.abspath(root)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([base, os.path.normpath(path)]) == base
+
+    for m in members:
+        dest = os.path.join(base, m.name)
+        ok = (m.isfile() or m.isdir() or m.issym() or m.islnk()) and not os.path.isabs(m.name) and inside(dest)
+        if m.issym():
+            ok = ok and not os.path.isabs(m.linkname) and inside(os.path.join(os.path.dirname(dest), m.linkname))
+        elif m.islnk():
+            ok = ok and not os.path.isabs(m.linkname) and inside(os.path.join(base, m.linkname))
+        if not ok:
+            raise BuildError(f"{archive}: member {m.name!r} would be written outside {root} or is not a plain "
+                             "file, folder or link; refusing to extract it")
+        m.mode &= 0o755
+    return members
 
 
 def _llama_dir(root: Path) -> Path:
