@@ -111,3 +111,30 @@ def test_old_layout_q4_0_is_refused_by_later_eras(tiny_llama, tmp_path):
     assert not v["llama-2023-08"].loadable
     with pytest.raises(g.UnsupportedModelError, match="1405"):
         g.load(out, backend="llama-2023-05")
+
+
+def test_more_threads_than_cores_give_the_same_greedy_tokens(tiny_llama, tmp_path):
+    """Every era, with more threads than this machine has cores: its waits for other threads then
+    outlast their spin and sleep (backends/patches/ggml-*-wait-*, ggml-*-barrier-*), and the greedy
+    tokens stay those of one thread."""
+    import os
+
+    from gpt4all_loader.formats.writer import TinyGPTJ, TinyMPT, write_gptj, write_mpt
+
+    files = {b: tiny_llama[("ggjt", 1, "f16")] for b in ("llama-2023-04", "llama-2023-05", "llama-2023-08")}
+    files |= {b: tiny_llama[("gguf", 3, "f16")] for b in ("gguf-2023-11", "gguf-2024-09", "gguf-2026-10")}
+    files["ggml-gptj-mpt-2023-05"] = write_gptj(tmp_path / "gptj.bin", TinyGPTJ(seed=0), "f16")
+    files["ggml-gptj-mpt-2023-08"] = write_mpt(tmp_path / "mpt.bin", TinyMPT(seed=0), "ggmm", "f16")
+    threads = len(os.sched_getaffinity(0)) + 1
+    checked = []
+    for backend, path in files.items():
+        if not backend_built(backend):
+            continue
+        texts = []
+        for n in (1, threads):
+            with g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=n) as m:
+                texts.append(m.generate(PROBE_TOKENS, max_tokens=8, temperature=0))
+        assert texts[0] == texts[1], (backend, texts)
+        checked.append(backend)
+    if not checked:
+        pytest.skip("no backend built")
