@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import struct
 
 import pytest
 from conftest import require_backend
@@ -29,6 +29,7 @@ from zoo_common import ZOO_TEXTS
 import gpt4all_loader as g
 from gpt4all_loader.cli import convert as convert_cli
 from gpt4all_loader.formats import writer as w
+from gpt4all_loader.formats.sniff import read_facts
 
 LEGACY = "ggml-gptj-mpt-2023-08"
 NEWEST = "gguf-2026-10"
@@ -223,3 +224,44 @@ def test_quantized_source_is_dequantized_by_its_era(zoo, tmp_path, capsys):
     print(f"starcoder q4_0: max |dlogit| {d:.3g}, span {span:.3g}")
     assert d <= 0.05 * span
     assert ids[0] == ref_ids[0]
+
+
+def test_f16_source_stays_f16(zoo, tmp_path, capsys):
+    """An F16 Falcon file upgraded with --outtype f16: the F16 weights are copied as they are."""
+    require_backend(LEGACY)
+    require_backend(NEWEST)
+    src = w.write_falcon(tmp_path / "falcon-f16.bin", w.TinyFalcon(seed=5), "f16")
+    out = tmp_path / "falcon-f16.gguf"
+    rc, so, se = cli([src, "-o", out, "--outtype", "f16", "-q", "--tokenizer", zoo["falcon-tokenizer"]], capsys)
+    assert rc == 0 and f"LOADABLE by {NEWEST}" in so, se
+    facts = read_facts(out)
+    assert facts.tensor_types.get("F16") and facts.architecture == "falcon"
+    ref, ref_ids = run(src, LEGACY, IDS)
+    got, ids = run(out, NEWEST, IDS)
+    d = max(abs(a - b) for a, b in zip(got, ref))
+    print(f"falcon f16: max |dlogit| {d:.3g}, span {max(ref) - min(ref):.3g}")
+    assert d <= SPAN_TOL * (max(ref) - min(ref)) and ids[0] == ref_ids[0]
+
+
+def test_probe_names_the_upgrade_command(zoo):
+    from gpt4all_loader.probe import probe
+
+    for kind in ("starcoder", "falcon", "bert", "replit"):
+        sug = probe(zoo[kind], device="cpu").suggestion or ""
+        assert f"gpt4all-convert {zoo[kind]} -o " in sug, sug
+        assert ("--tokenizer" in sug) == (kind in ("starcoder", "falcon")), sug
+
+
+def test_damaged_zoo_files_are_refused(zoo, tmp_path, capsys):
+    """A header that does not match the tensors, and a file cut short: refused before anything is written."""
+    raw = zoo["bert"].read_bytes()
+    bad = tmp_path / "bert-layers.bin"
+    bad.write_bytes(raw[:24] + struct.pack("<i", 3) + raw[28:])  # n_layer 3 over 2 stored layers
+    cut = tmp_path / "bert-cut.bin"
+    cut.write_bytes(raw[:len(raw) - 100])
+    for src, why in ((bad, "does not match the tensors"), (cut, "download it again")):
+        out = tmp_path / "x.gguf"
+        rc, _, err = cli([src, "-o", out, "-q"], capsys)
+        assert rc == 1 and why in err and not out.exists(), err
+    rc, _, err = cli([zoo["bert"], "-o", tmp_path / "y.gguf", "-q", "--tokenizer", zoo["falcon-tokenizer"]], capsys)
+    assert rc == 1 and "Falcon and StarCoder files only" in err

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import BackendError, ConvertError, FormatError, UnsupportedModelError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
 from ..formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_RMS_EPS
+from ..formats.zoo import ARCHITECTURES
 from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
 
 if TYPE_CHECKING:  # pragma: no cover - the native binding is imported only when a file is dequantized
@@ -181,8 +182,10 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
 
     ftype_out = outtype_number(opts.outtype)
     facts = _read_legacy(src)
-    if facts.architecture in ("starcoder", "falcon", "bert", "replit") and facts.kind == "model" \
-            and not facts.truncated:
+    if facts.architecture in ARCHITECTURES and facts.kind == "model":
+        if facts.truncated:
+            note = next((n for n in facts.notes if "ends" in n), "the file is cut short")
+            raise ConvertError(f"{src}: {facts.description}: {note}; download it again")
         from .zoo import convert_zoo
 
         return convert_zoo(src, out, opts, facts, Path(opts.tokenizer) if opts.tokenizer else None)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConvertError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
-from ..formats.zoo import ARCHITECTURES, Architecture
+from ..formats.zoo import ARCHITECTURES, HF_TOKENIZER_REPOS, Architecture
 from .common import Options, outtype_number
 from .legacy import PlanEntry, _era_backend, write_upgraded
 
@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 ZOO_NORM_EPS = 1e-5
 #: GGUF's pooling type "mean" (llama.cpp ``LLAMA_POOLING_TYPE_MEAN``): gpt4all's BERT averaged all tokens
 POOLING_MEAN = 1
-#: where to get each BPE model's tokenizer.json (the published files' origins)
-TOKENIZER_SOURCES = {"falcon": "tiiuae/falcon-7b", "starcoder": "bigcode/starcoderbase-3b"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,13 @@ def _bad(src: Path, why: str) -> ConvertError:
 def _gguf_names(src: Path, arch: Architecture, target: ZooTarget, hp: dict[str, int],
                 records: list[tuple[str, int, list[int], int, int]]) -> dict[str, str]:
     """Every tensor present against the table (shapes from the header), and its GGUF name."""
+    n_embd, n_head, n_layer, n_vocab = (hp.get(k, 0) for k in ("n_embd", "n_head", "n_layer", "n_vocab"))
+    if min(n_embd, n_head, n_layer, n_vocab, hp.get("n_head_kv", 0), hp.get("n_ff", 0), arch.n_ctx(hp)) <= 0:
+        raise _bad(src, f"n_vocab {n_vocab}, n_embd {n_embd}, n_head {n_head}, n_layer {n_layer} and the "
+                        f"context must all be positive")
+    if n_embd % n_head or n_head % hp["n_head_kv"]:
+        raise _bad(src, f"n_head {n_head} must divide n_embd {n_embd} and be a multiple of n_head_kv "
+                        f"{hp['n_head_kv']}")
     want = arch.expected_tensors(hp)
     present = {name: tuple(ne) for name, _, ne, _, _ in records}
     for name, (shape, _, optional) in want.items():
@@ -133,7 +138,7 @@ def _gguf_names(src: Path, arch: Architecture, target: ZooTarget, hp: dict[str, 
     if extra:
         raise _bad(src, f"unexpected tensor {extra[0]}")
     out: dict[str, str] = {}
-    for i in range(max(1, hp["n_layer"])):
+    for i in range(n_layer):
         for legacy, gname in target.names.items():
             out[legacy.format(i=i)] = gname.format(i=i)
     return out
@@ -151,7 +156,7 @@ def _bpe_vocab(src: Path, facts: FileFacts, tokens: list[bytes], tokenizer: Path
             f"{src}: {facts.description}: the file carries only gpt4all's token list, no BPE merges (gpt4all "
             f"tokenized by greedy longest match, not with the model's tokenizer); GGUF needs the merges: pass "
             f"the original model's tokenizer.json with --tokenizer PATH/tokenizer.json (from the Hugging Face "
-            f"repository {TOKENIZER_SOURCES[arch]} or the model the file was made from)")
+            f"repository {HF_TOKENIZER_REPOS[arch]} or the model the file was made from)")
     bpe = read_bpe(tokenizer)
     if bpe is None:
         raise ConvertError(f"{tokenizer}: no tokenizer.json (or vocab.json + merges.txt) there")
