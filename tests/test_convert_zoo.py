@@ -191,10 +191,10 @@ def test_upgraded_bpe_file_tokenizes_like_its_tokenizer_json(zoo, kind, tmp_path
             assert ids == ref.ids, text
             greedy = old.tokenize(text, add_bos=False)
             if greedy != ids:
-                differ.append((text, greedy, ids))
+                differ.append((text, [old.token_bytes(i) for i in greedy], [new.token_bytes(i) for i in ids]))
     assert differ
-    text, greedy, ids = differ[0]
-    print(f"{kind}: {text!r}: gpt4all {greedy} vs merges {ids}")
+    text, greedy_pieces, pieces = differ[0]
+    print(f"{kind}: {text!r}: gpt4all {greedy_pieces} vs merges {pieces}")
 
 
 def test_bpe_file_without_tokenizer_is_refused(zoo, tmp_path, capsys):
