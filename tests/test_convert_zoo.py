@@ -265,3 +265,34 @@ def test_damaged_zoo_files_are_refused(zoo, tmp_path, capsys):
         assert rc == 1 and why in err and not out.exists(), err
     rc, _, err = cli([zoo["bert"], "-o", tmp_path / "y.gguf", "-q", "--tokenizer", zoo["falcon-tokenizer"]], capsys)
     assert rc == 1 and "Falcon and StarCoder files only" in err
+
+
+def test_upgraded_replit_segments_as_gpt4all_did(zoo, tmp_path, capsys):
+    """Replit's pieces go to llama.cpp's Unigram tokenizer: the same best-score segmentation as replit.cpp
+    (and SentencePiece).  A text with characters no piece holds: replit.cpp gave up ([0] for the whole
+    text); the Unigram tokenizer marks just those characters unknown."""
+    require_backend(LEGACY)
+    require_backend(NEWEST)
+    out = upgrade(zoo, "replit", tmp_path, capsys)
+    with g.load(out, backend=NEWEST, device="cpu", n_ctx=64) as new, \
+            g.load(zoo["replit"], backend=LEGACY, device="cpu", n_ctx=64) as old:
+        for text in ZOO_TEXTS:
+            ids, greedy = new.tokenize(text, add_bos=False), old.tokenize(text, add_bos=False)
+            if greedy == [0]:
+                assert len(ids) > 1
+                continue
+            assert ids == greedy, text
+
+
+def test_upgraded_bert_tokenizes_like_gpt4all_plus_sep_and_unk(zoo, tmp_path, capsys):
+    """The same WordPiece pieces as gpt4all's tokenizer; the GGUF adds [SEP] at the end (as the model's own
+    tokenizer does) and gives [UNK] for a character gpt4all silently dropped."""
+    require_backend(LEGACY)
+    require_backend(NEWEST)
+    out = upgrade(zoo, "bert", tmp_path, capsys)
+    with g.load(out, backend=NEWEST, device="cpu", embeddings=True) as new, \
+            g.load(zoo["bert"], backend=LEGACY, device="cpu", embeddings=True) as old:
+        for text in ZOO_TEXTS:
+            ids, greedy = new.tokenize(text, add_bos=True), old.tokenize(text, add_bos=True)
+            assert ids[0] == greedy[0] == 101 and ids[-1] == 102
+            assert [i for i in ids[:-1] if i != 100] == greedy, text

@@ -15,7 +15,8 @@ merges, and gpt4all's greedy longest match was never the model's own tokenizer: 
 merges, so the model's ``tokenizer.json`` must be given (``--tokenizer``); its vocabulary must be the
 file's token list.  The upgraded file then tokenizes as the original model does, which differs from
 gpt4all's ids wherever the greedy longest match picked another split than the merges make.  Replit's
-SentencePiece pieces with scores and BERT's WordPiece list carry all GGUF needs.
+SentencePiece pieces with scores (written for llama.cpp's Unigram tokenizer, which segments as
+replit.cpp did) and BERT's WordPiece list carry all GGUF needs.
 """
 from __future__ import annotations
 
@@ -228,21 +229,25 @@ def _tokenizer_keys(src: Path, facts: FileFacts, target: ZooTarget, meta: GgufHe
         meta.add("tokenizer.ggml.add_bos_token", ValueType.BOOL, True)
         meta.add("tokenizer.ggml.add_eos_token", ValueType.BOOL, True)
         return
-    # Replit: SentencePiece pieces with their scores; "<0xNN>" pieces are byte tokens, "<|...|>" control
+    # Replit: SentencePiece Unigram pieces with their scores ("<0xNN>" byte pieces, "<|...|>" control), for
+    # llama.cpp's Unigram tokenizer ("t5"): its Viterbi segmentation by scores is replit.cpp's and
+    # SentencePiece's (the "llama" tokenizer merges pairs, and cannot reach a piece like "def" whose halves
+    # are not pieces)
     import re
 
     scores = [float(s) for s in kv.get("tokenizer.ggml.scores") or [0.0] * len(tokens)]
     byte = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
     types = [int(TokenType.BYTE) if byte.fullmatch(t) else int(TokenType.CONTROL)
              if t.startswith(b"<|") and t.endswith(b"|>") else int(TokenType.NORMAL) for t in tokens]
-    meta.add("tokenizer.ggml.model", ValueType.STRING, "llama")
+    meta.add("tokenizer.ggml.model", ValueType.STRING, "t5")
     meta.add_array("tokenizer.ggml.tokens", ValueType.STRING, tokens)
     meta.add_array("tokenizer.ggml.scores", ValueType.FLOAT32, scores)
     meta.add_array("tokenizer.ggml.token_type", ValueType.INT32, types)
     pad = tokens.index(b"<|padding|>") if b"<|padding|>" in tokens else eos
-    for key, tid in (("bos", eos), ("eos", eos), ("unknown", eos), ("padding", pad)):
+    unk = tokens.index(b"<|unk|>") if b"<|unk|>" in tokens else eos
+    for key, tid in (("bos", eos), ("eos", eos), ("unknown", unk), ("padding", pad)):
         meta.add(f"tokenizer.ggml.{key}_token_id", ValueType.UINT32, tid)
-    # replit.cpp's tokenizer added neither a BOS nor a leading space
+    # replit.cpp's tokenizer added neither a BOS nor a leading space, and kept repeated spaces
     meta.add("tokenizer.ggml.add_bos_token", ValueType.BOOL, False)
     meta.add("tokenizer.ggml.add_eos_token", ValueType.BOOL, False)
     meta.add("tokenizer.ggml.add_space_prefix", ValueType.BOOL, False)
