@@ -104,6 +104,7 @@ def zoo(tmp_path_factory):
             tj = d / f"{kind}-tokenizer.json"
             tj.write_text(json.dumps(tokenizer_json(m.vocab(), n_specials, kind)), encoding="utf-8")
             out[f"{kind}-tokenizer"] = tj
+    out["falcon-q4_0"] = w.write_falcon(d / "falcon-q4_0.bin", w.TinyFalcon(seed=5, n_embd=32, n_head=4), "q4_0")
     out["starcoder-q4_0"] = w.write_starcoder(d / "starcoder-q4_0.bin", w.TinyStarCoder(seed=5, n_embd=32, n_head=4),
                                               "q4_0")
     return out
@@ -211,18 +212,19 @@ def test_wrong_tokenizer_is_refused(zoo, tmp_path, capsys):
     assert "not this model's tokenizer" in err
 
 
-def test_quantized_source_is_dequantized_by_its_era(zoo, tmp_path, capsys):
-    """A Q4_0 StarCoder file: the 2023 engine dequantizes it; the F32 result runs F32 x F32 while the
-    original ran Q4_0 x Q8_0 products, so only the first greedy token is required to agree."""
+@pytest.mark.parametrize("kind", ["starcoder", "falcon"])
+def test_quantized_source_is_dequantized_by_its_era(zoo, kind, tmp_path, capsys):
+    """A Q4_0 file: the 2023 engine dequantizes it; the F32 result runs F32 x F32 while the original ran
+    Q4_0 x Q8_0 products (measured 5e-3 of the span), so only the first greedy token must agree."""
     require_backend(LEGACY)
     require_backend(NEWEST)
-    out = upgrade(zoo, "starcoder", tmp_path, capsys, src_key="starcoder-q4_0")
-    ref, ref_ids = run(zoo["starcoder-q4_0"], LEGACY, IDS)
+    out = upgrade(zoo, kind, tmp_path, capsys, src_key=f"{kind}-q4_0")
+    ref, ref_ids = run(zoo[f"{kind}-q4_0"], LEGACY, IDS)
     got, ids = run(out, NEWEST, IDS)
     span = max(ref) - min(ref)
     d = max(abs(a - b) for a, b in zip(got, ref))
-    print(f"starcoder q4_0: max |dlogit| {d:.3g}, span {span:.3g}")
-    assert d <= 0.05 * span
+    print(f"{kind} q4_0: max |dlogit| {d:.3g}, span {span:.3g}")
+    assert d <= 0.02 * span
     assert ids[0] == ref_ids[0]
 
 
@@ -296,3 +298,17 @@ def test_upgraded_bert_tokenizes_like_gpt4all_plus_sep_and_unk(zoo, tmp_path, ca
             ids, greedy = new.tokenize(text, add_bos=True), old.tokenize(text, add_bos=True)
             assert ids[0] == greedy[0] == 101 and ids[-1] == 102
             assert [i for i in ids[:-1] if i != 100] == greedy, text
+
+
+def test_quantized_output_through_the_newest_quantizer(zoo, tmp_path, capsys):
+    """--outtype q8_0: the F32 upgrade goes through the newest engine's quantizer; the greedy start agrees."""
+    require_backend(LEGACY)
+    require_backend(NEWEST)
+    out = tmp_path / "starcoder-q8_0.gguf"
+    rc, so, se = cli([zoo["starcoder"], "-o", out, "--outtype", "q8_0", "-q", "--tokenizer",
+                      zoo["starcoder-tokenizer"]], capsys)
+    assert rc == 0 and f"LOADABLE by {NEWEST}" in so, se
+    assert "Q8_0" in read_facts(out).tensor_types
+    _, ref_ids = run(zoo["starcoder"], LEGACY, IDS)
+    _, ids = run(out, NEWEST, IDS)
+    assert ids[0] == ref_ids[0]

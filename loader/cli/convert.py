@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                     "LLaMA file to GGUF for the newest pinned llama.cpp.  " + ROUTES,
         epilog="exit status: 0 converted, 1 conversion failed, 2 usage error")
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + weights), "
-                                              "or a ggml/ggmf/ggjt LLaMA file")
+                                              "a ggml/ggmf/ggjt LLaMA file, or a GPT4All 2023 StarCoder, "
+                                              "Falcon, BERT or Replit file")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="the file to write (.gguf: GGUF; .bin: GPT4All ggml for GPT-J/MPT folders)")
     p.add_argument("--format", choices=("gguf", "ggml"), default=None,

@@ -275,10 +275,6 @@ def convert_zoo(src: Path, out: Path, opts: Options, facts: FileFacts, tokenizer
         ne = list(shapes[name][0])  # a 1-D tensor may be stored as [n, 1]
         otype = 0 if len(ne) == 1 or ftype_out == 0 else (1 if layout[tid].name == "F16" else 0)
         plan.append((name, names[name], list(ne), tid, off, nbytes, otype))
-    era_name: str | None = None
-    era: Backend | None = None
-    if {layout[p[3]].name for p in plan} - {"F32"}:
-        era_name, era = _era_backend(facts)
     needs_quantizer = ftype_out not in (0, 1) or (ftype_out == 1 and any(len(p[2]) > 1 and p[6] == 0 for p in plan))
 
     a = target.gguf_arch
@@ -297,5 +293,10 @@ def convert_zoo(src: Path, out: Path, opts: Options, facts: FileFacts, tokenizer
     for key, vtype, value in target.extra(hp):
         meta.add(f"{a}.{key}", vtype, value)
     _tokenizer_keys(src, facts, target, meta, tokenizer)
+    # native code only once the file and the tokenizer are known good
+    era_name: str | None = None
+    era: Backend | None = None
+    if {layout[p[3]].name for p in plan} - {"F32"}:
+        era_name, era = _era_backend(facts)
     write_upgraded(src, out, opts, facts, meta, plan, layout, era_name, era, needs_quantizer)
     return out

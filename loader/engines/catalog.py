@@ -423,8 +423,9 @@ def choose(facts: FileFacts, specs: dict[str, BackendSpec] | None = None, *,
 
 def upgrade_suggestion(facts: FileFacts, all_v: list[Verdict], *,
                        specs: dict[str, BackendSpec] | None = None) -> str | None:
-    """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load: the command that upgrades it
-    to GGUF for the newest backend (gpt4all-convert); None for every other file.  The probe shows it
+    """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load, or a file of GPT4All's 2023 zoo:
+    the command that upgrades it to GGUF for the newest backend (gpt4all-convert, with ``--tokenizer``
+    for Falcon and StarCoder); None for every other file.  The probe shows it
     for loadable files (:func:`suggest` stays None for those)."""
     import shlex
     from pathlib import PurePath
