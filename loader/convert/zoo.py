@@ -20,9 +20,9 @@ replit.cpp did) and BERT's WordPiece list carry all GGUF needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConvertError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
@@ -47,13 +47,13 @@ class ZooTarget:
 
     gguf_arch: str
     names: dict[str, str]
-    tokenizer: str                 #: "bpe" (needs tokenizer.json), "bert", "spm"
-    extra: Callable[[dict[str, int]], list[tuple[str, int, Any]]] = field(default=lambda hp: [])
-    bpe_pre: str = ""
+    tokenizer: str                 #: "bpe" (needs tokenizer.json), "bert" (WordPiece), "unigram" (scored pieces)
+    extra: tuple[tuple[str, int, Any], ...] = ()
+    bpe_pre: str = ""              #: tokenizer.ggml.pre of a BPE model (llama.cpp's pre-tokenizer regexes)
 
 
-def _layer(prefix: str, pairs: dict[str, str], gprefix: str = "blk.{i}.") -> dict[str, str]:
-    return {prefix + k: gprefix + v for k, v in pairs.items()}
+def _layer(prefix: str, pairs: dict[str, str]) -> dict[str, str]:
+    return {prefix + k: "blk.{i}." + v for k, v in pairs.items()}
 
 
 ZOO_TARGETS: dict[str, ZooTarget] = {
@@ -76,7 +76,7 @@ ZOO_TARGETS: dict[str, ZooTarget] = {
                    "self_attention.query_key_value.weight": "attn_qkv.weight",
                    "self_attention.dense.weight": "attn_output.weight",
                    "mlp.dense_h_to_4h.weight": "ffn_up.weight", "mlp.dense_4h_to_h.weight": "ffn_down.weight"})},
-        extra=lambda hp: [("rope.freq_base", ValueType.FLOAT32, 10000.0)]),
+        extra=(("rope.freq_base", ValueType.FLOAT32, 10000.0),)),
     "bert": ZooTarget(
         gguf_arch="bert", tokenizer="bert",
         names={"embeddings.word_embeddings.weight": "token_embd.weight",
@@ -96,17 +96,16 @@ ZOO_TARGETS: dict[str, ZooTarget] = {
                    "output.dense.weight": "ffn_down.weight", "output.dense.bias": "ffn_down.bias",
                    "output.LayerNorm.weight": "layer_output_norm.weight",
                    "output.LayerNorm.bias": "layer_output_norm.bias"})},
-        extra=lambda hp: [("attention.causal", ValueType.BOOL, False),
-                          ("pooling_type", ValueType.UINT32, POOLING_MEAN)]),
+        extra=(("attention.causal", ValueType.BOOL, False), ("pooling_type", ValueType.UINT32, POOLING_MEAN))),
     "replit": ZooTarget(
-        gguf_arch="mpt", tokenizer="spm",
+        gguf_arch="mpt", tokenizer="unigram",
         names={"transformer.wte.weight": "token_embd.weight", "transformer.ln_f.weight": "output_norm.weight",
                **_layer("transformer.blocks.{i}.", {
                    "ln_1.weight": "attn_norm.weight", "attn.Wqkv.weight": "attn_qkv.weight",
                    "attn.out_proj.weight": "attn_output.weight", "ln_2.weight": "ffn_norm.weight",
                    "mlp.mlp_up.weight": "ffn_up.weight", "mlp.mlp_down.weight": "ffn_down.weight"})},
         # replit.cpp hard-codes ggml_alibi's max bias 8; no clip of QKV
-        extra=lambda hp: [("attention.max_alibi_bias", ValueType.FLOAT32, 8.0)]),
+        extra=(("attention.max_alibi_bias", ValueType.FLOAT32, 8.0),)),
 }
 
 
@@ -290,7 +289,7 @@ def convert_zoo(src: Path, out: Path, opts: Options, facts: FileFacts, tokenizer
     meta.add(f"{a}.attention.head_count", ValueType.UINT32, hp["n_head"])
     meta.add(f"{a}.attention.head_count_kv", ValueType.UINT32, hp["n_head_kv"])
     meta.add(f"{a}.attention.layer_norm_epsilon", ValueType.FLOAT32, ZOO_NORM_EPS)
-    for key, vtype, value in target.extra(hp):
+    for key, vtype, value in target.extra:
         meta.add(f"{a}.{key}", vtype, value)
     _tokenizer_keys(src, facts, target, meta, tokenizer)
     # native code only once the file and the tokenizer are known good
