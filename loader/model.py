@@ -388,9 +388,16 @@ class Model(Closing):
         if not self._embeddings:
             raise BackendError(f"{self.info.path}: embeddings were not requested at load time; "
                                f"use gpt4all_loader.load(path, embeddings=True)")
+        return self.embed_tokens(self.tokenize(text, add_bos=True))
+
+    def embed_tokens(self, tokens: Sequence[int]) -> list[float]:
+        """Embedding of these token ids as they are (no tokenizer: two engines compared on the same ids)."""
+        if not self._embeddings:
+            raise BackendError(f"{self.info.path}: embeddings were not requested at load time; "
+                               f"use gpt4all_loader.load(path, embeddings=True)")
         with self._lock:
             self.reset()
-            self.evaluate(self.tokenize(text, add_bos=True))
+            self.evaluate(tokens)
             p = self._lib.g4a_embeddings(self._h())
             if p == self._ffi.NULL:
                 raise self._err(f"{self.info.backend} gives no embedding for this model")

@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                     "LLaMA file to GGUF for the newest pinned llama.cpp.  " + ROUTES,
         epilog="exit status: 0 converted, 1 conversion failed, 2 usage error")
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + weights), "
-                                              "or a ggml/ggmf/ggjt LLaMA file")
+                                              "a ggml/ggmf/ggjt LLaMA file, or a GPT4All 2023 StarCoder, "
+                                              "Falcon, BERT or Replit file")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="the file to write (.gguf: GGUF; .bin: GPT4All ggml for GPT-J/MPT folders)")
     p.add_argument("--format", choices=("gguf", "ggml"), default=None,
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"legacy files: RMS-norm epsilon (default {RMS_EPS}, {RMS_EPS_GQA} for GQA models)")
     p.add_argument("--rope-freq-base", type=float, default=None, metavar="BASE",
                    help="legacy files: RoPE frequency base to record (e.g. 1000000 for Code Llama)")
+    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON",
+                   help="GPT4All Falcon/StarCoder files: the original model's tokenizer.json (the files carry "
+                        "gpt4all's token list but no BPE merges; e.g. from tiiuae/falcon-7b, "
+                        "bigcode/starcoderbase-3b)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="quantizer threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (never SRC)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -71,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         convert(args.src, args.output, outtype=args.outtype, context_length=args.ctx,
                 rms_norm_eps=args.rms_norm_eps, rope_freq_base=args.rope_freq_base, threads=args.threads,
-                force=args.force, quiet=args.quiet, format=args.format)
+                force=args.force, quiet=args.quiet, format=args.format,
+                tokenizer=args.tokenizer)
     except ConvertError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code

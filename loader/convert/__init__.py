@@ -3,6 +3,8 @@
 ``convert(SRC, OUT)`` picks the route from SRC:
 
 * a ggml / ggmf / ggjt LLaMA file: upgraded to GGUF (:mod:`.legacy`), dequantized by its own era;
+* a file of GPT4All's 2023 zoo (StarCoder, Falcon, BERT, Replit): upgraded to GGUF the same way (:mod:`.zoo`;
+  Falcon and StarCoder need the model's tokenizer.json, ``tokenizer=``);
 * a Hugging Face GPT-J, LLaMA or MPT folder stored as safetensors: converted here without torch
   (:mod:`.hf`; GPT-J to the GPT4All-era ``ggml`` file, LLaMA to GGUF, MPT to GGUF or ``ggmm``);
 * any other Hugging Face folder: the pinned sdist's ``convert_hf_to_gguf.py`` (:mod:`.upstream`).
@@ -28,18 +30,22 @@ __all__ = ["convert", "ConvertError", "UsageError", "Options", "Temps", "NEWEST"
 def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, outtype: str = "f16",
             context_length: int = DEFAULT_CONTEXT, rms_norm_eps: float | None = None,
             rope_freq_base: float | None = None, threads: int = 0, force: bool = False,
-            quiet: bool = True, format: str | None = None) -> Path:
+            quiet: bool = True, format: str | None = None, tokenizer: str | os.PathLike[str] | None = None) -> Path:
     """Convert ``src`` (HF folder or ggml-era LLaMA file) to ``out``; raises ConvertError."""
     if format not in (None, "gguf", "ggml"):
         raise UsageError(f"--format must be gguf or ggml (got {format!r})")
     opts = Options(outtype=outtype, context_length=context_length, rms_norm_eps=rms_norm_eps,
-                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet, format=format)
+                   rope_freq_base=rope_freq_base, threads=threads, force=force, quiet=quiet, format=format,
+                   tokenizer=os.fspath(tokenizer) if tokenizer is not None else None)
     src_p, out_p = Path(os.fspath(src)), Path(os.fspath(out))
     outtype_number(outtype)
     if context_length <= 0:
         raise UsageError(f"--ctx must be positive (got {context_length})")
     check_paths(src_p, out_p, opts)
     if src_p.is_dir():
+        if tokenizer is not None:
+            raise UsageError("--tokenizer is for GPT4All's Falcon and StarCoder files; a Hugging Face folder "
+                             "brings its own tokenizer")
         if not os.access(src_p, os.R_OK | os.X_OK):
             raise ConvertError(f"cannot read folder {src_p}: permission denied")
         return convert_hf(src_p, out_p, opts)

@@ -60,6 +60,7 @@ class Options:
     force: bool = False
     quiet: bool = False
     format: str | None = None  # "gguf" or "ggml" (Hugging Face GPT-J/MPT folders); None: from OUT's suffix
+    tokenizer: str | None = None  # the model's tokenizer.json (Falcon/StarCoder zoo files carry no merges)
 
 
 def say(opts: Options, msg: str) -> None:

@@ -194,8 +194,9 @@ class BpeVocab:
 
 
 def read_bpe(folder: Path) -> BpeVocab | None:
-    """tokenizer.json (byte-level BPE), else vocab.json + merges.txt (+ added_tokens.json); None if neither."""
-    tj = folder / "tokenizer.json"
+    """tokenizer.json (byte-level BPE), else vocab.json + merges.txt (+ added_tokens.json); None if neither.
+    ``folder`` may also be the tokenizer.json file itself."""
+    tj = folder if folder.is_file() else folder / "tokenizer.json"
     try:
         if tj.is_file():
             d = json.loads(tj.read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import BackendError, ConvertError, FormatError, UnsupportedModelError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
 from ..formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_RMS_EPS
+from ..formats.zoo import ARCHITECTURES
 from .common import ALIGN, Options, Temps, check_space, outtype_number, quantize_in_child, say, write_error
 
 if TYPE_CHECKING:  # pragma: no cover - the native binding is imported only when a file is dequantized
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover - the native binding is imported only when
 
 #: (name, ggml type id, ne, data offset, data bytes) of one tensor of a legacy file
 _Record = tuple[str, int, list[int], int, int]
+#: one tensor of an upgrade: (legacy name, gguf name, ne, src type id, src offset, src nbytes, out type id)
+PlanEntry = tuple[str, str, list[int], int, int, int, int]
 
 #: RMS-norm epsilon of LLaMA-1 (and of the 2023 loaders), and of LLaMA-2 GQA models
 _CHUNK = 1 << 22  # elements dequantized per native call (16 MiB of float32)
@@ -171,14 +174,24 @@ def validate_legacy_llama(src: Path, hp: dict[str, Any], records: list[_Record])
 
 
 def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
-    """Upgrade a ggml/ggmf/ggjt LLaMA file to a GGUF v3 file at ``out`` (atomically)."""
-    from ..engines.native import ffi as _ffi
+    """Upgrade a ggml/ggmf/ggjt LLaMA file (or a file of GPT4All's 2023 zoo: :mod:`.zoo`) to a GGUF v3 file
+    at ``out`` (atomically)."""
     from ..formats.ggml_types import TYPES
     from ..formats.legacy import tensor_records
     from ..formats.writer import gguf_name
 
     ftype_out = outtype_number(opts.outtype)
     facts = _read_legacy(src)
+    if facts.architecture in ARCHITECTURES and facts.kind == "model":
+        if facts.truncated:
+            note = next((n for n in facts.notes if "ends" in n), "the file is cut short")
+            raise ConvertError(f"{src}: {facts.description}: {note}; download it again")
+        from .zoo import convert_zoo
+
+        return convert_zoo(src, out, opts, facts, Path(opts.tokenizer) if opts.tokenizer else None)
+    if opts.tokenizer:
+        raise ConvertError(f"{src}: --tokenizer is for GPT4All's Falcon and StarCoder files (which carry no "
+                           f"BPE merges); this is {facts.description}")
     _refuse_non_legacy(facts, src)
     try:
         records = tensor_records(str(src), facts)
@@ -206,8 +219,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     tokens, scores, types = legacy_vocab(toks, (facts.kv or {}).get("tokenizer.ggml.scores"))
 
     # per tensor: 1-D always F32; 2-D F32 for f32 output, else kept F16 when stored F16, else F32
-    # (legacy name, gguf name, ne, src type id, src offset, src nbytes, out type id)
-    plan: list[tuple[str, str, list[int], int, int, int, int]] = []
+    plan: list[PlanEntry] = []
     for name, tid, ne, off, nbytes in records:
         try:
             gname = gguf_name(name)
@@ -252,6 +264,17 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     meta.add("tokenizer.ggml.add_eos_token", ValueType.BOOL, False)
     meta.add("tokenizer.ggml.add_space_prefix", ValueType.BOOL, True)
 
+    write_upgraded(src, out, opts, facts, meta, plan, layout, era_name, era, needs_quantizer)
+    return out
+
+
+def write_upgraded(src: Path, out: Path, opts: Options, facts: FileFacts, meta: GgufHeader, plan: list[PlanEntry],
+                   layout: Any, era_name: str | None, era: Backend | None, needs_quantizer: bool) -> None:
+    """Write ``meta`` and the tensors of ``plan`` to ``out`` (atomically): F32/F16 copied as they are,
+    anything else dequantized by the era's backend ``era``; through the newest quantizer if asked."""
+    from ..engines.native import ffi as _ffi
+
+    quantized = any(layout[p[3]].name not in ("F32", "F16") for p in plan)
     infos = [(g, ne, ot, math.prod(ne) * (4 if ot == 0 else 2)) for _, g, ne, _, _, _, ot in plan]
     for name, ne, ot, nbytes in infos:
         meta.add_tensor(name, ne, ot, nbytes)
@@ -263,7 +286,7 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
     try:
         stage = temps.new("f32" if needs_quantizer else "gguf")
         say(opts, f"gpt4all-convert: {src} ({facts.description}) -> {out}"
-                   + (f"; dequantizing with {era_name}" if era_name and src_types - {"F32", "F16"} else ""))
+                   + (f"; dequantizing with {era_name}" if era_name and quantized else ""))
         ffi = _ffi()
         buf = None
         try:
@@ -309,7 +332,6 @@ def convert_legacy(src: Path, out: Path, opts: Options) -> Path:
         temps.commit(final)
     finally:
         temps.cleanup()
-    return out
 
 
 def _copy(fin: IO[bytes], fo: IO[bytes], off: int, nbytes: int) -> None:

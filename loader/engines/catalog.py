@@ -83,6 +83,7 @@ ZOO_GGUF_HINT: dict[str, str] = {
     "falcon": "llama.cpp runs Falcon as GGUF",
     "starcoder": "llama.cpp runs StarCoder as GGUF",
     "bert": "llama.cpp runs BERT embedding models as GGUF",
+    "replit": "llama.cpp runs Replit as GGUF (as MPT: the same math)",
 }
 
 #: architectures with a known story
@@ -422,15 +423,23 @@ def choose(facts: FileFacts, specs: dict[str, BackendSpec] | None = None, *,
 
 def upgrade_suggestion(facts: FileFacts, all_v: list[Verdict], *,
                        specs: dict[str, BackendSpec] | None = None) -> str | None:
-    """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load: the command that upgrades it
-    to GGUF for the newest backend (gpt4all-convert); None for every other file.  The probe shows it
+    """For a ggml/ggmf/ggjt LLaMA file that only pre-GGUF backends load, or a file of GPT4All's 2023 zoo:
+    the command that upgrades it to GGUF for the newest backend (gpt4all-convert, with ``--tokenizer``
+    for Falcon and StarCoder); None for every other file.  The probe shows it
     for loadable files (:func:`suggest` stays None for those)."""
     import shlex
     from pathlib import PurePath
 
     if facts.architecture in ZOO_GGUF_HINT and facts.kind == "model" and not facts.truncated:
-        return (f"only our 2023 model code reads this file; {ZOO_GGUF_HINT[str(facts.architecture)]} (gguf-2026-10): "
-                "convert the original Hugging Face weights with gpt4all-convert HF_FOLDER -o model.gguf")
+        from ..formats.zoo import HF_TOKENIZER_REPOS
+
+        arch = str(facts.architecture)
+        zsrc = PurePath(str(facts.path))
+        cmd = f"gpt4all-convert {shlex.quote(str(zsrc))} -o {shlex.quote(str(zsrc.with_suffix('.gguf')))}"
+        if arch in HF_TOKENIZER_REPOS:
+            cmd += (f" --tokenizer PATH/tokenizer.json (the original model's, e.g. from {HF_TOKENIZER_REPOS[arch]}: "
+                    "the file carries gpt4all's token list but no BPE merges)")
+        return f"only our 2023 model code reads this file; {ZOO_GGUF_HINT[arch]} (gguf-2026-10): upgrade it with: {cmd}"
     if (facts.format not in LEGACY_CONTAINERS or facts.architecture != "llama" or facts.kind != "model"
             or facts.truncated or facts.vocab_only):
         return None

@@ -329,6 +329,10 @@ MPT_GGML = Architecture(
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FALCON, REPLIT, STARCODER, BERT)}
 BY_CONTAINER_MAGIC: dict[int, Architecture] = {MAGIC_REPL: REPLIT, MAGIC_BERT: BERT}
 
+#: the Hugging Face repositories whose tokenizer.json the BPE zoo files need to become GGUF (the files
+#: carry gpt4all's token list but no merges): where the published files came from
+HF_TOKENIZER_REPOS: dict[str, str] = {"falcon": "tiiuae/falcon-7b", "starcoder": "bigcode/starcoderbase-3b"}
+
 #: BERT's special token ids (bert-base-uncased vocab.txt): gpt4all's tokenizer always starts with [CLS]
 BERT_PAD, BERT_UNK, BERT_CLS, BERT_SEP, BERT_MASK = 0, 100, 101, 102, 103
 #: Bert::embedding splits long inputs into windows of n_max_tokens that overlap by this many tokens
