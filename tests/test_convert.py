@@ -342,7 +342,7 @@ def test_disk_full_while_writing(tiny_llama, tmp_path, capsys, monkeypatch):
             raise OSError(28, "No space left on device")
         fo.write(b"\0" * nbytes)
 
-    monkeypatch.setattr(cv.legacy, "_copy", full)
+    monkeypatch.setattr(cv.upgrade, "_copy", full)
     rc, _, err = cli([tiny_llama[("ggjt", 3, "f32")], "-o", tmp_path / "x.gguf", "--outtype", "f32"], capsys)
     assert rc == 1 and "is full" in err
     assert _listing(tmp_path) == []

@@ -1,7 +1,7 @@
 """Upgrade GPT4All's 2023 zoo files (StarCoder, Falcon, BERT, Replit) to GGUF for the newest engine.
 
 The tensors are those of the old file, renamed to the GGUF names (F32/F16 copied, quantized ones
-dequantized by the era's own engine, as for LLaMA: :func:`.legacy.write_upgraded`).  No tensor needs
+dequantized by the era's own engine, as for LLaMA: :func:`.upgrade.write_upgraded`).  No tensor needs
 reshaping: StarCoder's files already hold K and V widened to every head (``head_count_kv`` = n_head),
 Falcon's fused QKV is laid out as llama.cpp's (all Q heads, then K, then V: n_head_kv 1), BERT's and
 Replit's are plain.  Replit runs as ``mpt`` (its math is MPT's: ALiBi with max bias 8, no biases,
@@ -28,7 +28,7 @@ from ..errors import ConvertError
 from ..formats.gguf import GgufHeader, TokenType, ValueType
 from ..formats.zoo import ARCHITECTURES, HF_TOKENIZER_REPOS, Architecture
 from .common import Options, outtype_number
-from .legacy import PlanEntry, _era_backend, write_upgraded
+from .upgrade import PlanEntry, era_backend, write_upgraded
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engines.native import Backend
@@ -296,6 +296,6 @@ def convert_zoo(src: Path, out: Path, opts: Options, facts: FileFacts, tokenizer
     era_name: str | None = None
     era: Backend | None = None
     if {layout[p[3]].name for p in plan} - {"F32"}:
-        era_name, era = _era_backend(facts)
+        era_name, era = era_backend(facts)
     write_upgraded(src, out, opts, facts, meta, plan, layout, era_name, era, needs_quantizer)
     return out
