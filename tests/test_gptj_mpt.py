@@ -18,16 +18,14 @@ import os
 import struct
 import subprocess
 import sys
-import zipfile
 from array import array
 from pathlib import Path
 
 import pytest
 from conftest import require_backend
+from zoo_common import gpt4all108_lib_dir
 
 BACKEND = "ggml-gptj-mpt-2023-05"
-GPT4ALL_108 = "gpt4all==1.0.8"
-GPT4ALL_108_SHA256 = "96b5f8e139784d9ce11aea2cb6d39d7866943d7cb574917af48eca4cccb31a12"
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "gpt4all108_logits.py"
 PROMPT = "Hello world, once upon a time there lived a little cat. The story: 1 2 3"
 MPT_CHAT = "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n"
@@ -167,21 +165,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def gpt4all_lib_dir() -> Path:
     """The build folder of the extracted gpt4all 1.0.8 wheel (libllmodel.so and its model libraries)."""
-    from gpt4all_loader.engines import cache, sdist
-    from gpt4all_loader.errors import BuildError
-
-    try:
-        wheel = sdist.fetch(GPT4ALL_108, GPT4ALL_108_SHA256, binary=True)
-    except BuildError as e:
-        pytest.skip(f"{GPT4ALL_108} wheel not available: {e}")
-    root = cache.files_dir() / "gpt4all-1.0.8"
-    lib_dir = root / "gpt4all" / "llmodel_DO_NOT_MODIFY" / "build"
-    if not (lib_dir / "libllmodel.so").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z:
-            members = [n for n in z.namelist() if "/llmodel_DO_NOT_MODIFY/build/" in n and n.endswith(".so")]
-            z.extractall(root, members=members)
-    return lib_dir
+    return gpt4all108_lib_dir()
 
 
 def gpt4all_run(lib_dir: Path, model: Path, prompt: str = PROMPT, n_predict: int = N_PREDICT) -> dict:
