@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 from conftest import require_backend
-from zoo_common import BERT_CLS_ONLY_TEXT, ZOO_TEXTS, ZOO_TEXTS_BERT, gpt4all108, gpt4all108_lib_dir, write_zoo_files
+from zoo_common import (
+    BERT_CLS_ONLY_TEXT,
+    ZOO_TEXTS,
+    ZOO_TEXTS_BERT,
+    evaluate_greedy,
+    gpt4all108,
+    gpt4all108_lib_dir,
+    write_zoo_files,
+)
 
 BACKEND = "ggml-gptj-mpt-2023-08"
 N_PREDICT = 8
@@ -45,19 +53,8 @@ def ours(path: Path, texts: list[str], n_predict: int = N_PREDICT) -> list[dict]
     with gpt4all_loader.load(path, device="cpu", n_threads=2) as m:
         assert m.info.backend == BACKEND
         for text in texts:
-            toks = m.tokenize(text)
             m.reset()
-            m.evaluate(toks)
-            logits = m.logits()
-            greedy = []
-            for _ in range(n_predict):
-                lg = m.logits()
-                t = max(range(len(lg)), key=lg.__getitem__)
-                if m._lib.g4a_is_eog(m._handle, t):
-                    break
-                greedy.append(t)
-                m.evaluate([t])
-            out.append({"prompt_tokens": toks, "logits": logits, "greedy": greedy})
+            out.append(evaluate_greedy(m, m.tokenize(text), n_predict))
     return out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_backend
-from zoo_common import gpt4all108_lib_dir
+from zoo_common import evaluate_greedy, gpt4all108_lib_dir
 
 BACKEND = "ggml-gptj-mpt-2023-05"
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "gpt4all108_logits.py"
@@ -184,18 +184,7 @@ def ours(path: Path, prompt: str = PROMPT, n_predict: int = N_PREDICT) -> dict:
 
     with gpt4all_loader.load(path, device="cpu", n_threads=2) as m:
         assert m.info.backend == BACKEND
-        toks = m.tokenize(prompt)
-        m.evaluate(toks)
-        logits = m.logits()
-        greedy = []
-        for _ in range(n_predict):
-            lg = m.logits()
-            t = max(range(len(lg)), key=lg.__getitem__)
-            if m._lib.g4a_is_eog(m._handle, t):
-                break
-            greedy.append(t)
-            m.evaluate([t])
-        return {"prompt_tokens": toks, "logits": logits, "greedy": greedy}
+        return evaluate_greedy(m, m.tokenize(prompt), n_predict)
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:

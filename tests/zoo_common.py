@@ -96,3 +96,19 @@ def gpt4all108(lib_dir: Path, model: Path, texts: list[str], *, n_predict: int =
     out = json.loads(lines[-1])
     assert out.get("ok"), f"{out.get('error')}: {proc.stderr[-2000:]}"
     return list(out["results"])
+
+
+def evaluate_greedy(m: Any, toks: list[int], n_predict: int) -> dict[str, Any]:
+    """Our side of a gpt4all comparison: ``toks`` evaluated on a loaded Model, the last position's logits, and
+    up to ``n_predict`` greedy ids (argmax, no sampler: what gpt4all does at temperature 0) before an end token."""
+    m.evaluate(toks)
+    logits = m.logits()
+    greedy: list[int] = []
+    for _ in range(n_predict):
+        lg = m.logits()
+        t = max(range(len(lg)), key=lg.__getitem__)
+        if m._lib.g4a_is_eog(m._handle, t):
+            break
+        greedy.append(t)
+        m.evaluate([t])
+    return {"prompt_tokens": toks, "logits": logits, "greedy": greedy}
