@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
+from .engines.manifest import EraRules, cuda_settings, era_rules, newest_era
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_N_CTX
 from .formats.zoo import ARCHITECTURES as ZOO_ARCHITECTURES
 from .reports import DeviceItem, EngineLog, MemoryEstimate, MemoryPlan
@@ -98,44 +99,6 @@ _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 
 DEFAULT_CTX = LEGACY_N_CTX
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
-
-
-@dataclass(frozen=True)
-class EraRules:
-    """How one pinned engine sizes its buffers, with the context parameters our shim passes."""
-
-    #: KV cells are n_ctx rounded up to this
-    kv_pad: int = 1
-    #: flash attention on by default on the CPU (no KQ score matrix in the graph; the mask cast to f16)
-    flash_attn: bool = False
-    #: ... and with layers on our CUDA build, which leaves out the FA kernels (manifest:
-    #: -DGGML_CUDA_FA=OFF), so "auto" finds FLASH_ATTN_EXT unsupported there and turns it off
-    flash_attn_cuda: bool = False
-    #: bytes per f32 KQ-mask element in the graph inputs (0: the era masks in place, no input tensor)
-    mask_bytes: int = 4
-    #: a separate KV cache (and mask) for sliding-window layers
-    swa_cache: bool = False
-    #: metadata counted in the logged compute buffer: ggml_tensor_overhead() * GGML_MAX_NODES + graph
-    graph_meta: int = 0
-    #: an output buffer (logits of one token) reserved at context creation
-    output_buffer: bool = False
-    #: tensor types the AVX2 CPU build repacks into CPU_REPACK
-    repack_types: frozenset[str] = frozenset()
-
-
-#: ggml_tensor_overhead() of the 2023 ggml (object header and tensor struct), with ggml_graph_overhead()
-#: below: the metadata buffer those eras add to the compute size they log (GGML_MAX_NODES tensors)
-_TENSOR_OVERHEAD_2023 = 368
-
-#: keyed by the manifest's era; GGUF files of unknown era use the newest rules
-ERAS: dict[str, EraRules] = {
-    "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * _TENSOR_OVERHEAD_2023 + 98_328),
-    "2023-11": EraRules(graph_meta=16384 * _TENSOR_OVERHEAD_2023 + 393_240),
-    "2024-09": EraRules(kv_pad=32, output_buffer=True),
-    "2026-10": EraRules(kv_pad=256, flash_attn=True, swa_cache=True, output_buffer=True,
-                        repack_types=frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})),
-}
-NEWEST = "2026-10"
 
 
 def _int(h: dict[str, Any], *keys: str, default: int = 0) -> int:
@@ -313,10 +276,10 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
         ctx_size = n_ctx_train if encoder else min(ctx_size, n_ctx_train)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer
-    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)
+    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else newest_era())
     # 2023-08 builds measure the graph unless built with CUDA (scratch buffers then)
     scratch = legacy and (era < "2023-06" or gpu_layers > 0)
-    rules = EraRules() if gptj_mpt else ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
+    rules = EraRules() if gptj_mpt else era_rules(era)
 
     weights = sum(st.bytes for st in facts.tensor_types.values())
     n_params = facts.n_params
@@ -402,7 +365,6 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
     bytes and the layers it runs.
     """
     from .engines import cuda
-    from .engines.manifest import cuda_table
 
     auto = gpu_layers == "auto"
     free = free_vram_bytes
@@ -410,7 +372,7 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
         gi = cuda.gpu_info(0)
         free = gi.free_bytes if gi is not None else None
     if reserve_bytes is None:
-        reserve_bytes = int(cuda_table().get("reserve_mib", 768)) * MiB
+        reserve_bytes = cuda_settings().reserve_mib * MiB
     if auto:
         layers = cuda.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
             if free is not None else 0

@@ -684,7 +684,7 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
     name, choice = the_plan.require()
     rejected, why_backend = the_plan.rejected, the_plan.why_backend
-    fa_default = str(load_manifest()[name].extra.get("flash_attn", ""))
+    fa_default = load_manifest()[name].flash_attn or ""
     fa = _flash_attn(flash_attn, fa_default, name)
     be = native.open_backend(name, choice.variant)
     n_gqa, eps = _legacy_params(facts)

@@ -19,7 +19,7 @@ from conftest import require_backend
 import gpt4all_loader as g
 from gpt4all_loader.engines import cache, cuda, native, variants
 from gpt4all_loader.engines.cuda import GpuInfo
-from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.engines.manifest import CudaSettings, Wheel, load_manifest
 from gpt4all_loader.engines.variants import choose_variant
 from gpt4all_loader.errors import BackendError, DeviceError
 from gpt4all_loader.formats.sniff import read_facts
@@ -47,18 +47,18 @@ def expected_reason(backend: str) -> str:
 
 def test_manifest_declares_cuda_variants_of_the_newest_and_a_2023_backend():
     assert {"gguf-2026-10", "llama-2023-08"} <= set(CUDA_BACKENDS)
-    table = cuda.cuda_table()
-    assert table["architectures"] and all(int(re.sub(r"\D", "", a.split("-")[0])) >= 75
-                                          for a in table["architectures"].split(";"))  # CUDA 13: sm_75+
-    for w in table["wheels"]:
-        assert re.fullmatch(r"[\w-]+==[\w.]+", w["requirement"]) and re.fullmatch(r"[0-9a-f]{64}", w["sha256"])
-    assert table["runtime_libraries"]
+    settings = cuda.cuda_settings()
+    assert settings.architectures and all(int(re.sub(r"\D", "", a.split("-")[0])) >= 75
+                                          for a in settings.architectures.split(";"))  # CUDA 13: sm_75+
+    for w in settings.wheels:
+        assert re.fullmatch(r"[\w-]+==[\w.]+", w.requirement) and re.fullmatch(r"[0-9a-f]{64}", w.sha256)
+    assert settings.runtime_libraries
     for name in CUDA_BACKENDS:
         spec = load_manifest()[name]
         var = spec.variants["cuda"]
         assert var.cpu_features, "the ggml CPU part of a CUDA variant needs CPU features too"
-        assert "cuda" in spec.extra and isinstance(spec.extra["cuda"].get("archives", []), list)
-    assert "F32" not in load_manifest()["llama-2023-08"].extra["cuda"]["matrix_types"]
+        assert spec.cuda is not None and isinstance(spec.cuda.archives, tuple)
+    assert "F32" not in (load_manifest()["llama-2023-08"].cuda.matrix_types or ())
 
 
 def test_default_build_skips_cuda_and_cuda_selection_skips_backends_without_it():
@@ -176,7 +176,7 @@ def test_free_memory_decides_how_many_layers(fake_gpu, tiny_llama):
     from gpt4all_loader.memory import estimate
 
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
-    reserve = cuda.cuda_table()["reserve_mib"] * 1024 * 1024
+    reserve = cuda.cuda_settings().reserve_mib * 1024 * 1024
     ten = estimate(facts, ctx_size=64, gpu_layers=10, era="2026-10")["vram_bytes"]
     eleven = estimate(facts, ctx_size=64, gpu_layers=11, era="2026-10")["vram_bytes"]
     assert ten < eleven
@@ -217,8 +217,8 @@ def test_missing_cuda_runtime_falls_back_or_fails_loudly(fake_gpu, monkeypatch, 
 
 def test_missing_cuda_runtime_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(cuda, "_runtime_dirs", lambda: [(tmp_path, "nowhere")])
-    monkeypatch.setattr(cuda, "cuda_table", lambda: {"runtime_libraries": ["libg4a-no-such-cublas.so.13"],
-                                                         "wheels": [{"requirement": "nvidia-cublas==13.0.2.14"}]})
+    monkeypatch.setattr(cuda, "cuda_settings", lambda: CudaSettings(
+        runtime_libraries=("libg4a-no-such-cublas.so.13",), wheels=(Wheel("nvidia-cublas==13.0.2.14", ""),)))
     monkeypatch.setattr(cuda, "_preloaded", {})
     with pytest.raises(BackendError, match=r"libg4a-no-such-cublas.so.13.*pip install nvidia-cublas==13.0.2.14"):
         cuda.preload_cuda_runtime()

@@ -26,7 +26,7 @@ from ..errors import BackendError
 from ..formats.facts import FileFacts
 from ..reports import MemoryEstimate
 from . import cache
-from .manifest import cuda_table, load_manifest
+from .manifest import cuda_settings, load_manifest
 
 MiB = 1024 * 1024
 
@@ -173,7 +173,7 @@ def preload_cuda_runtime() -> str:
     the process sees cuBLAS symbols.  Returns where they came from; raises BackendError, naming every
     place looked at and how to install them, when they are nowhere.
     """
-    names = list(cuda_table().get("runtime_libraries", ["libcublasLt.so.13", "libcublas.so.13"]))
+    names = list(cuda_settings().runtime_libraries)
     key = ",".join(names)
     if key in _preloaded:
         return _preloaded[key]
@@ -198,7 +198,7 @@ def preload_cuda_runtime() -> str:
         return _preloaded[key]
     except OSError as e:
         looked.append(f"system library path: {e}")
-    pins = " ".join(w["requirement"] for w in cuda_table().get("wheels", []) if "cublas" in w["requirement"])
+    pins = " ".join(w.requirement for w in cuda_settings().wheels if "cublas" in w.requirement)
     raise BackendError(
         f"the CUDA variants need {', '.join(names)} (cuBLAS of CUDA 13) and it was not found; looked in: "
         + "; ".join(looked)
@@ -229,7 +229,7 @@ def _matrix_types(facts: FileFacts) -> set[str]:
 def cuda_type_refusal(backend: str, facts: FileFacts | None) -> str | None:
     """Why ``backend``'s CUDA kernels must not get this file (None: they may)."""
     spec = load_manifest()[backend]
-    allowed = (spec.extra.get("cuda") or {}).get("matrix_types")
+    allowed = spec.cuda.matrix_types if spec.cuda else None
     if not allowed or facts is None:
         return None
     bad = sorted(_matrix_types(facts) - set(allowed))
@@ -287,7 +287,7 @@ def _cuda_plan(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: 
     if facts is None:
         layers = -1 if n_gpu_layers is None else n_gpu_layers
         return layers, f"{dev}; memory not checked (no file facts given)"
-    reserve = int(cuda_table().get("reserve_mib", 768)) * MiB
+    reserve = cuda_settings().reserve_mib * MiB
     fit, n_layer, one = fit_layers(facts, era=spec.era, n_ctx=n_ctx, free_bytes=gi.free_bytes,
                                    reserve_bytes=reserve)
     if n_gpu_layers is not None and n_gpu_layers >= 0:

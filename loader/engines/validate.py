@@ -9,65 +9,19 @@ such reason the file would take that backend's process down, so that the catalog
 with a reason instead.  GPT4All's 2023 zoo (Falcon, Replit, StarCoder, BERT) is checked against its
 tensor tables in :mod:`..formats.zoo`: every tensor present once, of the exact shape and type.
 
-What each era asserts is data (:data:`ERAS`, keyed by backend name); the checks themselves are the
-same small functions for every era.
+What each backend's engine asserts is data (the manifest's ``[backends.NAME.limits]``, parsed into
+:class:`~.manifest.EraLimits`); the checks themselves are the same small functions for every era.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..formats import zoo
 from ..formats.facts import FileFacts
+from .manifest import EraLimits, load_manifest
 
-
-@dataclass(frozen=True)
-class EraLimits:
-    """What one backend's engine asserts about a file, beyond what the manifest's accept rules say."""
-
-    #: legacy LLaMA: n_layer values of the loader's model-size table (others abort when the size
-    #: is printed); None: no table
-    layer_table: frozenset[int] | None = None
-    #: legacy LLaMA: n_layer below this is taken as 7B instead of aborting (2023-08)
-    layer_table_below: int = 0
-    #: legacy LLaMA: the loader asserts n_rot == n_embd / n_head
-    rot_asserted: bool = False
-    #: ggml types a 1-D tensor may have (norms and biases); None: any type the era reads
-    vector_types: frozenset[str] | None = None
-    #: GGUF: 1-D tensors named ``*norm.weight`` must be F32
-    norms_f32: bool = False
-    #: GGUF: two tokens with the same text abort the vocabulary load
-    unique_tokens: bool = False
-    #: GGUF: tokenizer models each architecture runs with (others abort or allocate without bound)
-    arch_tokenizers: tuple[tuple[str, frozenset[str]], ...] = ()
-    #: GGUF: ``general.alignment`` must be a multiple of this (1 aborts 2026-10; ggml-backend of
-    #: 2024 on asserts its 32-byte TENSOR_ALIGNMENT on the mapped data, so 8 aborts those too)
-    alignment_multiple: int = 8
-
-
-_LAYER_TABLE_2023 = frozenset({32, 40, 60, 80})
-#: the tokenizers a LLaMA-graph GGUF file may name; "bert", "none", "no_vocab" abort in 2024-2026
-#: builds, "rwkv" allocates about 12 GiB first (measured)
-_LLAMA_TOKENIZERS = (("llama", frozenset({"llama", "gpt2"})),)
-
-ERAS: dict[str, EraLimits] = {
-    # llama_model_type_name(): LLAMA_ASSERT(false) for any other n_layer; 1-D tensors are assumed F32
-    "llama-2023-04": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
-    "llama-2023-05": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
-    # b1000 adds 26 (3B) and maps n_layer < 32 to 7B; asserts n_embd / n_head == n_rot in the graph
-    "llama-2023-08": EraLimits(layer_table=frozenset({26, 32, 40, 60, 80}), layer_table_below=32,
-                               rot_asserted=True),
-    # ggml_mul asserts an F32 src1 (the norms, GGML_ASSERT "only f32 src1 supported for now"); ggml_add of an
-    # F16 src1 to F32 activations reads it as F32 (2023-11, garbage) or aborts (2024-09): biases too.
-    # llama_load_vocab asserts id_to_token.size() == token_to_id.size(): every token text unique
-    "gguf-2023-11": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True),
-    "gguf-2024-09": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
-                              alignment_multiple=32),
-    "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
-                              alignment_multiple=32),
-}
 
 #: element types ggml can hold but no matrix multiplication of any era takes as weights
 #: (SIGSEGV or SIGABRT in the first evaluation, measured on 2026-10)
@@ -375,4 +329,4 @@ def problems(facts: FileFacts, backend: str) -> list[str]:
     check = _FAMILY.get(facts.format)
     if check is None or facts.kind not in ("model", "vocab-only"):
         return []
-    return check(facts, ERAS.get(backend, EraLimits()))
+    return check(facts, load_manifest()[backend].limits)
