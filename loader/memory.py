@@ -353,6 +353,20 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     }
 
 
+def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
+               reserve_bytes: int) -> tuple[int, int, MemoryEstimate]:
+    """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
+    output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes`` (the driver's
+    figure, asked by the caller: ``engines.cuda.gpu_info``)."""
+    budget = free_bytes - reserve_bytes
+    n_layer = int(estimate(facts, ctx_size=n_ctx, gpu_layers=0, era=era)["n_layer"] or 0)
+    one = estimate(facts, ctx_size=n_ctx, gpu_layers=1, era=era)
+    for layers in range(n_layer + 1, 0, -1) if n_layer else (1,):  # no n_layer: all or nothing
+        if estimate(facts, ctx_size=n_ctx, gpu_layers=layers, era=era)["vram_bytes"] <= budget:
+            return layers, n_layer, one
+    return 0, n_layer, one
+
+
 def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
          free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> MemoryPlan:
     """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
@@ -360,7 +374,7 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
     ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
     VRAM plus ``reserve_bytes`` (default: the manifest's ``[cuda] reserve_mib``) fits in
     ``free_vram_bytes`` (default: what the CUDA driver reports for device 0; no driver: 0 layers),
-    by :func:`gpt4all_loader.engines.cuda.fit_layers`, the same figures ``load()`` uses to choose the CUDA
+    by :func:`fit_layers`, the same figures ``load()`` uses to choose the CUDA
     variant.  ``items`` follows gguf-parser's ``estimate.items[]``: one entry per device with its
     bytes and the layers it runs.
     """
@@ -374,7 +388,7 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
     if reserve_bytes is None:
         reserve_bytes = cuda_settings().reserve_mib * MiB
     if auto:
-        layers = cuda.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
+        layers = fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
             if free is not None else 0
     else:
         layers = max(0, int(gpu_layers or 0))

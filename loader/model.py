@@ -666,6 +666,7 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     """
     from .chat import resolve_template
     from .facts_cache import read_facts_cached
+    from .memory import fit_layers
     from .plan import plan
 
     path = os.fspath(path)
@@ -681,7 +682,8 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     if n_gpu_layers is not None:
         _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
     seed = _int(seed, "seed", -2**63, 2**64 - 1)
-    the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
+    the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
+                    fit_layers=fit_layers)
     name, choice = the_plan.require()
     rejected, why_backend = the_plan.rejected, the_plan.why_backend
     fa_default = load_manifest()[name].flash_attn or ""

@@ -8,6 +8,7 @@ the facts, so the CUDA type and memory checks apply) -> the library (native).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .engines import variants
 from .engines.catalog import Verdict, choose
@@ -15,6 +16,9 @@ from .engines.manifest import build_command
 from .engines.variants import RunnableChoice, VariantChoice
 from .errors import BackendError, UnsupportedModelError
 from .formats.facts import FileFacts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines.cuda import FitLayers
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,11 @@ class LoadPlan:
 
 
 def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, n_ctx: int | None = None,
-         n_gpu_layers: int | None = None) -> LoadPlan:
+         n_gpu_layers: int | None = None, fit_layers: FitLayers | None = None) -> LoadPlan:
     """The plan for ``facts`` on this machine.  Never raises for the file itself (see
-    :meth:`LoadPlan.require`); DeviceError for ``device="cuda"`` that cannot be had."""
+    :meth:`LoadPlan.require`); DeviceError for ``device="cuda"`` that cannot be had.  ``fit_layers``
+    (``memory.fit_layers``, passed in by load() and probe, which sit above the estimates) fits the
+    offloaded layers to the free VRAM; without it a CUDA choice leaves the memory unchecked."""
     built = {name: list(vs) for name, vs in variants.built_variants().items()}
     # among the backends that read the file, one built on this machine wins over a better unbuilt one
     best, verdicts = choose(facts, prefer=[b for b, vs in built.items() if vs])
@@ -86,5 +92,5 @@ def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, 
     if chosen is not None and not facts.truncated:
         # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
         variant = variants.choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
-                                          n_ctx=n_ctx)
+                                          n_ctx=n_ctx, fit_layers=fit_layers)
     return LoadPlan(facts, verdicts, chosen, why, variant, built, backend)

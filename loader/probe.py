@@ -241,7 +241,7 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
 
     variant_error = None
     try:  # the very plan load() makes, so that probe and load never name different variants
-        lp = plan(facts, device=device, n_ctx=estimate_ctx)
+        lp = plan(facts, device=device, n_ctx=estimate_ctx, fit_layers=_memory.fit_layers)
     except DeviceError as e:  # device="cuda" that cannot be had here: say so, choose none
         lp, variant_error = plan(facts, device="cpu", n_ctx=estimate_ctx), str(e)
     built = lp.built

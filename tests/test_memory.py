@@ -16,7 +16,6 @@ from conftest import require_backend
 from gpt4all_loader.cli.probe import engine_memory_in_child
 from gpt4all_loader.convert.quantize import quantize
 from gpt4all_loader.engines.catalog import load_manifest
-from gpt4all_loader.engines.cuda import fit_layers
 from gpt4all_loader.errors import BuildError
 from gpt4all_loader.formats.sniff import read_facts
 from gpt4all_loader.formats.writer import (
@@ -31,7 +30,7 @@ from gpt4all_loader.formats.writer import (
     write_mamba,
     write_mpt,
 )
-from gpt4all_loader.memory import MiB, estimate, parse_engine_log, plan
+from gpt4all_loader.memory import MiB, estimate, fit_layers, parse_engine_log, plan
 from gpt4all_loader.testing import realfiles
 
 CONTEXTS = (256, 2048, 8192)
