@@ -101,7 +101,7 @@ DEFAULT_CTX = LEGACY_N_CTX
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
 
 
-def _int(h: dict[str, Any], *keys: str, default: int = 0) -> int:
+def _hparam(h: dict[str, Any], *keys: str, default: int = 0) -> int:
     for k in keys:
         v = h.get(k)
         if isinstance(v, (list, tuple)):  # per-layer arrays (e.g. n_head_kv of some GGUF files)
@@ -156,21 +156,21 @@ class _Shape:
     @classmethod
     def of(cls, facts: FileFacts) -> "_Shape":
         h = dict(facts.hparams)
-        n_layer = _int(h, "n_layer", "block_count")
-        n_embd = _int(h, "n_embd", "embedding_length")
-        n_head = _int(h, "n_head", "head_count", default=1)
-        n_head_kv = _int(h, "n_head_kv", "head_count_kv", default=n_head)
-        key_length = _int(h, "key_length", default=n_embd // n_head if n_head else 0)
-        value_length = _int(h, "value_length", default=key_length)
-        n_swa = _int(h, "sliding_window")
+        n_layer = _hparam(h, "n_layer", "block_count")
+        n_embd = _hparam(h, "n_embd", "embedding_length")
+        n_head = _hparam(h, "n_head", "head_count", default=1)
+        n_head_kv = _hparam(h, "n_head_kv", "head_count_kv", default=n_head)
+        key_length = _hparam(h, "key_length", default=n_embd // n_head if n_head else 0)
+        value_length = _hparam(h, "value_length", default=key_length)
+        n_swa = _hparam(h, "sliding_window")
         pattern = h.get("sliding_window_pattern")
         if isinstance(pattern, list) and len(pattern) == n_layer:  # per-layer flags
             swa_layers = sum(1 for p in pattern if p)
         else:
-            every = _int(h, "sliding_window_pattern", default=_SWA_PATTERN.get(facts.architecture or "", 0))
+            every = _hparam(h, "sliding_window_pattern", default=_SWA_PATTERN.get(facts.architecture or "", 0))
             swa_layers = (n_layer - n_layer // every if every else n_layer) if n_swa else 0
         return cls(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                   n_vocab=_int(h, "n_vocab", "vocab_size"), n_ff=_int(h, "n_ff", "feed_forward_length",
+                   n_vocab=_hparam(h, "n_vocab", "vocab_size"), n_ff=_hparam(h, "n_ff", "feed_forward_length",
                                                                      default=4 * n_embd),
                    key_length=key_length, value_length=value_length, n_swa=n_swa, swa_layers=swa_layers,
                    state_per_layer=_recurrent_state(h, n_embd))
@@ -184,13 +184,13 @@ _SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 
 
 def _recurrent_state(h: dict[str, Any], n_embd: int) -> int:
     """f32 bytes of one layer's recurrent state for one sequence (``n_embd_r() + n_embd_s()``)."""
-    wkv = _int(h, "wkv_head_size")
+    wkv = _hparam(h, "wkv_head_size")
     if wkv:  # RWKV: token shift + wkv state
-        return (_int(h, "token_shift_count", default=2) * n_embd + n_embd * wkv) * 4
-    d_state = _int(h, "ssm_state_size")
+        return (_hparam(h, "token_shift_count", default=2) * n_embd + n_embd * wkv) * 4
+    d_state = _hparam(h, "ssm_state_size")
     if d_state:  # Mamba: conv state + ssm state
-        d_inner, d_conv = _int(h, "ssm_inner_size"), _int(h, "ssm_conv_kernel")
-        n_group = _int(h, "ssm_group_count")
+        d_inner, d_conv = _hparam(h, "ssm_inner_size"), _hparam(h, "ssm_conv_kernel")
+        n_group = _hparam(h, "ssm_group_count")
         conv = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
         return (conv + d_state * d_inner) * 4
     return 0
@@ -269,7 +269,7 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(facts.hparams)
-    n_ctx_train = _int(h, "n_ctx_train", "context_length")
+    n_ctx_train = _hparam(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
         ctx_size = 512 if legacy or gptj_mpt else min(n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
     if zoo_arch and n_ctx_train:
@@ -367,7 +367,7 @@ def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_byt
     return 0, n_layer, one
 
 
-def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
+def plan_memory(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
          free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> MemoryPlan:
     """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
 

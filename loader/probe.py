@@ -162,7 +162,7 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
     """Describe ``path`` and say which backend (and variant) loads it.  Never raises for a bad file.
 
     ``gpu_layers`` (a count or "auto") and ``free_vram_bytes`` shape the memory estimate's split
-    between the CPU and the GPU (see :func:`memory.plan`).  A file of GPT4All's published list (by name
+    between the CPU and the GPU (see :func:`memory.plan_memory`).  A file of GPT4All's published list (by name
     and size) is named in ``published``; ``verify=True`` also compares its md5 (reads the whole file).
     ``published_table``: a table of the packaged one's format to use instead (a path)."""
     spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
@@ -269,5 +269,5 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
         rep.suggestion = catalog.upgrade_suggestion(facts, all_v, specs=specs)
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
-        rep.memory = _memory.plan(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era,
+        rep.memory = _memory.plan_memory(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era,
                                   free_vram_bytes=free_vram_bytes)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from typing import Callable
 
 from ..formats import zoo
-from ..formats.facts import FileFacts
+from ..formats.facts import FileFacts, int_or_none
 from .manifest import EraLimits, load_manifest
 
 
@@ -40,10 +40,6 @@ _LEGACY = frozenset({"ggml", "ggmf", "ggjt"})
 _BLOCK = {"gguf": re.compile(r"^blk\.(\d+)\."), "legacy": re.compile(r"^layers\.(\d+)\.")}
 
 
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def _blocks(facts: FileFacts, family: str) -> set[int]:
     pat = _BLOCK[family]
     out = set()
@@ -56,7 +52,7 @@ def _blocks(facts: FileFacts, family: str) -> set[int]:
 
 def _layer_count(facts: FileFacts, family: str, exact: bool) -> list[str]:
     """``n_layer`` against the ``blk.N.`` / ``layers.N.`` blocks the file holds."""
-    n_layer = _int(facts.hparams.get("n_layer"))
+    n_layer = int_or_none(facts.hparams.get("n_layer"))
     key = "block_count" if family == "gguf" else "n_layer"
     if not facts.n_tensors:
         return []
@@ -78,19 +74,19 @@ def _heads(facts: FileFacts) -> list[str]:
     hp = facts.hparams
     out = []
     for name in ("n_head", "n_head_kv"):
-        v = _int(hp.get(name))
+        v = int_or_none(hp.get(name))
         # state-space models (mamba ...) state 0 heads on purpose: only attention graphs divide by it
         if facts.architecture in ATTENTION_ARCHS and v is not None and v <= 0:
             out.append(f"{name} is {v}; it must be positive (the engine divides by it)")
-    n_head, n_embd = _int(hp.get("n_head")), _int(hp.get("n_embd"))
+    n_head, n_embd = int_or_none(hp.get("n_head")), int_or_none(hp.get("n_embd"))
     if facts.architecture == "llama" and n_head and n_head > 0 and n_embd is not None and n_embd % n_head:
         out.append(f"n_head {n_head} does not divide n_embd {n_embd}")
-    n_kv = _int(hp.get("n_head_kv"))
+    n_kv = int_or_none(hp.get("n_head_kv"))
     if facts.architecture == "llama" and n_head and n_kv and n_kv > 0 and n_head % n_kv:
         out.append(f"n_head_kv {n_kv} does not divide n_head {n_head}")
     if facts.architecture == "llama" and n_head and n_head > 0 and n_embd and n_embd % n_head == 0:
         # RoPE turns pairs of values: ggml asserts an even number of rotated dimensions
-        head_dim, n_rot = n_embd // n_head, _int(hp.get("n_rot"))
+        head_dim, n_rot = n_embd // n_head, int_or_none(hp.get("n_rot"))
         if head_dim % 2:
             out.append(f"the head dimension n_embd / n_head = {head_dim} is odd; RoPE needs it even")
         elif n_rot is not None and (n_rot <= 0 or n_rot % 2 or n_rot > head_dim):
@@ -101,22 +97,22 @@ def _heads(facts: FileFacts) -> list[str]:
 def _legacy_llama(facts: FileFacts, era: EraLimits) -> list[str]:
     hp = facts.hparams
     out = []
-    n_mult = _int(hp.get("n_mult"))
+    n_mult = int_or_none(hp.get("n_mult"))
     if n_mult is not None and n_mult <= 0:
         out.append(f"n_mult is {n_mult}; it must be positive (the loader divides by it)")
-    n_layer = _int(hp.get("n_layer"))
+    n_layer = int_or_none(hp.get("n_layer"))
     if era.layer_table is not None and n_layer is not None and n_layer not in era.layer_table \
             and not n_layer < era.layer_table_below:
         sizes = ", ".join(map(str, sorted(era.layer_table)))
         below = f" or fewer than {era.layer_table_below}" if era.layer_table_below else ""
         out.append(f"n_layer {n_layer} is not in this loader's model-size table ({sizes}{below}); "
                    "it aborts on any other value")
-    n_head, n_embd, n_rot = _int(hp.get("n_head")), _int(hp.get("n_embd")), _int(hp.get("n_rot"))
+    n_head, n_embd, n_rot = int_or_none(hp.get("n_head")), int_or_none(hp.get("n_embd")), int_or_none(hp.get("n_rot"))
     if era.rot_asserted and n_head and n_embd and n_embd % n_head == 0 and n_rot != n_embd // n_head:
         out.append(f"n_rot {n_rot} differs from n_embd / n_head = {n_embd // n_head}; this loader asserts "
                    "they are equal")
     emb = facts.tensors.get("tok_embeddings.weight")
-    n_vocab = _int(hp.get("n_vocab"))
+    n_vocab = int_or_none(hp.get("n_vocab"))
     if emb and len(emb[1]) == 2 and n_vocab is not None and emb[1][1] != n_vocab:
         out.append(f"n_vocab is {n_vocab} but tok_embeddings.weight has {emb[1][1]} rows")
     return out
@@ -153,7 +149,7 @@ def _gguf_hparams(facts: FileFacts, era: EraLimits) -> list[str]:
     hp = facts.hparams
     out = []
     # experts: both counts or neither (0 counts as absent), and no more used than there are
-    n_exp, n_used = _int(hp.get("expert_count")) or 0, _int(hp.get("expert_used_count")) or 0
+    n_exp, n_used = int_or_none(hp.get("expert_count")) or 0, int_or_none(hp.get("expert_used_count")) or 0
     if n_used and not n_exp:
         out.append("expert_used_count is set without expert_count")
     elif n_exp and not n_used:
@@ -218,13 +214,13 @@ def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
     hp = facts.hparams
     out = []
     for key, low in (("n_vocab", 1), ("n_embd", 1), ("n_head", 1), ("n_layer", 1), ("n_ff", 1), ("n_ctx_train", 4)):
-        v = _int(hp.get(key))
+        v = int_or_none(hp.get(key))
         if v is None or v < low:
             out.append(f"{key} is {v}; it must be at least {low}")
-    n_layer = _int(hp.get("n_layer")) or 0
+    n_layer = int_or_none(hp.get("n_layer")) or 0
     if n_layer > MAX_LAYERS:
         out.append(f"n_layer {n_layer} is outside 1..{MAX_LAYERS}")
-    n_ctx = _int(hp.get("n_ctx_train")) or 0
+    n_ctx = int_or_none(hp.get("n_ctx_train")) or 0
     if n_ctx > MAX_ZOO_CTX:
         out.append(f"the context {n_ctx} is beyond {MAX_ZOO_CTX} tokens; no model of this format had more than 8192 "
                    "(a damaged header)")

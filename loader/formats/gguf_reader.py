@@ -21,7 +21,7 @@ from math import prod
 from typing import Any, BinaryIO
 
 from ..errors import FormatError
-from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
+from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts, int_or_none
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
 from .source import ByteSource
@@ -473,7 +473,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     arch = arch if isinstance(arch, str) else None
     hp = _hparams(kv, arch)
     file_type = kv.get("general.file_type")
-    file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
+    file_type = int_or_none(file_type)
     tok = kv.get("tokenizer.ggml.model")
     tmpl = kv.get("tokenizer.chat_template")
     gtype = kv.get("general.type")
@@ -510,7 +510,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     return facts
 
 
-def _int(v: Any) -> Any:
+def _bool_as_number(v: Any) -> Any:
     if isinstance(v, bool):
         return int(v)
     return v
@@ -553,7 +553,7 @@ def _hparams(kv: dict[str, Any], arch: str | None) -> dict[str, Any]:
     for name, suffix in keys.items():
         v = kv.get(f"{arch}.{suffix}")
         if v is not None:
-            hp[name] = _int(v)
+            hp[name] = _bool_as_number(v)
     prefix = kv.get("tokenizer.ggml.add_space_prefix")  # SentencePiece's dummy prefix (default: on)
     if isinstance(prefix, bool):
         hp["add_space_prefix"] = prefix
