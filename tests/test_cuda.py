@@ -148,7 +148,7 @@ def fake_gpu(monkeypatch):
 
 
 def test_old_call_signature_still_works(fake_gpu):
-    choice = choose_variant("gguf-2026-10", "auto")       # how probe.py calls it
+    choice = choose_variant("gguf-2026-10", "auto")       # how probing.py calls it
     assert choice.device == "cuda" and choice.variant == "cuda" and choice.n_gpu_layers == -1
     assert "memory not checked" in choice.reason
 

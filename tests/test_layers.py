@@ -14,7 +14,7 @@ LAYERS = [
     {"errors", "formats", "reports"},
     {"engines", "facts_cache", "published"},
     {"plan"},
-    {"model", "worker", "probe", "memory", "chat", "smoke", "convert"},
+    {"model", "worker", "probing", "memory", "chat", "smoke", "convert"},
     {"cli", "testing", "build", "__init__"},
 ]
 

@@ -153,7 +153,7 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
     ``templates`` is :func:`parse_chat_templates`'s answer."""
     from ..chat import resolve_template
     from ..model import DEFAULT_N_CTX
-    from ..probe import probe
+    from ..probing import probe
     from .probe import _main_reason, expand
 
     entries: dict[str, Entry] = {}
