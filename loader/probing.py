@@ -270,4 +270,4 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
         rep.memory = _memory.plan_memory(facts, ctx_size=estimate_ctx, gpu_layers=gpu_layers, era=era,
-                                  free_vram_bytes=free_vram_bytes)
+                                         free_vram_bytes=free_vram_bytes)
