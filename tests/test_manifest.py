@@ -70,7 +70,8 @@ def test_a_missing_era_table_is_an_error(text):
 
 
 def test_another_schema_is_refused(text):
-    with pytest.raises(ManifestError, match=rf"schema = {SCHEMA + 1}, but this gpt4all_loader reads schema {SCHEMA}"):
+    with pytest.raises(ManifestError, match=rf"^backends/manifest.toml: schema = {SCHEMA + 1}, "
+                                            rf"but this gpt4all_loader reads schema {SCHEMA}"):
         _read(text.replace(f"schema = {SCHEMA}", f"schema = {SCHEMA + 1}", 1))
 
 

@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import BuildError, ManifestError
 
@@ -272,8 +272,8 @@ class _Table:
         self.data: dict[str, Any] = data
         self.taken: set[str] = set()
 
-    def fail(self, why: str) -> Any:
-        raise ManifestError(f"{self.path}: {self.where}: {why}")
+    def fail(self, why: str) -> NoReturn:
+        raise ManifestError(f"{self.path}: {self.where + ': ' if self.where else ''}{why}")
 
     def _get(self, key: str, default: Any) -> Any:
         self.taken.add(key)
