@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-4g", action="store_true", help="skip the 4 GB sparse file (needs a filesystem with holes)")
     args = ap.parse_args(argv)
 
-    from gpt4all_loader.probe import probe
+    from gpt4all_loader import probe
 
     try:
         from gguf import GGUFReader  # type: ignore[import-not-found]

@@ -201,7 +201,7 @@ def breakdown(path: Path, runs: int) -> dict[str, float]:
     the floor of any Python reader, one loop over the token lengths alone (``skip_strings``)."""
     from gpt4all_loader.formats import gguf_reader
     from gpt4all_loader.formats.sniff import ByteSource, read_facts
-    from gpt4all_loader.probe import probe
+    from gpt4all_loader import probe
 
     spent: dict[str, float] = {}
     orig_tokens, orig_skip = gguf_reader._Gguf.tokens, ByteSource.skip_strings
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from gpt4all_loader.formats.sniff import read_facts
-    from gpt4all_loader.probe import probe
+    from gpt4all_loader import probe
 
     # the reader itself is measured: a probe of a file seen before would answer from facts_cache
     os.environ["GPT4ALL_LOADER_NO_FACTS_CACHE"] = "1"

@@ -20,8 +20,9 @@ from .errors import (
     UnsupportedModelError,
 )
 
-# imported eagerly (pure Python, no native code): the function must shadow the submodule of the same name
-from .probe import ProbeReport, probe
+# imported eagerly (pure Python, no native code); the module is ``probing``, so that
+# ``gpt4all_loader.probe`` is the function and nothing else
+from .probing import ProbeReport, probe
 
 __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
            "BuildError", "ChatTemplateError", "ContextLengthError", "DeviceError", "ModelClosedError"]

@@ -36,6 +36,11 @@ class BuildError(RuntimeError):
     """Fetching, verifying or compiling a backend failed."""
 
 
+class ManifestError(BuildError):
+    """``backends/manifest.toml`` states something this package does not read: an unknown key, a wrong
+    type, a missing table or another schema.  The message names the file and the key."""
+
+
 class DeviceError(RuntimeError):
     """The requested device (e.g. ``cuda``) cannot be used; never silently replaced by another."""
 

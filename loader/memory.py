@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.facts import FileFacts
 
+from .engines.manifest import EraRules, cuda_settings, era_rules, newest_era
 from .formats.legacy import LEGACY_CONTAINERS
 from .formats.zoo import ARCHITECTURES as ZOO_ARCHITECTURES
 from .plan import default_n_ctx
@@ -100,45 +101,7 @@ _EVAL_2023_08 = {"3B": 8, "7B": 10, "13B": 12, "30B": 16, "65B": 24, "70B": 24}
 MAX_UBATCH = 512  # the shim's n_batch = n_ubatch = min(512, n_ctx)
 
 
-@dataclass(frozen=True)
-class EraRules:
-    """How one pinned engine sizes its buffers, with the context parameters our shim passes."""
-
-    #: KV cells are n_ctx rounded up to this
-    kv_pad: int = 1
-    #: flash attention on by default on the CPU (no KQ score matrix in the graph; the mask cast to f16)
-    flash_attn: bool = False
-    #: ... and with layers on our CUDA build, which leaves out the FA kernels (manifest:
-    #: -DGGML_CUDA_FA=OFF), so "auto" finds FLASH_ATTN_EXT unsupported there and turns it off
-    flash_attn_cuda: bool = False
-    #: bytes per f32 KQ-mask element in the graph inputs (0: the era masks in place, no input tensor)
-    mask_bytes: int = 4
-    #: a separate KV cache (and mask) for sliding-window layers
-    swa_cache: bool = False
-    #: metadata counted in the logged compute buffer: ggml_tensor_overhead() * GGML_MAX_NODES + graph
-    graph_meta: int = 0
-    #: an output buffer (logits of one token) reserved at context creation
-    output_buffer: bool = False
-    #: tensor types the AVX2 CPU build repacks into CPU_REPACK
-    repack_types: frozenset[str] = frozenset()
-
-
-#: ggml_tensor_overhead() of the 2023 ggml (object header and tensor struct), with ggml_graph_overhead()
-#: below: the metadata buffer those eras add to the compute size they log (GGML_MAX_NODES tensors)
-_TENSOR_OVERHEAD_2023 = 368
-
-#: keyed by the manifest's era; GGUF files of unknown era use the newest rules
-ERAS: dict[str, EraRules] = {
-    "2023-08": EraRules(mask_bytes=0, graph_meta=4096 * _TENSOR_OVERHEAD_2023 + 98_328),
-    "2023-11": EraRules(graph_meta=16384 * _TENSOR_OVERHEAD_2023 + 393_240),
-    "2024-09": EraRules(kv_pad=32, output_buffer=True),
-    "2026-10": EraRules(kv_pad=256, flash_attn=True, swa_cache=True, output_buffer=True,
-                        repack_types=frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})),
-}
-NEWEST = "2026-10"
-
-
-def _int(h: dict[str, Any], *keys: str, default: int = 0) -> int:
+def _hparam(h: dict[str, Any], *keys: str, default: int = 0) -> int:
     for k in keys:
         v = h.get(k)
         if isinstance(v, (list, tuple)):  # per-layer arrays (e.g. n_head_kv of some GGUF files)
@@ -193,21 +156,21 @@ class _Shape:
     @classmethod
     def of(cls, facts: FileFacts) -> "_Shape":
         h = dict(facts.hparams)
-        n_layer = _int(h, "n_layer", "block_count")
-        n_embd = _int(h, "n_embd", "embedding_length")
-        n_head = _int(h, "n_head", "head_count", default=1)
-        n_head_kv = _int(h, "n_head_kv", "head_count_kv", default=n_head)
-        key_length = _int(h, "key_length", default=n_embd // n_head if n_head else 0)
-        value_length = _int(h, "value_length", default=key_length)
-        n_swa = _int(h, "sliding_window")
+        n_layer = _hparam(h, "n_layer", "block_count")
+        n_embd = _hparam(h, "n_embd", "embedding_length")
+        n_head = _hparam(h, "n_head", "head_count", default=1)
+        n_head_kv = _hparam(h, "n_head_kv", "head_count_kv", default=n_head)
+        key_length = _hparam(h, "key_length", default=n_embd // n_head if n_head else 0)
+        value_length = _hparam(h, "value_length", default=key_length)
+        n_swa = _hparam(h, "sliding_window")
         pattern = h.get("sliding_window_pattern")
         if isinstance(pattern, list) and len(pattern) == n_layer:  # per-layer flags
             swa_layers = sum(1 for p in pattern if p)
         else:
-            every = _int(h, "sliding_window_pattern", default=_SWA_PATTERN.get(facts.architecture or "", 0))
+            every = _hparam(h, "sliding_window_pattern", default=_SWA_PATTERN.get(facts.architecture or "", 0))
             swa_layers = (n_layer - n_layer // every if every else n_layer) if n_swa else 0
         return cls(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                   n_vocab=_int(h, "n_vocab", "vocab_size"), n_ff=_int(h, "n_ff", "feed_forward_length",
+                   n_vocab=_hparam(h, "n_vocab", "vocab_size"), n_ff=_hparam(h, "n_ff", "feed_forward_length",
                                                                      default=4 * n_embd),
                    key_length=key_length, value_length=value_length, n_swa=n_swa, swa_layers=swa_layers,
                    state_per_layer=_recurrent_state(h, n_embd))
@@ -221,13 +184,13 @@ _SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 
 
 def _recurrent_state(h: dict[str, Any], n_embd: int) -> int:
     """f32 bytes of one layer's recurrent state for one sequence (``n_embd_r() + n_embd_s()``)."""
-    wkv = _int(h, "wkv_head_size")
+    wkv = _hparam(h, "wkv_head_size")
     if wkv:  # RWKV: token shift + wkv state
-        return (_int(h, "token_shift_count", default=2) * n_embd + n_embd * wkv) * 4
-    d_state = _int(h, "ssm_state_size")
+        return (_hparam(h, "token_shift_count", default=2) * n_embd + n_embd * wkv) * 4
+    d_state = _hparam(h, "ssm_state_size")
     if d_state:  # Mamba: conv state + ssm state
-        d_inner, d_conv = _int(h, "ssm_inner_size"), _int(h, "ssm_conv_kernel")
-        n_group = _int(h, "ssm_group_count")
+        d_inner, d_conv = _hparam(h, "ssm_inner_size"), _hparam(h, "ssm_conv_kernel")
+        n_group = _hparam(h, "ssm_group_count")
         conv = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
         return (conv + d_state * d_inner) * 4
     return 0
@@ -306,17 +269,17 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     legacy = fmt in LEGACY_CONTAINERS and not gptj_mpt
     s = _Shape.of(facts)
     h = dict(facts.hparams)
+    n_ctx_train = _hparam(h, "n_ctx_train", "context_length")
     if ctx_size is None or ctx_size <= 0:
         ctx_size = default_n_ctx(facts)
-    n_ctx_train = _int(h, "n_ctx_train", "context_length")
     if zoo_arch and n_ctx_train:  # the zoo's position tables and windows have the file's size
         ctx_size = n_ctx_train if encoder else min(ctx_size, n_ctx_train)
     gpu_layers = max(0, int(gpu_layers or 0))
     n_layer = s.n_layer
-    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else NEWEST)
+    era = era or ("2023-08" if legacy else "2023-05" if gptj_mpt else newest_era())
     # 2023-08 builds measure the graph unless built with CUDA (scratch buffers then)
     scratch = legacy and (era < "2023-06" or gpu_layers > 0)
-    rules = EraRules() if gptj_mpt else ERAS.get(era) or ERAS[NEWEST if not legacy else "2023-08"]
+    rules = EraRules() if gptj_mpt else era_rules(era)
 
     weights = sum(st.bytes for st in facts.tensor_types.values())
     n_params = facts.n_params
@@ -390,19 +353,32 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
     }
 
 
-def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
+def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
+               reserve_bytes: int) -> tuple[int, int, MemoryEstimate]:
+    """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
+    output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes`` (the driver's
+    figure, asked by the caller: ``engines.cuda.gpu_info``)."""
+    budget = free_bytes - reserve_bytes
+    n_layer = int(estimate(facts, ctx_size=n_ctx, gpu_layers=0, era=era)["n_layer"] or 0)
+    one = estimate(facts, ctx_size=n_ctx, gpu_layers=1, era=era)
+    for layers in range(n_layer + 1, 0, -1) if n_layer else (1,):  # no n_layer: all or nothing
+        if estimate(facts, ctx_size=n_ctx, gpu_layers=layers, era=era)["vram_bytes"] <= budget:
+            return layers, n_layer, one
+    return 0, n_layer, one
+
+
+def plan_memory(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str = 0, era: str | None = None,
          free_vram_bytes: int | None = None, reserve_bytes: int | None = None) -> MemoryPlan:
     """:func:`estimate` with the layers split between the CPU and one GPU, and ``items`` per device.
 
     ``gpu_layers="auto"`` offloads the most layers (``n_layer + 1``: all and the output matrix) whose
     VRAM plus ``reserve_bytes`` (default: the manifest's ``[cuda] reserve_mib``) fits in
     ``free_vram_bytes`` (default: what the CUDA driver reports for device 0; no driver: 0 layers),
-    by :func:`gpt4all_loader.engines.cuda.fit_layers`, the same figures ``load()`` uses to choose the CUDA
+    by :func:`fit_layers`, the same figures ``load()`` uses to choose the CUDA
     variant.  ``items`` follows gguf-parser's ``estimate.items[]``: one entry per device with its
     bytes and the layers it runs.
     """
     from .engines import cuda
-    from .engines.manifest import cuda_table
 
     auto = gpu_layers == "auto"
     free = free_vram_bytes
@@ -410,9 +386,9 @@ def plan(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int | str
         gi = cuda.gpu_info(0)
         free = gi.free_bytes if gi is not None else None
     if reserve_bytes is None:
-        reserve_bytes = int(cuda_table().get("reserve_mib", 768)) * MiB
+        reserve_bytes = cuda_settings().reserve_mib * MiB
     if auto:
-        layers = cuda.fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
+        layers = fit_layers(facts, era=era, n_ctx=ctx_size, free_bytes=free, reserve_bytes=reserve_bytes)[0] \
             if free is not None else 0
     else:
         layers = max(0, int(gpu_layers or 0))

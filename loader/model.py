@@ -54,7 +54,7 @@ def max_threads() -> int:
     return min(256, 4 * len(os.sched_getaffinity(0)))
 
 
-def _int(value: Any, what: str, lo: int, hi: int) -> int:
+def _int_arg(value: Any, what: str, lo: int, hi: int) -> int:
     """``value`` as an int in lo..hi, else a ValueError that names the parameter."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{what} must be an integer, got {value!r}")
@@ -361,7 +361,7 @@ class Model(Closing):
         with self._lock:
             h = self._weights()
             # the shim checks each id against the vocabulary and the context; Python keeps them int32
-            ids = [_int(t, "a token id", -2**31, 2**31 - 1) for t in tokens]
+            ids = [_int_arg(t, "a token id", -2**31, 2**31 - 1) for t in tokens]
             self._eval(h, self._ffi.new("int32_t[]", ids), ids)
 
     def _eval(self, h: Any, arr: Any, ids: Sequence[int]) -> None:
@@ -473,16 +473,17 @@ class Model(Closing):
                                f"has no next-token logits and generates no text; use embed() (load(..., "
                                f"embeddings=True))")
         sampling = dict(
-            temperature=_float(temperature, "temperature", 0.0), top_k=_int(top_k, "top_k", -2**31, 2**31 - 1),
+            temperature=_float(temperature, "temperature", 0.0), top_k=_int_arg(top_k, "top_k", -2**31, 2**31 - 1),
             top_p=_float(top_p, "top_p", 0.0, 1.0), min_p=_float(min_p, "min_p", 0.0, 1.0),
             repeat_penalty=_float(repeat_penalty, "repeat_penalty", 0.0, above=True),
             # no more history than the context holds (the window is allocated)
-            repeat_last_n=min(_int(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), self.info.n_ctx))
-        max_tokens = _int(max_tokens, "max_tokens", 0, 2**31 - 1)
-        seed = _int(seed, "seed", -2**63, 2**64 - 1) if seed is not None else int.from_bytes(os.urandom(8), "little")
+            repeat_last_n=min(_int_arg(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), self.info.n_ctx))
+        max_tokens = _int_arg(max_tokens, "max_tokens", 0, 2**31 - 1)
+        seed = _int_arg(seed, "seed", -2**63, 2**64 - 1) if seed is not None \
+            else int.from_bytes(os.urandom(8), "little")
         if not isinstance(prompt, (str, bytes)):
-            prompt = [_int(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
-        keep = None if n_keep is None else _int(n_keep, "n_keep", 0, 2**31 - 1)
+            prompt = [_int_arg(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
+        keep = None if n_keep is None else _int_arg(n_keep, "n_keep", 0, 2**31 - 1)
         shift = keep if context_shift else -1
         return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special, shift)
 
@@ -674,6 +675,7 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     """
     from .chat import resolve_template
     from .facts_cache import read_facts_cached
+    from .memory import fit_layers
     from .plan import plan
 
     path = os.fspath(path)
@@ -683,16 +685,17 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
         vocab_only = bool(facts.vocab_only)
     n_ctx_train = int(facts.hparams.get("n_ctx_train") or 0)
     if n_ctx is not None:  # None: the plan's default_n_ctx(facts), the context probe() plans with too
-        n_ctx = _int(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
-    n_threads = _int(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
+        n_ctx = _int_arg(n_ctx, "n_ctx", 1, max(MAX_N_CTX, n_ctx_train))
+    n_threads = _int_arg(n_threads, "n_threads", 1, max_threads()) if n_threads is not None else 0
     if n_gpu_layers is not None:
-        _int(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
-    seed = _int(seed, "seed", -2**63, 2**64 - 1)
-    the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
+        _int_arg(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
+    seed = _int_arg(seed, "seed", -2**63, 2**64 - 1)
+    the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
+                    fit_layers=fit_layers)
     name, choice = the_plan.require()
     n_ctx = the_plan.n_ctx
     rejected, why_backend = the_plan.rejected, the_plan.why_backend
-    fa_default = str(load_manifest()[name].extra.get("flash_attn", ""))
+    fa_default = load_manifest()[name].flash_attn or ""
     fa = _flash_attn(flash_attn, fa_default, name)
     be = native.open_backend(name, choice.variant)
     n_gqa, eps = _legacy_params(facts)

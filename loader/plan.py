@@ -10,6 +10,7 @@ the context that will be allocated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .engines import variants
 from .engines.catalog import Verdict, choose
@@ -37,6 +38,9 @@ def default_n_ctx(facts: FileFacts) -> int:
     if isinstance(n_ctx_train, (int, float)) and not isinstance(n_ctx_train, bool) and n_ctx_train >= 1:
         return int(min(n_ctx_train, DEFAULT_N_CTX_CAP))
     return LEGACY_N_CTX
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines.cuda import FitLayers
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,12 @@ class LoadPlan:
 
 
 def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, n_ctx: int | None = None,
-         n_gpu_layers: int | None = None) -> LoadPlan:
+         n_gpu_layers: int | None = None, fit_layers: FitLayers | None = None) -> LoadPlan:
     """The plan for ``facts`` on this machine at ``n_ctx`` tokens (None: :func:`default_n_ctx`).  Never
     raises for the file itself (see :meth:`LoadPlan.require`); DeviceError for ``device="cuda"`` that
-    cannot be had."""
+    cannot be had.  ``fit_layers`` (``memory.fit_layers``, passed in by load() and probe, which sit above
+    the estimates) fits the offloaded layers to the free VRAM; without it a CUDA choice leaves the memory
+    unchecked."""
     if n_ctx is None:
         n_ctx = default_n_ctx(facts)
     built = {name: list(vs) for name, vs in variants.built_variants().items()}
@@ -113,5 +119,5 @@ def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, 
     if chosen is not None and not facts.truncated:
         # the facts let the choice check tensor types and free VRAM; n_gpu_layers None = all that fit
         variant = variants.choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
-                                          n_ctx=n_ctx)
+                                          n_ctx=n_ctx, fit_layers=fit_layers)
     return LoadPlan(facts, verdicts, chosen, why, variant, built, backend, n_ctx)

@@ -66,7 +66,7 @@ class EngineMemory(TypedDict):
 
 
 class MemoryPlan(MemoryEstimate):
-    """:func:`gpt4all_loader.memory.plan` (the probe report's ``memory``): the estimate split per device."""
+    """:func:`gpt4all_loader.memory.plan_memory` (the probe report's ``memory``): the estimate split per device."""
 
     gpu_layers_requested: int | str
     items: list[DeviceItem]

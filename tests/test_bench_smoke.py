@@ -17,7 +17,7 @@ def _module(name: str):
 
 
 def test_probe_bench_sparse_file_is_probed(tmp_path):
-    from gpt4all_loader.probe import probe
+    from gpt4all_loader import probe
 
     bp = _module("bench_probe")
     p = bp.write_sparse_gguf(tmp_path / "s.gguf", 1 << 20)

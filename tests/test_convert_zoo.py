@@ -246,7 +246,7 @@ def test_f16_source_stays_f16(zoo, tmp_path, capsys):
 
 
 def test_probe_names_the_upgrade_command(zoo):
-    from gpt4all_loader.probe import probe
+    from gpt4all_loader import probe
 
     for kind in ("starcoder", "falcon", "bert", "replit"):
         sug = probe(zoo[kind], device="cpu").suggestion or ""

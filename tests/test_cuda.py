@@ -19,10 +19,11 @@ from conftest import require_backend
 import gpt4all_loader as g
 from gpt4all_loader.engines import cache, cuda, native, variants
 from gpt4all_loader.engines.cuda import GpuInfo
-from gpt4all_loader.engines.manifest import load_manifest
+from gpt4all_loader.engines.manifest import CudaSettings, Wheel, load_manifest
 from gpt4all_loader.engines.variants import choose_variant
 from gpt4all_loader.errors import BackendError, DeviceError
 from gpt4all_loader.formats.sniff import read_facts
+from gpt4all_loader.memory import fit_layers
 from gpt4all_loader.plan import default_n_ctx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,18 +49,18 @@ def expected_reason(backend: str) -> str:
 
 def test_manifest_declares_cuda_variants_of_the_newest_and_a_2023_backend():
     assert {"gguf-2026-10", "llama-2023-08"} <= set(CUDA_BACKENDS)
-    table = cuda.cuda_table()
-    assert table["architectures"] and all(int(re.sub(r"\D", "", a.split("-")[0])) >= 75
-                                          for a in table["architectures"].split(";"))  # CUDA 13: sm_75+
-    for w in table["wheels"]:
-        assert re.fullmatch(r"[\w-]+==[\w.]+", w["requirement"]) and re.fullmatch(r"[0-9a-f]{64}", w["sha256"])
-    assert table["runtime_libraries"]
+    settings = cuda.cuda_settings()
+    assert settings.architectures and all(int(re.sub(r"\D", "", a.split("-")[0])) >= 75
+                                          for a in settings.architectures.split(";"))  # CUDA 13: sm_75+
+    for w in settings.wheels:
+        assert re.fullmatch(r"[\w-]+==[\w.]+", w.requirement) and re.fullmatch(r"[0-9a-f]{64}", w.sha256)
+    assert settings.runtime_libraries
     for name in CUDA_BACKENDS:
         spec = load_manifest()[name]
         var = spec.variants["cuda"]
         assert var.cpu_features, "the ggml CPU part of a CUDA variant needs CPU features too"
-        assert "cuda" in spec.extra and isinstance(spec.extra["cuda"].get("archives", []), list)
-    assert "F32" not in load_manifest()["llama-2023-08"].extra["cuda"]["matrix_types"]
+        assert spec.cuda is not None and isinstance(spec.cuda.archives, tuple)
+    assert "F32" not in (load_manifest()["llama-2023-08"].cuda.matrix_types or ())
 
 
 def test_default_build_skips_cuda_and_cuda_selection_skips_backends_without_it():
@@ -148,14 +149,14 @@ def fake_gpu(monkeypatch):
 
 
 def test_old_call_signature_still_works(fake_gpu):
-    choice = choose_variant("gguf-2026-10", "auto")       # how probe.py calls it
+    choice = choose_variant("gguf-2026-10", "auto")       # how probing.py calls it
     assert choice.device == "cuda" and choice.variant == "cuda" and choice.n_gpu_layers == -1
     assert "memory not checked" in choice.reason
 
 
 def test_f16_file_goes_to_cuda_with_all_layers(fake_gpu, tiny_llama):
     facts = read_facts(tiny_llama[("ggjt", 3, "f16")])
-    choice = choose_variant("llama-2023-08", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("llama-2023-08", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cuda" and choice.n_gpu_layers == -1, choice.reason
     assert "all 32 layers and the output fit" in choice.reason and "Simulated H100" in choice.reason
 
@@ -163,44 +164,45 @@ def test_f16_file_goes_to_cuda_with_all_layers(fake_gpu, tiny_llama):
 def test_all_f32_file_is_never_offloaded_to_2023_kernels(fake_gpu, tiny_llama):
     """The 2023-08 CUDA kernels abort the process on an F32 weight matrix (get_row_rounding)."""
     facts = read_facts(tiny_llama[("ggjt", 3, "f32")])
-    choice = choose_variant("llama-2023-08", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("llama-2023-08", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cpu"
     assert "F32 weight matrices" in choice.reason and "abort" in choice.reason, choice.reason
     with pytest.raises(DeviceError, match="F32 weight matrices"):
-        choose_variant("llama-2023-08", "cuda", facts=facts, n_ctx=64)
+        choose_variant("llama-2023-08", "cuda", facts=facts, n_ctx=64, fit_layers=fit_layers)
     # the 2026 kernels take F32 (no matrix_types rule): the same model as GGUF goes to CUDA
     gguf = read_facts(tiny_llama[("gguf", 3, "f32")])
-    assert choose_variant("gguf-2026-10", "auto", facts=gguf, n_ctx=64).device == "cuda"
+    assert choose_variant("gguf-2026-10", "auto", facts=gguf, n_ctx=64, fit_layers=fit_layers).device == "cuda"
 
 
 def test_free_memory_decides_how_many_layers(fake_gpu, tiny_llama):
     from gpt4all_loader.memory import estimate
 
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
-    reserve = cuda.cuda_table()["reserve_mib"] * 1024 * 1024
+    reserve = cuda.cuda_settings().reserve_mib * 1024 * 1024
     ten = estimate(facts, ctx_size=64, gpu_layers=10, era="2026-10")["vram_bytes"]
     eleven = estimate(facts, ctx_size=64, gpu_layers=11, era="2026-10")["vram_bytes"]
     assert ten < eleven
     fake_gpu["free"] = reserve + ten + (eleven - ten) // 2     # room for 10 layers, not 11
-    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cuda" and choice.n_gpu_layers == 10, choice.reason
     assert "10/32 layers fit" in choice.reason
     # an explicit request beyond what fits: auto falls back, cuda refuses
-    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, n_gpu_layers=20)
+    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, n_gpu_layers=20, fit_layers=fit_layers)
     assert choice.device == "cpu" and "20 layers requested but only 10 of 32 fit" in choice.reason
     with pytest.raises(DeviceError, match="only 10 of 32 fit"):
-        choose_variant("gguf-2026-10", "cuda", facts=facts, n_ctx=64, n_gpu_layers=20)
-    assert choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, n_gpu_layers=5).n_gpu_layers == 5
+        choose_variant("gguf-2026-10", "cuda", facts=facts, n_ctx=64, n_gpu_layers=20, fit_layers=fit_layers)
+    five = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, n_gpu_layers=5, fit_layers=fit_layers)
+    assert five.n_gpu_layers == 5
     # nothing fits
     fake_gpu["free"] = reserve // 2
-    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cpu" and "not even one layer fits" in choice.reason
 
 
 def test_gpu_older_than_the_built_architectures_is_refused(fake_gpu, tiny_llama):
     fake_gpu["cc"] = (6, 1)
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
-    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cpu" and "compute capability 6.1" in choice.reason and "sm_75" in choice.reason
 
 
@@ -210,16 +212,16 @@ def test_missing_cuda_runtime_falls_back_or_fails_loudly(fake_gpu, monkeypatch, 
 
     monkeypatch.setattr(cuda, "preload_cuda_runtime", missing)
     facts = read_facts(tiny_llama[("gguf", 3, "f16")])
-    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64)
+    choice = choose_variant("gguf-2026-10", "auto", facts=facts, n_ctx=64, fit_layers=fit_layers)
     assert choice.device == "cpu" and "pip install nvidia-cublas" in choice.reason
     with pytest.raises(DeviceError, match="libcublas.so.13"):
-        choose_variant("gguf-2026-10", "cuda", facts=facts, n_ctx=64)
+        choose_variant("gguf-2026-10", "cuda", facts=facts, n_ctx=64, fit_layers=fit_layers)
 
 
 def test_missing_cuda_runtime_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(cuda, "_runtime_dirs", lambda: [(tmp_path, "nowhere")])
-    monkeypatch.setattr(cuda, "cuda_table", lambda: {"runtime_libraries": ["libg4a-no-such-cublas.so.13"],
-                                                         "wheels": [{"requirement": "nvidia-cublas==13.0.2.14"}]})
+    monkeypatch.setattr(cuda, "cuda_settings", lambda: CudaSettings(
+        runtime_libraries=("libg4a-no-such-cublas.so.13",), wheels=(Wheel("nvidia-cublas==13.0.2.14", ""),)))
     monkeypatch.setattr(cuda, "_preloaded", {})
     with pytest.raises(BackendError, match=r"libg4a-no-such-cublas.so.13.*pip install nvidia-cublas==13.0.2.14"):
         cuda.preload_cuda_runtime()

@@ -16,7 +16,6 @@ from conftest import require_backend
 from gpt4all_loader.cli.probe import engine_memory_in_child
 from gpt4all_loader.convert.quantize import quantize
 from gpt4all_loader.engines.catalog import load_manifest
-from gpt4all_loader.engines.cuda import fit_layers
 from gpt4all_loader.errors import BuildError
 from gpt4all_loader.formats.sniff import read_facts
 from gpt4all_loader.formats.writer import (
@@ -31,7 +30,7 @@ from gpt4all_loader.formats.writer import (
     write_mamba,
     write_mpt,
 )
-from gpt4all_loader.memory import MiB, estimate, parse_engine_log, plan
+from gpt4all_loader.memory import MiB, estimate, fit_layers, parse_engine_log, plan_memory
 from gpt4all_loader.testing import realfiles
 
 CONTEXTS = (256, 2048, 8192)
@@ -200,7 +199,7 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
     one = estimate(facts, ctx_size=2048, gpu_layers=1)["vram_bytes"]
     all_ = estimate(facts, ctx_size=2048, gpu_layers=33)["vram_bytes"]
     for free in (reserve // 2, reserve + one, reserve + (one + all_) // 2, reserve + all_):
-        p = plan(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=free, reserve_bytes=reserve)
+        p = plan_memory(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=free, reserve_bytes=reserve)
         fit = fit_layers(facts, era=None, n_ctx=2048, free_bytes=free, reserve_bytes=reserve)[0]
         assert p["gpu_layers"] == fit
         cpu = p["items"][0]
@@ -212,7 +211,7 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
             assert gpu["bytes"] + reserve <= free
         else:
             assert len(p["items"]) == 1 and cpu["layers"] == p["n_layer"]
-    assert plan(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=reserve + all_,
+    assert plan_memory(facts, ctx_size=2048, gpu_layers="auto", free_vram_bytes=reserve + all_,
                 reserve_bytes=reserve)["items"][1]["output"] is True
     # our CUDA build has no flash-attention kernels: with layers on the GPU the KQ scores are materialised
     n_head = facts.hparams["n_head"]
@@ -226,7 +225,7 @@ def test_gpu_layers_auto_agrees_with_the_variant_choice(files):
     assert with_output["vram_bytes"] - layers_only["vram_bytes"] == emb
     assert with_output["total_bytes"] - layers_only["total_bytes"] == emb
     # an explicit count is kept even when it does not fit, and says so
-    p = plan(facts, ctx_size=2048, gpu_layers=32, free_vram_bytes=reserve + one, reserve_bytes=reserve)
+    p = plan_memory(facts, ctx_size=2048, gpu_layers=32, free_vram_bytes=reserve + one, reserve_bytes=reserve)
     assert p["items"][1]["layers"] == 32 and p["items"][1]["fits"] is False
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gpt4all_loader.probe import probe
+from gpt4all_loader import probe
 
 REQUIRED_KEYS = {"path", "format", "format_version", "architecture", "file_type", "tensor_types", "n_params",
                  "vocab_only", "truncated", "loadable", "backend", "variant", "reasons", "memory", "error"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,78 @@ def test_fast_paths_give_the_facts_of_the_careful_paths(tmp_path, monkeypatch, v
     assert toks == gguf_reader.read_tokens(p, slow)
     if with_vocab:
         assert [t.decode("utf-8", "replace") for t in toks] == slow.kv["tokenizer.ggml.tokens"]
+
+
+def _tensor_info_at(data: bytes, name: str) -> int:
+    """Byte offset of the (GGUF v3, little-endian) tensor info of ``name``: its length field."""
+    raw = name.encode()
+    return data.rindex(struct.pack("<Q", len(raw)) + raw)
+
+
+def _damage(data: bytearray, name: str, what: str, names: list[str]) -> None:
+    if what == "duplicate-name":  # a later tensor takes the name of an earlier one of the same length
+        name, other = next((b, a) for i, a in enumerate(names) for b in names[i + 1:] if len(a) == len(b))
+    at = _tensor_info_at(bytes(data), name)
+    q = at + 8 + len(name)                                # n_dims
+    n_dims = struct.unpack_from("<I", data, q)[0]
+    ne_at, tail = q + 4, q + 4 + 8 * n_dims               # ne, then type (u32) and offset (u64)
+    if what == "name-too-long":
+        struct.pack_into("<Q", data, at, 100)
+    elif what == "name-past-the-end":
+        struct.pack_into("<Q", data, at, 1 << 40)
+    elif what == "duplicate-name":
+        data[at + 8:at + 8 + len(name)] = other.encode()
+    elif what in ("n_dims-0", "n_dims-5"):
+        struct.pack_into("<I", data, q, int(what[-1]))
+    elif what == "negative-dim":
+        struct.pack_into("<q", data, ne_at, -4)
+    elif what == "huge-shape":
+        struct.pack_into("<q", data, ne_at, 1 << 62)
+    elif what == "zero-dim":
+        struct.pack_into("<q", data, ne_at, 0)
+    elif what == "row-not-a-block":
+        struct.pack_into("<I", data, tail, 2)             # Q4_0: rows of 32
+        struct.pack_into("<q", data, ne_at, 33)
+    elif what in ("unknown-type", "removed-type"):
+        struct.pack_into("<I", data, tail, 99 if what == "unknown-type" else 4)
+    elif what == "misaligned":
+        struct.pack_into("<Q", data, tail + 4, struct.unpack_from("<Q", data, tail + 4)[0] + 3)
+    elif what == "out-of-order":
+        struct.pack_into("<Q", data, tail + 4, struct.unpack_from("<Q", data, tail + 4)[0] + 32)
+    elif what == "offset-past-2^63":
+        struct.pack_into("<Q", data, tail + 4, (1 << 63) - 8)
+    else:
+        raise AssertionError(what)
+
+
+DAMAGE = ["name-too-long", "name-past-the-end", "duplicate-name", "n_dims-0", "n_dims-5", "negative-dim",
+          "huge-shape", "zero-dim", "row-not-a-block", "unknown-type", "removed-type", "misaligned", "out-of-order",
+          "offset-past-2^63"]
+
+
+@pytest.mark.parametrize("what", DAMAGE)
+@pytest.mark.parametrize("which", [0, 1, -1])
+def test_damaged_tensor_infos_fail_alike_on_both_paths(tmp_path, monkeypatch, what, which):
+    """One checking function for both paths: a damaged tensor info gives the same error (or the same
+    anomalies and facts) whether the fast path or the careful one reads it."""
+    from gpt4all_loader.formats import gguf_reader
+    from gpt4all_loader.formats.writer import TinyLlama, write_llama
+
+    p = write_llama(tmp_path / "m.gguf", TinyLlama(seed=5, n_layer=2, n_embd=32, n_head=4), "gguf", 3, ftype="f16")
+    names = list(read_facts(p).tensors)
+    data = bytearray(Path(p).read_bytes())
+    _damage(data, names[which], what, names)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+
+    def outcome():
+        try:
+            return _facts_tuple(read_facts(bad)), read_facts(bad).anomalies
+        except FormatError as e:
+            return "error", str(e)
+
+    fast = outcome()
+    monkeypatch.setattr(gguf_reader, "_plain_tensor_info", lambda *a: None)
+    assert outcome() == fast
+    if what not in ("unknown-type", "removed-type", "misaligned", "out-of-order", "zero-dim"):
+        assert fast[0] == "error", fast

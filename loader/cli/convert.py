@@ -21,7 +21,7 @@ from ..errors import ConvertError
 
 
 def _verdict(out: Path) -> tuple[bool, str]:
-    from ..probe import probe
+    from ..probing import probe
 
     rep = probe(out, device="cpu")
     if rep.error:

@@ -24,7 +24,7 @@ from typing import Any, Iterable, cast
 from ..engines import child
 from ..engines.child import ChildResult
 from ..errors import UsageError
-from ..probe import ProbeReport, probe
+from ..probing import ProbeReport, probe
 from ..reports import EngineMemory, LoadCheck
 
 MODEL_EXTENSIONS = {".bin", ".gguf", ".ggml", ".ggjt", ".ggmf", ".ggla"}

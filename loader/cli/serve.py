@@ -152,7 +152,7 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
     ``templates`` is :func:`parse_chat_templates`'s answer."""
     from ..chat import resolve_template
-    from ..probe import probe
+    from ..probing import probe
     from .probe import _main_reason, expand
 
     entries: dict[str, Entry] = {}
@@ -285,7 +285,7 @@ class Pool:
 # ------------------------------------------------------------------------------------------------
 # Request parameters
 
-def _int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+def _body_int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     v = body.get(key, default)
     if v is None:
         return default
@@ -324,11 +324,11 @@ def _bool(body: dict[str, Any], key: str) -> bool:
 
 def generation_params(body: dict[str, Any], kind: str) -> dict[str, Any]:
     """Model.generate() keywords from an OpenAI request (400 for anything out of range)."""
-    _int(body, "n", 1, 1, 1)  # one choice per request
-    seed = _int(body, "seed", None, -(2**63), 2**64 - 1)
+    _body_int(body, "n", 1, 1, 1)  # one choice per request
+    seed = _body_int(body, "seed", None, -(2**63), 2**64 - 1)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return dict(
-        max_tokens=_int({"max_tokens": max_tokens}, "max_tokens", DEFAULT_MAX_TOKENS[kind], 1, MAX_TOKENS),
+        max_tokens=_body_int({"max_tokens": max_tokens}, "max_tokens", DEFAULT_MAX_TOKENS[kind], 1, MAX_TOKENS),
         temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
         seed=None if seed is None else seed & 0xFFFFFFFFFFFFFFFF,

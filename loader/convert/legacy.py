@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - the native binding is imported only when
 
 #: (name, ggml type id, ne, data offset, data bytes) of one tensor of a legacy file
 _Record = tuple[str, int, list[int], int, int]
-#: RMS-norm epsilon of LLaMA-1 (and of the 2023 loaders), and of LLaMA-2 GQA models
+
 _BYTE_TEXT = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
 
 

@@ -38,7 +38,7 @@ from typing import IO, Any, Callable
 
 from ..errors import BuildError
 from . import cache, sdist
-from .manifest import BackendSpec, cuda_table, package_data, pinned
+from .manifest import BackendSpec, cuda_settings, package_data, pinned
 
 SHIM_DIR = "backends/shim"   # package data: every file in it is an input of every backend
 BUILD_RECIPE_VERSION = "1"   # bump when this script changes how a library is made
@@ -84,7 +84,7 @@ def inputs_key(spec: BackendSpec, variant: str, cuda: "CudaToolchain | None" = N
     build_facts = [spec.name, spec.sdist, spec.sha256, spec.llama_cpp, spec.api, spec.api_defines, spec.archives,
                    spec.cmake, spec.layout, spec.shim_sources, spec.patches, variant, var.cmake, var.gpu]
     if cuda is not None:
-        build_facts += [spec.extra.get("cuda", {}), cuda.key_facts()]
+        build_facts += [spec.cuda.key_facts() if spec.cuda else {}, cuda.key_facts()]
     h.update(json.dumps(build_facts).encode())  # only what shapes the bytes: catalog rules are not here
     # files by their path relative to the package: the same key wherever the package lives; every file
     # in the folder of a shim source too (the headers its sources include)
@@ -260,11 +260,11 @@ def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
     if version.split(".")[0] != CUDA_MAJOR:
         raise BuildError(f"{nvcc} is CUDA {version or '?'}; the CUDA variants are pinned to CUDA {CUDA_MAJOR} "
                          f"(cuBLAS wheels nvidia/cu{CUDA_MAJOR}, sm_75+)")
-    table = cuda_table()
-    archs = arch_override or os.environ.get("G4A_CUDA_ARCHITECTURES") or table.get("architectures")
+    settings = cuda_settings()
+    archs = arch_override or os.environ.get("G4A_CUDA_ARCHITECTURES") or settings.architectures
     if not archs:
         raise BuildError("backends/manifest.toml [cuda] has no architectures")
-    wheels = {pinned(w["requirement"])[0]: w for w in table.get("wheels", [])}
+    wheels = {pinned(w.requirement)[0]: w for w in settings.wheels}
 
     # cuBLAS: the toolkit's own, else the pinned wheel
     inc: Path | None = None
@@ -283,10 +283,10 @@ def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
         if w is None:
             raise BuildError(f"the CUDA toolkit at {root} has no cuBLAS and [cuda] of backends/manifest.toml pins "
                              f"no nvidia-cublas wheel")
-        base = _wheel_dir(w["requirement"], w["sha256"]) / "nvidia" / f"cu{CUDA_MAJOR}"
-        inc, lib, origin = base / "include", base / "lib", w["requirement"]
+        base = _wheel_dir(w.requirement, w.sha256) / "nvidia" / f"cu{CUDA_MAJOR}"
+        inc, lib, origin = base / "include", base / "lib", w.requirement
         if not (lib / "libcublas.so.13").exists() or not (inc / "cublas_v2.h").exists():
-            raise BuildError(f"{w['requirement']} extracted into {base} lacks libcublas.so.13 or cublas_v2.h")
+            raise BuildError(f"{w.requirement} extracted into {base} lacks libcublas.so.13 or cublas_v2.h")
 
     # the static CUDA runtime: the toolkit's, else the pinned nvidia-cuda-runtime wheel
     cudart = next((d / "libcudart_static.a" for d in _lib_dirs(root) if (d / "libcudart_static.a").exists()), None)
@@ -294,9 +294,9 @@ def cuda_toolchain(arch_override: str | None = None) -> CudaToolchain:
         w = wheels.get("nvidia-cuda-runtime")
         if w is None:
             raise BuildError(f"the CUDA toolkit at {root} has no libcudart_static.a and no runtime wheel is pinned")
-        cudart = _wheel_dir(w["requirement"], w["sha256"]) / "nvidia" / f"cu{CUDA_MAJOR}" / "lib" / "libcudart_static.a"
+        cudart = _wheel_dir(w.requirement, w.sha256) / "nvidia" / f"cu{CUDA_MAJOR}" / "lib" / "libcudart_static.a"
         if not cudart.exists():
-            raise BuildError(f"{w['requirement']} lacks libcudart_static.a")
+            raise BuildError(f"{w.requirement} lacks libcudart_static.a")
     return CudaToolchain(nvcc, version, root, archs, inc, lib, origin, cudart)
 
 
@@ -304,7 +304,7 @@ def link_cuda_runtime(tc: CudaToolchain) -> None:
     """<lib dir>/cuda/: links to the cuBLAS libraries the variants were linked with (their RUNPATH)."""
     d = cache.lib_dir() / "cuda"
     d.mkdir(parents=True, exist_ok=True)
-    for name in cuda_table().get("runtime_libraries", ["libcublasLt.so.13", "libcublas.so.13"]):
+    for name in cuda_settings().runtime_libraries:
         src = tc.cublas_lib_dir / name
         if not src.exists():
             raise BuildError(f"{src} does not exist: the CUDA variants need {name} at run time")
@@ -430,7 +430,7 @@ def build_one(spec: BackendSpec, variant: str, jobs: int, cuda_arch: str | None 
                       f"{spec.name}/{variant}")
 
     archives = []
-    for rel in (*spec.archives, *(spec.extra.get("cuda", {}).get("archives", ()) if tc else ())):
+    for rel in (*spec.archives, *(spec.cuda.archives if tc and spec.cuda else ())):
         p = bdir / "cmake" / rel
         if not p.exists():
             raise BuildError(f"{spec.name}/{variant}: expected archive {rel} was not built (see {logfile})")
@@ -472,7 +472,7 @@ def build_one(spec: BackendSpec, variant: str, jobs: int, cuda_arch: str | None 
     if tc:
         record["cuda"] = {"nvcc": str(tc.nvcc), "version": tc.version, "architectures": tc.architectures,
                           "cublas": tc.cublas_origin, "cudart": "static",
-                          "needs": cuda_table().get("runtime_libraries", [])}
+                          "needs": list(cuda_settings().runtime_libraries)}
     rec.write_text(json.dumps(record, indent=2) + "\n")
     log(f"{spec.name}/{variant}: done in {seconds:.0f} s, {out.stat().st_size / 1e6:.1f} MB")
     return {"backend": spec.name, "variant": variant, "status": "built", "seconds": seconds,

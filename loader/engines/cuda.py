@@ -7,8 +7,9 @@ A CUDA variant is chosen (device="auto") only when every one of these holds, che
 3. the file's weight-matrix types are ones that era's CUDA kernels take (``matrix_types`` of
    ``[backends.NAME.cuda]`` in the manifest: the 2023-08 kernels abort the process on an F32 matrix);
 4. the device's compute capability is covered by the architectures the variant was built for;
-5. the estimated VRAM (``memory.estimate``) of at least one layer, plus a reserve, fits in the
-   device's free memory (cuMemGetInfo in a context of the device, else NVML);
+5. the estimated VRAM of at least one layer, plus a reserve, fits in the device's free memory
+   (cuMemGetInfo in a context of the device, else NVML): this module asks the driver, the caller
+   passes the fitting (``memory.fit_layers``, arithmetic over the estimates) in;
 6. the CUDA runtime libraries the variant needs (cuBLAS 13) can be loaded.
 
 Every function answers with a reason, so a fallback to the CPU can say why.
@@ -20,15 +21,23 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import BackendError
 from ..formats.facts import FileFacts
 from ..reports import MemoryEstimate
 from . import cache
-from .manifest import cuda_table, load_manifest
+from .manifest import cuda_settings, load_manifest
 
 MiB = 1024 * 1024
+
+
+class FitLayers(Protocol):
+    """``memory.fit_layers``: (layers that fit, n_layer, estimate of one layer) in ``free_bytes`` less
+    ``reserve_bytes``.  The estimates live above the engines: whoever has them passes the function in."""
+
+    def __call__(self, facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
+                 reserve_bytes: int) -> tuple[int, int, MemoryEstimate]: ...
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,7 +182,7 @@ def preload_cuda_runtime() -> str:
     the process sees cuBLAS symbols.  Returns where they came from; raises BackendError, naming every
     place looked at and how to install them, when they are nowhere.
     """
-    names = list(cuda_table().get("runtime_libraries", ["libcublasLt.so.13", "libcublas.so.13"]))
+    names = list(cuda_settings().runtime_libraries)
     key = ",".join(names)
     if key in _preloaded:
         return _preloaded[key]
@@ -198,7 +207,7 @@ def preload_cuda_runtime() -> str:
         return _preloaded[key]
     except OSError as e:
         looked.append(f"system library path: {e}")
-    pins = " ".join(w["requirement"] for w in cuda_table().get("wheels", []) if "cublas" in w["requirement"])
+    pins = " ".join(w.requirement for w in cuda_settings().wheels if "cublas" in w.requirement)
     raise BackendError(
         f"the CUDA variants need {', '.join(names)} (cuBLAS of CUDA 13) and it was not found; looked in: "
         + "; ".join(looked)
@@ -229,7 +238,7 @@ def _matrix_types(facts: FileFacts) -> set[str]:
 def cuda_type_refusal(backend: str, facts: FileFacts | None) -> str | None:
     """Why ``backend``'s CUDA kernels must not get this file (None: they may)."""
     spec = load_manifest()[backend]
-    allowed = (spec.extra.get("cuda") or {}).get("matrix_types")
+    allowed = spec.cuda.matrix_types if spec.cuda else None
     if not allowed or facts is None:
         return None
     bad = sorted(_matrix_types(facts) - set(allowed))
@@ -252,23 +261,8 @@ def _min_arch(record: dict[str, Any]) -> tuple[int, int] | None:
     return m // 10, m % 10
 
 
-def fit_layers(facts: FileFacts, *, era: str | None, n_ctx: int | None, free_bytes: int,
-               reserve_bytes: int) -> tuple[int, int, MemoryEstimate]:
-    """(layers that fit, n_layer, estimate for one layer): the most layers (n_layer + 1 = all and the
-    output matrix) whose estimated VRAM plus ``reserve_bytes`` fits in ``free_bytes``."""
-    from ..memory import estimate
-
-    budget = free_bytes - reserve_bytes
-    n_layer = int(estimate(facts, ctx_size=n_ctx, gpu_layers=0, era=era)["n_layer"] or 0)
-    one = estimate(facts, ctx_size=n_ctx, gpu_layers=1, era=era)
-    for layers in range(n_layer + 1, 0, -1) if n_layer else (1,):  # no n_layer: all or nothing
-        if estimate(facts, ctx_size=n_ctx, gpu_layers=layers, era=era)["vram_bytes"] <= budget:
-            return layers, n_layer, one
-    return 0, n_layer, one
-
-
 def _cuda_plan(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: int | None,
-               n_ctx: int | None) -> tuple[int | None, str]:
+               n_ctx: int | None, fit_layers: FitLayers | None) -> tuple[int | None, str]:
     """(layers to offload, reason) for a built CUDA variant on a machine with a driver; layers None
     means the file must not go to CUDA and the reason says why."""
     spec = load_manifest()[backend]
@@ -284,10 +278,10 @@ def _cuda_plan(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: 
                       f"oldest architecture of the {vname} build (sm_{lowest[0]}{lowest[1]})")
     dev = (f"{gi.name} (cc {gi.capability[0]}.{gi.capability[1]}, {gi.free_bytes // MiB} MiB free of "
            f"{gi.total_bytes // MiB} MiB, {gi.source})")
-    if facts is None:
+    if facts is None or fit_layers is None:
         layers = -1 if n_gpu_layers is None else n_gpu_layers
-        return layers, f"{dev}; memory not checked (no file facts given)"
-    reserve = int(cuda_table().get("reserve_mib", 768)) * MiB
+        return layers, f"{dev}; memory not checked (no {'file facts' if facts is None else 'estimate'} given)"
+    reserve = cuda_settings().reserve_mib * MiB
     fit, n_layer, one = fit_layers(facts, era=spec.era, n_ctx=n_ctx, free_bytes=gi.free_bytes,
                                    reserve_bytes=reserve)
     if n_gpu_layers is not None and n_gpu_layers >= 0:
@@ -307,13 +301,13 @@ def _cuda_plan(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: 
 
 
 def plan_offload(backend: str, vname: str, facts: FileFacts | None, n_gpu_layers: int | None,
-                 n_ctx: int | None) -> tuple[int | None, str]:
+                 n_ctx: int | None, fit_layers: FitLayers | None = None) -> tuple[int | None, str]:
     """Conditions 2-6 for the built CUDA variant ``vname``: (layers to offload, reason); layers None
     means the file does not go to CUDA and the reason says why."""
     n, reason = cuda_driver()
     if n == 0:
         return None, reason
-    layers, detail = _cuda_plan(backend, vname, facts, n_gpu_layers, n_ctx)
+    layers, detail = _cuda_plan(backend, vname, facts, n_gpu_layers, n_ctx, fit_layers)
     if layers is not None:
         try:
             preload_cuda_runtime()

@@ -9,65 +9,19 @@ such reason the file would take that backend's process down, so that the catalog
 with a reason instead.  GPT4All's 2023 zoo (Falcon, Replit, StarCoder, BERT) is checked against its
 tensor tables in :mod:`..formats.zoo`: every tensor present once, of the exact shape and type.
 
-What each era asserts is data (:data:`ERAS`, keyed by backend name); the checks themselves are the
-same small functions for every era.
+What each backend's engine asserts is data (the manifest's ``[backends.NAME.limits]``, parsed into
+:class:`~.manifest.EraLimits`); the checks themselves are the same small functions for every era.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from ..formats import zoo
-from ..formats.facts import FileFacts
+from ..formats.facts import FileFacts, int_or_none
+from .manifest import EraLimits, load_manifest
 
-
-@dataclass(frozen=True)
-class EraLimits:
-    """What one backend's engine asserts about a file, beyond what the manifest's accept rules say."""
-
-    #: legacy LLaMA: n_layer values of the loader's model-size table (others abort when the size
-    #: is printed); None: no table
-    layer_table: frozenset[int] | None = None
-    #: legacy LLaMA: n_layer below this is taken as 7B instead of aborting (2023-08)
-    layer_table_below: int = 0
-    #: legacy LLaMA: the loader asserts n_rot == n_embd / n_head
-    rot_asserted: bool = False
-    #: ggml types a 1-D tensor may have (norms and biases); None: any type the era reads
-    vector_types: frozenset[str] | None = None
-    #: GGUF: 1-D tensors named ``*norm.weight`` must be F32
-    norms_f32: bool = False
-    #: GGUF: two tokens with the same text abort the vocabulary load
-    unique_tokens: bool = False
-    #: GGUF: tokenizer models each architecture runs with (others abort or allocate without bound)
-    arch_tokenizers: tuple[tuple[str, frozenset[str]], ...] = ()
-    #: GGUF: ``general.alignment`` must be a multiple of this (1 aborts 2026-10; ggml-backend of
-    #: 2024 on asserts its 32-byte TENSOR_ALIGNMENT on the mapped data, so 8 aborts those too)
-    alignment_multiple: int = 8
-
-
-_LAYER_TABLE_2023 = frozenset({32, 40, 60, 80})
-#: the tokenizers a LLaMA-graph GGUF file may name; "bert", "none", "no_vocab" abort in 2024-2026
-#: builds, "rwkv" allocates about 12 GiB first (measured)
-_LLAMA_TOKENIZERS = (("llama", frozenset({"llama", "gpt2"})),)
-
-ERAS: dict[str, EraLimits] = {
-    # llama_model_type_name(): LLAMA_ASSERT(false) for any other n_layer; 1-D tensors are assumed F32
-    "llama-2023-04": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
-    "llama-2023-05": EraLimits(layer_table=_LAYER_TABLE_2023, vector_types=frozenset({"F32"})),
-    # b1000 adds 26 (3B) and maps n_layer < 32 to 7B; asserts n_embd / n_head == n_rot in the graph
-    "llama-2023-08": EraLimits(layer_table=frozenset({26, 32, 40, 60, 80}), layer_table_below=32,
-                               rot_asserted=True),
-    # ggml_mul asserts an F32 src1 (the norms, GGML_ASSERT "only f32 src1 supported for now"); ggml_add of an
-    # F16 src1 to F32 activations reads it as F32 (2023-11, garbage) or aborts (2024-09): biases too.
-    # llama_load_vocab asserts id_to_token.size() == token_to_id.size(): every token text unique
-    "gguf-2023-11": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True),
-    "gguf-2024-09": EraLimits(vector_types=frozenset({"F32"}), unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
-                              alignment_multiple=32),
-    "gguf-2026-10": EraLimits(norms_f32=True, unique_tokens=True, arch_tokenizers=_LLAMA_TOKENIZERS,
-                              alignment_multiple=32),
-}
 
 #: element types ggml can hold but no matrix multiplication of any era takes as weights
 #: (SIGSEGV or SIGABRT in the first evaluation, measured on 2026-10)
@@ -86,10 +40,6 @@ _LEGACY = frozenset({"ggml", "ggmf", "ggjt"})
 _BLOCK = {"gguf": re.compile(r"^blk\.(\d+)\."), "legacy": re.compile(r"^layers\.(\d+)\.")}
 
 
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def _blocks(facts: FileFacts, family: str) -> set[int]:
     pat = _BLOCK[family]
     out = set()
@@ -102,7 +52,7 @@ def _blocks(facts: FileFacts, family: str) -> set[int]:
 
 def _layer_count(facts: FileFacts, family: str, exact: bool) -> list[str]:
     """``n_layer`` against the ``blk.N.`` / ``layers.N.`` blocks the file holds."""
-    n_layer = _int(facts.hparams.get("n_layer"))
+    n_layer = int_or_none(facts.hparams.get("n_layer"))
     key = "block_count" if family == "gguf" else "n_layer"
     if not facts.n_tensors:
         return []
@@ -124,19 +74,19 @@ def _heads(facts: FileFacts) -> list[str]:
     hp = facts.hparams
     out = []
     for name in ("n_head", "n_head_kv"):
-        v = _int(hp.get(name))
+        v = int_or_none(hp.get(name))
         # state-space models (mamba ...) state 0 heads on purpose: only attention graphs divide by it
         if facts.architecture in ATTENTION_ARCHS and v is not None and v <= 0:
             out.append(f"{name} is {v}; it must be positive (the engine divides by it)")
-    n_head, n_embd = _int(hp.get("n_head")), _int(hp.get("n_embd"))
+    n_head, n_embd = int_or_none(hp.get("n_head")), int_or_none(hp.get("n_embd"))
     if facts.architecture == "llama" and n_head and n_head > 0 and n_embd is not None and n_embd % n_head:
         out.append(f"n_head {n_head} does not divide n_embd {n_embd}")
-    n_kv = _int(hp.get("n_head_kv"))
+    n_kv = int_or_none(hp.get("n_head_kv"))
     if facts.architecture == "llama" and n_head and n_kv and n_kv > 0 and n_head % n_kv:
         out.append(f"n_head_kv {n_kv} does not divide n_head {n_head}")
     if facts.architecture == "llama" and n_head and n_head > 0 and n_embd and n_embd % n_head == 0:
         # RoPE turns pairs of values: ggml asserts an even number of rotated dimensions
-        head_dim, n_rot = n_embd // n_head, _int(hp.get("n_rot"))
+        head_dim, n_rot = n_embd // n_head, int_or_none(hp.get("n_rot"))
         if head_dim % 2:
             out.append(f"the head dimension n_embd / n_head = {head_dim} is odd; RoPE needs it even")
         elif n_rot is not None and (n_rot <= 0 or n_rot % 2 or n_rot > head_dim):
@@ -147,22 +97,22 @@ def _heads(facts: FileFacts) -> list[str]:
 def _legacy_llama(facts: FileFacts, era: EraLimits) -> list[str]:
     hp = facts.hparams
     out = []
-    n_mult = _int(hp.get("n_mult"))
+    n_mult = int_or_none(hp.get("n_mult"))
     if n_mult is not None and n_mult <= 0:
         out.append(f"n_mult is {n_mult}; it must be positive (the loader divides by it)")
-    n_layer = _int(hp.get("n_layer"))
+    n_layer = int_or_none(hp.get("n_layer"))
     if era.layer_table is not None and n_layer is not None and n_layer not in era.layer_table \
             and not n_layer < era.layer_table_below:
         sizes = ", ".join(map(str, sorted(era.layer_table)))
         below = f" or fewer than {era.layer_table_below}" if era.layer_table_below else ""
         out.append(f"n_layer {n_layer} is not in this loader's model-size table ({sizes}{below}); "
                    "it aborts on any other value")
-    n_head, n_embd, n_rot = _int(hp.get("n_head")), _int(hp.get("n_embd")), _int(hp.get("n_rot"))
+    n_head, n_embd, n_rot = int_or_none(hp.get("n_head")), int_or_none(hp.get("n_embd")), int_or_none(hp.get("n_rot"))
     if era.rot_asserted and n_head and n_embd and n_embd % n_head == 0 and n_rot != n_embd // n_head:
         out.append(f"n_rot {n_rot} differs from n_embd / n_head = {n_embd // n_head}; this loader asserts "
                    "they are equal")
     emb = facts.tensors.get("tok_embeddings.weight")
-    n_vocab = _int(hp.get("n_vocab"))
+    n_vocab = int_or_none(hp.get("n_vocab"))
     if emb and len(emb[1]) == 2 and n_vocab is not None and emb[1][1] != n_vocab:
         out.append(f"n_vocab is {n_vocab} but tok_embeddings.weight has {emb[1][1]} rows")
     return out
@@ -199,7 +149,7 @@ def _gguf_hparams(facts: FileFacts, era: EraLimits) -> list[str]:
     hp = facts.hparams
     out = []
     # experts: both counts or neither (0 counts as absent), and no more used than there are
-    n_exp, n_used = _int(hp.get("expert_count")) or 0, _int(hp.get("expert_used_count")) or 0
+    n_exp, n_used = int_or_none(hp.get("expert_count")) or 0, int_or_none(hp.get("expert_used_count")) or 0
     if n_used and not n_exp:
         out.append("expert_used_count is set without expert_count")
     elif n_exp and not n_used:
@@ -264,13 +214,13 @@ def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
     hp = facts.hparams
     out = []
     for key, low in (("n_vocab", 1), ("n_embd", 1), ("n_head", 1), ("n_layer", 1), ("n_ff", 1), ("n_ctx_train", 4)):
-        v = _int(hp.get(key))
+        v = int_or_none(hp.get(key))
         if v is None or v < low:
             out.append(f"{key} is {v}; it must be at least {low}")
-    n_layer = _int(hp.get("n_layer")) or 0
+    n_layer = int_or_none(hp.get("n_layer")) or 0
     if n_layer > MAX_LAYERS:
         out.append(f"n_layer {n_layer} is outside 1..{MAX_LAYERS}")
-    n_ctx = _int(hp.get("n_ctx_train")) or 0
+    n_ctx = int_or_none(hp.get("n_ctx_train")) or 0
     if n_ctx > MAX_ZOO_CTX:
         out.append(f"the context {n_ctx} is beyond {MAX_ZOO_CTX} tokens; no model of this format had more than 8192 "
                    "(a damaged header)")
@@ -375,4 +325,4 @@ def problems(facts: FileFacts, backend: str) -> list[str]:
     check = _FAMILY.get(facts.format)
     if check is None or facts.kind not in ("model", "vocab-only"):
         return []
-    return check(facts, ERAS.get(backend, EraLimits()))
+    return check(facts, load_manifest()[backend].limits)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import BackendError, DeviceError
 from ..formats.facts import FileFacts
 from . import cache
 from .manifest import build_command, load_manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cuda import FitLayers
 
 #: preference among CPU variants: the fastest the CPU can run first
 CPU_ORDER = ("cpu", "cpu-avxonly")
@@ -76,13 +80,14 @@ def built_variants() -> dict[str, list[str]]:
 
 
 def choose_variant(backend: str, device: str = "auto", facts: FileFacts | None = None, n_gpu_layers: int | None = None,
-                   n_ctx: int | None = None) -> VariantChoice:
+                   n_ctx: int | None = None, fit_layers: FitLayers | None = None) -> VariantChoice:
     """Pick the variant of ``backend`` to load on this machine.
 
     ``device``: "auto" (GPU when possible, else the best CPU variant), "cpu", or "cuda" (fails
     loudly with DeviceError instead of falling back).  ``facts`` (the file's FileFacts), with
     ``n_ctx``, lets the tensor-type and memory conditions be checked; without them only the build
-    and the driver are.  ``n_gpu_layers``: None = all that fit, -1 = all (or none), N = exactly N.
+    and the driver are; ``fit_layers`` (``memory.fit_layers``) lets the layers be fitted to the free
+    VRAM.  ``n_gpu_layers``: None = all that fit, -1 = all (or none), N = exactly N.
     """
     spec = load_manifest().get(backend)
     if spec is None:
@@ -110,7 +115,7 @@ def choose_variant(backend: str, device: str = "auto", facts: FileFacts | None =
             else:
                 from . import cuda  # ctypes, the driver and NVML only where a CUDA build exists
 
-                layers, detail = cuda.plan_offload(backend, v.name, facts, n_gpu_layers, n_ctx)
+                layers, detail = cuda.plan_offload(backend, v.name, facts, n_gpu_layers, n_ctx, fit_layers)
                 if layers is not None:
                     return VariantChoice(v.name, "cuda", detail, layers)
                 why_not = detail

@@ -23,6 +23,11 @@ ANOMALY_KINDS: dict[str, str] = {
 }
 
 
+def int_or_none(v: Any) -> int | None:
+    """A header value as an integer, None for anything else (a bool is not a number here)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 @dataclass(frozen=True)
 class Anomaly:
     """One thing only some engines refuse, where it is in the file (``detail`` names the key, kv index

@@ -21,7 +21,7 @@ from math import prod
 from typing import Any, BinaryIO
 
 from ..errors import FormatError
-from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts
+from .facts import Anomaly, FileFacts, TensorTypeStat, VocabFacts, int_or_none
 from .ggml_types import TYPE_NAMES, TYPES, ftype_name, ftype_phrase
 from .gguf import SCALAR_FORMAT, VALUE_TYPE_NAMES
 from .source import ByteSource
@@ -200,6 +200,9 @@ def read_tokens(path: str | os.PathLike[str], facts: FileFacts) -> list[bytes]:
                                    "tokenizer.ggml.tokens", max_len=MAX_STRING_VALUE)
 
 
+#: the tensor types of GGUF (the block layout of llama.cpp PR 1508 on)
+_TENSOR_TYPES = TYPES["pr1508"]
+
 _TiStructs = tuple[struct.Struct, struct.Struct, tuple[struct.Struct, ...], struct.Struct]
 _TI_CACHE: dict[tuple[str, str, str], _TiStructs] = {}
 
@@ -215,17 +218,19 @@ def _tensor_info_structs(endian: str, len_fmt: str, ne_fmt: str) -> _TiStructs:
     return got
 
 
-def _plain_tensor_info(buf: bytes, p: int, structs: _TiStructs) -> tuple[str, tuple[int, ...], int, int, int] | None:
-    """(name, ne, type id, offset, end index) of the tensor info at ``buf[p:]`` when its name is shorter than
-    ggml's limit, it has 1-4 dimensions and it lies whole in ``buf``; None otherwise (no other check)."""
+_PlainInfo = tuple[str, int, tuple[int, ...], int, int, int]
+
+
+def _plain_tensor_info(buf: bytes, p: int, structs: _TiStructs) -> _PlainInfo | None:
+    """(name, name length, ne, type id, offset, end index) of the tensor info at ``buf[p:]`` when it has 1-4
+    dimensions and lies whole in ``buf``; None otherwise.  Decoding only: :func:`_tensor_info_error` and
+    :func:`_tensor_info_anomalies` check it, as they check the careful path's fields."""
     len_s, u32_s, ne_s, tail_s = structs
     try:
         n = len_s.unpack_from(buf, p)[0]
-        if n >= GGML_MAX_NAME:
-            return None
         q = p + len_s.size + n
         n_dims = u32_s.unpack_from(buf, q)[0]
-        if not 1 <= n_dims <= 4:
+        if not 1 <= n_dims <= 4:  # the shape's decoder depends on it
             return None
         s = ne_s[n_dims]
         ne = s.unpack_from(buf, q + 4)
@@ -233,7 +238,64 @@ def _plain_tensor_info(buf: bytes, p: int, structs: _TiStructs) -> tuple[str, tu
         ttype, offset = tail_s.unpack_from(buf, r)
     except struct.error:  # runs past the window: the careful path reads it
         return None
-    return buf[p + len_s.size:q].decode("utf-8", "replace"), ne, ttype, offset, r + tail_s.size
+    return buf[p + len_s.size:q].decode("utf-8", "replace"), n, ne, ttype, offset, r + tail_s.size
+
+
+def _type_name(ttype: int) -> str:
+    t = _TENSOR_TYPES.get(ttype)
+    return t.name if t is not None else TYPE_NAMES[ttype] if ttype in (4, 5) else f"TYPE_{ttype}"
+
+
+def _tensor_info_error(name: str, name_len: int, names: set[str], alignment: int, n_dims: int | None = None,
+                       ne: list[int] | None = None, ttype: int | None = None,
+                       offset: int | None = None) -> tuple[str, str] | None:
+    """(field, what ggml needs there) for the first field of one tensor info, in file order, that the
+    engines cannot take; None when all fields given pass.  The fast path asks once with the whole record,
+    the careful path after each field it reads (None: not read yet), so that a damaged file gives the same
+    error on both."""
+    if name_len >= GGML_MAX_NAME:
+        return "name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)"
+    if name in names:
+        return "name", "a tensor name not used before (a second tensor of that name)"
+    if n_dims is None:
+        return None
+    if not 1 <= n_dims <= 4:
+        return "n_dims", f"1 to 4 dimensions (got {n_dims})"
+    if ne is None:
+        return None
+    if any(d < 0 for d in ne):
+        return "ne", f"non-negative dimensions (got {ne})"
+    n_el = prod(ne)
+    if n_el >= 1 << 63:
+        return "ne", f"at most 2^63 elements (got shape {ne})"
+    if ttype is None or offset is None:
+        return None
+    t = _TENSOR_TYPES.get(ttype)  # a type unknown to us: its size is not counted
+    if t is not None and ne[0] % t.block:
+        return "ne[0]", f"a row length that is a multiple of the {t.name} block size {t.block} (got {ne[0]})"
+    nbytes = n_el // t.block * t.size if t is not None else 0
+    if offset + nbytes + (-nbytes % alignment) >= MAX_DATA:
+        return "ne", (f"tensor data that ends below 2^63 bytes (shape {ne} of {_type_name(ttype)} at offset "
+                      f"{offset} needs {nbytes} bytes)")
+    return None
+
+
+def _tensor_info_anomalies(i: int, name: str, ne: list[int], offset: int, expected: int | None,
+                           alignment: int) -> list[tuple[str, str]]:
+    """What a readable tensor info holds that some era refuses (``FileFacts.anomalies``); the fast path
+    takes only records without any."""
+    out = []
+    if offset % alignment:
+        # ggml of 2023 maps such data where it lies; later eras refuse it or assert the alignment
+        out.append(("tensor-data-misaligned", f"tensor {name!r} (tensor {i}) has its data at offset {offset}, "
+                                              f"not a multiple of the alignment {alignment}"))
+    if expected is not None and offset != expected:
+        # ggml writes tensors packed in order; engines before 2025 read data at any offset
+        out.append(("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at offset {offset}, "
+                                         f"not at {expected} where the previous tensor's data ends"))
+    if 0 in ne:
+        out.append(("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 (shape {ne})"))
+    return out
 
 
 def _type_label(src: ByteSource, vtype: int) -> str:
@@ -337,7 +399,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     shapes: dict[str, tuple[str, tuple[int, ...], int]] = {}
     unknown_types: set[int] = set()
     ne_fmt = "I" if g.v1 else "q"
-    table = TYPES["pr1508"]
+    table = _TENSOR_TYPES
     #: where the next tensor's data must start (ggml packs tensors in order, each padded to the
     #: alignment); None once a tensor of unknown size makes it unknowable
     expected: int | None = 0
@@ -350,77 +412,49 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
         # (and every error) takes the careful field-by-field path below, from the same offset
         buf, rel = src.window(max_ti)
         rec = _plain_tensor_info(buf, rel, ti_structs)
-        t = table.get(rec[2]) if rec is not None else None
-        if rec is not None and t is not None and expected is not None and rec[3] == expected \
-                and not rec[3] % alignment and rec[0] not in names and min(rec[1]) > 0 and not rec[1][0] % t.block:
-            name, ne_t, ttype, offset, rec_end = rec
-            n_el = prod(ne_t)
-            nbytes = n_el // t.block * t.size
-            padded = nbytes + (-nbytes % alignment)
-            plain = n_el < 1 << 63 and offset + padded < MAX_DATA
-        else:
-            plain = False
-        if plain and t is not None and expected is not None:  # (both known when plain: for the type checker)
-            src.pos = src.buf_start + rec_end
-            tname = t.name
+        plain = False
+        if rec is not None and expected is not None:
+            name, name_len, ne_t, ttype, offset, rec_end = rec
             ne = list(ne_t)
-            expected += padded
+            plain = ttype in table and not _tensor_info_error(name, name_len, names, alignment, len(ne), ne, ttype,
+                                                              offset) \
+                and not _tensor_info_anomalies(i, name, ne, offset, expected, alignment)
+        if plain:
+            src.pos = src.buf_start + rec_end
         else:
             name = g.string(f"tensor_info[{i}] name", MAX_TENSOR_NAME)
+            name_len = src.pos - name_off - g.len_size  # the length in bytes, as stored
             label = f"tensor_info[{i}] ({name})"
-            if src.pos - name_off - g.len_size >= GGML_MAX_NAME:  # the length in bytes, as stored
-                raise src.error(f"{label} name", f"a name shorter than {GGML_MAX_NAME} bytes (ggml's limit)", name_off)
-            if name in names:
-                raise src.error(f"{label} name", "a tensor name not used before (a second tensor of that name)",
-                                name_off)
-            nd_off = src.pos
+            at = {"name": name_off}
+
+            def refuse(err: tuple[str, str] | None) -> None:
+                if err is not None:
+                    raise src.error(f"{label} {err[0]}", err[1], at[err[0]])
+
+            refuse(_tensor_info_error(name, name_len, names, alignment))
+            at["n_dims"] = src.pos
             n_dims = src.u32(f"{label} n_dims")
-            if not 1 <= n_dims <= 4:
-                raise src.error(f"{label} n_dims", f"1 to 4 dimensions (got {n_dims})", nd_off)
-            ne_off = src.pos
+            refuse(_tensor_info_error(name, name_len, names, alignment, n_dims))
+            at["ne"] = at["ne[0]"] = src.pos
             ne = list(src.unpack(ne_fmt * n_dims, f"{label} ne"))
-            n_el = 1
-            for d in ne:
-                if d < 0:
-                    raise src.error(f"{label} ne", f"non-negative dimensions (got {ne})", ne_off)
-                n_el *= d
-            if n_el >= 1 << 63:
-                raise src.error(f"{label} ne", f"at most 2^63 elements (got shape {ne})", ne_off)
+            refuse(_tensor_info_error(name, name_len, names, alignment, n_dims, ne))
             ttype = src.u32(f"{label} type")
             offset = src.u64(f"{label} offset")
-            t = table.get(ttype)
-            if t is None:
-                if ttype in (4, 5):
-                    tname = TYPE_NAMES[ttype]
-                else:
-                    tname = f"TYPE_{ttype}"
+            refuse(_tensor_info_error(name, name_len, names, alignment, n_dims, ne, ttype, offset))
+            if ttype not in table:
                 unknown_types.add(ttype)
-                nbytes = 0
-            else:
-                tname = t.name
-                if ne[0] % t.block:
-                    raise src.error(f"{label} ne[0]", f"a row length that is a multiple of the {t.name} "
-                                                      f"block size {t.block} (got {ne[0]})", ne_off)
-                nbytes = n_el // t.block * t.size
-            if offset % alignment:
-                # ggml of 2023 maps such data where it lies; later eras refuse it or assert the alignment
-                anomalies.add("tensor-data-misaligned", f"tensor {name!r} (tensor {i}) has its data at offset "
-                                                        f"{offset}, not a multiple of the alignment {alignment}")
-            padded = nbytes + (-nbytes % alignment)
-            if expected is not None and offset != expected:
-                # ggml writes tensors packed in order; engines before 2025 read data at any offset
-                anomalies.add("tensor-data-order", f"tensor {name!r} (tensor {i}) has its data at offset {offset}, "
-                                                   f"not at {expected} where the previous tensor's data ends")
-                expected = None  # one such record says it; the packing of the rest is not checked
-            if 0 in ne:
-                anomalies.add("zero-dim", f"tensor {name!r} (tensor {i}) has a dimension of 0 (shape {ne})")
-            if t is None:
-                expected = None
-            elif expected is not None:
-                expected += padded
-            if offset + padded >= MAX_DATA:
-                raise src.error(f"{label} ne", f"tensor data that ends below 2^63 bytes (shape {ne} of {tname} "
-                                               f"at offset {offset} needs {nbytes} bytes)", ne_off)
+            for kind, detail in _tensor_info_anomalies(i, name, ne, offset, expected, alignment):
+                anomalies.add(kind, detail)
+                if kind == "tensor-data-order":
+                    expected = None  # one such record says it; the packing of the rest is not checked
+        t = table.get(ttype)
+        n_el = prod(ne)
+        nbytes = n_el // t.block * t.size if t is not None else 0
+        tname = _type_name(ttype)
+        if t is None:
+            expected = None
+        elif expected is not None:
+            expected += nbytes + (-nbytes % alignment)
         st = stats.setdefault(tname, TensorTypeStat())
         st.count += 1
         st.bytes += nbytes
@@ -439,7 +473,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     arch = arch if isinstance(arch, str) else None
     hp = _hparams(kv, arch)
     file_type = kv.get("general.file_type")
-    file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
+    file_type = int_or_none(file_type)
     tok = kv.get("tokenizer.ggml.model")
     tmpl = kv.get("tokenizer.chat_template")
     gtype = kv.get("general.type")
@@ -476,7 +510,7 @@ def read(f: BinaryIO, path: str, size: int, *, with_kv: bool = False, with_vocab
     return facts
 
 
-def _int(v: Any) -> Any:
+def _bool_as_number(v: Any) -> Any:
     if isinstance(v, bool):
         return int(v)
     return v
@@ -519,7 +553,7 @@ def _hparams(kv: dict[str, Any], arch: str | None) -> dict[str, Any]:
     for name, suffix in keys.items():
         v = kv.get(f"{arch}.{suffix}")
         if v is not None:
-            hp[name] = _int(v)
+            hp[name] = _bool_as_number(v)
     prefix = kv.get("tokenizer.ggml.add_space_prefix")  # SentencePiece's dummy prefix (default: on)
     if isinstance(prefix, bool):
         hp["add_space_prefix"] = prefix

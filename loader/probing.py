@@ -167,9 +167,9 @@ def probe(path: Any, *, estimate_ctx: int | None = None, gpu_layers: int | str =
     The variant and the memory estimate are planned for ``estimate_ctx`` tokens, else for the context
     ``load()`` gives the file (``report.n_ctx`` says which).  ``gpu_layers`` (a count or "auto") and
     ``free_vram_bytes`` shape the memory estimate's split between the CPU and the GPU (see
-    :func:`memory.plan`).  A file of GPT4All's published list (by name and size) is named in ``published``;
-    ``verify=True`` also compares its md5 (reads the whole file).  ``published_table``: a table of the packaged
-    one's format to use instead (a path)."""
+    :func:`memory.plan_memory`).  A file of GPT4All's published list (by name and size) is named in
+    ``published``; ``verify=True`` also compares its md5 (reads the whole file).  ``published_table``: a table
+    of the packaged one's format to use instead (a path)."""
     spath = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     rep = ProbeReport(path=spath)
     try:
@@ -247,7 +247,7 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
     variant_error = None
     n_ctx = estimate_ctx if estimate_ctx is not None and estimate_ctx > 0 else None  # None: load()'s default
     try:  # the very plan load() makes, so that probe and load never name different variants
-        lp = plan(facts, device=device, n_ctx=n_ctx)
+        lp = plan(facts, device=device, n_ctx=n_ctx, fit_layers=_memory.fit_layers)
     except DeviceError as e:  # device="cuda" that cannot be had here: say so, choose none
         lp, variant_error = plan(facts, device="cpu", n_ctx=n_ctx), str(e)
     built = lp.built
@@ -276,5 +276,5 @@ def _judge(rep: ProbeReport, facts: FileFacts, *, estimate_ctx: int | None, gpu_
         rep.suggestion = catalog.upgrade_suggestion(facts, all_v, specs=specs)
     if facts.kind in ("model", "vocab-only") and not facts.truncated:
         era = specs[best.backend].era if best is not None else None
-        rep.memory = _memory.plan(facts, ctx_size=lp.n_ctx, gpu_layers=gpu_layers, era=era,
-                                  free_vram_bytes=free_vram_bytes)
+        rep.memory = _memory.plan_memory(facts, ctx_size=lp.n_ctx, gpu_layers=gpu_layers, era=era,
+                                         free_vram_bytes=free_vram_bytes)
