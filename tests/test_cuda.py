@@ -19,7 +19,7 @@ from conftest import require_backend
 import gpt4all_loader as g
 from gpt4all_loader.engines import cache, cuda, native, variants
 from gpt4all_loader.engines.cuda import GpuInfo
-from gpt4all_loader.engines.manifest import CudaSettings, Wheel, load_manifest
+from gpt4all_loader.engines.manifest import CudaSettings, Wheel, cuda_settings, load_manifest
 from gpt4all_loader.engines.variants import choose_variant
 from gpt4all_loader.errors import BackendError, DeviceError
 from gpt4all_loader.formats.sniff import read_facts
@@ -333,7 +333,7 @@ def test_probe_and_load_plan_alike_with_free_vram_around_the_estimate(samples, f
     and for all: probe and load offload the same layers, since both count them at the same context."""
     from gpt4all_loader.memory import estimate
 
-    reserve = cuda.cuda_table()["reserve_mib"] * 1024 * 1024
+    reserve = cuda_settings().reserve_mib * 1024 * 1024
     offloaded = 0
     for path in samples:
         facts = read_facts(path)
