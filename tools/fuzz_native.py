@@ -3,7 +3,7 @@ MPT, and GPT4All's Falcon, Replit, StarCoder and BERT) set to hostile values; ev
 each built backend that accepts it, in a child process with a time and address-space limit.  A signal
 or a time-out is a finding (a check missing from ``validate.py``); a library error or a load is fine.
 
-    python tools/fuzz_native.py 200 [--seed 1] [--timeout 60]
+    python tools/fuzz_native.py 200 [--seed 1] [--timeout 60] [--only falcon,replit,starcoder,bert]
 
 Prints the count of each outcome; files that crashed are kept (``fuzz-native-SEED-I.bin``) for replay
 with ``python -m gpt4all_loader.smoke FILE --backend NAME`` (the child runner of ``engines/child.py``).
@@ -75,6 +75,7 @@ def main() -> int:
     ap.add_argument("n", type=int, nargs="?", default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--only", default=None, help="comma-separated base files to mutate (default: all)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     built = {b for b, vs in built_variants().items() if "cpu" in vs}
@@ -88,7 +89,7 @@ def main() -> int:
             f = read_facts(d / name, with_kv=True)
             ends[name] = f.data_offset
             spots[name] = hot_spots(base[name], f)
-        names = sorted(base)
+        names = sorted(n for n in base if args.only is None or n in args.only.split(","))
         target = d / "input.bin"
         for i in range(args.n):
             name = names[i % len(names)]
