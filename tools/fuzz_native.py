@@ -1,6 +1,7 @@
 """Long fuzz run of the native step: header numbers of tiny models (LLaMA in every container, GPT-J,
-MPT, and GPT4All's Falcon, Replit, StarCoder and BERT) set to hostile values; every file that the catalog calls loadable is loaded and evaluated on
-each built backend that accepts it, in a child process with a time and address-space limit.  A signal
+MPT, and GPT4All's Falcon, Replit, StarCoder and BERT) set to hostile values; every file that the
+catalog calls loadable is loaded and evaluated on each built backend that accepts it, in a child
+process with a time and address-space limit.  A signal
 or a time-out is a finding (a check missing from ``validate.py``); a library error or a load is fine.
 
     python tools/fuzz_native.py 200 [--seed 1] [--timeout 60] [--only falcon,replit,starcoder,bert]
