@@ -1,4 +1,5 @@
-"""Load one file with one backend, evaluate one token, print one JSON line.
+"""Load one file with one backend, evaluate one token (embed it, for a sentence-embedding model), print one
+JSON line.
 
 Run as a child process (:mod:`~gpt4all_loader.engines.child`) by ``gpt4all-probe --load`` and
 ``--estimate --exact`` so that a crash in native code ends only this process::
@@ -33,17 +34,27 @@ def run(path: str, backend: str | None, device: str, n_ctx: int | None, vocab_on
                            "token_evaluated": False, "text": None, "variant": None, "error": None}
     model: Model | None = None
     try:
-        from .model import load
+        from .formats.sniff import read_facts
+        from .model import EMBEDDING_ONLY, load
 
+        # a sentence-embedding model (BERT) has no logits: it is loaded to embed
+        embeds = read_facts(path).architecture in EMBEDDING_ONLY
         t0 = time.perf_counter()
-        model = load(path, backend=backend, device=device, n_ctx=n_ctx or 256, n_threads=n_threads)
+        model = load(path, backend=backend, device=device, n_ctx=n_ctx or 256, n_threads=n_threads,
+                     embeddings=embeds)
         out["load_s"] = round(time.perf_counter() - t0, 4)
         out["variant"] = model.info.variant
         out["backend"] = model.info.backend
         out["device"] = model.info.device
         toks = model.tokenize("Hello", add_bos=True)
         out["n_prompt_tokens"] = len(toks)
-        if not (vocab_only or model.info.vocab_only):  # a vocabulary file: tokenizing is all it does
+        if embeds and not vocab_only:
+            t1 = time.perf_counter()
+            vector = model.embed("Hello")
+            out["eval_s"] = round(time.perf_counter() - t1, 4)
+            out["text"] = f"{len(vector)} dims"
+            out["token_evaluated"] = True
+        elif not (vocab_only or model.info.vocab_only):  # a vocabulary file: tokenizing is all it does
             t1 = time.perf_counter()
             model.evaluate(toks or [model.token_bos()])
             logits = model.logits()

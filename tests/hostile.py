@@ -15,6 +15,8 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
+from zoo_common import TENSOR_CASES, ZOO_KINDS, ctor, reshape, small, zoo_bytes
+
 from gpt4all_loader.engines import child
 from gpt4all_loader.engines.manifest import BackendSpec
 from gpt4all_loader.formats.facts import FileFacts
@@ -28,6 +30,7 @@ from gpt4all_loader.formats.writer import (
     write_gptj,
     write_llama,
     write_mpt,
+    write_zoo,
 )
 
 GGUF_ERAS = ("gguf-2023-11", "gguf-2024-09", "gguf-2026-10")
@@ -189,6 +192,101 @@ def shifted_offset(path: Path, name: str, delta: int) -> Path:
     return path
 
 
+# -- GPT4All's 2023 zoo: Falcon, Replit, StarCoder, BERT --------------------------------------------------
+_ZOO_ERA = "ggml-gptj-mpt-2023-08"
+_MAX = 2**31 - 1
+#: what the refusal of a header field set to 0 or to 2**31 - 1 says (n_vocab: the reader refuses it)
+_ZOO_FIELD_REASONS = {
+    "n_embd": ("n_embd is 0", "does not divide n_embd 2147483647"),
+    "n_head": ("n_head is 0", "n_head 2147483647 does not divide"),
+    "n_layer": ("n_layer is 0", "outside 1..4096"),
+    "n_ctx": ("n_ctx_train is 0", "beyond 65536 tokens"),
+    "n_max_tokens": ("n_ctx_train is 0", "beyond 65536 tokens"),
+    "n_head_kv": ("one key/value head", "one key/value head"),
+    "falcon_version": ("Falcon-7B's (7)", "Falcon-7B's (7)"),
+    "n_intermediate": ("n_ff is 0", "the header says [2147483647]"),
+    "ftype": ("the file's weight type (ftype 0)", "is not a weight type"),
+    "f16": ("the file's weight type (ftype 0)", "is not a weight type"),
+}
+#: tensor-table defects (:data:`zoo_common.TENSOR_CASES`) and what their refusal says
+_ZOO_TENSOR_REASONS = {"missing": "missing", "misshapen": "the header says", "duplicate": "more than once",
+                       "unknown": "does not have", "norm-f16": "as every norm and bias",
+                       "weight-f32": "it must be F16, the file's weight type"}
+
+
+def zoo_file(path: Path, kind: str, model: Any = None, **edits: Any) -> Path:
+    """:func:`zoo_common.zoo_bytes` of ``kind``'s small model (zero weights) with ``edits``, written to ``path``."""
+    path.write_bytes(zoo_bytes(model or small(kind), **edits))
+    return path
+
+
+def cut(path: Path, n: int) -> Path:
+    """``path`` without its last ``n`` bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[:-n])
+    return path
+
+
+def _zoo_families() -> dict[str, tuple[Callable[[Path], Path], dict[str, str]]]:
+    """Per architecture: the seeded baseline, every header field at 0 and at 2**31 - 1 (those the reader
+    reads), each tensor-table defect, cut data, and the values that must still load."""
+    out: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {}
+    for kind in ZOO_KINDS:
+        out[f"{kind}-baseline"] = (lambda p, k=kind: write_zoo(p, small(k), "f16"), {_ZOO_ERA: LOADS})
+        for field in small(kind).arch.header:
+            for value, reason in zip((0, _MAX), _ZOO_FIELD_REASONS.get(field.name, ())):
+                if (kind, field.name, value) == ("starcoder", "ftype", _MAX):
+                    continue  # the reader refuses it (a quantization version above 2)
+                out[f"{kind}-{field.name}-{value}"] = (
+                    lambda p, k=kind, f=field.name, v=value: zoo_file(p, k, header={f: v}), {_ZOO_ERA: reason})
+        for case, reason in _ZOO_TENSOR_REASONS.items():
+            out[f"{kind}-tensor-{case}"] = (lambda p, k=kind, c=case: zoo_file(p, k, edit=TENSOR_CASES[c]),
+                                            {_ZOO_ERA: reason})
+        out[f"{kind}-data-cut"] = (lambda p, k=kind: cut(zoo_file(p, k), 7), {_ZOO_ERA: "file is truncated"})
+    for kind in ("replit", "starcoder"):  # one head: the same shapes
+        out[f"{kind}-n_head-1"] = (lambda p, k=kind: zoo_file(p, k, header={"n_head": 1}), {_ZOO_ERA: LOADS})
+    # ggml of 2023 aborts on BERT's single-head attention (measured): refused before native code
+    out["bert-n_head-1"] = (lambda p: zoo_file(p, "bert", header={"n_head": 1}), {_ZOO_ERA: "n_head is 1"})
+    # the ggml examples' quantizers add 1000 x the quantization version to ftype
+    out["falcon-ftype-2001"] = (lambda p: zoo_file(p, "falcon", header={"ftype": 2001}), {_ZOO_ERA: LOADS})
+    out["falcon-version-40"] = (lambda p: zoo_file(p, "falcon", header={"falcon_version": 40}),
+                                {_ZOO_ERA: "Falcon-40B"})
+    hp = small("falcon").hparams
+    qkv = [hp["n_embd"], (hp["n_head"] + 4) * (hp["n_embd"] // hp["n_head"])]
+    out["falcon-n_head_kv-2-consistent"] = (
+        lambda p: zoo_file(p, "falcon", header={"n_head_kv": 2}, edit=reshape("query_key_value.weight", qkv)),
+        {_ZOO_ERA: "one key/value head"})
+    for n, reason in ((8200, "at most 8192"), (32, "overlap by 32")):  # windows too large, too small
+        out[f"bert-window-{n}"] = (lambda p, n=n: zoo_file(p, "bert", _window(n), header={"n_max_tokens": n}),
+                                   {_ZOO_ERA: reason})
+    out["replit-n_ctx-3-consistent"] = (lambda p: zoo_file(p, "replit", header={"n_ctx": 3}),
+                                        {_ZOO_ERA: "n_ctx_train is 3"})
+    return out
+
+
+def _window(n: int) -> Any:
+    """The small BERT with ``n`` positions (its position table follows)."""
+    m = small("bert")
+    return type(m)(seed=3, **ctor("bert", dict(m.hparams, n_ctx_train=n)))
+
+
+#: files the reader itself refuses (FormatError, so no era is asked): name -> (writer, message substring)
+READER_REFUSES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    **{f"{k}-n_vocab-0": (lambda p, k=k: zoo_file(p, k, header={"n_vocab": 0}), "expected a positive value")
+       for k in ZOO_KINDS},
+    **{f"{k}-n_vocab-max": (lambda p, k=k: zoo_file(p, k, header={"n_vocab": _MAX}),
+                            "a vocabulary that fits the file") for k in ZOO_KINDS},
+    **{f"{k}-{f.name}-negative": (lambda p, k=k, f=f.name: zoo_file(p, k, header={f: -1}), "(got -1)")
+       for k in ZOO_KINDS for f in small(k).arch.header},
+    # the vocabulary five tokens short of n_vocab: the tensor records are read as tokens
+    **{f"{k}-vocab-short": (lambda p, k=k: zoo_file(p, k, tokens=small(k).vocab()[:-5]), "vocab")
+       for k in ZOO_KINDS},
+    "starcoder-ftype-max": (lambda p: zoo_file(p, "starcoder", header={"ftype": _MAX}), "below 3000"),
+    # gpt4all's own Falcon converter wrote no padding before tensor data (its loader needs 32-byte alignment)
+    "falcon-data-unpadded": (lambda p: zoo_file(p, "falcon", align=0), "tensor[1]"),
+}
+
+
 # -- the matrix: every family x every era that reads its container ------------------------------------------
 #: the expected verdict of an era that loads the file (and must then evaluate it without a signal)
 LOADS = "loads"
@@ -314,6 +412,7 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], dict[str, str]]] = {
                        "gguf-2024-09": "'blk.0.extra.weight' (tensor 21) has a dimension of 0"}),
     "dbrx-vocab": (dbrx_vocab, {"gguf-2024-09": LOADS,
                                 "gguf-2026-10": "duplicate key 'general.file_type' at kv 14"}),
+    **_zoo_families(),
 }
 
 

