@@ -80,8 +80,8 @@ ERAS: dict[str, tuple[str, Callable[[], Path]]] = {
     "gguf-2023-11": ("tiny LLaMA GGUF v3 F16 (e256, 32 layers)", lambda: tiny_llama("gguf", 3)),
     "gguf-2024-09": ("SmolLM2-135M-Instruct Q4_1", smollm2),
     "gguf-2026-10": ("SmolLM2-135M-Instruct Q4_1", smollm2),
-    "ggml-gptj-mpt-2023-05": ("tiny GPT-J F16 (e512, 6 layers)", tiny_gptj),
-    "ggml-gptj-mpt-2023-08": ("tiny MPT F16 (e512, 8 layers)", tiny_mpt),
+    "ggml-gpt4all-2023-05": ("tiny GPT-J F16 (e512, 6 layers)", tiny_gptj),
+    "ggml-gpt4all-2023-08": ("tiny MPT F16 (e512, 8 layers)", tiny_mpt),
 }
 
 

@@ -20,7 +20,7 @@ Groups (a group is skipped, with the reason, when its peer or backend is missing
   "smollm" (unknown before late 2024) is renamed in place to "falcon" (the same length, so the copy
   is byte-for-byte the same file otherwise); ours runs the same copy.
 * gpt4all 1.0.8 (August 2023, ggml era): a seeded GPT-J ggml file (writer.TinyGPTJ, F16) on our
-  ggml-gptj-mpt-2023-05 backend, and a seeded LLaMA ggjt v3 file (writer.TinyLlama, F16) on our
+  ggml-gpt4all-2023-05 backend, and a seeded LLaMA ggjt v3 file (writer.TinyLlama, F16) on our
   llama-2023-08 backend.
 """
 from __future__ import annotations
@@ -325,13 +325,13 @@ def build_groups(a: argparse.Namespace) -> list[tuple[str, str, list[Runner], li
 
     # 3: gpt4all 1.0.8 on GPT-J (ggml era)
     g1 = venv_python(a.gpt4all1_venv, "gpt4all")
-    if g1 and "cpu" in built.get("ggml-gptj-mpt-2023-05", []):
+    if g1 and "cpu" in built.get("ggml-gpt4all-2023-05", []):
         path = tiny_gptj()
         n_prompt = _count_tokens(path, prompt)
         groups.append(("ours vs gpt4all 1.0.8: GPT-J ggml",
                        f"{path.name} ({path.stat().st_size / 1e6:.0f} MB, seeded weights)", [
-            Runner("ours (ggml-gptj-mpt-2023-05/cpu)",
-                   child(ours_py, "ours", path, prompt, a, backend="ggml-gptj-mpt-2023-05")),
+            Runner("ours (ggml-gpt4all-2023-05/cpu)",
+                   child(ours_py, "ours", path, prompt, a, backend="ggml-gpt4all-2023-05")),
             Runner("gpt4all 1.0.8", child(g1, "gpt4all1", path, prompt, a, n_prompt_hint=n_prompt)),
         ], ["gpt4all 1.0.8 always allocates a 2048-token context; ours uses --n-ctx"]))
 

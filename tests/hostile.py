@@ -193,7 +193,7 @@ def shifted_offset(path: Path, name: str, delta: int) -> Path:
 
 
 # -- GPT4All's 2023 zoo: Falcon, Replit, StarCoder, BERT --------------------------------------------------
-_ZOO_ERA = "ggml-gptj-mpt-2023-08"
+_ZOO_ERA = "ggml-gpt4all-2023-08"
 _MAX = 2**31 - 1
 #: what the refusal of a header field set to 0 or to 2**31 - 1 says (n_vocab: the reader refuses it)
 _ZOO_FIELD_REASONS = {
@@ -294,7 +294,7 @@ LOADS = "loads"
 ENGINE_REFUSES = "the engine refuses"
 _EARLY = ("llama-2023-04", "llama-2023-05")
 _LEGACY_ERAS = ("llama-2023-04", "llama-2023-05", "llama-2023-08")
-_GPTJ_MPT_ERAS = ("ggml-gptj-mpt-2023-05", "ggml-gptj-mpt-2023-08")
+_GPTJ_MPT_ERAS = ("ggml-gpt4all-2023-05", "ggml-gpt4all-2023-08")
 _F16 = 1
 
 

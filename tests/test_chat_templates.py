@@ -154,8 +154,8 @@ BACKENDS = {"ggjt": "llama-2023-08", "gguf": "gguf-2026-10", "published": "llama
 
 def _need(kind: str) -> None:
     if kind == "gptj":
-        if not (backend_built("ggml-gptj-mpt-2023-05") or backend_built("ggml-gptj-mpt-2023-08")):
-            pytest.skip("no ggml-gptj-mpt backend is built: gpt4all-build --only ggml-gptj-mpt-2023-08")
+        if not (backend_built("ggml-gpt4all-2023-05") or backend_built("ggml-gpt4all-2023-08")):
+            pytest.skip("no ggml-gpt4all backend is built: gpt4all-build --only ggml-gpt4all-2023-08")
     else:
         require_backend(BACKENDS[kind])
 

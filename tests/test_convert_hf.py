@@ -44,7 +44,7 @@ from gpt4all_loader.formats.legacy import tensor_records  # noqa: E402
 from gpt4all_loader.formats.sniff import read_facts  # noqa: E402
 
 NEWEST = "gguf-2026-10"
-GPTJ_MPT = ("ggml-gptj-mpt-2023-08", "ggml-gptj-mpt-2023-05")
+GPTJ_MPT = ("ggml-gpt4all-2023-08", "ggml-gpt4all-2023-05")
 F32_TOL, F16_TOL = 1e-2, 2e-2
 SENTENCES = ["Once upon a time there lived a little cat.", "The dog said hello to the world.",
              "She read a story about a model file.", "They walked to the river and sat on the bank.",
@@ -382,18 +382,18 @@ QUANT_TOL = {"q8_0": 0.1, "q5_1": 0.45, "q4_0": 0.9}
 
 @pytest.mark.parametrize("outtype", list(QUANT_TOL))
 def test_gptj_quantized_by_the_eras_quantizer(hf_gptj, tmp_path, capsys, outtype):
-    """Blocks made by llama-2023-08's ggml, the ggml backend ggml-gptj-mpt-2023-08 runs."""
+    """Blocks made by llama-2023-08's ggml, the ggml backend ggml-gpt4all-2023-08 runs."""
     require_backend("llama-2023-08")
-    require_backend("ggml-gptj-mpt-2023-08")
+    require_backend("ggml-gpt4all-2023-08")
     src, cfg, w, ids = hf_gptj
     out = tmp_path / "gptj.bin"
     rc, stdout, err = cli([src, "-o", out, "--outtype", outtype], capsys)
     assert rc == 0, err
-    assert "LOADABLE by ggml-gptj-mpt-2023-08" in stdout
+    assert "LOADABLE by ggml-gpt4all-2023-08" in stdout
     assert listing(tmp_path) == ["gptj.bin"]
     facts = read_facts(out)
     assert facts.quant_layout == "qnt2" and outtype.upper() in facts.tensor_types
-    logits, _ = engine(out, "ggml-gptj-mpt-2023-08", ids)
+    logits, _ = engine(out, "ggml-gpt4all-2023-08", ids)
     d = float(np.abs(logits - ref_gptj(cfg, w, ids)).max())
     print(f"GPT-J ggml {outtype}: max |dlogit| {d:.3f}")
     assert d <= QUANT_TOL[outtype]
@@ -457,7 +457,7 @@ def test_mpt_both_containers(hf_mpt, tmp_path, capsys, outtype):
 
 def test_mpt_ggmm_quantized(hf_mpt, tmp_path, capsys):
     require_backend("llama-2023-08")
-    require_backend("ggml-gptj-mpt-2023-08")
+    require_backend("ggml-gpt4all-2023-08")
     src, cfg, w, ids = hf_mpt
     out = tmp_path / "mpt.bin"
     rc, stdout, err = cli([src, "-o", out, "--outtype", "q8_0"], capsys)
@@ -466,7 +466,7 @@ def test_mpt_ggmm_quantized(hf_mpt, tmp_path, capsys):
     assert facts.format == "ggmm" and facts.quant_layout == "qnt2"
     recs = {n: t for n, t, _, _, _ in tensor_records(str(out), read_facts(out))}
     assert recs["transformer.wte.weight"] == 0  # ggmm keeps the embedding F32
-    logits, _ = engine(out, "ggml-gptj-mpt-2023-08", ids)
+    logits, _ = engine(out, "ggml-gpt4all-2023-08", ids)
     d = float(np.abs(logits - ref_mpt(cfg, w, ids)).max())
     print(f"MPT ggmm q8_0: max |dlogit| {d:.3f}")
     assert d <= QUANT_TOL["q8_0"]

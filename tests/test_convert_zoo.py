@@ -1,6 +1,6 @@
 """gpt4all-convert upgrades GPT4All's 2023 zoo (StarCoder, Falcon, BERT, Replit) to GGUF for gguf-2026-10.
 
-The legacy file runs on our own 2023 model code (ggml-gptj-mpt-2023-08), the upgraded one on the 2026
+The legacy file runs on our own 2023 model code (ggml-gpt4all-2023-08), the upgraded one on the 2026
 engine; both get the SAME token ids (their tokenizers differ by design, see below) and must agree:
 
 * causal models: max |dlogit| at the last position <= 1e-3 x the logit span, and the same greedy ids
@@ -31,7 +31,7 @@ from gpt4all_loader.cli import convert as convert_cli
 from gpt4all_loader.formats import writer as w
 from gpt4all_loader.formats.sniff import read_facts
 
-LEGACY = "ggml-gptj-mpt-2023-08"
+LEGACY = "ggml-gpt4all-2023-08"
 NEWEST = "gguf-2026-10"
 IDS = [300, 301, 305, 420, 77, 500, 333, 290]
 SPAN_TOL = 1e-3

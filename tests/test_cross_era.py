@@ -123,8 +123,8 @@ def test_more_threads_than_cores_give_the_same_greedy_tokens(tiny_llama, tmp_pat
 
     files = {b: tiny_llama[("ggjt", 1, "f16")] for b in ("llama-2023-04", "llama-2023-05", "llama-2023-08")}
     files |= {b: tiny_llama[("gguf", 3, "f16")] for b in ("gguf-2023-11", "gguf-2024-09", "gguf-2026-10")}
-    files["ggml-gptj-mpt-2023-05"] = write_gptj(tmp_path / "gptj.bin", TinyGPTJ(seed=0), "f16")
-    files["ggml-gptj-mpt-2023-08"] = write_mpt(tmp_path / "mpt.bin", TinyMPT(seed=0), "ggmm", "f16")
+    files["ggml-gpt4all-2023-05"] = write_gptj(tmp_path / "gptj.bin", TinyGPTJ(seed=0), "f16")
+    files["ggml-gpt4all-2023-08"] = write_mpt(tmp_path / "mpt.bin", TinyMPT(seed=0), "ggmm", "f16")
     threads = len(os.sched_getaffinity(0)) + 1
     checked = []
     for backend, path in files.items():

@@ -27,13 +27,13 @@ def test_embedding_row_gives_dimensions_and_cosine():
 
 
 def test_every_gpt4all_2023_architecture_generates_or_embeds(tmp_path):
-    """GPT-J and MPT generate on a GPT-J/MPT backend, Falcon, Replit and StarCoder on its 2023-08 era; BERT
+    """GPT-J and MPT generate on a ggml-gpt4all backend, Falcon, Replit and StarCoder on its 2023-08 era; BERT
     embeds."""
-    require_backend("ggml-gptj-mpt-2023-08")
+    require_backend("ggml-gpt4all-2023-08")
     rows = {r["file"].split("-")[1]: r for r in map(run_one, write_gpt4all_2023_samples(tmp_path))}
     assert sorted(rows) == ["bert", "falcon", "gptj", "mpt", "replit", "starcoder"]
     for kind, r in rows.items():
-        era = "ggml-gptj-mpt-" if kind in ("gptj", "mpt") else "ggml-gptj-mpt-2023-08/"
+        era = "ggml-gpt4all-" if kind in ("gptj", "mpt") else "ggml-gpt4all-2023-08/"
         assert r["ok"] and r["backend"].startswith(era), r
         if kind == "bert":
             assert r["text"].startswith("embeds: 32 dims, cosine ") and r["tokens"] is None

@@ -1,4 +1,4 @@
-"""GPT4All's other 2023 architectures (Falcon, Replit, StarCoder, BERT) on backend ggml-gptj-mpt-2023-08
+"""GPT4All's other 2023 architectures (Falcon, Replit, StarCoder, BERT) on backend ggml-gpt4all-2023-08
 (our model code on the ggml of August 2023, the quant layout GPT4All's own libraries for them linked),
 compared with gpt4all 1.0.8, the last gpt4all that read these files.
 
@@ -28,7 +28,7 @@ from zoo_common import (
     write_zoo_files,
 )
 
-BACKEND = "ggml-gptj-mpt-2023-08"
+BACKEND = "ggml-gpt4all-2023-08"
 N_PREDICT = 8
 DECODERS = ["falcon-f32", "falcon-f16", "falcon-q4_0", "starcoder-f32", "starcoder-f16", "starcoder-q4_0",
             "replit-f32", "replit-f16"]

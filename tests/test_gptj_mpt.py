@@ -1,4 +1,4 @@
-"""GPT4All-era GPT-J and MPT files on backend ggml-gptj-mpt-2023-05 (our model code on the ggml of
+"""GPT4All-era GPT-J and MPT files on backend ggml-gpt4all-2023-05 (our model code on the ggml of
 llama-cpp-python 0.1.49), compared with gpt4all 1.0.8, the last gpt4all that read these files.
 
 Fixtures come from ``gpt4all_loader.formats.writer`` (F32/F16).  The Q4_0 fixtures use the QNT v0 block layout
@@ -25,7 +25,7 @@ import pytest
 from conftest import require_backend
 from zoo_common import evaluate_greedy, gpt4all108_lib_dir
 
-BACKEND = "ggml-gptj-mpt-2023-05"
+BACKEND = "ggml-gpt4all-2023-05"
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "gpt4all108_logits.py"
 PROMPT = "Hello world, once upon a time there lived a little cat. The story: 1 2 3"
 MPT_CHAT = "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n"

@@ -1,5 +1,5 @@
 """GPT-J and MPT files quantized after May 2023 (header ftype = 2000 + ftype, f16-scale Q4_0 blocks):
-the same model code on the August 2023 ggml (backend ggml-gptj-mpt-2023-08).
+the same model code on the August 2023 ggml (backend ggml-gpt4all-2023-08).
 
 The fixtures are F32 files from our writer, re-quantized here to the QNT v2 Q4_0 layout: 18 bytes
 per 32 values, an f16 scale d, then 16 bytes where byte j holds value j (low nibble) and value j+16
@@ -21,7 +21,7 @@ from gpt4all_loader.engines import native
 from gpt4all_loader.engines.catalog import choose
 from gpt4all_loader.formats.sniff import read_facts
 
-NEW, OLD = "ggml-gptj-mpt-2023-08", "ggml-gptj-mpt-2023-05"
+NEW, OLD = "ggml-gpt4all-2023-08", "ggml-gpt4all-2023-05"
 QK, F32, Q4_0 = 32, 0, 2
 
 

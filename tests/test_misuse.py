@@ -24,8 +24,8 @@ ERAS = [
     ("gguf-2023-11", "gguf:3"),
     ("gguf-2024-09", "gguf:3"),
     ("gguf-2026-10", "gguf:3"),
-    ("ggml-gptj-mpt-2023-05", "gptj"),
-    ("ggml-gptj-mpt-2023-08", "mpt"),
+    ("ggml-gpt4all-2023-05", "gptj"),
+    ("ggml-gpt4all-2023-08", "mpt"),
 ]
 #: the eras whose ggml keeps its contexts in a fixed table
 TABLE_ERAS = [(b, f) for b, f in ERAS if load_manifest()[b].ggml_contexts is not None]

@@ -35,8 +35,8 @@ ERAS = {
                                           chat_template=TEMPLATE),
     "gguf-2026-10": lambda p: write_llama(p, TinyLlama(seed=0, space_piece=True), "gguf", version=3, ftype="f32",
                                           chat_template=TEMPLATE),
-    "ggml-gptj-mpt-2023-05": lambda p: write_gptj(p, TinyGPTJ(seed=0, n_embd=32, n_ctx=512), "f32"),
-    "ggml-gptj-mpt-2023-08": lambda p: write_mpt(p, TinyMPT(seed=0, n_embd=32, n_ctx=512), "ggmm", "f32"),
+    "ggml-gpt4all-2023-05": lambda p: write_gptj(p, TinyGPTJ(seed=0, n_embd=32, n_ctx=512), "f32"),
+    "ggml-gpt4all-2023-08": lambda p: write_mpt(p, TinyMPT(seed=0, n_embd=32, n_ctx=512), "ggmm", "f32"),
 }
 
 

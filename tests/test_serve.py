@@ -144,7 +144,7 @@ def test_listing_and_skipped_files_logged_once(server):
     ids = _ids(server)
     assert {GGUF, GGJT} <= ids
     assert "notes.gguf" not in ids and "README.txt" not in ids
-    gptj_built = backend_built("ggml-gptj-mpt-2023-05") or backend_built("ggml-gptj-mpt-2023-08")
+    gptj_built = backend_built("ggml-gpt4all-2023-05") or backend_built("ggml-gpt4all-2023-08")
     assert (GPTJ in ids) == gptj_built
     log = server.log()
     assert log.count("notes.gguf") == 1 and "not served" in log and "not a model" in log
@@ -219,7 +219,7 @@ def test_chat_templates_given_per_model_and_published(tmp_path):
     expect = {"bare.gguf": (f"user:{jinja}", dict(chat_template=str(jinja))),
               GGJT: ("user:vicuna", dict(chat_template="vicuna")),
               ORCA_3B: ("gpt4all:Mini Orca (Small)", dict(published_table=table))}
-    if backend_built("ggml-gptj-mpt-2023-05") or backend_built("ggml-gptj-mpt-2023-08"):
+    if backend_built("ggml-gpt4all-2023-05") or backend_built("ggml-gpt4all-2023-08"):
         files.append(write_gptj(tmp_path / GPTJ, TinyGPTJ(seed=0)))
         expect[GPTJ] = (f"user:{jinja}", dict(chat_template=str(jinja)))
     s = Server(files, "--chat-template", str(jinja), "--chat-template", f"{GGJT}=vicuna",
@@ -382,7 +382,7 @@ def test_memory_budget(folder, tmp_path):
 
 def test_gptj_file_served_when_its_era_is_built(server, greedy):
     if GPTJ not in _ids(server):
-        pytest.skip("no ggml-gptj-mpt backend is built: python build_backends.py --only ggml-gptj-mpt-2023-05")
+        pytest.skip("no ggml-gpt4all backend is built: python build_backends.py --only ggml-gpt4all-2023-05")
     r = server.client().completions.create(model=GPTJ, prompt="hello", max_tokens=4, temperature=0)
     assert r.choices[0].text == greedy(GPTJ, "hello", 4)
 
@@ -401,7 +401,7 @@ def test_core_import_stays_small_and_nothing_to_serve_is_an_error(tmp_path):
 # -- a sentence-embedding file (GPT4All's BERT): embeddings only -----------------------------------------
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    require_backend("ggml-gptj-mpt-2023-08")
+    require_backend("ggml-gpt4all-2023-08")
     d = tmp_path_factory.mktemp("bert")
     path = write_bert(d / BERT, TinyBert(seed=5), "f32")
     s = Server([path], log=d / "serve.log")

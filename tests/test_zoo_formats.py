@@ -31,7 +31,7 @@ from gpt4all_loader.formats.writer import (
     write_llama,
 )
 
-BACKEND = "ggml-gptj-mpt-2023-08"
+BACKEND = "ggml-gpt4all-2023-08"
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,7 @@ bool identify(Reader &r, g4a_model &m) {
     if (!r.get(magic, "the magic")) return false;
     char hex[64];
     snprintf(hex, sizeof hex, "0x%08x", magic);
-    const std::string not_here = std::string(" files are read by ggml-gptj-mpt-2023-08 (this build's ggml, QNT v") +
+    const std::string not_here = std::string(" files are read by ggml-gpt4all-2023-08 (this build's ggml, QNT v") +
                                  std::to_string(G4A_LEGACY_QNT) + ", reads GPT-J and MPT only)";
     switch (magic) {
         case MAGIC_GGMM:

@@ -1,6 +1,6 @@
 // g4a_legacy.h - what the model code of GPT4All's 2023 ggml architectures shares.
 //
-// llama.cpp never read these files, so the ggml-gptj-mpt backends carry their own model code over the
+// llama.cpp never read these files, so the ggml-gpt4all backends carry their own model code over the
 // ggml of the pinned tree (only ggml.h is used).  The shared part (g4a_legacy.cpp) opens the file,
 // tells the architecture by its magic and header, walks the tensor records, runs the evaluation loop
 // and defines the g4a_* exports; each architecture adds, in a source file of its own (as GPT4All's

@@ -3,11 +3,11 @@
 The seed's three architectures each get the file our engines run best:
 
 * **GPT-J** (``GPTJForCausalLM``) -> the GPT4All-era GPT-J ``ggml`` file that backend
-  ``ggml-gptj-mpt-*`` runs: llama.cpp never had a GPT-J graph, so there is no GGUF GPT-J to write.
+  ``ggml-gpt4all-*`` runs: llama.cpp never had a GPT-J graph, so there is no GGUF GPT-J to write.
   HF GPT-J rotates interleaved pairs (``rotate_every_two``), which is ggml's rope mode 0: the
   weights are written as stored.  Quantized GPT-J (and ggmm MPT) files are made as the ggml examples
   made them, by the ggml of August 2023: the 2-D weights go into a ggjt v3 "carrier" file that
-  ``llama-2023-08``'s quantizer (llama-cpp-python 0.1.78, the ggml ``ggml-gptj-mpt-2023-08`` is built
+  ``llama-2023-08``'s quantizer (llama-cpp-python 0.1.78, the ggml ``ggml-gpt4all-2023-08`` is built
   on) quantizes, and its blocks are copied into the GPT-J file (QNT version 2).
 * **LLaMA** (``LlamaForCausalLM``) with a SentencePiece ``tokenizer.model`` -> GGUF for the newest
   engine; q and k projections are permuted as upstream's converter does, because HF stores them for
@@ -538,7 +538,7 @@ def vocab_bytes(src: Path, bpe: BpeVocab, n_vocab: int) -> list[bytes]:
 #: --outtype values of GPT4All-era GPT-J/MPT files: the block types of the ggml examples' quantizers
 LEGACY_OUTTYPES = ("f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 #: the backend whose quantizer makes them: its ggml (llama-cpp-python 0.1.78) is the one backend
-#: ggml-gptj-mpt-2023-08 runs, so the blocks are exactly that era's (QNT version 2, PR 1508 layout)
+#: ggml-gpt4all-2023-08 runs, so the blocks are exactly that era's (QNT version 2, PR 1508 layout)
 LEGACY_QUANTIZER = "llama-2023-08"
 _QNT_VERSION = 2
 _QK = 32  # values per block of every offered type: quantized rows must be a whole number of blocks

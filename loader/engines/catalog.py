@@ -500,7 +500,7 @@ def suggest(facts: FileFacts, all_v: list[Verdict], *, built: Iterable[str] | No
                 "from the original weights")
     if arch == "gptj" and fmt == "gguf":
         return ("no llama.cpp runs GPT-J GGUF files; the GPT4All-era GPT-J ggml file (if you still have it) "
-                "loads on our ggml-gptj-mpt-2023-05 backend")
+                "loads on our ggml-gpt4all-2023-05 backend")
     if arch in ("gptj", "mpt") and facts.quant_layout not in (None, "qnt0"):
         return (f"this {arch} file was quantized after May 2023 ({facts.quant_layout} blocks); our GPT-J/MPT "
                 "backend reads the GPT4All-era (qnt0) layout: use the F16/F32 original or a GGUF conversion")
