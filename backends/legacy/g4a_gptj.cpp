@@ -96,16 +96,7 @@ ggml_tensor *graph(g4a_model &m, ggml_context *c, ggml_cgraph &gf, ggml_tensor *
         ggml_tensor *KQ_scaled = SCALE(c, KQ, ggml_new_f32(c, 1.0f / sqrtf(float(E) / H)));
         ggml_tensor *KQ_masked = DIAG_MASK_INF(c, KQ_scaled, n_past);
         ggml_tensor *KQ_soft_max = SOFT_MAX(c, KQ_masked);
-        ggml_tensor *V_trans = ggml_cpy(
-            c,
-            ggml_permute(c,
-                         ggml_reshape_3d(c, ggml_view_1d(c, m.mv, (int64_t)(n_past + N) * E, (size_t)il * n_ctx * es * E),
-                                         hd, H, n_past + N),
-                         1, 2, 0, 3),
-            ggml_new_tensor_3d(c, m.mv->type, n_past + N, hd, H));
-        ggml_tensor *KQV = ggml_mul_mat(c, V_trans, KQ_soft_max);
-        ggml_tensor *KQV_merged = ggml_permute(c, KQV, 0, 2, 1, 3);
-        cur = ggml_cpy(c, KQV_merged, ggml_new_tensor_2d(c, GGML_TYPE_F32, E, N));
+        cur = attend_cached_values(c, m, il, KQ_soft_max, n_past, N);
         cur = ggml_mul_mat(c, Ly.out, cur);
         ggml_tensor *inpFF = cur;
 

@@ -120,6 +120,21 @@ ggml_tensor *layer_norm(ggml_context *c, ggml_tensor *x, ggml_tensor *g, ggml_te
     return x;
 }
 
+ggml_tensor *attend_cached_values(ggml_context *c, const g4a_model &m, int il, ggml_tensor *kq_soft_max, int n_past,
+                                  int N) {
+    const int64_t E = m.n_embd, H = m.n_head, hd = E / H;
+    ggml_tensor *V_trans = ggml_cpy(
+        c,
+        ggml_permute(c,
+                     ggml_reshape_3d(c, ggml_view_1d(c, m.mv, (int64_t)(n_past + N) * E, kv_offset(m, m.mv, il, 0, E)),
+                                     hd, H, n_past + N),
+                     1, 2, 0, 3),
+        ggml_new_tensor_3d(c, m.mv->type, n_past + N, hd, H));
+    ggml_tensor *KQV = ggml_mul_mat(c, V_trans, kq_soft_max);
+    ggml_tensor *KQV_merged = ggml_permute(c, KQV, 0, 2, 1, 3);
+    return ggml_cpy(c, KQV_merged, ggml_new_tensor_2d(c, GGML_TYPE_F32, E, N));
+}
+
 // ---------------------------------------------------------------------------------------------
 // GPT4All's gpt_tokenize, written out by hand: the text is split like the regex
 //   's|'t|'re|'ve|'m|'ll|'d| ?[[:alpha:]]+| ?[[:digit:]]+| ?[^\s[:alpha:][:digit:]]+|\s+(?!\S)|\s+

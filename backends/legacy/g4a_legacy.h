@@ -198,6 +198,10 @@ int32_t find_token(const g4a_model &m, const char *s);
 // GPT4All's gpt_tokenize (GPT-2 pre-split, greedy longest vocabulary match)
 void gpt_tokenize(const g4a_model &m, const std::string &text, std::vector<int32_t> &out);
 ggml_tensor *layer_norm(ggml_context *c, ggml_tensor *x, ggml_tensor *g, ggml_tensor *b);
+// softmax(KQ) x V over layer il's cached values (stored by position, transposed here) for the N new tokens
+// at n_past: the attention output of every head, merged into an F32 [n_embd, N] tensor
+ggml_tensor *attend_cached_values(ggml_context *c, const g4a_model &m, int il, ggml_tensor *kq_soft_max, int n_past,
+                                  int N);
 // builders of a TensorTable entry
 inline void add_mat(TensorTable &s, const std::string &n, ggml_tensor **d, int64_t ne0, int64_t ne1) {
     s.emplace(n, Slot{d, 2, ne0, ne1, true});
