@@ -43,7 +43,7 @@ def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None =
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[False] = ...,
          worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model: ...
+         published_table: TableArg = ..., parallel: int = ...) -> Model: ...
 
 
 @overload
@@ -51,7 +51,7 @@ def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None =
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: Literal[True],
          worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> IsolatedModel: ...
+         published_table: TableArg = ..., parallel: int = ...) -> IsolatedModel: ...
 
 
 @overload
@@ -59,14 +59,14 @@ def load(path: str | os.PathLike[str], *, device: str = ..., n_ctx: int | None =
          n_threads: int | None = ..., n_gpu_layers: int | None = ..., backend: str | None = ...,
          embeddings: bool = ..., seed: int = ..., vocab_only: bool | None = ..., isolated: bool = ...,
          worker_timeout: float | None = ..., flash_attn: str | bool = ..., chat_template: str | None = ...,
-         published_table: TableArg = ...) -> Model | IsolatedModel: ...
+         published_table: TableArg = ..., parallel: int = ...) -> Model | IsolatedModel: ...
 
 
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, isolated: bool = False,
          worker_timeout: float | None = None, flash_attn: str | bool = "auto", chat_template: str | None = None,
-         published_table: TableArg = None) -> Model | IsolatedModel:
+         published_table: TableArg = None, parallel: int = 1) -> Model | IsolatedModel:
     """Load a model file on the backend that reads it; the parameters are :func:`gpt4all_loader.model.load`'s.
 
     isolated: run the engine in a worker process (see :class:`~gpt4all_loader.worker.IsolatedModel`: a
@@ -75,7 +75,8 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     """
     kwargs: dict[str, Any] = dict(device=device, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                   backend=backend, embeddings=embeddings, seed=seed, vocab_only=vocab_only,
-                                  flash_attn=flash_attn, chat_template=chat_template, published_table=published_table)
+                                  flash_attn=flash_attn, chat_template=chat_template, published_table=published_table,
+                                  parallel=parallel)
     if isolated:
         from .worker import DEFAULT_TIMEOUT, IsolatedModel
 

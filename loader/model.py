@@ -20,16 +20,19 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Mapping, Sequence, TypeVar, overload
 
 from .engines import cache, native
 from .engines.manifest import load_manifest
 from .errors import BackendError, ChatTemplateError, ContextLengthError, ModelClosedError
 from .formats.facts import FileFacts
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
+from .sampling import SamplingParams, SequenceSampler, TokenLogprob
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .batching import Batcher
     from .chat import ChatSession, ChatTemplate
+    from .constrain import Grammar, Vocabulary
     from .published import TableArg
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048); the
@@ -41,6 +44,8 @@ MAX_TOKENIZE_BYTES = 64 << 20
 #: the largest n_ctx load() takes, beyond a file's own training context: 2**20 already costs 8 GiB on
 #: gguf-2023-11 for a tiny model, and the eras' int32 sizes overflow on the way to 2**31 (SIGSEGV)
 MAX_N_CTX = 1 << 20
+#: the most sequences one context decodes together (the 2026 engine's own bound is 256)
+MAX_PARALLEL = 256
 #: architectures that encode a text into one vector (embed()) and have no next-token logits to generate from
 EMBEDDING_ONLY = frozenset({"bert"})
 
@@ -109,6 +114,13 @@ class ModelInfo:
     #: the chat template chat() uses, and why: "file", "gpt4all:<published name>", "user:<name or path>",
     #: "default:chatml" (see :func:`~gpt4all_loader.chat.resolve_template`)
     chat_template_source: str = ""
+    #: generations decoded together (load(parallel=N)): 1 where the era evaluates one stream per context
+    parallel: int = 1
+
+    @property
+    def batching(self) -> str:
+        """"batch" when generations run together (continuous batching), else "queue" (one at a time)."""
+        return "batch" if self.parallel > 1 else "queue"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +143,20 @@ class GenerationStats:
     time_to_first_token_s: float | None = None
     #: seconds from the first token to the end
     completion_s: float = 0.0
+    #: each generated token's log-probabilities, when the generation asked for them (logprobs=True)
+    logprobs: list[TokenLogprob] | None = None
+    #: perf_counter() of the first token (for completion_s)
+    first_token_at: float | None = field(default=None, repr=False)
+
+    def token_done(self, t0: float, logprob: TokenLogprob | None) -> None:
+        """Count one generated token (``t0``: when the generation started)."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.time_to_first_token_s, self.first_token_at = now - t0, now
+        self.completion_tokens += 1
+        self.completion_s = now - self.first_token_at
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -138,6 +164,21 @@ class GenerationStats:
         if self.completion_tokens < 2 or self.completion_s <= 0:
             return None
         return (self.completion_tokens - 1) / self.completion_s
+
+
+class Piece(str):
+    """A piece of generated text (a str) with the log-probabilities of the tokens it came from, streamed by
+    ``generate(..., stream=True, logprobs=True)``."""
+
+    logprobs: tuple[TokenLogprob, ...]
+
+    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> "Piece":
+        obj = super().__new__(cls, text)
+        obj.logprobs = logprobs
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Piece, (str(self), self.logprobs))
 
 
 _C = TypeVar("_C", bound="Closing")
@@ -183,10 +224,25 @@ class Model(Closing):
         #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
         #: what follows the longest prefix it shares with them
         self._kv: list[int] = []
-        #: what the last generation did (None before the first)
-        self.last_generation: GenerationStats | None = None
+        self._local = threading.local()       # each thread's last generation
+        self._last_any: GenerationStats | None = None
+        #: the constraint engine's view of the vocabulary (built on first use)
+        self._vocabulary: "Vocabulary | None" = None
+        #: the continuous batch, when the engine decodes several sequences (load(parallel=N))
+        self._batcher: "Batcher | None" = None
         # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
         self._dummy_prefix = facts.tokenizer == "llama" and facts.hparams.get("add_space_prefix", True) is not False
+
+    @property
+    def last_generation(self) -> GenerationStats | None:
+        """What the last generation of the calling thread did (of any thread, when this one ran none);
+        None before the first.  Per thread, so that concurrent generations each read their own."""
+        return getattr(self._local, "stats", None) or self._last_any
+
+    @last_generation.setter
+    def last_generation(self, stats: GenerationStats | None) -> None:
+        self._local.stats = stats
+        self._last_any = stats
 
     @property
     def last_evaluated(self) -> int:
@@ -196,6 +252,9 @@ class Model(Closing):
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Free the native model (deferred to the end of a running stream; see the module doc)."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:   # its step loop takes the lock: end it first
+            batcher.close()
         with self._lock:
             if self._handle is None or self._closing:
                 return
@@ -406,46 +465,29 @@ class Model(Closing):
 
     # -- generation -----------------------------------------------------------------------------
     @overload
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
-                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
-                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
-                 stream: Literal[False] = ..., callback: Callable[[str], bool] | None = ...,
-                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
-                 n_keep: int | None = ...) -> str: ...
+    def generate(self, prompt: str | Sequence[int], *, stream: Literal[False] = ..., **kwargs: Any) -> str: ...
 
     @overload
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
-                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
-                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
-                 stream: Literal[True], callback: Callable[[str], bool] | None = ...,
-                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
-                 n_keep: int | None = ...) -> Iterator[str]: ...
+    def generate(self, prompt: str | Sequence[int], *, stream: Literal[True], **kwargs: Any) -> Iterator[str]: ...
 
     @overload
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = ..., temperature: float = ...,
-                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
-                 repeat_last_n: int = ..., seed: int | None = ..., stop: Sequence[str] = ...,
-                 stream: bool = ..., callback: Callable[[str], bool] | None = ...,
-                 add_bos: bool = ..., special: bool = ..., context_shift: bool = ...,
-                 n_keep: int | None = ...) -> str | Iterator[str]: ...
+    def generate(self, prompt: str | Sequence[int], *, stream: bool = ..., **kwargs: Any) -> str | Iterator[str]: ...
 
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
-                 repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
-                 stream: bool = False, callback: Callable[[str], bool] | None = None,
-                 add_bos: bool = True, special: bool = False, context_shift: bool = True,
-                 n_keep: int | None = None) -> str | Iterator[str]:
-        """Continue ``prompt`` (text, or token ids).
+    def generate(self, prompt: str | Sequence[int], *, stream: bool = False, stop: Sequence[str] = (),
+                 callback: Callable[[str], bool] | None = None, **kwargs: Any) -> str | Iterator[str]:
+        """Continue ``prompt`` (text, or token ids); ``kwargs`` are :meth:`generate_tokens`'s.
 
         ``temperature=0`` is greedy and deterministic; otherwise sampling is seeded by ``seed``
         (a random seed when None).  Generation stops at an end-of-generation token, at a ``stop``
-        string (not included in the output), after ``max_tokens``, or when ``callback(piece)``
-        returns False.  Only what follows the longest prefix the prompt shares with the cached
-        tokens (:attr:`cached_tokens`) is evaluated.  When the context fills, ``context_shift`` keeps
-        the first ``n_keep`` tokens (default: the prompt's start, up to a quarter of the context, so
-        at least BOS), drops the older half of the rest and goes on; ``context_shift=False`` stops.
-        ``stream=True`` returns an iterator of text pieces that never splits a UTF-8 character;
-        breaking out of it cancels the generation.
+        string (not included in the output), after ``max_tokens``, when a constraint (``json_schema``,
+        ``grammar``) is complete, or when ``callback(piece)`` returns False.  Only what follows the
+        longest prefix the prompt shares with the cached tokens (:attr:`cached_tokens`) is evaluated.
+        When the context fills, ``context_shift`` keeps the first ``n_keep`` tokens (default: the
+        prompt's start, up to a quarter of the context, so at least BOS), drops the older half of the
+        rest and goes on; ``context_shift=False`` stops.  ``stream=True`` returns an iterator of text
+        pieces that never splits a UTF-8 character; breaking out of it cancels the generation.  With
+        ``logprobs=True`` each piece is a :class:`Piece` (a str) that also carries the log-probabilities
+        of its tokens, and :attr:`last_generation` has them all.
         Parameters are checked here, before anything runs (ValueError).
         """
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -453,31 +495,36 @@ class Model(Closing):
             raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
         if callback is not None and not callable(callback):
             raise ValueError(f"callback must be callable or None, got {callback!r}")
-        tokens = self.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                      repeat_last_n=repeat_last_n, seed=seed, add_bos=add_bos, special=special,
-                                      context_shift=context_shift, n_keep=n_keep)
-        it = self._generate(tokens, stop=stops, callback=callback)
+        tokens = self.generate_tokens(prompt, **kwargs)
+        it = self._generate(tokens, stop=stops, callback=callback, logprobs=bool(kwargs.get("logprobs")))
         if stream:
             return it
         return "".join(it)
 
     def generate_tokens(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.0,
                         top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
-                        repeat_last_n: int = 64, seed: int | None = None, add_bos: bool = True,
+                        repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                        logit_bias: Mapping[int | str, float] | None = None, logprobs: bool = False,
+                        top_logprobs: int | None = None, json_schema: Mapping[str, Any] | bool | None = None,
+                        grammar: str | None = None, seed: int | None = None, add_bos: bool = True,
                         special: bool = False, context_shift: bool = True,
                         n_keep: int | None = None) -> Generator[int, None, None]:
-        """The token ids generate() would produce, one at a time (the model stays locked while iterating)."""
+        """The token ids generate() would produce, one at a time (the model stays locked while iterating).
+
+        presence_penalty, frequency_penalty (-2..2) and logit_bias ({token id: bias}) work as in OpenAI's
+        API, over the ``repeat_last_n`` window.  json_schema (a JSON schema; ``True``: any JSON object) or
+        grammar (a Lark or GBNF grammar) constrains every token (:mod:`gpt4all_loader.constrain`): the
+        reply fits, or ends with finish_reason "length".  logprobs/top_logprobs record each token's
+        log-probability (and up to 20 alternatives) in :attr:`last_generation`.
+        """
         if self.info.architecture in EMBEDDING_ONLY:
             raise BackendError(f"{self.info.path}: a {self.info.architecture} file is a sentence-embedding model: it "
                                f"has no next-token logits and generates no text; use embed() (load(..., "
                                f"embeddings=True))")
-        sampling = dict(
-            temperature=_float(temperature, "temperature", 0.0), top_k=_int_arg(top_k, "top_k", -2**31, 2**31 - 1),
-            top_p=_float(top_p, "top_p", 0.0, 1.0), min_p=_float(min_p, "min_p", 0.0, 1.0),
-            repeat_penalty=_float(repeat_penalty, "repeat_penalty", 0.0, above=True),
-            # no more history than the context holds (the window is allocated)
-            repeat_last_n=min(_int_arg(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), self.info.n_ctx))
+        params = SamplingParams.checked(
+            n_vocab=self.info.n_vocab, n_ctx=self.info.n_ctx, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, logprobs=logprobs, top_logprobs=top_logprobs)
         max_tokens = _int_arg(max_tokens, "max_tokens", 0, 2**31 - 1)
         seed = _int_arg(seed, "seed", -2**63, 2**64 - 1) if seed is not None \
             else int.from_bytes(os.urandom(8), "little")
@@ -485,13 +532,44 @@ class Model(Closing):
             prompt = [_int_arg(t, "a token id", -2**31, 2**31 - 1) for t in prompt]
         keep = None if n_keep is None else _int_arg(n_keep, "n_keep", 0, 2**31 - 1)
         shift = keep if context_shift else -1
-        return self._token_stream(prompt, max_tokens, sampling, seed, add_bos, special, shift)
+        grammar_ = self.constraint(json_schema=json_schema, grammar=grammar)
+        return self._token_stream(prompt, max_tokens, params, seed, add_bos, special, shift, grammar_)
 
-    def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, sampling: dict[str, Any],
-                      seed: int, add_bos: bool, special: bool, shift: int | None) -> Generator[int, None, None]:
+    def constraint(self, *, json_schema: Mapping[str, Any] | bool | None = None,
+                   grammar: str | None = None) -> "Grammar | None":
+        """The compiled constraint for this model's vocabulary (None when neither is given); compiled
+        grammars are kept per model, so a schema used again costs nothing."""
+        if json_schema is None and grammar is None:
+            return None
+        if json_schema is not None and grammar is not None:
+            raise ValueError("give json_schema or grammar, not both")
+        from .constrain import Vocabulary, compile_constraint
+
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary.from_model(self)
+            vocab = self._vocabulary
+        if json_schema is True:
+            return compile_constraint(vocab, json_object=True)
+        if grammar is not None:
+            return compile_constraint(vocab, grammar=grammar)
+        if not isinstance(json_schema, Mapping):
+            raise ValueError(f"json_schema must be a JSON schema (a dict) or True, got {type(json_schema).__name__}")
+        return compile_constraint(vocab, json_schema=dict(json_schema))
+
+    def _token_logprob(self, lp: TokenLogprob) -> TokenLogprob:
+        """The sampler's ids with each token's bytes, as a reply shows them."""
+        return TokenLogprob(lp.token, lp.logprob, self.token_bytes(lp.token),
+                            tuple(TokenLogprob(t.token, t.logprob, self.token_bytes(t.token)) for t in lp.top))
+
+    def _token_stream(self, prompt: str | bytes | list[int], max_tokens: int, params: SamplingParams,
+                      seed: int, add_bos: bool, special: bool, shift: int | None,
+                      grammar: "Grammar | None") -> Generator[int, None, None]:
         """generate_tokens() after its checks.  Each native call fetches the handle again (``_h``):
         the consumer may close the model between two steps, and the free waits for this stream."""
-        ffi = self._ffi
+        if self._batcher is not None:
+            yield from self._batched_stream(prompt, max_tokens, params, seed, add_bos, special, grammar)
+            return
         with self._lock:
             self._weights()
             self._streams += 1
@@ -504,40 +582,34 @@ class Model(Closing):
                     raise ContextLengthError(f"the prompt has {len(tokens)} tokens; the context holds "
                                              f"{self.info.n_ctx}")
                 stats = self.last_generation = GenerationStats(prompt_tokens=len(tokens))
+                if params.logprobs:
+                    stats.logprobs = []
                 t0 = time.perf_counter()
                 stats.prompt_evaluated = self._evaluate_to(tokens)
                 # context shift: -1 off; None the prompt's start, up to a quarter of the context
                 n_keep = min(len(tokens), max(1, self.info.n_ctx // 4)) if shift is None else shift
-                params = ffi.new("g4a_sampling *", sampling)
-                rng = ffi.new("uint64_t *", seed & 0xFFFFFFFFFFFFFFFF)
-                window_n = max(sampling["repeat_last_n"], 1)
-                hist = ffi.new("int32_t[]", window_n)
-                recent = list(tokens[-window_n:])
-                one = ffi.new("int32_t[1]")
-                t_first = t0
+                sampler = SequenceSampler(self._ffi, params, seed, self.info.n_vocab, tokens,
+                                          grammar.matcher() if grammar is not None else None)
+                one = self._ffi.new("int32_t[1]")
                 try:
                     for _ in range(max_tokens):
-                        hist[0:len(recent)] = recent
-                        tok = self._lib.g4a_sample(self._h(), params, hist, len(recent), rng)
+                        tok = sampler.sample(self._lib, self._h(), 0)
                         if tok < 0:
                             raise self._err("sampling failed")
                         if self._lib.g4a_is_eog(self._h(), tok):
                             stats.finish_reason = "stop"
                             return
-                        now = time.perf_counter()
-                        if stats.time_to_first_token_s is None:
-                            stats.time_to_first_token_s, t_first = now - t0, now
-                        stats.completion_tokens += 1
-                        stats.completion_s = now - t_first
+                        stats.token_done(t0, sampler.last and self._token_logprob(sampler.last))
                         yield tok
+                        sampler.accept(tok)
+                        if sampler.constraint_done:
+                            stats.finish_reason = "stop"
+                            return
                         if len(self._kv) + 1 > self.info.n_ctx:
                             if n_keep < 0:
                                 stats.finish_reason = "length"
                                 return
                             self._shift(n_keep)
-                        recent.append(tok)
-                        if len(recent) > window_n:
-                            del recent[0]
                         one[0] = tok
                         self._eval(self._h(), one, (tok,))
                     stats.finish_reason = "length"
@@ -549,21 +621,52 @@ class Model(Closing):
                 if self._closing and not self._streams:
                     self._free()
 
+    def _batched_stream(self, prompt: str | bytes | list[int], max_tokens: int, params: SamplingParams, seed: int,
+                        add_bos: bool, special: bool, grammar: "Grammar | None") -> Generator[int, None, None]:
+        """One sequence of the continuous batch (:mod:`gpt4all_loader.batching`): this thread waits for
+        the tokens the batch's step loop samples for it."""
+        assert self._batcher is not None
+        tokens = (self.tokenize(prompt, add_bos=add_bos, special=special)
+                  if isinstance(prompt, (str, bytes)) else prompt)
+        if not tokens:
+            tokens = [self.token_bos()]
+        if len(tokens) >= self.info.n_ctx:
+            raise ContextLengthError(f"the prompt has {len(tokens)} tokens; the context holds {self.info.n_ctx}")
+        stats = self.last_generation = GenerationStats(prompt_tokens=len(tokens))
+        if params.logprobs:
+            stats.logprobs = []
+        sampler = SequenceSampler(self._ffi, params, seed, self.info.n_vocab, tokens,
+                                  grammar.matcher() if grammar is not None else None)
+        yield from self._batcher.run(tokens, sampler, max_tokens, stats)
+
     def _generate(self, tokens: Generator[int, None, None], *, stop: tuple[str, ...],
-                  callback: Callable[[str], bool] | None) -> Iterator[str]:
+                  callback: Callable[[str], bool] | None, logprobs: bool = False) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""          # text held back because it may be the start of a stop string
         hold = max((len(s) for s in stop), default=0)
+        stats: GenerationStats | None = None
+        taken = consumed = 0  # log-probabilities handed out with a piece; tokens read so far
+
+        def piece(text: str) -> str:
+            nonlocal taken
+            if not logprobs or stats is None or stats.logprobs is None:
+                return text
+            lps = stats.logprobs[taken:consumed]  # a batch may have sampled this stream's next token already
+            taken = consumed
+            return Piece(text, tuple(lps))
+
         try:
             for tok in tokens:
+                consumed += 1
+                stats = self.last_generation  # this stream's: set by its first step, in this thread
                 pending += decoder.decode(self.token_bytes(tok))
                 if stop:
                     cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
                     if cut >= 0:
-                        if self.last_generation is not None:  # this stream's: it holds the lock
-                            self.last_generation.finish_reason = "stop"
+                        if stats is not None:
+                            stats.finish_reason = "stop"
                         if pending[:cut]:
-                            yield pending[:cut]
+                            yield piece(pending[:cut])
                         return
                     keep = hold - 1
                     out, pending = (pending[:-keep], pending[-keep:]) if keep and len(pending) > keep else \
@@ -573,11 +676,11 @@ class Model(Closing):
                 if out:
                     if callback is not None and callback(out) is False:
                         return
-                    yield out
+                    yield piece(out)
             pending += decoder.decode(b"", final=True)
             if pending:
                 if callback is None or callback(pending) is not False:
-                    yield pending
+                    yield piece(pending)
         finally:
             tokens.close()
 
@@ -655,7 +758,7 @@ def _legacy_params(facts: FileFacts) -> tuple[int, float]:
 def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | None = None,
          n_threads: int | None = None, n_gpu_layers: int | None = None, backend: str | None = None,
          embeddings: bool = False, seed: int = 0, vocab_only: bool | None = None, flash_attn: str | bool = "auto",
-         chat_template: str | None = None, published_table: TableArg = None) -> Model:
+         chat_template: str | None = None, published_table: TableArg = None, parallel: int = 1) -> Model:
     """Load a model file, in this process, on the backend that reads it (``gpt4all_loader.load`` also
     runs it in a worker process: ``isolated=True``).
 
@@ -690,6 +793,7 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
     if n_gpu_layers is not None:
         _int_arg(n_gpu_layers, "n_gpu_layers", -1, 2**31 - 1)
     seed = _int_arg(seed, "seed", -2**63, 2**64 - 1)
+    parallel = _int_arg(parallel, "parallel", 1, MAX_PARALLEL)
     the_plan = plan(facts, device=device, backend=backend, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     fit_layers=fit_layers)
     name, choice = the_plan.require()
@@ -704,7 +808,7 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
         n_ctx=n_ctx, n_threads=n_threads,
         n_gpu_layers=int(-1 if choice.n_gpu_layers is None else choice.n_gpu_layers) if choice.device == "cuda" else 0,
         vocab_only=int(vocab_only), embeddings=int(embeddings), n_gqa=n_gqa, rms_norm_eps=eps, seed=seed & 0xFFFFFFFF,
-        flash_attn={"auto": -1, "off": 0, "on": 1}[fa]))
+        flash_attn={"auto": -1, "off": 0, "on": 1}[fa], n_seq_max=1 if vocab_only or embeddings else parallel))
     t0 = time.perf_counter()
     handle = be.load_model(path, params)
     seconds = time.perf_counter() - t0
@@ -720,5 +824,10 @@ def load(path: str | os.PathLike[str], *, device: str = "auto", n_ctx: int | Non
         load_seconds=seconds, why_backend=why_backend, why_variant=choice.reason, rejected=rejected,
         engine=be.info(), vocab_only=bool(vocab_only), flash_attn=fa if fa != "auto" else (fa_default or "off"),
         context_shift="" if vocab_only else ("cache" if be.lib.g4a_shift(handle, 0, 0) == 0 else "re-evaluate"),
-        chat_template_source=template.source)
-    return Model(be, handle, info, facts, embeddings, template)
+        chat_template_source=template.source, parallel=max(1, int(be.lib.g4a_n_seq_max(handle))))
+    model = Model(be, handle, info, facts, embeddings, template)
+    if info.parallel > 1:
+        from .batching import Batcher
+
+        model._batcher = Batcher(model, info.parallel)
+    return model

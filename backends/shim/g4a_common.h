@@ -37,13 +37,24 @@
 // `struct g4a_model : g4a_model_state` with its own fields besides.
 struct g4a_model_state {
     int32_t n_vocab = 0;
-    int32_t n_ctx = 0;        // positions the context holds (0: vocabulary only)
-    int32_t n_past = 0;       // positions evaluated
-    bool has_logits = false;  // the last evaluation left logits to read
+    int32_t n_ctx = 0;        // positions each sequence holds (0: vocabulary only)
+    int32_t n_past = 0;       // positions of sequence 0 evaluated (the engines' single stream)
+    bool has_logits = false;  // sequence 0 has logits to read
     bool vocab_only = false;
+    int32_t n_seq_max = 1;    // sequences: 1 unless the engine decodes several (engine_decode)
+    // sequences other than 0 keep their positions here; each sequence's logits are copied out of the
+    // engine after a g4a_decode (seq_logits[s] valid when seq_has[s]); sequence 0 after a g4a_eval
+    // reads the engine's own buffer (has_logits && !seq_has[0])
+    std::vector<int32_t> seq_past;
+    std::vector<std::vector<float>> seq_logits;
+    std::vector<char> seq_has;
     std::vector<float> scratch;     // sampling work space, reused token after token
     std::vector<int32_t> order;
+    std::vector<int32_t> counts;    // occurrences per token in the penalty window (presence/frequency)
 };
+
+// the position counter of one sequence (sequence 0's is the engines' n_past)
+static inline int32_t &past_of(g4a_model_state *m, int32_t seq) { return seq == 0 ? m->n_past : m->seq_past[(size_t)seq]; }
 
 static int32_t default_threads() {
     unsigned n = std::thread::hardware_concurrency();
@@ -210,40 +221,110 @@ static uint64_t splitmix64(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-// Pick a token from nv logits: repeat penalty, then greedy (temperature <= 0) or
-// top-k -> softmax(temperature) -> min-p -> top-p -> one draw from the caller's splitmix64 state.
-// l and idx are caller-owned work space (reused across calls to avoid allocations per token).
+static inline bool g4a_allowed(const uint32_t *mask, int32_t t) {
+    return !mask || (mask[(uint32_t)t >> 5] >> ((uint32_t)t & 31u)) & 1u;
+}
+
+// Pick a token from nv logits.  In order: logit bias, repeat/presence/frequency penalties over the history
+// window, the constraint mask; then (when asked) the log-probabilities of what may be chosen; then greedy
+// (temperature <= 0) or top-k -> softmax(temperature) -> min-p -> top-p -> one draw from the caller's
+// splitmix64 state.  l, idx and counts are caller-owned work space (reused across calls).
 static inline int32_t g4a_sample_logits(const float *logits, int32_t nv, const g4a_sampling *sp,
                                         const int32_t *history, int32_t n_history, uint64_t *rng_state,
-                                        std::vector<float> &l, std::vector<int32_t> &idx) {
+                                        g4a_token_logprobs *lp, std::vector<float> &l, std::vector<int32_t> &idx,
+                                        std::vector<int32_t> &counts) {
     l.assign(logits, logits + nv);
+    const float neg_inf = -INFINITY;
 
-    // repeat penalty over the most recent tokens (each distinct token once)
-    if (sp->repeat_penalty != 1.0f && sp->repeat_penalty > 0 && history && n_history > 0) {
-        int32_t last_n = sp->repeat_last_n > 0 ? std::min(sp->repeat_last_n, n_history) : n_history;
-        std::vector<char> seen((size_t)nv, 0);
+    if (sp->n_bias < 0 || (sp->n_bias > 0 && (!sp->bias_tokens || !sp->bias_values))) {
+        set_error("g4a_sample: bad logit bias");
+        return -1;
+    }
+    for (int32_t i = 0; i < sp->n_bias; ++i) {
+        const int32_t t = sp->bias_tokens[i];
+        if (t < 0 || t >= nv) { set_error("g4a_sample: logit bias for token " + std::to_string(t) + " outside the vocabulary"); return -1; }
+        l[(size_t)t] += sp->bias_values[i];
+    }
+
+    // penalties over the most recent tokens
+    const bool repeat = sp->repeat_penalty != 1.0f && sp->repeat_penalty > 0;
+    const bool openai = sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f;
+    if ((repeat || openai) && history && n_history > 0) {
+        const int32_t last_n = sp->repeat_last_n > 0 ? std::min(sp->repeat_last_n, n_history) : n_history;
+        counts.assign((size_t)nv, 0);
         for (int32_t i = n_history - last_n; i < n_history; ++i) {
-            int32_t t = history[i];
-            if (t < 0 || t >= nv || seen[(size_t)t]) continue;
-            seen[(size_t)t] = 1;
-            l[(size_t)t] = l[(size_t)t] > 0 ? l[(size_t)t] / sp->repeat_penalty : l[(size_t)t] * sp->repeat_penalty;
+            const int32_t t = history[i];
+            if (t >= 0 && t < nv) ++counts[(size_t)t];
+        }
+        for (int32_t i = n_history - last_n; i < n_history; ++i) {
+            const int32_t t = history[i];
+            if (t < 0 || t >= nv || counts[(size_t)t] == 0) continue;
+            float &x = l[(size_t)t];
+            if (repeat) x = x > 0 ? x / sp->repeat_penalty : x * sp->repeat_penalty;
+            x -= sp->presence_penalty + sp->frequency_penalty * (float)counts[(size_t)t];
+            counts[(size_t)t] = 0;   // each distinct token once
         }
     }
 
-    if (!(sp->temperature > 0)) {
-        int32_t best = 0;
-        for (int32_t i = 1; i < nv; ++i) if (l[(size_t)i] > l[(size_t)best]) best = i;
-        return best;
+    // the constraint; then the best token (also the greedy choice) and whether any may be chosen
+    int32_t best = -1;
+    for (int32_t i = 0; i < nv; ++i) {
+        if (!g4a_allowed(sp->allowed, i)) l[(size_t)i] = neg_inf;
+        const float x = l[(size_t)i];
+        if (x != neg_inf && x == x && (best < 0 || x > l[(size_t)best])) best = i;
     }
+    if (best < 0) {
+        set_error(sp->allowed ? "g4a_sample: the constraint allows no token here"
+                              : "g4a_sample: every token is banned (logit bias) or has no finite logit");
+        return -1;
+    }
+
+    double log_z = 0;   // log of the softmax's normalizer, for the log-probabilities
+    if (lp) {
+        const double mx = l[(size_t)best];
+        double z = 0;
+        for (int32_t i = 0; i < nv; ++i) {
+            const float x = l[(size_t)i];
+            if (x != neg_inf && x == x) z += std::exp((double)x - mx);
+        }
+        log_z = mx + std::log(z);
+        const int32_t want = std::max(0, std::min<int32_t>(lp->n_top, G4A_MAX_TOP_LOGPROBS));
+        int32_t have = 0;
+        for (int32_t i = 0; i < nv && want > 0; ++i) {   // insertion into a sorted list of at most 20
+            const float x = l[(size_t)i];
+            if (x == neg_inf || x != x) continue;
+            if (have == want && !(x > lp->top_logprobs[have - 1])) continue;
+            int32_t j = have < want ? have++ : want - 1;
+            while (j > 0 && x > lp->top_logprobs[j - 1]) {
+                lp->top_logprobs[j] = lp->top_logprobs[j - 1];
+                lp->top_tokens[j] = lp->top_tokens[j - 1];
+                --j;
+            }
+            lp->top_logprobs[j] = x;
+            lp->top_tokens[j] = i;
+        }
+        lp->n_top = have;
+        for (int32_t j = 0; j < have; ++j) lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
+    }
+    auto finish = [&](int32_t tok) {
+        if (lp) lp->logprob = (float)((double)l[(size_t)tok] - log_z);
+        return tok;
+    };
+
+    if (!(sp->temperature > 0)) return finish(best);
     if (!rng_state) { set_error("g4a_sample: rng_state is required when temperature > 0"); return -1; }
 
-    idx.resize((size_t)nv);
-    for (int32_t i = 0; i < nv; ++i) idx[(size_t)i] = i;
-    int32_t k = (sp->top_k > 0 && sp->top_k < nv) ? sp->top_k : nv;
+    idx.clear();
+    for (int32_t i = 0; i < nv; ++i) {
+        const float x = l[(size_t)i];
+        if (x != neg_inf && x == x) idx.push_back(i);   // only what may be chosen
+    }
+    const int32_t n_ok = (int32_t)idx.size();
+    int32_t k = (sp->top_k > 0 && sp->top_k < n_ok) ? sp->top_k : n_ok;
     auto by_logit = [&](int32_t a, int32_t b) {
         return l[(size_t)a] > l[(size_t)b] || (l[(size_t)a] == l[(size_t)b] && a < b);
     };
-    if (k < nv) {
+    if (k < n_ok) {
         std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
     } else {
         std::sort(idx.begin(), idx.end(), by_logit);
@@ -282,9 +363,9 @@ static inline int32_t g4a_sample_logits(const float *logits, int32_t nv, const g
     double acc = 0;
     for (int32_t i = 0; i < keep; ++i) {
         acc += prob[(size_t)i];
-        if (r < acc) return idx[(size_t)i];
+        if (r < acc) return finish(idx[(size_t)i]);
     }
-    return idx[(size_t)(keep - 1)];
+    return finish(idx[(size_t)(keep - 1)]);
 }
 
 

@@ -1,6 +1,6 @@
 // g4a_exports.h - the exported g4a_* functions of g4a_shim.h, written once for every engine.
 //
-// An engine (g4a_shim.cpp over llama.cpp, g4a_gptj_mpt.cpp over the 2023 ggml) defines its handle as
+// An engine (g4a_shim.cpp over llama.cpp, backends/legacy over the 2023 ggml) defines its handle as
 // `struct g4a_model : g4a_model_state` and the engine_* functions below, then includes this file at
 // its end.  Here live what must be the same in every library: argument checks, the context and
 // vocabulary bounds, error text for the calling thread, the shared sampler, and G4A_GUARD around
@@ -22,6 +22,14 @@
 //   const float *engine_logits(g4a_model *), *engine_embeddings(g4a_model *)
 //   int engine_quantize(in, out, ftype, n_threads)         0 on success
 //   bool engine_dequantize(type, src, dst, n)
+// An engine that decodes several sequences in one context defines G4A_ENGINE_SEQUENCES and besides:
+//   int32_t engine_seq_capacity(const g4a_model *)          sequences its context was made for (set n_seq_max)
+//   bool engine_decode(g4a_model *, tokens, seqs, n)  appends token i to sequence seqs[i]; fills seq_logits[s]
+//                                                      for each sequence's last token and advances its counter;
+//                                                      on failure leaves every sequence as it was
+//   bool engine_seq_truncate(g4a_model *, seq, n_keep), engine_seq_shift(g4a_model *, seq, n_keep, n_discard),
+//        engine_seq_copy(g4a_model *, src, dst)
+// Engines without it hold one sequence: the seq functions act on sequence 0 through the single-stream ones.
 #ifndef G4A_EXPORTS_H
 #define G4A_EXPORTS_H
 
@@ -51,7 +59,20 @@ G4A_EXPORT int32_t g4a_gpu_build(void) { return G4A_GPU; }
 G4A_EXPORT g4a_model *g4a_load(const char *path, const g4a_load_params *p) {
     t_error.clear();
     if (!path || !p) { set_error("g4a_load: path and params are required"); return nullptr; }
-    G4A_GUARD(nullptr, { return engine_load(path, p); })
+    if (p->n_seq_max > 256) { set_error("g4a_load: n_seq_max " + std::to_string(p->n_seq_max) + " is above 256"); return nullptr; }
+    G4A_GUARD(nullptr, {
+        g4a_model *m = engine_load(path, p);
+        if (!m) return m;
+#ifndef G4A_ENGINE_SEQUENCES
+        m->n_seq_max = 1;
+#endif
+        const size_t n = (size_t)std::max<int32_t>(1, m->n_seq_max);
+        m->n_seq_max = (int32_t)n;
+        m->seq_past.assign(n, 0);
+        m->seq_logits.assign(n, std::vector<float>());
+        m->seq_has.assign(n, 0);
+        return m;
+    })
 }
 
 G4A_EXPORT void g4a_free(g4a_model *m) {
@@ -120,9 +141,11 @@ G4A_EXPORT int32_t g4a_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
     G4A_GUARD(-1, {
         if (!engine_eval(m, tokens, n)) {
             m->has_logits = false;
+            if (!m->seq_has.empty()) m->seq_has[0] = 0;
             return -1;
         }
         m->has_logits = true;
+        if (!m->seq_has.empty()) m->seq_has[0] = 0;   // sequence 0 reads the engine's buffer
         return 0;
     })
 }
@@ -134,54 +157,171 @@ G4A_EXPORT int32_t g4a_reset(g4a_model *m) {
         if (can_eval(m)) engine_reset(m);
         m->n_past = 0;
         m->has_logits = false;
+        std::fill(m->seq_past.begin(), m->seq_past.end(), 0);
+        std::fill(m->seq_has.begin(), m->seq_has.end(), 0);
         return 0;
     })
 }
 
-G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) {
+static bool seq_ok(const g4a_model *m, int32_t seq, const char *fn) {
+    if (seq >= 0 && seq < m->n_seq_max) return true;
+    set_error(std::string(fn) + ": sequence " + std::to_string(seq) + " is outside 0.." + std::to_string(m->n_seq_max - 1));
+    return false;
+}
+
+G4A_EXPORT int32_t g4a_n_seq_max(const g4a_model *m) { return can_eval(m) ? m->n_seq_max : 0; }
+G4A_EXPORT int32_t g4a_seq_n_past(const g4a_model *m, int32_t seq) {
+    return m && seq >= 0 && seq < m->n_seq_max ? past_of(const_cast<g4a_model *>(m), seq) : 0;
+}
+
+G4A_EXPORT int32_t g4a_seq_truncate(g4a_model *m, int32_t seq, int32_t n_keep) {
     t_error.clear();
     if (!can_eval(m)) { set_error("g4a_truncate: no context (vocabulary only)"); return -1; }
-    if (n_keep < 0 || n_keep > m->n_past) {
-        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(m->n_past));
+    if (!seq_ok(m, seq, "g4a_truncate")) return -1;
+    int32_t &past = past_of(m, seq);
+    if (n_keep < 0 || n_keep > past) {
+        set_error("g4a_truncate: n_keep " + std::to_string(n_keep) + " is outside 0.." + std::to_string(past));
         return -1;
     }
-    if (n_keep == m->n_past) return 0;
+    if (n_keep == past) return 0;
     G4A_GUARD(-1, {
-        if (!engine_truncate(m, n_keep)) {
+#ifdef G4A_ENGINE_SEQUENCES
+        const bool ok = engine_seq_truncate(m, seq, n_keep);
+#else
+        const bool ok = engine_truncate(m, n_keep);
+#endif
+        if (!ok) {
             set_error("g4a_truncate: this model's state cannot be cut back to a shorter prefix");
             return -1;
         }
-        m->n_past = n_keep;
-        m->has_logits = false;
+        past = n_keep;
+        if (seq == 0) m->has_logits = false;
+        m->seq_has[(size_t)seq] = 0;
         return 0;
     })
 }
 
-G4A_EXPORT int32_t g4a_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+G4A_EXPORT int32_t g4a_truncate(g4a_model *m, int32_t n_keep) { return g4a_seq_truncate(m, 0, n_keep); }
+
+G4A_EXPORT int32_t g4a_seq_shift(g4a_model *m, int32_t seq, int32_t n_keep, int32_t n_discard) {
     t_error.clear();
     if (!can_eval(m)) { set_error("g4a_shift: no context (vocabulary only)"); return -1; }
-    if (n_keep < 0 || n_discard < 0 || n_keep > m->n_past || n_discard > m->n_past - n_keep) {
+    if (!seq_ok(m, seq, "g4a_shift")) return -1;
+    int32_t &past = past_of(m, seq);
+    if (n_keep < 0 || n_discard < 0 || n_keep > past || n_discard > past - n_keep) {
         set_error("g4a_shift: keep " + std::to_string(n_keep) + " and discard " + std::to_string(n_discard) +
-                  " do not fit the " + std::to_string(m->n_past) + " cached positions");
+                  " do not fit the " + std::to_string(past) + " cached positions");
         return -1;
     }
     G4A_GUARD(-1, {
-        if (!engine_shift(m, n_keep, n_discard)) {
+#ifdef G4A_ENGINE_SEQUENCES
+        const bool ok = engine_seq_shift(m, seq, n_keep, n_discard);
+#else
+        const bool ok = engine_shift(m, n_keep, n_discard);
+#endif
+        if (!ok) {
             set_error("g4a_shift: this era or model cannot move cached positions");
             return -1;
         }
-        m->n_past -= n_discard;
+        past -= n_discard;
         return 0;
     })
 }
 
-G4A_EXPORT const float *g4a_logits(g4a_model *m) {
+G4A_EXPORT int32_t g4a_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) { return g4a_seq_shift(m, 0, n_keep, n_discard); }
+
+G4A_EXPORT const float *g4a_seq_logits(g4a_model *m, int32_t seq) {
     t_error.clear();
-    if (!m || !m->has_logits) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
+    if (!can_eval(m)) { set_error("g4a_logits: nothing has been evaluated yet"); return nullptr; }
+    if (!seq_ok(m, seq, "g4a_logits")) return nullptr;
+    if (m->seq_has[(size_t)seq]) return m->seq_logits[(size_t)seq].data();
+    if (seq != 0 || !m->has_logits) {
+        set_error("g4a_logits: sequence " + std::to_string(seq) + " has nothing evaluated since its last change");
+        return nullptr;
+    }
     G4A_GUARD(nullptr, {
         const float *l = engine_logits(m);
         if (!l) set_error("g4a_logits: the engine has no logits for the last position");
         return l;
+    })
+}
+
+G4A_EXPORT const float *g4a_logits(g4a_model *m) { return g4a_seq_logits(m, 0); }
+
+// Sequence 0's logits still in the engine's buffer (after g4a_eval) are copied out before another
+// evaluation overwrites that buffer.
+static void keep_seq0_logits(g4a_model *m) {
+    if (!m->has_logits || m->seq_has[0]) return;
+    const float *l = engine_logits(m);
+    if (!l) { m->has_logits = false; return; }
+    m->seq_logits[0].assign(l, l + m->n_vocab);
+    m->seq_has[0] = 1;
+}
+
+G4A_EXPORT int32_t g4a_decode(g4a_model *m, const int32_t *tokens, const int32_t *seqs, int32_t n) {
+    t_error.clear();
+    if (!can_eval(m)) { set_error("g4a_decode: the model was loaded without a context (vocabulary only)"); return -1; }
+    if (n <= 0 || !tokens || !seqs) { set_error("g4a_decode: no tokens"); return -1; }
+    std::vector<int32_t> count((size_t)m->n_seq_max, 0);
+    for (int32_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
+            set_error("g4a_decode: token " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+                      std::to_string(m->n_vocab - 1) + ")");
+            return -1;
+        }
+        if (!seq_ok(m, seqs[i], "g4a_decode")) return -1;
+        ++count[(size_t)seqs[i]];
+    }
+    for (int32_t s = 0; s < m->n_seq_max; ++s) {
+        if (count[(size_t)s] > m->n_ctx - past_of(m, s)) {
+            set_error("g4a_decode: context full: sequence " + std::to_string(s) + " holds " +
+                      std::to_string(past_of(m, s)) + " positions; " + std::to_string(count[(size_t)s]) +
+                      " more exceed n_ctx " + std::to_string(m->n_ctx));
+            return -1;
+        }
+    }
+    G4A_GUARD(-1, {
+        keep_seq0_logits(m);
+#ifdef G4A_ENGINE_SEQUENCES
+        if (!engine_decode(m, tokens, seqs, n)) return -1;
+#else
+        // one sequence: the single-stream evaluation, its logits copied like a sequence's
+        if (!engine_eval(m, tokens, n)) {
+            m->has_logits = false;
+            m->seq_has[0] = 0;
+            return -1;
+        }
+        const float *l = engine_logits(m);
+        if (!l) { set_error("g4a_decode: the engine has no logits for the last position"); return -1; }
+        m->seq_logits[0].assign(l, l + m->n_vocab);
+#endif
+        for (int32_t s = 0; s < m->n_seq_max; ++s) {
+            if (!count[(size_t)s]) continue;
+            m->seq_has[(size_t)s] = 1;
+            if (s == 0) m->has_logits = true;
+        }
+        return 0;
+    })
+}
+
+G4A_EXPORT int32_t g4a_seq_copy(g4a_model *m, int32_t src, int32_t dst) {
+    t_error.clear();
+    if (!can_eval(m)) { set_error("g4a_seq_copy: no context (vocabulary only)"); return -1; }
+    if (!seq_ok(m, src, "g4a_seq_copy") || !seq_ok(m, dst, "g4a_seq_copy")) return -1;
+    if (src == dst) return 0;
+    G4A_GUARD(-1, {
+#ifdef G4A_ENGINE_SEQUENCES
+        keep_seq0_logits(m);
+        if (!engine_seq_copy(m, src, dst)) return -1;
+        past_of(m, dst) = past_of(m, src);
+        m->seq_logits[(size_t)dst] = m->seq_logits[(size_t)src];
+        m->seq_has[(size_t)dst] = m->seq_has[(size_t)src];
+        if (dst == 0) m->has_logits = m->seq_has[0] != 0;
+        return 0;
+#else
+        set_error("g4a_seq_copy: this engine holds one sequence");
+        return -1;
+#endif
     })
 }
 
@@ -191,15 +331,21 @@ G4A_EXPORT const float *g4a_embeddings(g4a_model *m) {
     G4A_GUARD(nullptr, { return engine_embeddings(m); })
 }
 
-G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history, int32_t n_history,
-                              uint64_t *rng_state) {
+G4A_EXPORT int32_t g4a_seq_sample(g4a_model *m, int32_t seq, const g4a_sampling *sp, const int32_t *history,
+                                  int32_t n_history, uint64_t *rng_state, g4a_token_logprobs *lp) {
     t_error.clear();
     if (!m || !sp || n_history < 0 || (!history && n_history > 0)) { set_error("g4a_sample: bad arguments"); return -1; }
-    const float *logits = g4a_logits(m);
+    const float *logits = g4a_seq_logits(m, seq);
     if (!logits) return -1;
     G4A_GUARD(-1, {
-        return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, m->scratch, m->order);
+        return g4a_sample_logits(logits, m->n_vocab, sp, history, n_history, rng_state, lp, m->scratch, m->order,
+                                 m->counts);
     })
+}
+
+G4A_EXPORT int32_t g4a_sample(g4a_model *m, const g4a_sampling *sp, const int32_t *history, int32_t n_history,
+                              uint64_t *rng_state) {
+    return g4a_seq_sample(m, 0, sp, history, n_history, rng_state, nullptr);
 }
 
 G4A_EXPORT int32_t g4a_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads) {

@@ -31,6 +31,11 @@
 #error "G4A_API_GEN must be defined by the build"
 #endif
 
+// From the batch API (2023-11 on) one context decodes several sequences: continuous batching.
+#if G4A_API_GEN >= 4
+#define G4A_ENGINE_SEQUENCES 1
+#endif
+
 
 // ---------------------------------------------------------------------------------------------
 // the model handle
@@ -126,11 +131,17 @@ static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p
 #endif
     if (p->vocab_only) return true;   // no context needed for tokenization
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)m->n_ctx;
+    // one pool of cells for every sequence (each may use up to n_ctx of them), as llama-server's unified cache
+    cp.n_ctx = (uint32_t)m->n_ctx * (uint32_t)m->n_seq_max;
     cp.n_batch = (uint32_t)m->n_batch;
 #if G4A_API_GEN >= 6
     cp.n_ubatch = (uint32_t)m->n_batch;
-    cp.n_seq_max = 1;
+    cp.n_seq_max = (uint32_t)m->n_seq_max;
+    cp.kv_unified = true;
+#elif defined(G4A_CTX_N_SEQ_MAX)
+    cp.n_seq_max = (uint32_t)m->n_seq_max;
+#endif
+#if G4A_API_GEN >= 6
 #elif !defined(G4A_NO_CTX_SEED)
     cp.seed = p->seed;   // (from 2024-09 the seed belongs to samplers; ours is in g4a_sample)
 #endif
@@ -465,41 +476,72 @@ static void compat_reset(g4a_model *m) {
 #endif
 }
 
-// Drop the cache entries of positions >= n_keep; false when the engine cannot (recurrent state).
-static bool compat_truncate(g4a_model *m, int32_t n_keep) {
+// Drop the cache entries of a sequence's positions >= n_keep; false when the engine cannot (recurrent state).
+static bool compat_truncate(g4a_model *m, int32_t seq, int32_t n_keep) {
 #if G4A_API_GEN <= 2
     (void)m;
+    (void)seq;
     (void)n_keep;
     return true;   // the next eval at n_past = n_keep overwrites what follows
 #elif G4A_API_GEN == 4 && defined(G4A_SPM_SPECIAL_IN_SHIM)
-    llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);   // 2023-11: no answer, and no recurrent models
+    llama_kv_cache_seq_rm(m->ctx, seq, n_keep, -1);   // 2023-11: no answer, and no recurrent models
     return true;
 #elif G4A_API_GEN == 4
-    return llama_kv_cache_seq_rm(m->ctx, 0, n_keep, -1);
+    return llama_kv_cache_seq_rm(m->ctx, seq, n_keep, -1);
 #else
-    return llama_memory_seq_rm(llama_get_memory(m->ctx), 0, n_keep, -1);
+    return llama_memory_seq_rm(llama_get_memory(m->ctx), seq, n_keep, -1);
 #endif
 }
 
-// Move cached positions back (RoPE re-rotated by the engine); false where the era or model cannot.
-// Only the 2026 API says whether a model's cache can shift, so the older eras always say no.
-static bool compat_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) {
+// Move a sequence's cached positions back (RoPE re-rotated by the engine); false where the era or model
+// cannot.  Only the 2026 API says whether a model's cache can shift, so the older eras always say no.
+static bool compat_shift(g4a_model *m, int32_t seq, int32_t n_keep, int32_t n_discard) {
 #if G4A_API_GEN >= 6
     llama_memory_t mem = llama_get_memory(m->ctx);
     // a recurrent state has no positions to drop from the middle
     if (!llama_memory_can_shift(mem) || llama_model_is_recurrent(m->model) || llama_model_is_hybrid(m->model))
         return false;
     if (n_discard == 0) return true;
-    if (!llama_memory_seq_rm(mem, 0, n_keep, n_keep + n_discard)) return false;
-    llama_memory_seq_add(mem, 0, n_keep + n_discard, -1, -n_discard);
+    if (!llama_memory_seq_rm(mem, seq, n_keep, n_keep + n_discard)) return false;
+    llama_memory_seq_add(mem, seq, n_keep + n_discard, -1, -n_discard);
     return true;
 #else
     (void)m;
+    (void)seq;
     (void)n_keep;
     (void)n_discard;
     return false;
 #endif
 }
+
+#if G4A_API_GEN >= 4
+// dst becomes a copy of src (its cells are shared, not copied, in the unified cache)
+static void compat_seq_copy(g4a_model *m, int32_t src, int32_t dst) {
+#if G4A_API_GEN >= 6
+    llama_memory_t mem = llama_get_memory(m->ctx);
+    llama_memory_seq_rm(mem, dst, -1, -1);
+    llama_memory_seq_cp(mem, src, dst, -1, -1);
+#else
+    llama_kv_cache_seq_rm(m->ctx, dst, -1, -1);
+    llama_kv_cache_seq_cp(m->ctx, src, dst, -1, -1);
+#endif
+}
+
+// One llama_decode over tokens [i0, i0 + n) of a step: positions and sequences given, logits where want[i].
+// 0 on success; 1 (the engine's answer) when the cache has no room for this many cells at once.
+static int compat_decode_view(g4a_model *m, llama_batch &b, const int32_t *tokens, const int32_t *seqs,
+                              const int32_t *pos, const char *want, int32_t i0, int32_t n) {
+    b.n_tokens = n;
+    for (int32_t j = 0; j < n; ++j) {
+        b.token[j] = tokens[i0 + j];
+        b.pos[j] = pos[i0 + j];
+        b.n_seq_id[j] = 1;
+        b.seq_id[j][0] = seqs[i0 + j];
+        b.logits[j] = want[i0 + j];
+    }
+    return llama_decode(m->ctx, b);
+}
+#endif
 
 static const float *compat_logits(g4a_model *m) {
 #if G4A_API_GEN >= 6
@@ -596,6 +638,10 @@ static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
     m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
     m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
     m->n_batch = std::min<int32_t>(512, m->n_ctx);
+#if G4A_API_GEN >= 4
+    m->n_seq_max = std::max<int32_t>(1, p->n_seq_max);
+    const int32_t n_ctx_seq = m->n_ctx;
+#endif
     m->embeddings = p->embeddings != 0;
     m->vocab_only = p->vocab_only != 0;
     stderr_capture cap;
@@ -618,6 +664,9 @@ static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
         return nullptr;
     }
     compat_query(m.get());
+#if G4A_API_GEN >= 4
+    if (m->n_seq_max > 1 && m->ctx) m->n_ctx = std::min(n_ctx_seq, m->n_ctx / m->n_seq_max);   // per sequence
+#endif
     if (!m->ctx || m->vocab_only) m->n_ctx = 0;   // a vocabulary-only load has no context to evaluate in
     m->n_gpu_layers = G4A_GPU ? p->n_gpu_layers : 0;
     spm_setup(m.get());
@@ -662,8 +711,72 @@ static bool engine_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
 }
 
 static void engine_reset(g4a_model *m) { compat_reset(m); }
-static bool engine_truncate(g4a_model *m, int32_t n_keep) { return compat_truncate(m, n_keep); }
-static bool engine_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) { return compat_shift(m, n_keep, n_discard); }
+static bool engine_truncate(g4a_model *m, int32_t n_keep) { return compat_truncate(m, 0, n_keep); }
+static bool engine_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) { return compat_shift(m, 0, n_keep, n_discard); }
+
+#ifdef G4A_ENGINE_SEQUENCES
+static bool engine_seq_truncate(g4a_model *m, int32_t seq, int32_t n_keep) { return compat_truncate(m, seq, n_keep); }
+static bool engine_seq_shift(g4a_model *m, int32_t seq, int32_t n_keep, int32_t n_discard) {
+    return compat_shift(m, seq, n_keep, n_discard);
+}
+static bool engine_seq_copy(g4a_model *m, int32_t src, int32_t dst) {
+    compat_seq_copy(m, src, dst);
+    return true;
+}
+
+// Continuous batching: one step for several sequences, in views of at most n_batch tokens (the 2023-11
+// engine asserts that bound); a view the cache has no room for is halved and tried again, as llama-server
+// does.  Each sequence's last token gets logits, copied out as soon as its view is decoded (the next view
+// overwrites the engine's buffer).  On failure the positions this call added are removed again.
+static bool engine_decode(g4a_model *m, const int32_t *tokens, const int32_t *seqs, int32_t n) {
+    std::vector<int32_t> pos((size_t)n), last((size_t)m->n_seq_max, -1), next((size_t)m->n_seq_max);
+    std::vector<char> want((size_t)n, 0);
+    for (int32_t s = 0; s < m->n_seq_max; ++s) next[(size_t)s] = past_of(m, s);
+    for (int32_t i = 0; i < n; ++i) {
+        pos[(size_t)i] = next[(size_t)seqs[i]]++;
+        last[(size_t)seqs[i]] = i;
+    }
+    for (int32_t s = 0; s < m->n_seq_max; ++s)
+        if (last[(size_t)s] >= 0) want[(size_t)last[(size_t)s]] = 1;
+    struct batch_guard {
+        llama_batch b;
+        ~batch_guard() { llama_batch_free(b); }
+    } g{llama_batch_init(m->n_batch, 0, 1)};
+    auto undo = [&] {
+        for (int32_t s = 0; s < m->n_seq_max; ++s)
+            if (last[(size_t)s] >= 0) compat_truncate(m, s, past_of(m, s));
+    };
+    int32_t view = m->n_batch;
+    for (int32_t done = 0; done < n;) {
+        const int32_t cnt = std::min(view, n - done);
+        const int rc = compat_decode_view(m, g.b, tokens, seqs, pos.data(), want.data(), done, cnt);
+        if (rc == 1 && cnt > 1) {   // no contiguous room: smaller views
+            view = std::max<int32_t>(1, cnt / 2);
+            continue;
+        }
+        if (rc != 0) {
+            undo();
+            set_error("g4a_decode: the engine returned " + std::to_string(rc) +
+                      (rc == 1 ? " (no room in the cache for the batch)" : ""));
+            return false;
+        }
+        for (int32_t j = 0; j < cnt; ++j) {
+            const int32_t i = done + j;
+            if (!want[(size_t)i]) continue;
+            const float *l = llama_get_logits_ith(m->ctx, j);
+            if (!l) {
+                undo();
+                set_error("g4a_decode: the engine kept no logits for sequence " + std::to_string(seqs[i]));
+                return false;
+            }
+            m->seq_logits[(size_t)seqs[i]].assign(l, l + m->n_vocab);
+        }
+        done += cnt;
+    }
+    for (int32_t s = 0; s < m->n_seq_max; ++s) past_of(m, s) = next[(size_t)s];
+    return true;
+}
+#endif
 static const float *engine_logits(g4a_model *m) { return compat_logits(m); }
 
 static const float *engine_embeddings(g4a_model *m) {

@@ -23,7 +23,9 @@ extern "C" {
 
 /* CDEF-BEGIN */
 /* Bump when any declaration below changes; Python refuses a library whose version differs. */
-enum { G4A_ABI_VERSION = 2 };
+enum { G4A_ABI_VERSION = 3 };
+/* Most alternatives g4a_seq_sample reports with their log-probabilities (OpenAI's top_logprobs bound). */
+enum { G4A_MAX_TOP_LOGPROBS = 20 };
 
 typedef struct g4a_model g4a_model;
 
@@ -38,6 +40,8 @@ typedef struct g4a_load_params {
     float   rms_norm_eps;   /* ggjt files carry no epsilon (0: the era's default) */
     uint32_t seed;
     int32_t flash_attn;     /* -1: the era's default (2026: the engine decides per device), 0 off, 1 on */
+    int32_t n_seq_max;      /* sequences decoded together (<= 0: 1); each holds up to n_ctx positions.  Eras
+                               without sequences (ggml/ggjt, our 2023 GPT-J/MPT code) hold 1: see g4a_n_seq_max */
 } g4a_load_params;
 
 typedef struct g4a_sampling {
@@ -46,8 +50,26 @@ typedef struct g4a_sampling {
     float    top_p;          /* >= 1: disabled */
     float    min_p;          /* <= 0: disabled */
     float    repeat_penalty; /* 1: disabled */
-    int32_t  repeat_last_n;  /* how many of the most recent tokens the penalty looks at */
+    int32_t  repeat_last_n;  /* how many of the most recent tokens the penalties look at */
+    float    presence_penalty;   /* 0: off; subtracted once from each token present in the history window */
+    float    frequency_penalty;  /* 0: off; subtracted once per occurrence in the history window */
+    int32_t  n_bias;             /* logit_bias: bias_values[i] added to the logit of bias_tokens[i] (-INFINITY bans) */
+    const int32_t *bias_tokens;
+    const float   *bias_values;
+    /* NULL: every token may be sampled.  Else a bitmask of (n_vocab + 31) / 32 words, bit (t % 32) of word t / 32
+     * set when token t is allowed (a constraint engine's mask: JSON schema, grammar).  Applied after the bias and the
+     * penalties, before the log-probabilities and the choice, so greedy decoding with a mask stays deterministic. */
+    const uint32_t *allowed;
 } g4a_sampling;
+
+/* What g4a_seq_sample saw: log-probabilities from the logits after bias, penalties and mask (before temperature,
+ * top-k/p, min-p), i.e. log_softmax over the tokens that could be chosen. */
+typedef struct g4a_token_logprobs {
+    int32_t n_top;                                  /* in: alternatives wanted (0..G4A_MAX_TOP_LOGPROBS); out: written */
+    float   logprob;                                /* out: of the chosen token */
+    int32_t top_tokens[G4A_MAX_TOP_LOGPROBS];       /* out: most likely first (ties: lower id first) */
+    float   top_logprobs[G4A_MAX_TOP_LOGPROBS];
+} g4a_token_logprobs;
 
 int32_t     g4a_abi_version(void);
 /* One line: "<backend name> llama.cpp <commit> api=<gen> variant=<variant> | <llama_print_system_info>". */
@@ -99,6 +121,26 @@ const float *g4a_embeddings(g4a_model *model);
  * penalty.  rng_state: caller-owned 64-bit state (seeded by the caller) so runs are reproducible. */
 int32_t     g4a_sample(g4a_model *model, const g4a_sampling *params,
                        const int32_t *history, int32_t n_history, uint64_t *rng_state);
+
+/* Sequences: several token streams in one context, decoded together (continuous batching).  The functions above
+ * act on sequence 0; g4a_reset clears every sequence.  Sequence ids run from 0 to g4a_n_seq_max() - 1. */
+int32_t     g4a_n_seq_max(const g4a_model *model);     /* 1 where the era evaluates one stream per context */
+int32_t     g4a_seq_n_past(const g4a_model *model, int32_t seq);
+/* One step for several sequences: token i is appended to sequence seqs[i] at its next position (a sequence's
+ * tokens in order).  The logits of each sequence's last token in the call are kept (g4a_seq_logits).  Split
+ * into the engine's batch size internally.  0 on success; on failure every sequence is as it was before. */
+int32_t     g4a_decode(g4a_model *model, const int32_t *tokens, const int32_t *seqs, int32_t n_tokens);
+/* Logits of the sequence's last evaluated position (n_vocab floats), valid until its next decode/truncate. */
+const float *g4a_seq_logits(g4a_model *model, int32_t seq);
+/* Keep the first n_keep positions of the sequence (0 empties it).  -1 where the engine cannot cut it back. */
+int32_t     g4a_seq_truncate(g4a_model *model, int32_t seq, int32_t n_keep);
+/* dst becomes a copy of src (its cache and logits): a prompt decoded once serves n choices. */
+int32_t     g4a_seq_copy(g4a_model *model, int32_t src, int32_t dst);
+/* g4a_shift for one sequence. */
+int32_t     g4a_seq_shift(g4a_model *model, int32_t seq, int32_t n_keep, int32_t n_discard);
+/* g4a_sample for one sequence; logprobs (may be NULL) receives what the sampler saw. */
+int32_t     g4a_seq_sample(g4a_model *model, int32_t seq, const g4a_sampling *params, const int32_t *history,
+                           int32_t n_history, uint64_t *rng_state, g4a_token_logprobs *logprobs);
 
 /* Quantize a model file with this era's own quantizer.  ftype: the era's llama_ftype number. */
 int32_t     g4a_quantize(const char *path_in, const char *path_out, int32_t ftype, int32_t n_threads);

@@ -1,0 +1,284 @@
+"""Continuous batching: the generations running on one Model decoded together, one step at a time.
+
+Where the engine decodes several sequences in one context (the batch API: 2023-11, 2024-09, 2026-10;
+``g4a_n_seq_max() > 1``), ``load(path, parallel=N)`` gives the Model a :class:`Batcher`: every
+generation, from any thread, becomes one sequence of it.  One thread runs the steps: each step decodes
+the last sampled token of every generating sequence together, plus a chunk of the prompts that are
+still waiting (so a long new prompt never stalls the others for more than one chunk), then samples each
+sequence with its own settings, seed and constraint (:class:`~gpt4all_loader.sampling.SequenceSampler`).
+This is llama-server's slot loop: on a CPU the batch costs little more than one sequence, so the
+throughput of N users grows with N.
+
+Each sequence keeps what it cached: a new generation takes the free sequence whose cached tokens share
+the longest prefix with its prompt, so a returning conversation continues where it left.  A sequence
+whose context fills moves its cache (the 2026 engine) or ends with finish_reason "length".
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generator
+
+from .errors import BackendError, ModelClosedError
+from .sampling import SequenceSampler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import GenerationStats, Model
+
+#: tokens of waiting prompts decoded in one step while other sequences generate: small enough that the
+#: generating ones see a short pause, large enough that a prompt is read at batch speed
+PROMPT_CHUNK = 128
+_END = object()
+
+
+@dataclass(eq=False)
+class _Request:
+    tokens: list[int]
+    sampler: SequenceSampler
+    max_tokens: int
+    stats: "GenerationStats"
+    out: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
+    t0: float = field(default_factory=time.perf_counter)
+    seq: int = -1
+    #: prompt tokens still to decode, then the sampled token waiting to be decoded
+    todo: list[int] = field(default_factory=list)
+    generated: int = 0
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Sequence:
+    seq: int
+    #: the tokens this sequence's cache holds, in order
+    cached: list[int] = field(default_factory=list)
+    request: _Request | None = None
+
+
+class Batcher:
+    """The step loop of one Model's sequences (see the module doc)."""
+
+    def __init__(self, model: "Model", n_seq: int) -> None:
+        self.model = model
+        self.sequences = [_Sequence(i) for i in range(n_seq)]
+        self._waiting: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        #: decoding steps run, and the sequences they carried (for metrics: mean batch size)
+        self.steps = 0
+        self.step_sequences = 0
+
+    # -- the consumer's side ---------------------------------------------------------------------
+    def run(self, tokens: list[int], sampler: SequenceSampler, max_tokens: int,
+            stats: "GenerationStats") -> Generator[int, None, None]:
+        """The tokens of one generation (runs in the caller's thread; closing it cancels the sequence)."""
+        req = _Request(list(tokens), sampler, max_tokens, stats)
+        with self._cond:
+            if self._closed:
+                raise ModelClosedError(f"{self.model.info.path}: the model was closed")
+            self._waiting.append(req)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="g4a-batch", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        try:
+            while True:
+                item = req.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        except GeneratorExit:
+            stats.finish_reason = stats.finish_reason or "cancelled"
+            raise
+        finally:
+            if not stats.finish_reason or stats.finish_reason == "cancelled":
+                with self._cond:
+                    req.cancelled = True
+                    self._cond.notify_all()
+
+    @property
+    def active(self) -> int:
+        """Sequences generating now."""
+        return sum(1 for s in self.sequences if s.request is not None)
+
+    @property
+    def waiting(self) -> int:
+        """Generations waiting for a free sequence."""
+        return len(self._waiting)
+
+    def close(self) -> None:
+        """Fail what is running or waiting, and end the step loop (the Model frees after this)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        err = ModelClosedError(f"{self.model.info.path}: the model was closed")
+        for s in self.sequences:
+            if s.request is not None:
+                s.request.out.put(err)
+                s.request = None
+        while self._waiting:
+            self._waiting.popleft().out.put(err)
+
+    # -- the step loop ---------------------------------------------------------------------------
+    def _admit(self) -> None:
+        """Give waiting generations a free sequence: the one that already holds most of the prompt."""
+        while self._waiting:
+            free = [s for s in self.sequences if s.request is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            if req.cancelled:
+                req.out.put(_END)
+                continue
+
+            def shared(s: _Sequence) -> int:
+                n = 0
+                for a, b in zip(s.cached, req.tokens[:-1]):  # at least the last token is decoded again
+                    if a != b:
+                        break
+                    n += 1
+                return n
+            best = max(free, key=shared)
+            keep = shared(best)
+            m = self.model
+            if keep < len(best.cached):
+                with m._lock:
+                    if m._lib.g4a_seq_truncate(m._h(), best.seq, keep) != 0:
+                        m._lib.g4a_seq_truncate(m._h(), best.seq, 0)
+                        keep = 0
+                del best.cached[keep:]
+            req.seq = best.seq
+            req.todo = req.tokens[keep:]
+            req.stats.prompt_evaluated = len(req.todo)
+            best.request = req
+
+    def _finish(self, s: _Sequence, reason: str | BaseException) -> None:
+        req = s.request
+        assert req is not None
+        s.request = None
+        if isinstance(reason, BaseException):
+            req.out.put(reason)
+        else:
+            req.stats.finish_reason = req.stats.finish_reason or reason
+            req.out.put(_END)
+
+    def _loop(self) -> None:
+        m = self.model
+        ffi = m._ffi
+        n_ctx = m.info.n_ctx
+        can_shift = m.info.context_shift == "cache"
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not any(s.request for s in self.sequences):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                for s in self.sequences:
+                    if s.request is not None and s.request.cancelled:
+                        self._finish(s, "cancelled")
+                try:
+                    self._admit()
+                except ModelClosedError:
+                    return
+                running = [s for s in self.sequences if s.request is not None]
+            if not running:
+                continue
+            # the batch: one token of each generating sequence, then prompt chunks in arrival order
+            toks: list[int] = []
+            seqs: list[int] = []
+            stepped: list[_Sequence] = []
+            generating = [s for s in running if s.request is not None and s.request.generated > 0]
+            prompting = [s for s in running if s.request is not None and s.request.generated == 0]
+            budget = PROMPT_CHUNK if generating else 512
+            for s in generating + prompting:
+                req = s.request
+                assert req is not None
+                n = 1 if req.generated > 0 else min(len(req.todo), budget)
+                if n <= 0:
+                    continue
+                if len(s.cached) + n > n_ctx and not (can_shift and self._shift(s)):
+                    self._finish(s, "length")
+                    continue
+                if req.generated == 0:
+                    budget -= n
+                toks += req.todo[:n]
+                seqs += [s.seq] * n
+                stepped.append(s)
+            if not toks:
+                continue
+            with m._lock:
+                try:
+                    h = m._h()
+                except ModelClosedError as e:
+                    for s in running:
+                        self._finish(s, e)
+                    return
+                with m._backend.evaluating():
+                    rc = m._lib.g4a_decode(h, ffi.new("int32_t[]", toks), ffi.new("int32_t[]", seqs), len(toks))
+                if rc != 0:
+                    err = m._err("batch evaluation failed")
+                    for s in stepped:
+                        self._finish(s, err)
+                    continue
+                self.steps += 1
+                self.step_sequences += len(stepped)
+                for s in stepped:
+                    req = s.request
+                    assert req is not None
+                    n = seqs.count(s.seq)
+                    s.cached += req.todo[:n]
+                    del req.todo[:n]
+                    if req.todo:          # more prompt to come: no token yet
+                        continue
+                    self._sample(s, h)
+
+    def _sample(self, s: _Sequence, h: Any) -> None:
+        m = self.model
+        req = s.request
+        assert req is not None
+        if req.cancelled:
+            self._finish(s, "cancelled")
+            return
+        if req.generated >= req.max_tokens:
+            self._finish(s, "length")
+            return
+        sampler = req.sampler
+        try:
+            tok = sampler.sample(m._lib, h, s.seq)
+            if tok < 0:
+                raise m._err("sampling failed")
+            if m._lib.g4a_is_eog(h, tok):
+                self._finish(s, "stop")
+                return
+            req.stats.token_done(req.t0, sampler.last and m._token_logprob(sampler.last))
+            sampler.accept(tok)
+        except (BackendError, ValueError) as e:
+            self._finish(s, e)
+            return
+        req.generated += 1
+        req.out.put(tok)
+        if sampler.constraint_done:
+            self._finish(s, "stop")
+        elif req.generated >= req.max_tokens:
+            self._finish(s, "length")
+        else:
+            req.todo = [tok]
+
+    def _shift(self, s: _Sequence) -> bool:
+        """Make room in a full sequence by moving its cache (keep a quarter at the start, drop half the rest)."""
+        m = self.model
+        n = len(s.cached)
+        keep = max(1, m.info.n_ctx // 4)
+        discard = max(1, (n - keep) // 2)
+        if m._lib.g4a_seq_shift(m._h(), s.seq, keep, discard) != 0:
+            return False
+        del s.cached[keep:keep + discard]
+        return True

@@ -1,0 +1,161 @@
+"""Sampling settings, and one sequence's sampler state around the shim's C sampler.
+
+The choice of a token is made in C (``g4a_seq_sample``), the same in every era and in our own 2023
+model code: logit bias, penalties, a constraint's token mask, log-probabilities, then greedy or seeded
+sampling.  This module only checks the settings once (:class:`SamplingParams`) and keeps, per sequence,
+what the C sampler is handed at each step (:class:`SequenceSampler`): the parameter block, the
+penalty window, the seeded random state, the mask a constraint engine writes, and the log-probabilities
+the sampler reports back.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .constrain import Matcher
+    from .engines.shim import ShimLib
+
+#: the most alternatives a token's log-probabilities list (OpenAI's bound; G4A_MAX_TOP_LOGPROBS in C)
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as the sampler saw it: log-probabilities over the tokens that could be chosen
+    (after logit bias, penalties and the constraint's mask; before temperature and top-k/p)."""
+
+    token: int
+    logprob: float
+    #: the token's text as raw bytes (may be part of a UTF-8 character)
+    bytes: bytes = b""
+    #: the most likely alternatives, most likely first (the chosen token among them when it is one)
+    top: tuple["TokenLogprob", ...] = ()
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be an integer between {lo} and {hi}, got {value!r}")
+    return int(value)
+
+
+def _num(value: Any, what: str, lo: float, hi: float, *, above: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    v = float(value) if ok else math.nan
+    if not (math.isfinite(v) and lo <= v <= hi and not (above and v == lo)):
+        bound = f"above {lo}" if above else f"from {lo}"
+        raise ValueError(f"{what} must be a finite number {bound}" + (f" to {hi}" if hi < math.inf else "")
+                         + f", got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to choose each token; :meth:`checked` validates every field (ValueError naming it)."""
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    #: the window (most recent tokens) every penalty looks at
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: (token, bias) pairs added to the logits; -inf (or OpenAI's -100) bans a token
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @classmethod
+    def checked(cls, *, n_vocab: int, n_ctx: int, temperature: Any = 0.0, top_k: Any = 40, top_p: Any = 0.95,
+                min_p: Any = 0.0, repeat_penalty: Any = 1.0, repeat_last_n: Any = 64, presence_penalty: Any = 0.0,
+                frequency_penalty: Any = 0.0, logit_bias: Mapping[Any, Any] | None = None, logprobs: Any = False,
+                top_logprobs: Any = None) -> "SamplingParams":
+        if not isinstance(logprobs, bool):
+            raise ValueError(f"logprobs must be True or False, got {logprobs!r}")
+        top = 0 if top_logprobs is None else _int(top_logprobs, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+        if top and not logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
+        bias: list[tuple[int, float]] = []
+        if logit_bias is not None:
+            if not isinstance(logit_bias, Mapping):
+                raise ValueError(f"logit_bias must map token ids to numbers, got {type(logit_bias).__name__}")
+            for k, v in logit_bias.items():
+                tok = _int(int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k,
+                           "a logit_bias token id", 0, n_vocab - 1)
+                if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == -math.inf:
+                    bias.append((tok, -math.inf))
+                else:
+                    bias.append((tok, _num(v, f"logit_bias[{tok}]", -1e9, 1e9)))
+        return cls(
+            temperature=_num(temperature, "temperature", 0.0, math.inf),
+            top_k=_int(top_k, "top_k", -2**31, 2**31 - 1), top_p=_num(top_p, "top_p", 0.0, 1.0),
+            min_p=_num(min_p, "min_p", 0.0, 1.0),
+            repeat_penalty=_num(repeat_penalty, "repeat_penalty", 0.0, math.inf, above=True),
+            # no more history than the context holds (the window is allocated)
+            repeat_last_n=min(_int(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), n_ctx),
+            presence_penalty=_num(presence_penalty, "presence_penalty", -2.0, 2.0),
+            frequency_penalty=_num(frequency_penalty, "frequency_penalty", -2.0, 2.0),
+            logit_bias=tuple(bias), logprobs=logprobs, top_logprobs=top)
+
+
+@dataclass
+class SequenceSampler:
+    """What one sequence hands the C sampler at each step, kept alive between steps (cffi memory)."""
+
+    ffi: Any
+    params: SamplingParams
+    seed: int
+    n_vocab: int
+    prompt: Sequence[int]
+    matcher: "Matcher | None" = None
+    _c: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ffi, p = self.ffi, self.params
+        self._window = max(p.repeat_last_n, 1)
+        self._recent = list(self.prompt[-self._window:])
+        self._hist = ffi.new("int32_t[]", self._window)
+        self._rng = ffi.new("uint64_t *", self.seed & 0xFFFFFFFFFFFFFFFF)
+        self._bias_tokens = ffi.new("int32_t[]", [t for t, _ in p.logit_bias] or [0])
+        self._bias_values = ffi.new("float[]", [v for _, v in p.logit_bias] or [0.0])
+        self._mask = ffi.new("uint32_t[]", (self.n_vocab + 31) // 32) if self.matcher is not None else ffi.NULL
+        self._lp = ffi.new("g4a_token_logprobs *") if p.logprobs else ffi.NULL
+        self._c = ffi.new("g4a_sampling *", dict(
+            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
+            repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n, presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty, n_bias=len(p.logit_bias), bias_tokens=self._bias_tokens,
+            bias_values=self._bias_values, allowed=self._mask))
+        #: the log-probabilities of the last sampled token (None unless params.logprobs)
+        self.last: TokenLogprob | None = None
+
+    def sample(self, lib: "ShimLib", handle: Any, seq: int) -> int:
+        """The next token of sequence ``seq`` from its current logits (negative: the shim's error)."""
+        if self.matcher is not None:
+            self.matcher.fill_mask(self.ffi.buffer(self._mask))
+        if self.params.logprobs:
+            self._lp.n_top = self.params.top_logprobs
+        n = len(self._recent)
+        self._hist[0:n] = self._recent
+        tok = int(lib.g4a_seq_sample(handle, seq, self._c, self._hist, n, self._rng, self._lp))
+        if tok >= 0 and self.params.logprobs:
+            lp = self._lp
+            self.last = TokenLogprob(tok, float(lp.logprob), top=tuple(
+                TokenLogprob(int(lp.top_tokens[i]), float(lp.top_logprobs[i])) for i in range(lp.n_top)))
+        return tok
+
+    def accept(self, tok: int) -> None:
+        """Record the token that was chosen (the penalty window, the constraint's state)."""
+        self._recent.append(tok)
+        if len(self._recent) > self._window:
+            del self._recent[0]
+        if self.matcher is not None:
+            self.matcher.consume(tok)
+
+    @property
+    def constraint_done(self) -> bool:
+        """The constraint accepts nothing more: the reply is complete."""
+        return self.matcher is not None and self.matcher.is_stopped()
