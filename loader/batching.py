@@ -55,6 +55,7 @@ class _Sequence:
     #: the tokens this sequence's cache holds, in order
     cached: list[int] = field(default_factory=list)
     request: _Request | None = None
+    last_used: float = 0.0
 
 
 class Batcher:
@@ -146,8 +147,13 @@ class Batcher:
                         break
                     n += 1
                 return n
+            # llama-server's rule: the sequence holding most of the prompt, when it holds a real part of it
+            # (a tenth); else the one unused longest, so a conversation that may return keeps its cache
             best = max(free, key=shared)
             keep = shared(best)
+            if keep * 10 < len(req.tokens):
+                best = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+                keep = shared(best)
             m = self.model
             if keep < len(best.cached):
                 with m._lock:
@@ -164,6 +170,7 @@ class Batcher:
         req = s.request
         assert req is not None
         s.request = None
+        s.last_used = time.monotonic()
         if isinstance(reason, BaseException):
             req.out.put(reason)
         else:
