@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import BackendError
-from . import cache
+from . import cache, cpu_gate
 from .manifest import ContextTable, build_command, load_manifest, package_data
 from .shim import ShimLib
 
@@ -180,9 +180,12 @@ class Backend:
     def gpu(self) -> bool:
         return bool(self.lib.g4a_gpu_build())
 
-    def evaluating(self) -> contextlib.AbstractContextManager[None]:
-        """Wrap every native call that builds a graph (g4a_eval): it may need a context slot."""
-        return self.budget.call() if self.budget is not None else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Wrap every native call that builds a graph (g4a_eval, g4a_decode): it may need a context slot,
+        and under a server one of the machine's decode slots (:mod:`.cpu_gate`)."""
+        with cpu_gate.decoding(), (self.budget.call() if self.budget is not None else contextlib.nullcontext()):
+            yield
 
     def load_model(self, path: str, params: Any) -> Any:
         """g4a_load under the output-capture lock and this library's context budget.
