@@ -543,7 +543,8 @@ class Model(Closing):
             return None
         if json_schema is not None and grammar is not None:
             raise ValueError("give json_schema or grammar, not both")
-        from .constrain import Vocabulary, compile_constraint
+        from .constrain import Vocabulary
+        from .constrain import compile as compile_constraint
 
         with self._lock:
             if self._vocabulary is None:

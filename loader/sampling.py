@@ -135,7 +135,7 @@ class SequenceSampler:
     def sample(self, lib: "ShimLib", handle: Any, seq: int) -> int:
         """The next token of sequence ``seq`` from its current logits (negative: the shim's error)."""
         if self.matcher is not None:
-            self.matcher.fill_mask(self.ffi.buffer(self._mask))
+            self.matcher.fill_mask(self._mask)
         if self.params.logprobs:
             self._lp.n_top = self.params.top_logprobs
         n = len(self._recent)
