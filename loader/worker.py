@@ -139,6 +139,10 @@ class _Channel:
 
     def get(self, req: _Request) -> tuple[str, Any]:
         """The next message of ``req``: ("item" | "ok" | "end" | "err", value); a hung worker is killed here."""
+        try:
+            return req.replies.get_nowait()  # a stream's pieces are mostly here already
+        except queue.Empty:
+            pass
         while True:
             try:
                 return req.replies.get(timeout=self._left())
