@@ -85,11 +85,12 @@ class _Request:
         #: items the worker may send (streams): the window, plus every credit given back
         self.granted = STREAM_WINDOW if stream else 0
         self.received = 0
+        self.cancelled = False
 
     @property
     def parked(self) -> bool:
-        """A stream whose worker thread waits for its consumer (the window is used up)."""
-        return self.stream and self.received >= self.granted
+        """A stream whose worker thread waits for its consumer (the window is used up, no cancel sent)."""
+        return self.stream and not self.cancelled and self.received >= self.granted
 
 
 class _Channel:
@@ -155,15 +156,23 @@ class _Channel:
             self._requests.pop(req.id, None)
 
     def cancel(self, req: _Request) -> None:
+        """Stop the stream ``req`` in the worker; its "end" follows."""
+        with self._state:
+            self._unpark(req)
+            req.cancelled = True
         self._send(_dumps(("cancel", req.id)))
 
     def grant(self, req: _Request, n: int) -> None:
         """Let the worker stream ``n`` more items of ``req``."""
         with self._state:
-            if req.parked:
-                self._clock = time.monotonic()  # the worker may go on again: its silence counts from now
+            self._unpark(req)
             req.granted += n
         self._send(_dumps(("credit", req.id, n)))
+
+    def _unpark(self, req: _Request) -> None:
+        """(With the lock) the worker may go on with ``req``: its silence counts from now."""
+        if req.parked:
+            self._clock = time.monotonic()
 
     def _send(self, data: memoryview) -> bool:
         """Write one message; False when the socket is broken (the reader then sees the worker's end)."""
@@ -264,12 +273,13 @@ class _Channel:
             first = self.dead is None
             if first:
                 self.dead = why
-        if first and self._proc.poll() is None and self._send(_dumps(("exit",))):
-            try:
-                self._proc.wait(EXIT_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
+        if first:  # else it was closed, or killed, or it died: its end of file comes, or came
+            if self._proc.poll() is None and self._send(_dumps(("exit",))):
+                try:
+                    self._proc.wait(EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.kill()
         if not self.reading_here():
             self._reader.join()  # it fails what is left and closes the socket
 
@@ -366,9 +376,7 @@ class _Stream:
                     self._ended(value, cut=True)
                     break
                 if kind == "err":
-                    break
-        except (BackendError, ModelClosedError):
-            pass  # the worker died meanwhile: the model is closed and says why
+                    break  # the worker died meanwhile: the model is closed and says why
         finally:
             self._finish()
 
@@ -413,6 +421,7 @@ class IsolatedModel(Closing):
             req = self._chan.start("load", "load", (path, load_kwargs))
             kind, value = self._chan.get(req)
         except BaseException:
+            self._chan.kill()
             self._chan.stop("the load was interrupted")
             raise
         if kind == "err":
