@@ -4,28 +4,53 @@
 :class:`~gpt4all_loader.model.Model` (every public method and property is forwarded to a real Model
 living in the worker); streaming methods (``generate``/``chat`` with ``stream=True``,
 ``generate_tokens``) stream across the boundary: the worker sends each piece as soon as it is made.
+Any number of threads may use one IsolatedModel at once: each stream and each call is a request of its
+own, so that several streams reach the worker's Model together (which decodes them as its lock and
+scheduler allow) and a short call is answered while streams run.
 
 The worker is a child started by :mod:`~gpt4all_loader.engines.child` (the same interpreter and
 ``sys.path``, running :func:`main`), so it starts the same way from a script, a REPL or a server.  The
 channel is a socketpair wrapped in ``multiprocessing.connection.Connection`` (framed pickles; the peer is our own
-child), whose ``poll`` gives the time-out that turns a hang into an error.
+child).
 
-Protocol (parent -> worker, one request at a time):
-    ("load", path, kwargs)            -> ("ok", (info, facts))
-    ("call", name, args, kwargs)      -> ("ok", value)      a method call, or a property when args is None
-    ("iter", name, args, kwargs)      -> ("item", x)* then ("end", GenerationStats); ("cancel",) from the parent
-                                         between items stops the iteration early
-    any request                       -> ("err", exception) when the Model raised
+Protocol: every request carries an id (``rid``) that its replies carry back, so requests interleave.
+    parent -> worker
+    ("load", rid, path, kwargs)             -> ("ok", rid, (info, facts))      the first request, alone
+    ("call", rid, name, args, kwargs)       -> ("ok", rid, value)   a method call, or a property when args is None
+    ("iter", rid, name, args, kwargs)       -> ("item", rid, x)* then ("end", rid, GenerationStats)
+    ("credit", rid, n)                      the stream may send n more items (no reply)
+    ("cancel", rid)                         stop that stream: its generator is closed, its "end" follows
+    ("exit",)                               cancel every stream, answer the calls in flight, free the model, exit
+    any request                             -> ("err", rid, exception) when the Model raised
+The parent has one reader thread: it routes each message to its request's queue and never blocks on
+one request.  The worker receives in its main thread and runs each call and each stream in a thread of
+its own (a call may wait for the Model's lock while a stream holds it; the receive loop never waits);
+one lock orders its sends.
+
+Backpressure is a credit window per stream: the worker sends at most :data:`STREAM_WINDOW` items beyond
+what that stream's consumer has taken, then its thread waits for credit (or a cancel).  So the parent
+holds at most a window per stream, a stalled consumer stalls only its own stream's thread, and the
+socket never fills with one stream's items ahead of another's replies.
+
+Hang: the worker counts as hung when it owes an answer (a request is outstanding and no stream is
+waiting for its consumer's credit, which may be what holds the others up) and has sent nothing at all
+for ``timeout`` seconds; it is then killed and every outstanding request fails with one BackendError.
+A worker that dies fails every outstanding request with the same BackendError naming the signal.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import pickle
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
 from .engines import child
@@ -36,33 +61,249 @@ if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession
     from .formats.facts import FileFacts
 
-#: seconds the worker may stay silent (no reply, no streamed piece) before it counts as hung
+#: seconds the worker may stay silent (no reply, no streamed piece) while it owes one before it counts as hung
 DEFAULT_TIMEOUT = 300.0
 #: seconds to wait for a worker to exit after close() before it is killed
 EXIT_GRACE = 5.0
+#: items the worker may stream ahead of a stream's consumer; credit goes back every half window consumed
+STREAM_WINDOW = 64
 
 
-class _Call:
-    """The holder of the channel during one request/reply."""
+def _dumps(msg: Any) -> memoryview:
+    """A message as ``Connection.recv`` reads it, pickled before the send lock is taken."""
+    return ForkingPickler.dumps(msg)
 
-    def __init__(self) -> None:
-        self._thread = threading.get_ident()
+
+class _Request:
+    """One outstanding request of the parent: its name (for errors) and the queue its replies arrive in."""
+
+    def __init__(self, rid: int, name: str, stream: bool) -> None:
+        self.id = rid
+        self.name = name
+        self.stream = stream
+        self.replies: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: items the worker may send (streams): the window, plus every credit given back
+        self.granted = STREAM_WINDOW if stream else 0
+        self.received = 0
+        self.cancelled = False
+
+    @property
+    def parked(self) -> bool:
+        """A stream whose worker thread waits for its consumer (the window is used up, no cancel sent)."""
+        return self.stream and not self.cancelled and self.received >= self.granted
+
+
+class _Channel:
+    """The parent's end of the worker's socket: numbered requests, one reader thread that routes every
+    message to its request, the hang rule and the worker's death (which fails every outstanding request).
+
+    It holds no reference to the IsolatedModel, so that dropping the model still closes it."""
+
+    def __init__(self, conn: Connection, proc: subprocess.Popen[bytes], path: str, timeout: float | None) -> None:
+        self._conn = conn
+        self._proc = proc
+        self._path = path
+        self._timeout = timeout
+        self._state = threading.Lock()  # the requests, the clock and `dead`
+        self._send_lock = threading.Lock()
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        #: when the worker last sent anything, or last became owing (a request while idle, credit to a parked stream)
+        self._clock = time.monotonic()
+        #: why the channel is closed (closed, hung, died); None while open
+        self.dead: str | None = None
+        self._reader = threading.Thread(target=self._read, name=f"isolated model worker {proc.pid}", daemon=True)
+        self._reader.start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    # -- requests -------------------------------------------------------------------------------
+    def start(self, op: str, name: str, payload: tuple[Any, ...], *, stream: bool = False) -> _Request:
+        """Send a request; its replies arrive in ``req.replies`` (read them with :meth:`get`)."""
+        with self._state:
+            if self.dead is not None:
+                raise ModelClosedError(f"{self._path}: the model is closed ({self.dead}); load the file again")
+            req = _Request(next(self._ids), name, stream)
+            if not self._requests:
+                self._clock = time.monotonic()  # the worker owes something from now on
+            self._requests[req.id] = req
+        try:
+            data = _dumps((op, req.id, *payload))
+        except BaseException:
+            self.forget(req)
+            raise
+        if not self._send(data):
+            self._proc.kill()  # the socket is broken: the reader's end of file fails the request, naming why
+        return req
+
+    def get(self, req: _Request) -> tuple[str, Any]:
+        """The next message of ``req``: ("item" | "ok" | "end" | "err", value); a hung worker is killed here."""
+        try:
+            return req.replies.get_nowait()  # a stream's pieces are mostly here already
+        except queue.Empty:
+            pass
+        while True:
+            try:
+                return req.replies.get(timeout=self._left())
+            except queue.Empty:
+                self._hang_check()
+
+    def forget(self, req: _Request) -> None:
+        """Stop waiting for ``req`` (an interrupted caller): what the worker still sends for it is dropped."""
+        with self._state:
+            self._requests.pop(req.id, None)
+
+    def cancel(self, req: _Request) -> None:
+        """Stop the stream ``req`` in the worker; its "end" follows."""
+        with self._state:
+            self._unpark(req)
+            req.cancelled = True
+        self._send(_dumps(("cancel", req.id)))
+
+    def grant(self, req: _Request, n: int) -> None:
+        """Let the worker stream ``n`` more items of ``req``."""
+        with self._state:
+            self._unpark(req)
+            req.granted += n
+        self._send(_dumps(("credit", req.id, n)))
+
+    def _unpark(self, req: _Request) -> None:
+        """(With the lock) the worker may go on with ``req``: its silence counts from now."""
+        if req.parked:
+            self._clock = time.monotonic()
+
+    def _send(self, data: memoryview) -> bool:
+        """Write one message; False when the socket is broken (the reader then sees the worker's end)."""
+        try:
+            with self._send_lock:
+                self._conn.send_bytes(data)
+            return True
+        except OSError:
+            return False
+
+    # -- the reader -----------------------------------------------------------------------------
+    def _read(self) -> None:
+        cause = None
+        while True:
+            try:
+                kind, rid, value = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as e:  # noqa: BLE001 - a message that does not unpickle here: end the worker
+                cause = f"the worker sent a message that cannot be read ({type(e).__name__}: {e}) and was killed"
+                self.kill()
+                break
+            with self._state:
+                self._clock = time.monotonic()
+                req = self._requests.get(rid)
+                if req is None:
+                    continue  # its caller stopped waiting
+                if kind == "item":
+                    req.received += 1
+                else:
+                    del self._requests[rid]
+            req.replies.put((kind, value))
+        self._ended(cause)
+
+    def _ended(self, cause: str | None) -> None:
+        """End of file: the worker exited or died.  Fail what is outstanding, naming the cause."""
+        try:
+            rc = self._proc.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:  # it closed the socket but lives on: it is of no use now
+            self._proc.kill()
+            rc = self._proc.wait()
+        with self._state:
+            pending = list(self._requests.values())
+            self._requests.clear()
+            died = self.dead is None
+            if died:
+                names = ", ".join(dict.fromkeys(r.name for r in pending))
+                self.dead = cause or (f"the worker process (pid {self._proc.pid}) died "
+                                      f"{f'during {names}' if names else 'while idle'}: {child.ending(rc)}")
+            dead = self.dead
+        for r in pending:
+            r.replies.put(("err", BackendError(f"{self._path}: {dead}") if died else
+                           ModelClosedError(f"{self._path}: the model is closed ({dead}); load the file again")))
+        with self._send_lock:
+            self._conn.close()
+
+    # -- the hang rule --------------------------------------------------------------------------
+    def _owing(self) -> bool:
+        """The worker owes an answer, and nothing it may wait for is ours to give (call with the lock)."""
+        return bool(self._requests) and not any(r.parked for r in self._requests.values())
+
+    def _left(self) -> float | None:
+        """Seconds to wait before looking at the hang rule again (None: no time limit)."""
+        if self._timeout is None:
+            return None
+        with self._state:
+            if self.dead is not None or not self._owing():
+                return self._timeout
+            return max(0.0, self._clock + self._timeout - time.monotonic())
+
+    def _hang_check(self) -> None:
+        if self._timeout is None:
+            return
+        with self._state:
+            if self.dead is not None or not self._owing() or time.monotonic() - self._clock < self._timeout:
+                return
+            pending = list(self._requests.values())
+            self._requests.clear()
+            self.dead = (f"the worker gave no answer to {pending[0].name} within {self._timeout:g} s "
+                         f"and was killed")
+            dead = self.dead
+        self.kill()
+        for r in pending:
+            r.replies.put(("err", BackendError(f"{self._path}: {dead}")))
+
+    # -- the end --------------------------------------------------------------------------------
+    def reading_here(self) -> bool:
+        return threading.current_thread() is self._reader
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self, why: str) -> None:
+        """Ask the worker to exit (it cancels its streams, answers its calls, frees the model); make sure it has."""
+        with self._state:
+            first = self.dead is None
+            if first:
+                self.dead = why
+        if first:  # else it was closed, or killed, or it died: its end of file comes, or came
+            if self._proc.poll() is None and self._send(_dumps(("exit",))):
+                try:
+                    self._proc.wait(EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.kill()
+        if not self.reading_here():
+            self._reader.join()  # it fails what is left and closes the socket
 
 
 class _Stream:
     """An iterator over what the worker streams; closing it early cancels the generation there.
 
-    At the end, the model's :attr:`~IsolatedModel.last_generation` is what the worker's Model recorded.
+    ``stats`` is the GenerationStats of this request, set at its end (also the model's
+    :attr:`~IsolatedModel.last_generation`: the most recently finished stream's).  A stream its
+    consumer closes before its end reports finish_reason "cancelled", as the in-process Model does.
     """
 
     def __init__(self, owner: "IsolatedModel", name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                  callback: Callable[[str], bool] | None) -> None:
         self._owner = owner
-        self._request = ("iter", name, args, kwargs)
+        self._name = name
+        self._payload = (name, args, kwargs)
         self._callback = callback
-        self._started = False
+        self._req: _Request | None = None
         self._done = False
+        self._taken = 0  # items consumed since credit was last given back
         self._thread = threading.get_ident()
+        #: what this generation did (the worker Model's record of it), once the stream has ended
+        self.stats: GenerationStats | None = None
 
     def __iter__(self) -> "_Stream":
         return self
@@ -72,55 +313,70 @@ class _Stream:
             raise StopIteration
         o = self._owner
         self._thread = threading.get_ident()
-        if not self._started:
-            o._claim(self)  # held until the stream ends: calls on one Model are serialized
-            self._started = True
-            try:
-                o._send(self._request)
-            except BaseException:
-                self._finish()
-                raise
+        if self._req is None:
+            o._not_streaming_here(self)
+            self._req = o._chan.start("iter", self._name, self._payload, stream=True)
+            with o._open_lock:
+                o._open.add(self)
+        req = self._req
         try:
-            kind, value = o._recv()
-        except BaseException:
+            kind, value = o._chan.get(req)
+        except BaseException:  # interrupted: the worker stops this stream, the others go on
+            o._chan.forget(req)
+            o._chan.cancel(req)
             self._finish()
             raise
         if kind == "item":
+            self._taken += 1
+            if self._taken >= STREAM_WINDOW // 2:
+                o._chan.grant(req, self._taken)
+                self._taken = 0
             if self._callback is not None and self._callback(value) is False:
                 self.close()
                 raise StopIteration
             return value
         self._finish()
         if kind == "end":
-            o.last_generation = value
+            self._ended(value, cut=False)
             raise StopIteration
-        raise value  # "err": the Model's own exception, raised here
+        raise value  # "err": the Model's own exception, or the worker's end, raised here
+
+    def _ended(self, stats: GenerationStats | None, *, cut: bool) -> None:
+        if stats is not None and cut:
+            stats.finish_reason = "cancelled"  # the consumer stopped first; the worker may have run ahead
+        self.stats = stats
+        if stats is not None:
+            self._owner.last_generation = stats
 
     def _finish(self) -> None:
         if not self._done:
             self._done = True
-            if self._started:
-                self._owner._unclaim()
+            with self._owner._open_lock:
+                self._owner._open.discard(self)
 
     def close(self) -> None:
-        """Stop the generation in the worker and wait for it to acknowledge (keeps the channel in step)."""
+        """Stop the generation in the worker and wait for its end (the stats of what it did)."""
         if self._done:
             return
-        if not self._started:
+        req = self._req
+        if req is None:
             self._done = True
             return
-        o = self._owner
+        chan = self._owner._chan
+        if chan.reading_here():  # dropped by the reader thread's garbage collection: it cannot wait for itself
+            chan.forget(req)
+            chan.cancel(req)
+            self._finish()
+            return
         try:
-            o._send(("cancel",))
+            chan.cancel(req)
             while True:
-                kind, value = o._recv()
+                kind, value = chan.get(req)
                 if kind == "end":
-                    o.last_generation = value
+                    self._ended(value, cut=True)
                     break
                 if kind == "err":
-                    break
-        except (BackendError, ModelClosedError):
-            pass  # the worker died meanwhile: the model is closed and says why
+                    break  # the worker died meanwhile: the model is closed and says why
         finally:
             self._finish()
 
@@ -134,153 +390,92 @@ class _Stream:
 class IsolatedModel(Closing):
     """A Model whose engine runs in a worker process.
 
-    Same API as :class:`~gpt4all_loader.model.Model`.  When the worker dies (a native crash, an abort,
-    a signal) or stays silent longer than ``timeout`` seconds (it is then killed), the call raises
-    :class:`BackendError` naming the signal or the time-out and the file.  The model is then closed:
-    every later call raises :class:`ModelClosedError` repeating that cause; load the file again (the
-    server does so on the next request).  ``pid`` is the worker's process id.
+    Same API as :class:`~gpt4all_loader.model.Model`, usable from any number of threads at once
+    (streams and calls run side by side in the worker; its Model decides what runs together).  A thread
+    with an open stream of this model must exhaust or close it before its next request of the model
+    (RuntimeError): the worker's Model would wait for that stream, which waits for this thread.
+
+    When the worker dies (a native crash, an abort, a signal) or owes an answer and stays silent longer
+    than ``timeout`` seconds (it is then killed), every request in flight raises :class:`BackendError`
+    naming the signal or the time-out and the file.  The model is then closed: every later call raises
+    :class:`ModelClosedError` repeating that cause; load the file again (the server does so on the next
+    request).  ``pid`` is the worker's process id.
     """
 
     def __init__(self, path: str, load_kwargs: dict[str, Any], timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self._path = path
-        self._timeout = timeout
-        # who holds the channel (a call, or an open stream that may move between threads); not an RLock:
-        # a stream started in one thread may be consumed and closed in another (an async server does)
-        self._free = threading.Condition()
-        self._holder: Any = None
-        self._dead: str | None = None
-        self._doing = "load"  # the request in progress, named when the worker dies
-        #: as :attr:`Model.last_generation`: what the worker's Model recorded, at the end of each stream
+        #: as :attr:`Model.last_generation`: the stats of the stream that ended last (each stream's own
+        #: are its ``stats``: with several threads streaming, read those)
         self.last_generation: GenerationStats | None = None
+        # the started, unfinished streams, and the thread that last advanced each (the rule above)
+        self._open: set[_Stream] = set()
+        self._open_lock = threading.Lock()
         parent_sock, child_sock = socket.socketpair()
         try:
             self._proc = child.start("worker", [str(child_sock.fileno())], pass_fds=[child_sock.fileno()])
         finally:
             child_sock.close()
-        self._conn = Connection(parent_sock.detach())
         self.pid = self._proc.pid
+        self._chan = _Channel(Connection(parent_sock.detach()), self._proc, path, timeout)
         try:
-            self._send(("load", path, load_kwargs))
-            kind, value = self._recv(self._timeout)
+            req = self._chan.start("load", "load", (path, load_kwargs))
+            kind, value = self._chan.get(req)
         except BaseException:
-            self._kill()
+            self._chan.kill()
+            self._chan.stop("the load was interrupted")
             raise
         if kind == "err":
-            self._stop()
+            self._chan.stop("it did not load")
             raise value
         info, facts = value
         self.info: ModelInfo = info
         self.facts: FileFacts = facts
 
-    # -- transport ------------------------------------------------------------------------------
-    def _send(self, msg: tuple[Any, ...]) -> None:
-        if self._dead is not None:
-            raise ModelClosedError(f"{self._path}: the model is closed ({self._dead}); load the file again")
-        try:
-            self._conn.send(msg)
-            if msg[0] in ("call", "iter"):
-                self._doing = msg[1]
-        except (OSError, EOFError):
-            raise self._died(f"before {msg[1] if msg[0] in ('call', 'iter') else msg[0]}") from None
-
-    def _recv(self, timeout: float | None = None) -> tuple[str, Any]:
-        timeout = self._timeout if timeout is None else timeout
-        try:
-            if not self._conn.poll(timeout):
-                self._kill()
-                self._dead = f"the worker gave no answer to {self._doing} within {timeout:g} s and was killed"
-                raise BackendError(f"{self._path}: {self._dead}")
-            reply: tuple[str, Any] = self._conn.recv()
-            return reply
-        except (OSError, EOFError):
-            raise self._died(f"during {self._doing}") from None
-        except BaseException:
-            if self._dead is None:  # interrupted mid-request: the channel is out of step, end the worker
-                self._kill()
-                self._dead = "a request was interrupted"
-            raise
-
-    def _died(self, when: str) -> BackendError:
-        try:
-            rc = self._proc.wait(EXIT_GRACE)
-        except subprocess.TimeoutExpired:
-            self._kill()
-            rc = self._proc.returncode
-        self._dead = f"the worker process (pid {self.pid}) died {when}: {child.ending(rc)}"
-        self._conn.close()
-        return BackendError(f"{self._path}: {self._dead}")
-
-    def _kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._conn.close()
-
-    def _stop(self) -> None:
-        """Ask the worker to exit (it frees the model), and make sure it has."""
-        if self._proc.poll() is None and self._dead is None:
-            try:
-                self._conn.send(("exit",))
-                self._proc.wait(EXIT_GRACE)
-            except (OSError, EOFError, subprocess.TimeoutExpired):
-                pass
-        self._kill()
-
-    def _claim(self, holder: Any) -> None:
-        with self._free:
-            while self._holder is not None:
-                if self._holder._thread == threading.get_ident():
-                    raise RuntimeError(f"{self._path}: a stream of this model is open in this thread; "
-                                       f"exhaust or close it before the next call")
-                self._free.wait()
-            self._holder = holder
-
-    def _unclaim(self) -> None:
-        with self._free:
-            self._holder = None
-            self._free.notify()
+    def _not_streaming_here(self, stream: _Stream | None = None) -> None:
+        me = threading.get_ident()
+        with self._open_lock:
+            if self._chan.dead is None and any(s._thread == me and s is not stream for s in self._open):
+                raise RuntimeError(f"{self._path}: a stream of this model is open in this thread; "
+                                   f"exhaust or close it before the next call")
 
     def _call(self, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any]) -> Any:
-        call = _Call()
-        self._claim(call)
+        self._not_streaming_here()
+        req = self._chan.start("call", name, (name, args, kwargs))
         try:
-            self._send(("call", name, args, kwargs))
-            kind, value = self._recv()
-        finally:
-            self._unclaim()
+            kind, value = self._chan.get(req)
+        except BaseException:
+            self._chan.forget(req)  # interrupted: the answer, when it comes, is dropped
+            raise
         if kind == "err":
             raise value
         return value
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker (an open stream of this thread is cancelled first; other threads' calls end first)."""
-        holder = self._holder
-        if isinstance(holder, _Stream) and holder._thread == threading.get_ident():
-            holder.close()
-        self._claim(_Call())
-        try:
-            if self._dead is None:
-                self._stop()
-                self._dead = "the model was closed"
-        finally:
-            self._unclaim()
+        """Stop the worker: open streams (of any thread) end as cancelled, calls in flight are answered,
+        then it frees the model and exits."""
+        self._chan.stop("the model was closed")
 
     @property
     def closed(self) -> bool:
-        return self._dead is not None
+        return self._chan.dead is not None
 
     @property
     def why_closed(self) -> str | None:
         """Why the model is closed (closed by the caller, or how its worker ended); None while open."""
-        if self._dead is None and self._proc.poll() is not None:
+        if self._chan.dead is None and self._proc.poll() is not None:
             return f"the worker process (pid {self.pid}) ended: {child.ending(self._proc.returncode)}"
-        return self._dead
+        return self._chan.dead
 
     @property
     def alive(self) -> bool:
         """Open, and the worker process still runs (a worker that died while idle shows here first)."""
         return self.why_closed is None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to the worker and not yet answered (open streams and calls)."""
+        return self._chan.in_flight
 
     @property
     def n_vocab(self) -> int:
@@ -298,7 +493,6 @@ class IsolatedModel(Closing):
     def chat_template_source(self) -> str:
         """As :attr:`Model.chat_template_source` (the worker resolved it when it loaded the file)."""
         return self.info.chat_template_source
-
     # -- streaming methods ----------------------------------------------------------------------
     @overload
     def generate(self, prompt: str | Sequence[int], *, stream: Literal[False] = ...,
@@ -373,53 +567,151 @@ class IsolatedModel(Closing):
 # ------------------------------------------------------------------------------------------------
 # The worker side
 
-def _serve(conn: Connection) -> None:
-    from .model import load
+class _Credit:
+    """How many more items one stream may send, and whether its consumer cancelled it."""
 
-    model: Any = None
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break  # the parent went away
-        op = msg[0]
-        if op == "exit":
-            break
-        if op == "cancel":  # arrived after the stream ended on its own: the "end" was already sent
-            continue
-        try:
-            if op == "load":
-                model = load(msg[1], **msg[2])
-                conn.send(("ok", (model.info, model.facts)))
-            elif op == "call":
-                _, name, args, kwargs = msg
-                attr = getattr(model, name)
-                conn.send(("ok", attr if args is None else attr(*args, **kwargs)))
-            elif op == "iter":
-                _, name, args, kwargs = msg
-                it = getattr(model, name)(*args, **kwargs)
-                try:
-                    for x in it:
-                        conn.send(("item", x))
-                        if conn.poll() and conn.recv()[0] == "cancel":
-                            break
-                finally:
-                    it.close()
-                conn.send(("end", model.last_generation))
-        except (EOFError, OSError):
-            break
-        except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._left = STREAM_WINDOW
+        self.cancelled = False
+
+    def grant(self, n: int) -> None:
+        with self._cond:
+            self._left += n
+            self._cond.notify()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify()
+
+    def take(self) -> bool:
+        """Wait for room to send one item; False when the stream was cancelled."""
+        with self._cond:
+            while self._left <= 0 and not self.cancelled:
+                self._cond.wait()
+            if self.cancelled:
+                return False
+            self._left -= 1
+            return True
+
+
+class _Worker:
+    """The receive loop (which never waits on the Model) and a thread per call and per stream."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._model: Any = None
+        self._streams: dict[int, _Credit] = {}
+        self._streams_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def serve(self) -> None:
+        from .model import load
+
+        while True:
             try:
-                conn.send(("err", e))
-            except Exception:  # noqa: BLE001 - an exception that does not pickle
-                conn.send(("err", BackendError(f"{type(e).__name__}: {e}")))
-    if model is not None:
-        model.close()
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                break  # the parent went away
+            op = msg[0]
+            if op == "exit":
+                break
+            if op in ("credit", "cancel"):  # may come after the stream ended: then there is nothing to do
+                with self._streams_lock:
+                    credit = self._streams.get(msg[1])
+                if credit is not None and op == "credit":
+                    credit.grant(msg[2])
+                elif credit is not None:
+                    credit.cancel()
+            elif op == "load":  # the first request, before any other: run here
+                try:
+                    self._model = load(msg[2], **msg[3])
+                    self._send(("ok", msg[1], (self._model.info, self._model.facts)))
+                except Exception as e:  # noqa: BLE001 - the load's error goes back to the caller
+                    self._error(msg[1], e)
+            else:
+                if op == "iter":
+                    with self._streams_lock:
+                        self._streams[msg[1]] = _Credit()
+                self._threads = [t for t in self._threads if t.is_alive()]
+                t = threading.Thread(target=self._iter if op == "iter" else self._call, args=msg[1:], daemon=True)
+                self._threads.append(t)
+                t.start()
+        with self._streams_lock:
+            credits = list(self._streams.values())
+        for c in credits:
+            c.cancel()
+        for t in self._threads:
+            t.join()
+        if self._model is not None:
+            self._model.close()
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        data = _dumps(msg)  # outside the lock: a value that does not pickle raises before anything is sent
+        with self._send_lock:
+            self._conn.send_bytes(data)
+
+    def _error(self, rid: int, e: Exception) -> None:
+        """Send the Model's exception as it is, or as a BackendError when it would not arrive whole."""
+        try:
+            pickle.loads(_dumps(e))
+            err: Exception = e
+        except Exception:  # noqa: BLE001 - an exception that does not pickle, or not back
+            err = BackendError(f"{type(e).__name__}: {e}")
+        self._send(("err", rid, err))
+
+    def _call(self, rid: int, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any]) -> None:
+        try:
+            try:
+                attr = getattr(self._model, name)
+                self._send(("ok", rid, attr if args is None else attr(*args, **kwargs)))
+            except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller
+                self._error(rid, e)
+        except OSError:
+            pass  # the parent went away: the receive loop ends
+
+    def _iter(self, rid: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        with self._streams_lock:
+            credit = self._streams[rid]
+        try:
+            try:
+                stats = self._run(rid, credit, getattr(self._model, name)(*args, **kwargs))
+                self._send(("end", rid, stats))
+            except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller
+                self._error(rid, e)
+        except OSError:
+            pass  # the parent went away: the receive loop ends
+        finally:
+            with self._streams_lock:
+                del self._streams[rid]
+
+    def _run(self, rid: int, credit: _Credit, it: Any) -> GenerationStats | None:
+        """Stream ``it`` within its credit until it ends or is cancelled; the stats of its generation.
+
+        The Model records each generation in ``last_generation`` when it starts, and holds its lock while
+        the generation runs: read after the first item, it is this stream's.  (With the Model's batched
+        generation, where streams run together, it gives each generation's stats itself; this goes then.)
+        """
+        stats: GenerationStats | None = None
+        try:
+            for x in it:
+                if stats is None:
+                    stats = self._model.last_generation
+                if not credit.take():
+                    break
+                self._send(("item", rid, x))
+                if credit.cancelled:
+                    break
+        finally:
+            it.close()  # in this thread, which holds what the generation holds
+        return self._model.last_generation if stats is None else stats
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     # Ctrl-C in a terminal reaches the whole process group: the caller decides, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _serve(Connection(int(args[0])))
+    _Worker(Connection(int(args[0]))).serve()
     return 0

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 from conftest import require_backend
 
 from gpt4all_loader import BackendError, ContextLengthError, FormatError, ModelClosedError, UnsupportedModelError, load
 from gpt4all_loader.formats.writer import TinyLlama, write_llama
-from gpt4all_loader.worker import IsolatedModel
+from gpt4all_loader.worker import STREAM_WINDOW, IsolatedModel
 
 TEMPLATE = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]"
 #: every worker call in these tests answers within this many seconds, or fails the test
@@ -166,3 +168,175 @@ def test_legacy_era_isolated(tiny_llama):
     with load(path, isolated=True, n_threads=1, worker_timeout=TIMEOUT) as iso, load(path, n_threads=1) as ref:
         assert iso.info.backend == ref.info.backend
         assert iso.generate("hello", max_tokens=8, temperature=0) == ref.generate("hello", max_tokens=8, temperature=0)
+
+
+# -- several requests at once on one worker ---------------------------------------------------------
+
+#: a prompt for each of the threads that stream at once
+PROMPTS = ["hello", "once upon a time", "the cat", "abc def"]
+
+
+def _threads(targets) -> list:
+    """Run each target in a thread, all started together; their results (or exceptions) in order."""
+    results: list = [None] * len(targets)
+    start = threading.Barrier(len(targets))
+
+    def run(i, f):
+        start.wait()
+        results[i] = _catch(f)
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(targets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+        assert not t.is_alive(), "a request never ended"
+    return results
+
+
+def _wait_for(cond, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not cond():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_concurrent_streams_each_get_what_they_get_alone(pair):
+    iso, _ = pair
+    kw = dict(max_tokens=24, temperature=0)
+    alone = [list(iso.generate(p, stream=True, **kw)) for p in PROMPTS]
+    counts = [len(iso.tokenize(p)) for p in PROMPTS]
+
+    def stream(p):
+        it = iso.generate(p, stream=True, **kw)
+        return list(it), it.stats
+
+    results = _threads([lambda p=p: stream(p) for p in PROMPTS])
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert [r[0] for r in results] == alone
+    # each stream carries its own record of what its generation did
+    for (_, stats), n in zip(results, counts):
+        assert stats.prompt_tokens == n and stats.completion_tokens == 24 and stats.finish_reason == "length"
+    assert iso.in_flight == 0
+
+
+def _held_stream(model, prompt: str, first: threading.Event, go: threading.Event):
+    """A stream whose consumer holds back after its first piece (its generation stays open in the worker)
+    until ``go``, then closes it; its stats."""
+    it = model.generate(prompt, stream=True, max_tokens=250, temperature=0)
+    next(it)
+    first.set()
+    go.wait(TIMEOUT)
+    it.close()
+    return it.stats
+
+
+def test_a_call_is_answered_while_streams_run(pair):
+    iso, ref = pair
+    first, go = threading.Event(), threading.Event()
+    held: list = []
+    other: list = []
+    threads = [threading.Thread(target=lambda: held.append(_held_stream(iso, "hello", first, go))),
+               threading.Thread(target=lambda: other.append(list(iso.generate("the cat", stream=True, max_tokens=8,
+                                                                              temperature=0))))]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: first.is_set() and iso.in_flight == 2, "both streams in flight")
+    # answered by the worker while both streams are open: calls do not wait for streams ...
+    assert iso.chat_template.source == ref.chat_template.source and iso.n_ctx == ref.n_ctx
+    assert iso.in_flight == 2 and not held
+    # ... and one that needs the Model while a generation holds it is answered when its turn comes
+    tokens: list = []
+    c = threading.Thread(target=lambda: tokens.append(iso.tokenize("abc")))
+    c.start()
+    go.set()
+    for t in (*threads, c):
+        t.join(TIMEOUT)
+    assert tokens == [ref.tokenize("abc")] and len(other) == 1 and other[0]
+    assert held[0].finish_reason == "cancelled" and iso.in_flight == 0
+    # its consumer took one piece (one token here): the worker ran at most a window ahead, then waited
+    assert held[0].completion_tokens <= 1 + STREAM_WINDOW
+
+
+def test_cancelling_one_stream_leaves_the_other_whole(pair):
+    iso, _ = pair
+    kw = dict(max_tokens=40, temperature=0)
+    alone = list(iso.generate("once upon a time", stream=True, **kw))
+    first, go = threading.Event(), threading.Event()
+    held: list = []
+    whole: list = []
+
+    def stream():
+        it = iso.generate("once upon a time", stream=True, **kw)
+        whole.append((list(it), it.stats))
+
+    threads = [threading.Thread(target=lambda: held.append(_held_stream(iso, "hello", first, go))),
+               threading.Thread(target=stream)]
+    threads[0].start()
+    first.wait(TIMEOUT)
+    threads[1].start()
+    _wait_for(lambda: iso.in_flight == 2, "both streams in flight")
+    go.set()
+    for t in threads:
+        t.join(TIMEOUT)
+    stats = held[0]
+    assert stats.finish_reason == "cancelled" and stats.completion_tokens < 250
+    pieces, whole_stats = whole[0]
+    assert pieces == alone and whole_stats.finish_reason == "length" and whole_stats.completion_tokens == 40
+    assert whole_stats.prompt_tokens == len(iso.tokenize("once upon a time"))
+
+
+def test_a_worker_killed_under_three_streams_fails_all_three(gguf):
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
+    got_first = threading.Event()
+    go = threading.Event()
+
+    def stream(p):
+        it = m.generate(p, stream=True, max_tokens=250, temperature=0)
+        next(it)  # the generation served first answers; the others wait for the Model in the worker
+        got_first.set()
+        go.wait(TIMEOUT)
+        return list(it)
+
+    results: list = []
+    threads = [threading.Thread(target=lambda p=p: results.append(_catch(lambda: stream(p)))) for p in PROMPTS[:3]]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: m.in_flight == 3 and got_first.is_set(), "three streams in flight")
+    os.kill(m.pid, signal.SIGKILL)
+    go.set()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert len(results) == 3
+    for e in results:
+        assert isinstance(e, BackendError) and "SIGKILL" in str(e) and str(gguf) in str(e), e
+    assert not m.alive and m.closed and m.in_flight == 0 and _gone(m.pid)
+    with pytest.raises(ModelClosedError, match="SIGKILL"):
+        m.tokenize("x")
+    m.close()
+
+
+def test_a_stalled_consumer_is_not_a_hung_worker(gguf):
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
+    m._chan._timeout = 2.0  # short from here on (the load itself may take longer on a busy machine)
+    held = m.generate_tokens("hello", max_tokens=250, temperature=0)
+    first = next(held)
+    tokens: list = []
+    t = threading.Thread(target=lambda: tokens.append(_catch(lambda: m.tokenize("abc"))))
+    t.start()
+    # the worker waits for this consumer (its window is full), and the call for the Model, far longer
+    # than the time-out: nobody is hung
+    time.sleep(5)
+    rest = list(held)
+    t.join(TIMEOUT)
+    assert m.alive and len(rest) == 249 and held.stats.completion_tokens == 250
+    assert tokens == [m.tokenize("abc")]
+    assert [first, *rest] == list(m.generate_tokens("hello", max_tokens=250, temperature=0))
+    m.close()
+
+
+def _catch(f):
+    try:
+        return f()
+    except BaseException as e:  # noqa: BLE001 - the test looks at it
+        return e

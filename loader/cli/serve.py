@@ -486,7 +486,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         if not stream:
             try:
                 rest = await anyio.to_thread.run_sync(lambda: "".join(it)) if first is not _END else ""
-                done = model.last_generation  # read before the slot goes to the next request
+                done = it.stats  # this request's own (other requests may run on the model meanwhile)
             except Exception as e:  # noqa: BLE001
                 raise _engine_error(entry.id, e) from None
             finally:
@@ -520,7 +520,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                 while piece is not _END:
                     yield chunk(piece)
                     piece = await anyio.to_thread.run_sync(next, it, _END)
-                done = model.last_generation
+                done = it.stats
                 yield chunk(None, done.finish_reason if done is not None else "stop")
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
