@@ -432,6 +432,11 @@ class IsolatedModel(Closing):
         self.facts: FileFacts = facts
 
     def _not_streaming_here(self, stream: _Stream | None = None) -> None:
+        """A model that runs one generation at a time holds its lock for an open stream: a call from the
+        thread that consumes that stream would wait for itself.  Batching models hold no lock between
+        steps, so any thread may go on."""
+        if getattr(self, "info", None) is not None and self.info.parallel > 1:
+            return
         me = threading.get_ident()
         with self._open_lock:
             if self._chan.dead is None and any(s._thread == me and s is not stream for s in self._open):
@@ -690,9 +695,8 @@ class _Worker:
     def _run(self, rid: int, credit: _Credit, it: Any) -> GenerationStats | None:
         """Stream ``it`` within its credit until it ends or is cancelled; the stats of its generation.
 
-        The Model records each generation in ``last_generation`` when it starts, and holds its lock while
-        the generation runs: read after the first item, it is this stream's.  (With the Model's batched
-        generation, where streams run together, it gives each generation's stats itself; this goes then.)
+        The Model records each generation in ``last_generation`` per thread when it starts, and this stream
+        runs in its own thread: read after the first item, it is this stream's, batched or not.
         """
         stats: GenerationStats | None = None
         try:
