@@ -192,3 +192,40 @@ def test_bad_sequence_calls_are_errors(tiny_gguf):
         assert _logits(m, 0) == _logits(m, 1)
     with pytest.raises(ValueError, match="parallel"):
         g.load(tiny_gguf, parallel=0)
+
+
+def test_an_isolated_batch_and_a_worker_killed_mid_batch(tiny_gguf):
+    """The worker runs each stream in its own thread, so the streams of one isolated model batch; a
+    native fault (here SIGKILL) fails every sequence of the batch with the signal's name."""
+    import os
+    import signal
+
+    require_backend("gguf-2026-10")
+    with g.load(tiny_gguf, backend="gguf-2026-10", n_ctx=128) as m:
+        alone = [m.generate(p, max_tokens=12) for p in PROMPTS]
+    m = g.load(tiny_gguf, backend="gguf-2026-10", parallel=4, n_ctx=128, isolated=True)
+    try:
+        assert m.info.batching == "batch"
+        out: list[str | None] = [None] * len(PROMPTS)
+
+        def run(i):
+            out[i] = m.generate(PROMPTS[i], max_tokens=12)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert out == alone
+        # three long streams, then the worker dies under them
+        streams = [m.generate(p, max_tokens=100_000, stream=True, context_shift=False) for p in PROMPTS[:3]]
+        for s in streams:
+            next(s)
+        os.kill(m.pid, signal.SIGKILL)
+        for s in streams:
+            with pytest.raises(g.BackendError, match="SIGKILL"):
+                for _ in s:
+                    pass
+        assert not m.alive
+    finally:
+        m.close()
