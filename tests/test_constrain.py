@@ -295,3 +295,14 @@ def test_mask_guided_greedy_walk_on_random_weights_gives_valid_json(tiny_llama):
     doc = json.loads(text)
     jsonschema.validate(doc, GEN_SCHEMA)
     assert again == ids   # same grammar, same logits: the same tokens
+
+
+def test_isolated_model_gives_the_same_vocabulary(tiny_llama):
+    """An IsolatedModel hands its token table over in one round trip; the result equals the in-process one."""
+    path = tiny_llama[("gguf", 3, "f32")]
+    with g.load(path, vocab_only=True) as m:
+        here = Vocabulary.from_model(m)
+    with g.load(path, vocab_only=True, isolated=True) as iso:
+        there = Vocabulary.from_model(iso)
+        assert Vocabulary.from_model(iso) is there
+    assert (there.pieces, there.special, there.eog) == (here.pieces, here.special, here.eog)
