@@ -1,5 +1,6 @@
 """The cost of constrained output, per vocabulary: llguidance (ours) next to outlines-core.
 
+    pip install outlines-core   # only for the comparison; not a dependency of the project
     python bench/bench_constraint.py [--runs 3] [--json]
 
 For a 32k LLaMA SentencePiece vocabulary (llama.cpp's ``ggml-vocab-llama-spm.gguf``: LLaMA's own tokenizer),
