@@ -13,10 +13,12 @@ from .errors import (
     BackendError,
     BuildError,
     ChatTemplateError,
+    ConstraintError,
     ContextLengthError,
     DeviceError,
     FormatError,
     ModelClosedError,
+    ToolSpecError,
     UnsupportedModelError,
 )
 
@@ -25,7 +27,8 @@ from .errors import (
 from .probing import ProbeReport, probe
 
 __all__ = ["probe", "ProbeReport", "load", "read_facts", "FormatError", "UnsupportedModelError", "BackendError",
-           "BuildError", "ChatTemplateError", "ContextLengthError", "DeviceError", "ModelClosedError"]
+           "BuildError", "ChatTemplateError", "ConstraintError", "ContextLengthError", "DeviceError",
+           "ModelClosedError", "ToolSpecError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -28,6 +28,19 @@ class ContextLengthError(ValueError):
     both numbers.  A server answers it with ``context_length_exceeded``."""
 
 
+class ConstraintError(ValueError):
+    """A JSON schema, grammar or regex that the output cannot be constrained to: a keyword or feature the
+    engine does not enforce (named in the message), a syntax error, or a limit of
+    :class:`~gpt4all_loader.constrain.Limits` (size, compile time, parser fuel).  Also raised when a token
+    the constraint does not allow is consumed.  A server answers it with 400."""
+
+
+class ToolSpecError(ValueError):
+    """``tools``, ``tool_choice`` or ``parallel_tool_calls`` of a chat request that cannot be honoured: the
+    message names the field and what is wrong (an unknown tool name, parameters that are not an object
+    schema, a wrong type).  A server answers it with 400."""
+
+
 class BackendError(RuntimeError):
     """A backend library is missing, corrupt, of the wrong ABI, or failed inside native code."""
 

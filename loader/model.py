@@ -345,6 +345,19 @@ class Model(Closing):
                 return bytes(self._ffi.buffer(big, n))
             return bytes(self._ffi.buffer(self._piece_buf, n))
 
+    def token_pieces(self) -> list[bytes]:
+        """:meth:`token_bytes` of every id, in one call: what a constraint engine reads (an
+        IsolatedModel answers it in one round trip instead of one per token)."""
+        with self._lock:
+            self._h()
+            return [self.token_bytes(t) for t in range(self.n_vocab)]
+
+    def eog_tokens(self) -> list[int]:
+        """The ids that end a generation in this engine (EOS, and end-of-turn tokens where the era knows them)."""
+        with self._lock:
+            h = self._h()
+            return [t for t in range(self.n_vocab) if self._lib.g4a_is_eog(h, t)]
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens``: ``detokenize(tokenize(text)) == text`` for every text.
 
