@@ -285,6 +285,7 @@ def compile(vocab: Vocabulary, *, json_schema: Mapping[str, Any] | str | bool | 
             schema = {} if schema else {"not": {}}
         if not isinstance(schema, Mapping):
             raise ConstraintError(f"a JSON schema is an object, not {type(schema).__name__}")
+        schema = _bounded_integers(schema)
         try:
             text = json.dumps(schema, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as e:
@@ -320,6 +321,29 @@ def compile(vocab: Vocabulary, *, json_schema: Mapping[str, Any] | str | bool | 
         source = llguidance.LLMatcher.grammar_from_regex(regex)
     template, seconds = _build(vocab, source, limits, kind)
     return Grammar(vocab, kind, source, template, seconds)
+
+
+#: JSON's interoperable integers (RFC 8259 §6): an integer without bounds gets these, so that a model
+#: cannot write digits for ever (a random or confused model otherwise fills max_tokens with one number)
+SAFE_INTEGER = 2**53 - 1
+
+
+def _bounded_integers(schema: Any, depth: int = 0) -> Any:
+    """A copy of ``schema`` where every integer without a minimum or maximum has JSON's safe bound."""
+    if depth > 200:   # deeper than any real schema; the size limit refuses it anyway
+        return schema
+    if isinstance(schema, list):
+        return [_bounded_integers(x, depth + 1) for x in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {k: _bounded_integers(v, depth + 1) for k, v in schema.items()}
+    t = out.get("type")
+    if t == "integer" or (isinstance(t, list) and "integer" in t and "number" not in t):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -SAFE_INTEGER
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGER
+    return out
 
 
 def _check_size(what: str, text: str, limits: Limits) -> None:

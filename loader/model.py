@@ -32,7 +32,7 @@ from .sampling import SamplingParams, SequenceSampler, TokenLogprob
 if TYPE_CHECKING:  # pragma: no cover
     from .batching import Batcher
     from .chat import ChatSession, ChatTemplate
-    from .constrain import Grammar, Vocabulary
+    from .constrain import Grammar
     from .published import TableArg
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048); the
@@ -226,8 +226,6 @@ class Model(Closing):
         self._kv: list[int] = []
         self._local = threading.local()       # each thread's last generation
         self._last_any: GenerationStats | None = None
-        #: the constraint engine's view of the vocabulary (built on first use)
-        self._vocabulary: "Vocabulary | None" = None
         #: the continuous batch, when the engine decodes several sequences (load(parallel=N))
         self._batcher: "Batcher | None" = None
         # SentencePiece vocabularies: tokenize() adds the dummy prefix " ", detokenize() removes it
@@ -559,10 +557,7 @@ class Model(Closing):
         from .constrain import Vocabulary
         from .constrain import compile as compile_constraint
 
-        with self._lock:
-            if self._vocabulary is None:
-                self._vocabulary = Vocabulary.from_model(self)
-            vocab = self._vocabulary
+        vocab = Vocabulary.from_model(self)   # built once per model
         if json_schema is True:
             return compile_constraint(vocab, json_object=True)
         if grammar is not None:
