@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .batching import Batcher
     from .chat import ChatSession, ChatTemplate
     from .constrain import Grammar
+    from .tool_calls import ToolPlan
     from .published import TableArg
 
 #: n_ctx used when neither the caller nor the file says (2023 LLaMA files were trained on 2048); the
@@ -145,6 +146,9 @@ class GenerationStats:
     completion_s: float = 0.0
     #: each generated token's log-probabilities, when the generation asked for them (logprobs=True)
     logprobs: list[TokenLogprob] | None = None
+    #: a reply with tools, read back (Model.chat(tools=...)): its text content and its calls (OpenAI's shape)
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
     #: perf_counter() of the first token (for completion_s)
     first_token_at: float | None = field(default=None, repr=False)
 
@@ -179,6 +183,49 @@ class Piece(str):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Piece, (str(self), self.logprobs))
+
+
+class Reply(str):
+    """A chat reply with tools (a str: the raw text the model wrote), read back: ``content`` (None when it
+    only calls) and ``tool_calls`` (OpenAI's shape: ``{"id", "type": "function", "function": {"name",
+    "arguments": <JSON text>}}``)."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]]
+
+    def __new__(cls, raw: str, content: str | None, tool_calls: list[dict[str, Any]]) -> "Reply":
+        obj = super().__new__(cls, raw)
+        obj.content, obj.tool_calls = content, tool_calls
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Reply, (str(self), self.content, self.tool_calls))
+
+
+def response_schema(response_format: Any) -> dict[str, Any] | bool | None:
+    """The constraint of OpenAI's ``response_format``: None (text), True (any JSON object) or a JSON schema.
+    ValueError names what is wrong."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, Mapping):
+        raise ValueError(f"response_format must be an object, not {type(response_format).__name__}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":   # llama-server also takes a schema here
+        schema = response_format.get("schema")
+        return dict(schema) if isinstance(schema, Mapping) else True
+    if kind == "json_schema":
+        js = response_format.get("json_schema")
+        if not isinstance(js, Mapping):
+            raise ValueError("response_format.json_schema must be an object with a 'schema'")
+        schema = js.get("schema")
+        if schema is None:
+            return True
+        if not isinstance(schema, Mapping):
+            raise ValueError("response_format.json_schema.schema must be a JSON schema object")
+        return dict(schema)
+    raise ValueError(f"response_format.type must be 'text', 'json_object' or 'json_schema', not {kind!r}")
 
 
 _C = TypeVar("_C", bound="Closing")
@@ -517,7 +564,7 @@ class Model(Closing):
                         repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                         logit_bias: Mapping[int | str, float] | None = None, logprobs: bool = False,
                         top_logprobs: int | None = None, json_schema: Mapping[str, Any] | bool | None = None,
-                        grammar: str | None = None, seed: int | None = None, add_bos: bool = True,
+                        grammar: "str | Grammar | None" = None, seed: int | None = None, add_bos: bool = True,
                         special: bool = False, context_shift: bool = True,
                         n_keep: int | None = None) -> Generator[int, None, None]:
         """The token ids generate() would produce, one at a time (the model stays locked while iterating).
@@ -547,17 +594,19 @@ class Model(Closing):
         return self._token_stream(prompt, max_tokens, params, seed, add_bos, special, shift, grammar_)
 
     def constraint(self, *, json_schema: Mapping[str, Any] | bool | None = None,
-                   grammar: str | None = None) -> "Grammar | None":
+                   grammar: "str | Grammar | None" = None) -> "Grammar | None":
         """The compiled constraint for this model's vocabulary (None when neither is given); compiled
         grammars are kept per model, so a schema used again costs nothing."""
         if json_schema is None and grammar is None:
             return None
         if json_schema is not None and grammar is not None:
             raise ValueError("give json_schema or grammar, not both")
-        from .constrain import Vocabulary
+        from .constrain import Grammar, Vocabulary
         from .constrain import compile as compile_constraint
 
         vocab = Vocabulary.from_model(self)   # built once per model
+        if isinstance(grammar, Grammar):
+            return grammar
         if json_schema is True:
             return compile_constraint(vocab, json_object=True)
         if grammar is not None:
@@ -704,31 +753,83 @@ class Model(Closing):
         return self.info.chat_template_source
 
     @overload
-    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[False] = ..., **kwargs: Any) -> str: ...
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, stream: Literal[False] = ..., **kwargs: Any) -> str: ...
 
     @overload
-    def chat(self, messages: Sequence[dict[str, str]], *, stream: Literal[True], **kwargs: Any) -> Iterator[str]: ...
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True],
+             **kwargs: Any) -> Iterator[str]: ...
 
     @overload
-    def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = ...,
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = ...,
              **kwargs: Any) -> str | Iterator[str]: ...
 
-    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> str | Iterator[str]:
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, response_format: Any = None,
+             tools: Any = None, tool_choice: Any = None, parallel_tool_calls: Any = None,
+             **kwargs: Any) -> str | Iterator[str]:
         """Render ``messages`` with the model's chat template (:attr:`chat_template`) and generate the
-        reply; the template's stop strings are added to ``stop``."""
+        reply; the template's stop strings are added to ``stop``.  ``kwargs`` are :meth:`generate`'s.
+
+        response_format (OpenAI's): ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
+        {"name": ..., "schema": {...}}}`` constrains the reply to JSON (that fits the schema).  tools,
+        tool_choice, parallel_tool_calls (OpenAI's): the model may call the tools
+        (:mod:`gpt4all_loader.tool_calls`); the reply is then a :class:`Reply` (a str, the raw text) whose
+        ``content`` and ``tool_calls`` (OpenAI's shape, arguments that fit each tool's parameters) are read
+        back, also recorded in :attr:`last_generation` (finish_reason "tool_calls" when it calls).
+        """
+        from .tool_calls import plan as tool_plan
+
+        schema = response_schema(response_format)
         t = self._chat_template
         bos = self.token_bytes(self.token_bos()).decode("utf-8", "replace")
         eos = self.token_bytes(self.token_eos()).decode("utf-8", "replace")
+        the_plan = None
         try:
-            text = t.render(messages, bos_token=bos, eos_token=eos)
+            if tools is not None or tool_choice is not None:
+                the_plan = tool_plan(tools or [], tool_choice, parallel_tool_calls,
+                                     schema if isinstance(schema, dict) else None, chat_template=t.jinja)
+                text = the_plan.render(t, messages, bos_token=bos, eos_token=eos)
+            else:
+                text = t.render([dict(m) for m in messages], bos_token=bos, eos_token=eos)
         except ChatTemplateError as e:
             raise ChatTemplateError(f"{self.info.path}: {t.source} template: {e}") from None
+        if the_plan is not None and the_plan.constrained:
+            from .constrain import Vocabulary
+
+            kwargs["grammar"] = the_plan.compile(Vocabulary.from_model(self))
+        elif schema is not None:
+            kwargs["json_schema"] = schema
         add_bos = not (bos and text.startswith(bos))
         kwargs.setdefault("special", True)
         stop = kwargs.get("stop", ())
         kwargs["stop"] = tuple(dict.fromkeys(((stop,) if isinstance(stop, str) else tuple(stop)) + t.stop))
-        reply: str | Iterator[str] = self.generate(text, add_bos=add_bos, **kwargs)
-        return reply
+        if the_plan is None:
+            reply: str | Iterator[str] = self.generate(text, add_bos=add_bos, stream=stream, **kwargs)
+            return reply
+        pieces = self._tool_reply(self.generate(text, add_bos=add_bos, stream=True, **kwargs), the_plan)
+        if stream:
+            return pieces
+        raw = "".join(pieces)
+        st = self.last_generation
+        return Reply(raw, st.content if st is not None else raw,
+                     st.tool_calls or [] if st is not None else [])
+
+    def _tool_reply(self, pieces: Iterator[str], the_plan: "ToolPlan") -> Iterator[str]:
+        """The raw pieces of a reply with tools; at its end, its content and calls go in the stats."""
+        text: list[str] = []
+        try:
+            for p in pieces:
+                text.append(p)
+                yield p
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        st = self.last_generation
+        if st is not None:
+            st.content, calls = the_plan.parse("".join(text))
+            st.tool_calls = calls
+            if calls:
+                st.finish_reason = "tool_calls"
 
     def chat_session(self, system: str | None = None) -> "ChatSession":
         """A multi-turn conversation that keeps its messages and reuses the evaluated history
