@@ -364,3 +364,96 @@ def test_bad_limits_are_usage_errors(model_path):
         cp = subprocess.run([sys.executable, "-m", "gpt4all_loader.cli.serve", str(model_path), "--port",
                              str(_free_port()), flag, "0"], capture_output=True, text=True, timeout=60)
         assert cp.returncode == 2 and f"{flag} must be positive" in cp.stderr
+
+
+# -- the Kubernetes manifest -------------------------------------------------------------------------
+
+def _probe(path: str) -> dict:
+    return {"type": "object", "required": ["httpGet"], "properties": {"httpGet": {
+        "type": "object", "required": ["path", "port"],
+        "properties": {"path": {"const": path}, "port": {"const": "http"}}}}}
+
+
+#: the parts of docs/kubernetes.yaml the server relies on
+DEPLOYMENT_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "apps/v1"}, "kind": {"const": "Deployment"},
+        "spec": {"type": "object", "required": ["selector", "template"], "properties": {"template": {
+            "type": "object", "required": ["metadata", "spec"], "properties": {
+                "metadata": {"type": "object", "required": ["labels", "annotations"], "properties": {
+                    "annotations": {"type": "object", "required": ["prometheus.io/scrape", "prometheus.io/port",
+                                                                   "prometheus.io/path"],
+                                    "properties": {"prometheus.io/path": {"const": "/metrics"},
+                                                   "prometheus.io/scrape": {"const": "true"}}}}},
+                "spec": {"type": "object", "required": ["containers", "terminationGracePeriodSeconds"],
+                         "properties": {"containers": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                             "type": "object",
+                             "required": ["name", "image", "command", "args", "ports", "readinessProbe",
+                                          "livenessProbe", "resources", "volumeMounts"],
+                             "properties": {
+                                 "command": {"const": ["gpt4all-serve"]},
+                                 "args": {"type": "array", "items": {"type": "string"}},
+                                 "ports": {"type": "array", "contains": {
+                                     "type": "object", "required": ["name", "containerPort"],
+                                     "properties": {"name": {"const": "http"}}}},
+                                 "readinessProbe": _probe("/health"),
+                                 "livenessProbe": _probe("/livez")}}}}}}}}}},
+}
+SERVICE_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "spec"],
+    "properties": {"apiVersion": {"const": "v1"}, "kind": {"const": "Service"},
+                   "spec": {"type": "object", "required": ["selector", "ports"], "properties": {"ports": {
+                       "type": "array", "minItems": 1,
+                       "items": {"type": "object", "required": ["port", "targetPort"],
+                                 "properties": {"targetPort": {"const": "http"}}}}}}},
+}
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    yaml = pytest.importorskip("yaml")
+    jsonschema = pytest.importorskip("jsonschema")
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "docs" / "kubernetes.yaml").read_text())}
+    assert set(docs) == {"Deployment", "Service"}
+    jsonschema.validate(docs["Deployment"], DEPLOYMENT_SCHEMA)
+    jsonschema.validate(docs["Service"], SERVICE_SCHEMA)
+    return docs
+
+
+def test_kubernetes_manifest_matches_the_server(manifest):
+    from gpt4all_loader.cli.serve import ROUTES, build_parser
+
+    deployment, service = manifest["Deployment"], manifest["Service"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"])  # every flag is one the server knows
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert args.port == port and args.host == "0.0.0.0"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    for path in ("/health", "/livez", "/metrics"):
+        assert path in ROUTES
+    assert pod["spec"]["terminationGracePeriodSeconds"] > args.shutdown_timeout + 5  # + the preStop sleep
+    assert args.threads * args.max_loaded <= int(container["resources"]["requests"]["cpu"])
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    mount = container["volumeMounts"][0]
+    assert args.paths == [mount["mountPath"]] and mount["readOnly"] is True
+
+
+def test_kubernetes_container_args_start_a_server_whose_probes_answer(manifest, model_path, tmp_path):
+    """The container's arguments, with this test's model folder, port and loopback address."""
+    pod = manifest["Deployment"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    mount = container["volumeMounts"][0]["mountPath"]
+    args = [str(model_path.parent) if a == mount else a for a in container["args"]
+            if not a.startswith(("--host", "--port"))]
+    s = Server([], *args, "--host", "127.0.0.1", log=tmp_path / "s.log")
+    try:
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert s.get(container[probe]["httpGet"]["path"])[0] == 200
+        status, text = s.get(pod["metadata"]["annotations"]["prometheus.io/path"])
+        assert status == 200 and "gpt4all_model_loaded" in text
+    finally:
+        s.stop()

@@ -1,7 +1,9 @@
 """gpt4all-serve: an OpenAI-compatible HTTP server over model files of every era.
 
     gpt4all-serve PATH... [--host 127.0.0.1] [--port 4891] [--api-key KEY] [--max-loaded N]
-                          [--memory-budget MIB] [--chat-template [MODEL=]NAME|FILE]...
+                          [--memory-budget MIB] [--chat-template [MODEL=]NAME|FILE]... [--no-metrics]
+                          [--max-body-bytes N] [--body-timeout S] [--header-timeout S]
+                          [--max-connections N] [--shutdown-timeout S]
 
 Files are found and judged the way ``gpt4all-probe`` does; the model id is the file name.  Each loaded
 model runs in its own worker process (``load(..., isolated=True)``), so a native crash fails one request
@@ -14,8 +16,13 @@ Chat works on every file: its own template, else the one GPT4All published for i
 ``--chat-template`` (for all models, or ``MODEL=`` one), else ChatML.  ``/v1/models`` and each reply's
 ``system_fingerprint`` name the template a model uses.
 
-Starlette and uvicorn come with the ``serve`` extra and are imported only here, so the core package
-keeps its small dependency set.
+Operations: ``GET /health`` is the readiness probe (503 once a graceful shutdown began), ``GET /livez``
+the liveness probe, ``GET /metrics`` Prometheus' (:mod:`.metrics`, read from the pool when scraped); the
+graceful shutdown and the limits on connections and slow clients are :mod:`.lifecycle`'s; bodies are
+bounded by ``--max-body-bytes`` (413) and ``--body-timeout`` (408) here.
+
+Starlette, uvicorn and prometheus-client come with the ``serve`` extra and are imported only when the
+server runs, so the core package keeps its small dependency set.
 """
 from __future__ import annotations
 
