@@ -4,8 +4,9 @@ slow clients, and a graceful shutdown that finishes the requests in flight.
 * Shutdown: the first SIGTERM or SIGINT closes the :class:`Gate`: ``/health`` answers 503 and new work
   gets a 503 ``shutting_down`` error (the port stays open, so a load balancer that has not yet noticed
   gets an answer it can retry elsewhere), while the requests in flight run to their end, for at most
-  ``shutdown_timeout`` seconds.  Then uvicorn closes the port and the connections, and the caller closes
-  the workers; the process exits 0.  A second signal stops at once.
+  ``shutdown_timeout`` seconds (then ``cut_off`` ends those still running).  Then uvicorn closes the port
+  and the connections, and the caller closes the workers; the process exits 0.  A second signal stops at
+  once.
 * Connections: each must deliver a complete request head within ``header_timeout`` seconds of opening
   or of its previous answer, and the unread rest of a body within the same time after the answer, else
   it is closed (uvicorn alone keeps a connection that sends nothing, or dribbles its bytes, open for
@@ -22,7 +23,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
@@ -108,8 +109,9 @@ def _protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
     return HeadDeadline
 
 
-def run(app: Any, gate: Gate, *, host: str, port: int, limits: Limits) -> None:
-    """Serve ``app`` until a signal, then shut down gracefully (the module's docstring says how)."""
+def run(app: Any, gate: Gate, *, host: str, port: int, limits: Limits, cut_off: Callable[[], object]) -> None:
+    """Serve ``app`` until a signal, then shut down gracefully (the module's docstring says how);
+    ``cut_off()`` makes the requests still running after the shutdown timeout end now."""
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
@@ -139,6 +141,8 @@ def run(app: Any, gate: Gate, *, host: str, port: int, limits: Limits) -> None:
             if not await gate.drain(limits.shutdown_timeout):
                 log.warning("shutting down: %d request(s) still running after %g s are cut off", gate.in_flight,
                             limits.shutdown_timeout)
+                cut_off()
+                await gate.drain(CUT_OFF_GRACE)
             self.should_exit = True
 
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",

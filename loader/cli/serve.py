@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import signal
 import struct
 import sys
 import time
@@ -306,6 +307,14 @@ class Pool:
                            code="load_failed") from None
         finally:
             slot.loading = False
+
+    def kill_busy(self) -> None:
+        """Kill the workers of the requests still running, when a shutdown cannot wait longer: each of those
+        requests fails at once naming SIGKILL, instead of holding the exit until its worker times out."""
+        for s in self.slots.values():
+            if s.busy and s.model is not None and s.model.alive:  # alive: not yet reaped, so the pid is its own
+                log.warning("%s: killing its worker (pid %d) to end the request it runs", s.label, s.model.pid)
+                os.kill(s.model.pid, signal.SIGKILL)
 
     def close_all(self) -> None:
         for s in self.slots.values():
@@ -831,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(app, gate, host=args.host, port=args.port, limits=Limits(
             header_timeout=args.header_timeout, max_connections=args.max_connections,
-            shutdown_timeout=args.shutdown_timeout))
+            shutdown_timeout=args.shutdown_timeout), cut_off=pool.kill_busy)
     finally:
         pool.close_all()
     log.info("stopped")
