@@ -120,14 +120,18 @@ def run(app: Any, gate: Gate, *, host: str, port: int, limits: Limits, cut_off: 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # uvicorn's own handler stops listening at once and raises the signal again at the end (exit
             # status 128+sig); here the port stays open while the requests in flight finish, and the exit is 0
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:  # not serving yet
+                loop = None
             if not gate.open or self.should_exit:  # a second signal: stop now
                 log.info("%s again: stopping now", signal.Signals(sig).name)
                 self.should_exit = self.force_exit = True
+                if loop is not None:
+                    loop.call_soon_threadsafe(cut_off)
                 return
             gate.open = False  # /health answers 503 from now on
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not serving yet
+            if loop is None:
                 self.should_exit = True
                 return
             log.info("%s: shutting down; %d request(s) in flight get at most %g s to finish",
@@ -145,7 +149,8 @@ def run(app: Any, gate: Gate, *, host: str, port: int, limits: Limits, cut_off: 
                 await gate.drain(CUT_OFF_GRACE)
             self.should_exit = True
 
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
+    # lifespan off: the app has no startup or shutdown events (the caller closes the workers after run())
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="off",
                             http=_protocol_class(limits.header_timeout), limit_concurrency=limits.max_connections,
                             timeout_graceful_shutdown=CUT_OFF_GRACE)
     GracefulServer(config).run()
