@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "used instead of it")
     ops = ap.add_argument_group("operations")
     ops.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
-                     help="serve Prometheus metrics on GET /metrics, without a key like /health (default: on)")
+                     help="serve Prometheus metrics on GET /metrics; like /health it needs no key (default: on)")
     ops.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
                      help=f"largest request body read; a larger one gets 413 (default {MAX_BODY_BYTES})")
     ops.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT, metavar="S",
@@ -775,8 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds a connection has to send a request's headers after it opens or after its "
                           f"previous answer, else it is closed (default {Limits.header_timeout:g})")
     ops.add_argument("--max-connections", type=int, default=Limits.max_connections, metavar="N",
-                     help="open connections from which on requests get 503 (default "
-                          f"{Limits.max_connections})")
+                     help=f"requests get 503 while this many connections are open (default {Limits.max_connections})")
     ops.add_argument("--shutdown-timeout", type=float, default=Limits.shutdown_timeout, metavar="S",
                      help="on SIGTERM or SIGINT, seconds the requests in flight get to finish while new work "
                           f"gets 503 (default {Limits.shutdown_timeout:g}); a second signal stops at once")
