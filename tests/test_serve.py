@@ -389,7 +389,7 @@ def test_gptj_file_served_when_its_era_is_built(server, greedy):
 
 def test_core_import_stays_small_and_nothing_to_serve_is_an_error(tmp_path):
     code = ("import sys, gpt4all_loader, gpt4all_loader.model, gpt4all_loader.worker, gpt4all_loader.cli.serve; "
-            "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio') if m in sys.modules))")
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio', 'prometheus_client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
     (tmp_path / "notes.gguf").write_text("not a model\n")

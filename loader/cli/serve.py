@@ -1,7 +1,9 @@
 """gpt4all-serve: an OpenAI-compatible HTTP server over model files of every era.
 
     gpt4all-serve PATH... [--host 127.0.0.1] [--port 4891] [--api-key KEY] [--max-loaded N]
-                          [--memory-budget MIB] [--chat-template [MODEL=]NAME|FILE]...
+                          [--memory-budget MIB] [--chat-template [MODEL=]NAME|FILE]... [--no-metrics]
+                          [--max-body-bytes N] [--body-timeout S] [--header-timeout S]
+                          [--max-connections N] [--shutdown-timeout S]
 
 Files are found and judged the way ``gpt4all-probe`` does; the model id is the file name.  Each loaded
 model runs in its own worker process (``load(..., isolated=True)``), so a native crash fails one request
@@ -14,20 +16,28 @@ Chat works on every file: its own template, else the one GPT4All published for i
 ``--chat-template`` (for all models, or ``MODEL=`` one), else ChatML.  ``/v1/models`` and each reply's
 ``system_fingerprint`` name the template a model uses.
 
-Starlette and uvicorn come with the ``serve`` extra and are imported only here, so the core package
-keeps its small dependency set.
+Operations: ``GET /health`` is the readiness probe (503 once a graceful shutdown began), ``GET /livez``
+the liveness probe, ``GET /metrics`` Prometheus' (:mod:`.metrics`, read from the pool when scraped); the
+graceful shutdown and the limits on connections and slow clients are :mod:`.lifecycle`'s; bodies are
+bounded by ``--max-body-bytes`` (413) and ``--body-timeout`` (408) here.
+
+Starlette, uvicorn and prometheus-client come with the ``serve`` extra and are imported only when the
+server runs, so the core package keeps its small dependency set.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import collections
+import dataclasses
 import enum
 import hmac
 import json
 import logging
 import math
 import os
+import signal
 import struct
 import sys
 import time
@@ -36,14 +46,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Final
 
 from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
+from .lifecycle import Gate, Limits, run
+from .metrics import EventCounts, ModelState, PoolEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import GenerationStats
+    from .metrics import ServerMetrics
 
 log = logging.getLogger("gpt4all_loader.cli.serve")
 
-#: largest request body read (a longer one gets 413 before it is read)
+#: largest request body read (--max-body-bytes; a longer one gets 413, read no further than the limit)
 MAX_BODY_BYTES = 1 << 20
+#: seconds a client has to send its whole request body (--body-timeout; then 408)
+BODY_TIMEOUT = 30.0
 #: largest max_tokens a request may ask for (the context bounds it further)
 MAX_TOKENS = 8192
 #: max_tokens when a request gives none: OpenAI's default for completions; chat replies run longer
@@ -198,6 +213,8 @@ class Pool:
         self.queues = {k: asyncio.Lock() for k in entries}
         self.slots: dict[tuple[str, bool], Slot] = {}
         self.changed = asyncio.Condition()
+        #: loads, unloads, load failures and worker crashes by model, as /metrics counts them
+        self.events: EventCounts = collections.Counter()
 
     def entry(self, model_id: Any) -> Entry:
         if not isinstance(model_id, str) or not model_id:
@@ -207,6 +224,13 @@ class Pool:
             raise ApiError(404, f"the model {model_id!r} does not exist; GET /v1/models lists the models served",
                            param="model", code="model_not_found")
         return e
+
+    def model_state(self, entry: Entry) -> ModelState:
+        """What /health and /metrics report for ``entry``, read from the queue when they ask: one request
+        at a time holds the model's lock (loading it or running), the others wait in ``entry.waiting``."""
+        workers = [s for s in self.slots.values() if s.entry is entry]
+        return ModelState(entry.id, mode="queue", slots=1, busy_slots=int(self.queues[entry.id].locked()),
+                          waiting=entry.waiting, loaded=any(s.model is not None and s.model.alive for s in workers))
 
     async def acquire(self, entry: Entry, embeddings: bool) -> Slot:
         """Wait for this model's turn, load it if needed, and mark it busy; pair with :meth:`release`."""
@@ -221,6 +245,7 @@ class Pool:
             if slot.model is None or not slot.model.alive:  # never loaded, unloaded, or its worker died idle
                 if slot.model is not None:
                     log.info("%s: %s; loading it again", entry.id, slot.model.why_closed or "its worker is gone")
+                    self.events[PoolEvent.WORKER_CRASH, entry.id] += 1
                     slot.model.close()
                 slot.model = None
                 await self._load(slot)
@@ -238,6 +263,7 @@ class Pool:
         slot.last_used = time.monotonic()
         if slot.model is not None and slot.model.closed:  # its worker died: load again next time
             slot.model = None
+            self.events[PoolEvent.WORKER_CRASH, slot.entry.id] += 1
         self.queues[slot.entry.id].release()
         async with self.changed:
             self.changed.notify_all()
@@ -261,6 +287,7 @@ class Pool:
                     victim = idle[0]
                     log.info("unloading %s (least recently used) to make room for %s", victim.label, slot.label)
                     model, victim.model = victim.model, None
+                    self.events[PoolEvent.UNLOAD, victim.entry.id] += 1
                     await anyio.to_thread.run_sync(model.close)
                 else:
                     await self.changed.wait()  # every loaded model is busy: wait for one to finish
@@ -273,11 +300,21 @@ class Pool:
                 published_table=self.published_table))
             log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
                      slot.model.info.backend, slot.model.info.variant)
+            self.events[PoolEvent.LOAD, slot.entry.id] += 1
         except Exception as e:  # noqa: BLE001 - a file that fails to load fails its request, clearly
+            self.events[PoolEvent.LOAD_FAILURE, slot.entry.id] += 1
             raise ApiError(500, f"{slot.entry.id}: cannot load it: {e}", type="server_error",
                            code="load_failed") from None
         finally:
             slot.loading = False
+
+    def kill_busy(self) -> None:
+        """Kill the workers of the requests still running, when a shutdown cannot wait longer: each of those
+        requests fails at once naming SIGKILL, instead of holding the exit until its worker times out."""
+        for s in self.slots.values():
+            if s.busy and s.model is not None and s.model.alive:  # alive: not yet reaped, so the pid is its own
+                log.warning("%s: killing its worker (pid %d) to end the request it runs", s.label, s.model.pid)
+                os.kill(s.model.pid, signal.SIGKILL)
 
     def close_all(self) -> None:
         for s in self.slots.values():
@@ -373,15 +410,27 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------------
 # The application
 
-def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
-    """The Starlette application over ``pool``."""
+#: the routes /metrics names (any other path counts as "other", so a scan of paths adds no series)
+ROUTES = ("/health", "/livez", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+
+
+def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout: float = BODY_TIMEOUT, metrics: bool = True, gate: Gate | None = None) -> Any:
+    """The Starlette application over ``pool``; ``gate`` says whether it takes new work (a graceful
+    shutdown closes it), ``metrics`` adds ``GET /metrics``."""
     import anyio
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     key = api_key.encode() if api_key else None
+    gate = gate or Gate()
+    recorder: ServerMetrics | None = None
+    if metrics:
+        from .metrics import ServerMetrics
+
+        recorder = ServerMetrics(lambda: [pool.model_state(e) for e in pool.entries.values()], pool.events)
 
     def error_response(e: ApiError) -> Response:
         return JSONResponse(e.body(), status_code=e.status)
@@ -396,14 +445,25 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                            type="authentication_error", code="invalid_api_key")
 
     async def read_json(request: Request) -> dict[str, Any]:
+        """The body as a JSON object, read no further than ``max_body_bytes`` and for no longer than
+        ``body_timeout`` seconds (else 413 or 408; the rest is never read: :class:`_Requests` closes)."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body has {declared} bytes; at most {MAX_BODY_BYTES} are read")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise ApiError(413, f"the request body has {declared} bytes; at most {max_body_bytes} are read",
+                           code="request_too_large")
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_BODY_BYTES:
-                raise ApiError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        try:
+            with anyio.fail_after(body_timeout):
+                async for chunk in request.stream():
+                    data += chunk
+                    if len(data) > max_body_bytes:
+                        raise ApiError(413, f"the request body exceeds {max_body_bytes} bytes",
+                                       code="request_too_large")
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {body_timeout:g} s (it had "
+                                f"{len(data)} bytes)", code="request_timeout") from None
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection before its body ended") from None
         try:
             body = json.loads(bytes(data))
         except ValueError as e:
@@ -416,6 +476,9 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         async def wrapped(request: Request) -> Response:
             try:
                 check_key(request)
+                if not gate.open:
+                    raise ApiError(503, "the server is shutting down; send the request again (to another "
+                                        "replica)", type="server_error", code="shutting_down")
                 return await handler(request)
             except Exception as e:  # noqa: BLE001 - every failure answers with an OpenAI error object
                 err = e if isinstance(e, ApiError) else ApiError(
@@ -427,9 +490,21 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
         return wrapped
 
     async def health(request: Request) -> Response:
+        """Readiness: 200 while the server takes work, 503 once a graceful shutdown began."""
         loaded = [{"id": s.entry.id, "embeddings": s.embeddings, "pid": s.model.pid, "busy": s.busy,
                    "queued": s.entry.waiting} for s in pool.slots.values() if s.model is not None and s.model.alive]
-        return JSONResponse({"status": "ok", "models": len(pool.entries), "loaded": loaded})
+        states = [dataclasses.asdict(pool.model_state(e)) for e in pool.entries.values()]
+        return JSONResponse({"status": "ok" if gate.open else "shutting_down", "models": len(pool.entries),
+                             "loaded": loaded, "model_states": states}, status_code=200 if gate.open else 503)
+
+    async def livez(request: Request) -> Response:
+        """Liveness: 200 while the event loop answers, shutting down or not."""
+        return JSONResponse({"status": "alive"})
+
+    async def metrics_route(request: Request) -> Response:
+        assert recorder is not None
+        body, content_type = recorder.exposition(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -443,7 +518,12 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
     async def chat_completions(request: Request) -> Response:
         return await _generate(request, "chat")
 
+    def record(model_id: str, stats: GenerationStats | None, first_token_s: float | None) -> None:
+        if recorder is not None:
+            recorder.generation(model_id, stats, first_token_s)
+
     async def _generate(request: Request, kind: str) -> Response:
+        t0 = time.monotonic()
         body = await read_json(request)
         entry = pool.entry(body.get("model"))
         request.scope.setdefault("state", {})["model"] = entry.id
@@ -468,6 +548,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
             it = model.chat(messages, stream=True, **params) if kind == "chat" else \
                 model.generate(prompt, stream=True, **params)
             first = await anyio.to_thread.run_sync(next, it, _END)
+            first_token_s = None if first is _END else time.monotonic() - t0
         except BaseException as e:
             await pool.release(slot)
             if isinstance(e, Exception) and not isinstance(e, ApiError):
@@ -491,6 +572,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                 raise _engine_error(entry.id, e) from None
             finally:
                 await pool.release(slot)
+            record(entry.id, done, first_token_s)
             text = ("" if first is _END else first) + rest
             finish = done.finish_reason if done is not None else "stop"
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -521,6 +603,7 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
                     yield chunk(piece)
                     piece = await anyio.to_thread.run_sync(next, it, _END)
                 done = it.stats
+                record(entry.id, done, first_token_s)
                 yield chunk(None, done.finish_reason if done is not None else "stop")
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
@@ -584,15 +667,19 @@ def create_app(pool: Pool, *, api_key: str | None = None) -> Any:
     async def bad_method(request: Request, exc: Exception) -> Response:
         return error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
 
-    app = Starlette(routes=[
+    routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/livez", livez, methods=["GET"]),
         Route("/v1/models", api(models), methods=["GET"]),
         Route("/v1/completions", api(completions), methods=["POST"]),
         Route("/v1/chat/completions", api(chat_completions), methods=["POST"]),
         Route("/v1/embeddings", api(embeddings), methods=["POST"]),
-    ], exception_handlers={404: not_found, 405: bad_method})
+    ]
+    if recorder is not None:
+        routes.append(Route("/metrics", metrics_route, methods=["GET"]))
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.pool = pool
-    return _RequestLog(app)
+    return _Requests(app, gate, recorder)
 
 
 def _base64_floats(v: list[float]) -> str:
@@ -604,11 +691,16 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-class _RequestLog:
-    """ASGI middleware: one log line per request, written when its response (stream included) ends."""
+class _Requests:
+    """ASGI middleware: one log line per request, written when its response (stream included) ends; the
+    count of requests in flight (a graceful shutdown waits for them); their metrics.  The connection ends
+    with the answer when the request's body was not read to its end and is chunked (it may never end) or
+    too slow (408), and while the server shuts down (the client reconnects, to another replica).  The rest
+    of a body with a Content-Length is read and dropped after the answer (uvicorn does it), so that a client
+    that sends its whole body before it reads gets the answer; :mod:`.lifecycle` bounds that in time."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, gate: Gate, metrics: ServerMetrics | None) -> None:
+        self.app, self.gate, self.metrics = app, gate, metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -616,20 +708,36 @@ class _RequestLog:
             return
         t0 = time.monotonic()
         status = [0]
+        headers = dict(scope["headers"])
+        chunked = b"transfer-encoding" in headers
+        body_read = [not chunked and headers.get(b"content-length", b"0") in (b"0", b"")]
+
+        async def receive_body() -> dict[str, Any]:
+            message: dict[str, Any] = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read[0] = True
+            return message
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if (not body_read[0] and (chunked or status[0] == 408)) or not self.gate.open:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         state = scope.setdefault("state", {})
+        self.gate.in_flight += 1
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_body, send_status)
         finally:
+            self.gate.in_flight -= 1
+            seconds = time.monotonic() - t0
             client = scope.get("client") or ("-", 0)
             extra = "".join(f" {k}={state[k]!r}" for k in ("model", "error") if k in state)
-            log.info("%s %s %s %d %.3fs%s", client[0], scope["method"], scope["path"], status[0],
-                     time.monotonic() - t0, extra)
+            log.info("%s %s %s %d %.3fs%s", client[0], scope["method"], scope["path"], status[0], seconds, extra)
+            if self.metrics is not None:
+                route = scope["path"] if scope["path"] in ROUTES else "other"
+                self.metrics.request(route, state.get("model", ""), status[0], seconds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -656,6 +764,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--published-table", default=None, metavar="FILE",
                     help="a list of published files in the format of the packaged gpt4all_published.json, "
                          "used instead of it")
+    ops = ap.add_argument_group("operations")
+    ops.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                     help="serve Prometheus metrics on GET /metrics; like /health it needs no key (default: on)")
+    ops.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
+                     help=f"largest request body read; a larger one gets 413 (default {MAX_BODY_BYTES})")
+    ops.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT, metavar="S",
+                     help=f"seconds a client has to send its request body, else 408 (default {BODY_TIMEOUT:g})")
+    ops.add_argument("--header-timeout", type=float, default=Limits.header_timeout, metavar="S",
+                     help="seconds a connection has to send a request's headers after it opens or after its "
+                          f"previous answer, else it is closed (default {Limits.header_timeout:g})")
+    ops.add_argument("--max-connections", type=int, default=Limits.max_connections, metavar="N",
+                     help=f"requests get 503 while this many connections are open (default {Limits.max_connections})")
+    ops.add_argument("--shutdown-timeout", type=float, default=Limits.shutdown_timeout, metavar="S",
+                     help="on SIGTERM or SIGINT, seconds the requests in flight get to finish while new work "
+                          f"gets 503 (default {Limits.shutdown_timeout:g}); a second signal stops at once")
     return ap
 
 
@@ -668,8 +791,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_budget is not None and args.memory_budget <= 0:
         print("gpt4all-serve: --memory-budget must be a positive number of MiB", file=sys.stderr)
         return 2
+    for flag in ("max_body_bytes", "body_timeout", "header_timeout", "max_connections", "shutdown_timeout"):
+        if not getattr(args, flag) > 0:
+            print(f"gpt4all-serve: --{flag.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
     try:
-        import uvicorn
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+        if args.metrics:
+            import prometheus_client  # noqa: F401
     except ImportError:
         print("gpt4all-serve needs the serve extra: pip install 'gpt4all-loader[serve]'", file=sys.stderr)
         return 2
@@ -702,11 +832,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info("serving %s (%s, about %.0f MiB, chat template %s)", e.id, e.path, e.memory_mib, e.chat_template)
     pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads,
                 published_table=args.published_table)
-    app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None)
+    gate = Gate()
+    app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None,
+                     max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout, metrics=args.metrics,
+                     gate=gate)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+        run(app, gate, host=args.host, port=args.port, limits=Limits(
+            header_timeout=args.header_timeout, max_connections=args.max_connections,
+            shutdown_timeout=args.shutdown_timeout), cut_off=pool.kill_busy)
     finally:
         pool.close_all()
+    log.info("stopped")
     return 0
 
 
