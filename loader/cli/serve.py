@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Final
 
 from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
+from . import replies
 from .lifecycle import Gate, Limits, run
 from .metrics import EventCounts, ModelState, PoolEvent
 
@@ -364,8 +365,8 @@ def _bool(body: dict[str, Any], key: str) -> bool:
 
 
 def generation_params(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    """Model.generate() keywords from an OpenAI request (400 for anything out of range)."""
-    _body_int(body, "n", 1, 1, 1)  # one choice per request
+    """Model.generate() keywords from an OpenAI request (400 for anything out of range); the rest of the
+    sampling fields are :func:`replies.sampling_params`'s."""
     seed = _body_int(body, "seed", None, -(2**63), 2**64 - 1)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return dict(
@@ -531,7 +532,13 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             raise ApiError(400, f"{entry.id}: this model only embeds (a sentence-embedding file has no next-token "
                                 f"logits and generates no text); use /v1/embeddings", param="model",
                            code="model_only_embeds")
-        params = generation_params(body, kind)
+        try:
+            params = generation_params(body, kind) | replies.sampling_params(body, kind)
+            extra = replies.chat_params(body) if kind == "chat" else {}
+        except replies.RequestError as e:
+            raise ApiError(400, str(e), param=e.param) from None
+        n = _body_int(body, "n", 1, 1, replies.MAX_CHOICES)
+        assert n is not None
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -539,18 +546,33 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             messages = _messages(body)
         else:
             prompt = _prompt(body)
+        tools = kind == "chat" and "tools" in extra and extra.get("tool_choice") != "none"
         slot = await pool.acquire(entry, False)
         model = slot.model
+        # a batching model runs the n choices together; one that runs a generation at a time, one after another
+        together = model.info.parallel > 1
+
+        def start(i: int) -> Any:
+            p = dict(params)
+            if i and p.get("seed") is not None:   # n choices: n different samples of one seed
+                p["seed"] = (p["seed"] + i) & 0xFFFFFFFFFFFFFFFF
+            return model.chat(messages, stream=True, **extra, **p) if kind == "chat" else \
+                model.generate(prompt, stream=True, **p)
+
+        choices = [replies.Choice(i, kind, logprobs=bool(params.get("logprobs")), tools=tools) for i in range(n)]
+        its: list[Any] = []
         try:
             if kind == "completion" and not isinstance(prompt, str) and max(prompt) >= model.n_vocab:
                 raise ApiError(400, f"{entry.id}: token id {max(prompt)} in 'prompt' is out of range; the "
                                     f"vocabulary has {model.n_vocab} tokens", param="prompt")
-            it = model.chat(messages, stream=True, **params) if kind == "chat" else \
-                model.generate(prompt, stream=True, **params)
-            first = await anyio.to_thread.run_sync(next, it, _END)
-            first_token_s = None if first is _END else time.monotonic() - t0
+            # the first piece of each choice that starts now, so that a request the model refuses gets its status
+            its = [start(i) for i in range(n if together else 1)]
+            firsts = await anyio.to_thread.run_sync(_firsts, its)
+            first_token_s = None if firsts[0] is _END else time.monotonic() - t0
         except BaseException as e:
-            await pool.release(slot)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close_all, its)
+                await pool.release(slot)
             if isinstance(e, Exception) and not isinstance(e, ApiError):
                 raise _engine_error(entry.id, e) from None
             raise
@@ -559,55 +581,95 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
         # which engine answered, and for chat which template rendered the conversation
         fingerprint = f"{model.info.backend}/{model.info.variant}" + \
             (f"; chat_template={model.chat_template_source}" if kind == "chat" else "")
+        obj = ("chat.completion" if kind == "chat" else "text_completion") + (".chunk" if stream and kind == "chat"
+                                                                               else "")
+        stats: list[GenerationStats | None] = [None] * n
 
-        def usage(g: GenerationStats | None) -> dict[str, int]:
-            p, c = (g.prompt_tokens, g.completion_tokens) if g is not None else (0, 0)
+        def usage() -> dict[str, int]:
+            done = [g for g in stats if g is not None]
+            p = done[0].prompt_tokens if done else 0
+            c = sum(g.completion_tokens for g in done)
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-        if not stream:
-            try:
-                rest = await anyio.to_thread.run_sync(lambda: "".join(it)) if first is not _END else ""
-                done = it.stats  # this request's own (other requests may run on the model meanwhile)
-            except Exception as e:  # noqa: BLE001
-                raise _engine_error(entry.id, e) from None
-            finally:
-                await pool.release(slot)
-            record(entry.id, done, first_token_s)
-            text = ("" if first is _END else first) + rest
-            finish = done.finish_reason if done is not None else "stop"
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                       "finish_reason": finish} if kind == "chat" else
-                      {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
-            return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-                                 "created": created, "model": entry.id, "system_fingerprint": fingerprint,
-                                 "choices": [choice], "usage": usage(done)})
-
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-
-        def chunk(piece: str | None, finish: str | None = None, *, role: bool = False) -> str:
-            if kind == "chat":
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
-                    ({} if piece is None else {"content": piece})
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        async def run_choice(i: int, sink: Callable[[int, Any], Awaitable[None]]) -> None:
+            """Stream choice i into ``sink`` (its pieces, then _END); its stats when it ends."""
+            if i >= len(its):
+                its.append(start(i))
+                first = await anyio.to_thread.run_sync(next, its[i], _END)
             else:
-                choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+                first = firsts[i]
+            piece = first
+            while piece is not _END:
+                await sink(i, piece)
+                piece = await anyio.to_thread.run_sync(next, its[i], _END)
+            stats[i] = its[i].stats
+            record(entry.id, stats[i], first_token_s if i == 0 else None)
+            await sink(i, _END)
+
+        async def run_all(sink: Callable[[int, Any], Awaitable[None]]) -> None:
+            if together:
+                async with anyio.create_task_group() as tg:
+                    for i in range(n):
+                        tg.start_soon(run_choice, i, sink)
+            else:
+                for i in range(n):
+                    await run_choice(i, sink)
+
+        if not stream:
+            async def gather(i: int, piece: Any) -> None:
+                if piece is not _END:
+                    choices[i].add(piece)
+            try:
+                await run_all(gather)
+            except BaseException as e:  # noqa: BLE001
+                raise _engine_error(entry.id, _unwrap(e)) from None
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_close_all, its)
+                    await pool.release(slot)
+            return JSONResponse({"id": rid, "object": obj, "created": created, "model": entry.id,
+                                 "system_fingerprint": fingerprint,
+                                 "choices": [c.gathered(stats[c.index]) for c in choices], "usage": usage()})
+
+        def chunk(choice: dict[str, Any]) -> str:
             return _sse({"id": rid, "object": obj, "created": created, "model": entry.id,
                          "system_fingerprint": fingerprint, "choices": [choice]})
 
         async def events() -> AsyncIterator[str]:
+            send, receive = anyio.create_memory_object_stream[tuple[int, Any]](max_buffer_size=math.inf)
+
+            async def sink(i: int, piece: Any) -> None:
+                await send.send((i, piece))
+
+            async def produce() -> None:
+                try:
+                    await run_all(sink)
+                except BaseException as e:  # noqa: BLE001 - sent as the stream's error
+                    await send.send((-1, _unwrap(e)))
+                finally:
+                    send.close()
+
             try:
                 if kind == "chat":
-                    yield chunk(None, role=True)
-                piece = first
-                while piece is not _END:
-                    yield chunk(piece)
-                    piece = await anyio.to_thread.run_sync(next, it, _END)
-                done = it.stats
-                record(entry.id, done, first_token_s)
-                yield chunk(None, done.finish_reason if done is not None else "stop")
+                    for ch in choices:
+                        yield chunk({"index": ch.index, "delta": {"role": "assistant", "content": ""},
+                                     "logprobs": None, "finish_reason": None})
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(produce)
+                    async with receive:
+                        async for i, piece in receive:
+                            if i < 0:
+                                raise piece
+                            if piece is _END:
+                                for end in choices[i].last_chunks(stats[i]):
+                                    yield chunk(end)
+                            else:
+                                delta = choices[i].add(piece)
+                                if delta is not None:
+                                    yield chunk(delta)
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
-                                "usage": usage(done)})
+                                "usage": usage()})
                 yield "data: [DONE]\n\n"
             except Exception as e:  # noqa: BLE001 - the status is sent: the error goes in the stream
                 err = _engine_error(entry.id, e)
@@ -615,7 +677,7 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                 yield _sse(err.body())
             finally:
                 with anyio.CancelScope(shield=True):  # a client that went away still frees the model
-                    await anyio.to_thread.run_sync(it.close)
+                    await anyio.to_thread.run_sync(_close_all, its)
                     await pool.release(slot)
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -680,6 +742,28 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.pool = pool
     return _Requests(app, gate, recorder)
+
+
+def _firsts(its: list[Any]) -> list[Any]:
+    """The first piece of each stream (_END for an empty one), fetched at once (threads) when there are several."""
+    if len(its) == 1:
+        return [next(its[0], _END)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(its)) as ex:
+        return list(ex.map(lambda it: next(it, _END), its))
+
+
+def _close_all(its: list[Any]) -> None:
+    for it in its:
+        it.close()
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The first real error inside a task group's ExceptionGroup."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
 
 
 def _base64_floats(v: list[float]) -> str:
