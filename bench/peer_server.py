@@ -55,7 +55,12 @@ def peer_source() -> Path:
     root.mkdir(parents=True)
     with tarfile.open(archive) as tf:
         members = [m for m in tf.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
-        tf.extractall(root, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(root, members=members, filter="data")
+        else:  # Python 3.11.0-3.11.3: the same checks, as our build makes them
+            from gpt4all_loader.engines.build import _data_members
+
+            tf.extractall(root, members=_data_members(members, root, archive))
     marker.write_text(spec.sha256)
     return _llama_dir(root)
 
