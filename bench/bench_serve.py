@@ -212,6 +212,10 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def _range(v: list[float]) -> tuple[float, float] | None:
+    return (min(v), max(v)) if len(v) > 1 else None
+
+
 def single_tps(r: Reply) -> float:
     return r.tokens / (r.end - r.start) if r.end > r.start else 0.0
 
@@ -242,6 +246,9 @@ class Figures:
             "ttft_p50": percentile(ttft, 0.5) if ttft else None,
             "ttft_p95": percentile(ttft, 0.95) if ttft else None,
             "tps_busy": med([single_tps(r) for r in self.busy]) if self.busy else None,
+            "range": {"tps_1": _range([single_tps(r) for r in self.single]),
+                      "tps_many": _range([aggregate_tps(g) for g in self.many]),
+                      "tps_busy": _range([single_tps(r) for r in self.busy])},
             "tokens": sorted({r.tokens for r in [*self.single, *(r for g in self.many for r in g), *self.busy]}),
             "errors": self.errors()[:5],
         }
@@ -272,8 +279,10 @@ def run_rounds(servers: list[Server], a: argparse.Namespace) -> dict[str, Figure
 
 
 # -- the report ----------------------------------------------------------------------------------------------
-def _num(v: float | None, fmt: str = ".1f") -> str:
-    return "-" if v is None else format(v, fmt)
+def _num(v: float | None, fmt: str = ".1f", spread: tuple[float, float] | None = None) -> str:
+    if v is None:
+        return "-"
+    return format(v, fmt) + (f" ({spread[0]:{fmt}}-{spread[1]:{fmt}})" if spread else "")
 
 
 def _ratio(name: str, ours: float | None, peer: float | None) -> str:
@@ -288,11 +297,13 @@ def _ratio(name: str, ours: float | None, peer: float | None) -> str:
 def render(results: dict[str, dict[str, Any]], clients: int) -> str:
     cols = ["server", "tok/s 1 client", "TTFT 1 client s", f"aggregate tok/s {clients} clients",
             f"TTFT p50 s ({clients})", f"TTFT p95 s ({clients})", "tok/s busy", "busy/idle", "tokens per reply"]
-    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    lines = ["tok/s: median (min-max) over the rounds; TTFT: over every request",
+             "| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for name, s in results.items():
         lines.append("| " + " | ".join([
-            name, _num(s["tps_1"]), _num(s["ttft_1"], ".2f"), _num(s["tps_many"]), _num(s["ttft_p50"], ".2f"),
-            _num(s["ttft_p95"], ".2f"), _num(s["tps_busy"]), _num(s["busy_idle"], ".2f"),
+            name, _num(s["tps_1"], spread=s["range"]["tps_1"]), _num(s["ttft_1"], ".2f"),
+            _num(s["tps_many"], spread=s["range"]["tps_many"]), _num(s["ttft_p50"], ".2f"), _num(s["ttft_p95"], ".2f"),
+            _num(s["tps_busy"], spread=s["range"]["tps_busy"]), _num(s["busy_idle"], ".2f"),
             ",".join(map(str, s["tokens"]))]) + " |")
     ours = results.get("ours")
     if ours is None:

@@ -46,7 +46,7 @@ def test_serve_bench_report_renders():
     figs = {"ours": bs.Figures(single=ours[:1], many=[ours], busy=ours[1:]),
             "llama-server": bs.Figures(single=peer[:1], many=[peer], busy=peer[1:])}
     text = bs.render({k: f.summary() for k, f in figs.items()}, 2)
-    assert "| ours | 24.0 | 0.50 | 24.0 |" in text
+    assert "| ours | 24.0 | 0.50 | 24.0 |" in text and "median (min-max)" in text
     assert "tok/s 1 client: 0.50x (target >= 0.9x: not met)" in text
     assert "aggregate tok/s: 0.50x" in text and "p95 TTFT: 2.00x (target <= 1.5x: not met)" in text
     assert "busy/idle (ours): 0.50x (target >= 0.4x: met)" in text
