@@ -37,3 +37,26 @@ def test_generate_bench_report_renders():
     assert "| ours |" in text and "prompt 2.00x" in text and "generation 2.00x" in text and "TTFT 2.00x" in text
     assert "failed: exit 1" in text and "no (" in text
     assert "ours / peer" in bg.render(groups, None, markdown=False)
+
+
+def test_serve_bench_report_renders():
+    bs = _module("bench_serve")
+    ours = [bs.Reply(start=0.0, first=0.5, end=2.0, tokens=48), bs.Reply(start=0.0, first=1.0, end=4.0, tokens=48)]
+    peer = [bs.Reply(start=0.0, first=0.25, end=1.0, tokens=48), bs.Reply(start=0.0, first=0.5, end=2.0, tokens=48)]
+    figs = {"ours": bs.Figures(single=ours[:1], many=[ours], busy=ours[1:]),
+            "llama-server": bs.Figures(single=peer[:1], many=[peer], busy=peer[1:])}
+    text = bs.render({k: f.summary() for k, f in figs.items()}, 2)
+    assert "| ours | 24.0 | 0.50 | 24.0 |" in text and "median (min-max)" in text
+    assert "tok/s 1 client: 0.50x (target >= 0.9x: not met)" in text
+    assert "aggregate tok/s: 0.50x" in text and "p95 TTFT: 2.00x (target <= 1.5x: not met)" in text
+    assert "busy/idle (ours): 0.50x (target >= 0.4x: met)" in text
+    assert bs.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+
+
+def test_serve_bench_peer_options_follow_our_build():
+    ps = _module("peer_server")
+    flavour, opts = ps.cmake_options()
+    assert "-DLLAMA_BUILD_SERVER=ON" in opts and "-DLLAMA_USE_PREBUILT_UI=OFF" in opts and "-DLLAMA_CURL=OFF" in opts
+    assert "-DGGML_NATIVE=OFF" in opts and "-DGGML_OPENMP=OFF" in opts and flavour in ("cpu", "cpu-avxonly")
+    assert len({o.split("=")[0] for o in opts}) == len(opts)  # each option once
+    assert "-DGGML_NATIVE=ON" in ps.cmake_options(native=True)[1]
