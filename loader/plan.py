@@ -121,3 +121,13 @@ def plan(facts: FileFacts, *, device: str = "auto", backend: str | None = None, 
         variant = variants.choose_variant(chosen.backend, device, facts=facts, n_gpu_layers=n_gpu_layers,
                                           n_ctx=n_ctx, fit_layers=fit_layers)
     return LoadPlan(facts, verdicts, chosen, why, variant, built, backend, n_ctx)
+
+
+def sequences(backend: str, parallel: int) -> int:
+    """How many generations one context of ``backend`` decodes together when ``parallel`` are asked for:
+    all of them where the engine has llama.cpp's batch API (api 4 and later: ``G4A_ENGINE_SEQUENCES`` in
+    ``backends/shim/g4a_shim.cpp``), else one (the others wait their turn)."""
+    from .engines.manifest import load_manifest
+
+    spec = load_manifest().get(backend)
+    return parallel if spec is not None and spec.api >= 4 else 1

@@ -268,7 +268,7 @@ def test_error_statuses(server):
     err(400, "/v1/completions", b"[1, 2]")
     err(400, "/v1/completions", {"prompt": "x"})
     for bad in ({"temperature": -1}, {"temperature": "hot"}, {"top_p": 1.5}, {"max_tokens": 0},
-                {"max_tokens": 10**9}, {"stop": ["a"] * 5}, {"n": 2}, {"stream": "yes"}, {"prompt": 5}):
+                {"max_tokens": 10**9}, {"stop": ["a"] * 5}, {"n": 9}, {"stream": "yes"}, {"prompt": 5}):
         assert err(400, "/v1/completions", {"model": GGUF, "prompt": "x", **bad})["param"] in {*bad, None}
     assert err(400, "/v1/completions", {"model": GGUF, "prompt": [1, 10**6]})["param"] == "prompt"
     assert server.post("/v1/completions", {"model": GGUF, "prompt": [1, 300, 301], "max_tokens": 2})[0] == 200

@@ -40,7 +40,7 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    s = Server([model_path], "--api-key", KEY, "--max-body-bytes", str(MAX_BODY), "--body-timeout",
+    s = Server([model_path], "--api-key", KEY, "--parallel", "2", "--max-body-bytes", str(MAX_BODY), "--body-timeout",
                str(BODY_TIMEOUT), "--header-timeout", str(HEADER_TIMEOUT), log=tmp_path_factory.mktemp("log") / "s.log")
     yield s
     s.stop()
@@ -82,8 +82,8 @@ def test_metrics_count_requests_tokens_and_loads(server):
     before = scrape(server)  # no model loaded yet: every per-model series is there, at zero
     assert value(before, "gpt4all_model_loaded", model=GGUF) == 0
     assert value(before, "gpt4all_model_loads_total", model=GGUF) == 0
-    assert value(before, "gpt4all_slots", model=GGUF) == 1
-    assert value(before, "gpt4all_model_info", model=GGUF, mode="queue") == 1
+    assert value(before, "gpt4all_slots", model=GGUF) == 2   # --parallel 2: a GGUF engine batches
+    assert value(before, "gpt4all_model_info", model=GGUF, mode="batch") == 1
     usages = [complete(server)["usage"], complete(server)["usage"]]  # the second reuses the first's prefix
     status, raw = server.post("/v1/completions", {"model": GGUF, "prompt": "once upon", "max_tokens": 6,
                                                   "stream": True, "stream_options": {"include_usage": True}},
@@ -125,22 +125,22 @@ def test_probes_and_metrics_need_no_key(server):
 def test_busy_slots_and_queue_depth_read_at_scrape_time(server):
     complete(server, n=1)
     pid = worker_pid(server)
-    os.kill(pid, signal.SIGSTOP)  # the worker cannot answer: one request runs, the next ones wait
+    os.kill(pid, signal.SIGSTOP)  # the worker cannot answer: two requests run (--parallel 2), the next ones wait
     results: list = []
-    threads = [threading.Thread(target=lambda: results.append(complete(server, n=2))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(complete(server, n=2))) for _ in range(4)]
     try:
         for t in threads:
             t.start()
         wait_for(lambda: value(scrape(server), "gpt4all_queue_depth", model=GGUF) == 2, "two waiting requests")
         samples = scrape(server)
-        assert value(samples, "gpt4all_active_slots", model=GGUF) == 1
+        assert value(samples, "gpt4all_active_slots", model=GGUF) == 2
         state = server.get("/health")[1]["model_states"][0]
-        assert (state["busy_slots"], state["slots"], state["waiting"], state["loaded"]) == (1, 1, 2, True)
+        assert (state["busy_slots"], state["slots"], state["waiting"], state["loaded"]) == (2, 2, 2, True)
     finally:
         os.kill(pid, signal.SIGCONT)
         for t in threads:
             t.join(REQUEST_S)
-    assert len(results) == 3
+    assert len(results) == 4
     samples = scrape(server)
     assert value(samples, "gpt4all_active_slots", model=GGUF) == 0 and \
         value(samples, "gpt4all_queue_depth", model=GGUF) == 0

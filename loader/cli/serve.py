@@ -122,6 +122,8 @@ class Entry:
     template_spec: str | None = None
     #: a sentence-embedding file (BERT): /v1/embeddings only, its texts embedded in overlapping windows
     embedding_only: bool = False
+    #: generations its worker decodes together (--parallel where the engine batches, else 1: a queue)
+    parallel: int = 1
 
 
 @dataclass
@@ -132,7 +134,8 @@ class Slot:
     embeddings: bool
     model: Any = None
     loading: bool = False
-    busy: bool = False
+    #: requests running on this worker now (up to its entry's ``parallel``)
+    busy: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -166,10 +169,15 @@ def parse_chat_templates(specs: list[str]) -> tuple[str | None, dict[str, str]]:
 
 
 def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (None, {}),
-             published_table: str | None = None) -> tuple[dict[str, Entry], list[str]]:
+             published_table: str | None = None, parallel: int | None = 1) -> tuple[dict[str, Entry], list[str]]:
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
-    ``templates`` is :func:`parse_chat_templates`'s answer."""
+    ``templates`` is :func:`parse_chat_templates`'s answer.  Memory is estimated for ``parallel``
+    sequences where the model's engine batches them (each has its own context window); ``None``:
+    :data:`AUTO_PARALLEL` where all of them fit in half of this machine's memory, else fewer."""
     from ..chat import resolve_template
+    from ..engines.manifest import load_manifest
+    from ..memory import estimate
+    from ..plan import sequences
     from ..model import EMBEDDING_ONLY
     from ..probing import probe
     from .probe import _main_reason, expand
@@ -193,10 +201,28 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
         mib = (mem["ram_bytes"] + mem["vram_bytes"]) / (1 << 20) if mem else 0.0
         spec = templates[1].get(name, templates[0])
         assert rep.facts is not None  # a report without error has its facts
+        n_seq = sequences(rep.backend or "", AUTO_PARALLEL if parallel is None else parallel)
+        if rep.architecture in EMBEDDING_ONLY or not rep.n_ctx:
+            n_seq = 1
+        while n_seq > 1:   # one cache for every sequence
+            est = estimate(rep.facts, ctx_size=(rep.n_ctx or 0) * n_seq, era=load_manifest()[rep.backend or ""].era)
+            need = (est["ram_bytes"] + est["vram_bytes"]) / (1 << 20)
+            if parallel is not None or need <= _machine_mib() / 2:
+                mib = max(mib, need)
+                break
+            n_seq //= 2
         source = resolve_template(path, rep.facts, spec, published_table).source
         entries[name] = Entry(name, path, mib, source, int(os.stat(path).st_mtime), template_spec=spec,
-                              embedding_only=rep.architecture in EMBEDDING_ONLY)
+                              embedding_only=rep.architecture in EMBEDDING_ONLY, parallel=n_seq)
     return entries, skipped
+
+
+#: --parallel's default: llama-server's and ollama's automatic choice, when memory allows
+AUTO_PARALLEL = 4
+
+
+def _machine_mib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 20)
 
 
 class Pool:
@@ -211,7 +237,8 @@ class Pool:
         self.max_loaded = max_loaded
         self.budget = memory_budget_mib
         self.worker_timeout = worker_timeout
-        self.queues = {k: asyncio.Lock() for k in entries}
+        #: per model: requests wait here for a free sequence of its worker (and for its load)
+        self.turns = {k: asyncio.Condition() for k in entries}
         self.slots: dict[tuple[str, bool], Slot] = {}
         self.changed = asyncio.Condition()
         #: loads, unloads, load failures and worker crashes by model, as /metrics counts them
@@ -230,27 +257,38 @@ class Pool:
         """What /health and /metrics report for ``entry``, read from the queue when they ask: one request
         at a time holds the model's lock (loading it or running), the others wait in ``entry.waiting``."""
         workers = [s for s in self.slots.values() if s.entry is entry]
-        return ModelState(entry.id, mode="queue", slots=1, busy_slots=int(self.queues[entry.id].locked()),
-                          waiting=entry.waiting, loaded=any(s.model is not None and s.model.alive for s in workers))
+        return ModelState(entry.id, mode="batch" if entry.parallel > 1 else "queue", slots=entry.parallel,
+                          busy_slots=sum(s.busy for s in workers), waiting=entry.waiting,
+                          loaded=any(s.model is not None and s.model.alive for s in workers))
 
     async def acquire(self, entry: Entry, embeddings: bool) -> Slot:
-        """Wait for this model's turn, load it if needed, and mark it busy; pair with :meth:`release`."""
-        queue = self.queues[entry.id]
+        """Wait for a free sequence of this model's worker (the first request loads it), and take it; pair
+        with :meth:`release`.  A batching worker runs ``entry.parallel`` requests together, others one."""
+        slot = self.slots.setdefault((entry.id, embeddings), Slot(entry, embeddings))
+        turn = self.turns[entry.id]
+        capacity = 1 if embeddings else entry.parallel
+
+        def ready() -> bool:
+            loaded = slot.model is not None and slot.model.alive
+            return not slot.loading and (slot.busy == 0 or (loaded and slot.busy < capacity))
         entry.waiting += 1
         try:
-            await queue.acquire()
+            async with turn:
+                await turn.wait_for(ready)
+                slot.busy += 1
+                load = slot.model is None or not slot.model.alive
+                if load:
+                    slot.loading = True   # the others wait for this load
         finally:
             entry.waiting -= 1
-        slot = self.slots.setdefault((entry.id, embeddings), Slot(entry, embeddings))
         try:
-            if slot.model is None or not slot.model.alive:  # never loaded, unloaded, or its worker died idle
+            if load:  # never loaded, unloaded, or its worker died idle
                 if slot.model is not None:
                     log.info("%s: %s; loading it again", entry.id, slot.model.why_closed or "its worker is gone")
                     self.events[PoolEvent.WORKER_CRASH, entry.id] += 1
                     slot.model.close()
                 slot.model = None
                 await self._load(slot)
-            slot.busy = True
             return slot
         except BaseException:
             import anyio
@@ -258,14 +296,20 @@ class Pool:
             with anyio.CancelScope(shield=True):  # whoever waits for room must see this slot give it back
                 await self.release(slot)
             raise
+        finally:
+            if load:
+                slot.loading = False
+                async with turn:
+                    turn.notify_all()
 
     async def release(self, slot: Slot) -> None:
-        slot.busy = False
+        slot.busy -= 1
         slot.last_used = time.monotonic()
         if slot.model is not None and slot.model.closed:  # its worker died: load again next time
             slot.model = None
             self.events[PoolEvent.WORKER_CRASH, slot.entry.id] += 1
-        self.queues[slot.entry.id].release()
+        async with self.turns[slot.entry.id]:
+            self.turns[slot.entry.id].notify_all()
         async with self.changed:
             self.changed.notify_all()
 
@@ -292,13 +336,12 @@ class Pool:
                     await anyio.to_thread.run_sync(model.close)
                 else:
                     await self.changed.wait()  # every loaded model is busy: wait for one to finish
-            slot.loading = True
         try:
             t0 = time.monotonic()
             slot.model = await anyio.to_thread.run_sync(lambda: load(
                 slot.entry.path, isolated=True, embeddings=slot.embeddings, worker_timeout=self.worker_timeout,
                 n_threads=self.n_threads, chat_template=slot.entry.template_spec,
-                published_table=self.published_table))
+                published_table=self.published_table, parallel=1 if slot.embeddings else slot.entry.parallel))
             log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
                      slot.model.info.backend, slot.model.info.variant)
             self.events[PoolEvent.LOAD, slot.entry.id] += 1
@@ -306,8 +349,6 @@ class Pool:
             self.events[PoolEvent.LOAD_FAILURE, slot.entry.id] += 1
             raise ApiError(500, f"{slot.entry.id}: cannot load it: {e}", type="server_error",
                            code="load_failed") from None
-        finally:
-            slot.loading = False
 
     def kill_busy(self) -> None:
         """Kill the workers of the requests still running, when a shutdown cannot wait longer: each of those
@@ -841,6 +882,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the sum of the loaded models' RAM+VRAM estimates under MIB (default: no limit)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads per model (default: the engine's own choice)")
+    ap.add_argument("--parallel", type=int, default=None, metavar="N",
+                    help=f"requests per model decoded together (continuous batching), each with its own context; "
+                         f"models whose engine has no batches (ggml/ggjt files, 2023 GPT-J/MPT) take one at a time "
+                         f"(default: {AUTO_PARALLEL} where their caches fit in half of this machine's memory, "
+                         f"else fewer)")
     ap.add_argument("--chat-template", action="append", default=[], metavar="[MODEL=]NAME|FILE",
                     help="chat template for files that carry none and are not in GPT4All's published list: a "
                          "built-in (chatml, llama2, alpaca, vicuna) or a file of Jinja text; MODEL=... for one "
@@ -872,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_loaded < 1:
         print("gpt4all-serve: --max-loaded must be at least 1", file=sys.stderr)
         return 2
+    if args.parallel is not None and not 1 <= args.parallel <= 256:
+        print("gpt4all-serve: --parallel must be from 1 to 256", file=sys.stderr)
+        return 2
     if args.memory_budget is not None and args.memory_budget <= 0:
         print("gpt4all-serve: --memory-budget must be a positive number of MiB", file=sys.stderr)
         return 2
@@ -896,7 +945,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as bad:  # ChatTemplateError is one
         print(f"gpt4all-serve: {bad}", file=sys.stderr)
         return 2
-    entries, skipped = discover(args.paths, templates, args.published_table)
+    entries, skipped = discover(args.paths, templates, args.published_table, args.parallel)
     for model in templates[1]:
         if model not in entries:
             print(f"gpt4all-serve: --chat-template {model}=...: no model {model} is served", file=sys.stderr)
@@ -913,9 +962,15 @@ def main(argv: list[str] | None = None) -> int:
         print("gpt4all-serve: no model to serve (see the reasons above)", file=sys.stderr)
         return 1
     for e in entries.values():
-        log.info("serving %s (%s, about %.0f MiB, chat template %s)", e.id, e.path, e.memory_mib, e.chat_template)
+        log.info("serving %s (%s, about %.0f MiB, chat template %s, %s)", e.id, e.path, e.memory_mib, e.chat_template,
+                 f"{e.parallel} requests together" if e.parallel > 1 else "one request at a time")
     pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads,
                 published_table=args.published_table)
+    # every worker's decodes share the cores: at most cores / threads at once (engines.cpu_gate)
+    from ..engines import cpu_gate
+
+    cores = len(os.sched_getaffinity(0))
+    gate_dir = os.environ[cpu_gate.ENV] = cpu_gate.create(max(1, cores // (args.threads or cores)))
     gate = Gate()
     app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None,
                      max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout, metrics=args.metrics,
@@ -926,6 +981,9 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=args.shutdown_timeout), cut_off=pool.kill_busy)
     finally:
         pool.close_all()
+        import shutil
+
+        shutil.rmtree(gate_dir, ignore_errors=True)
     log.info("stopped")
     return 0
 
