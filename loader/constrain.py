@@ -285,7 +285,7 @@ def compile(vocab: Vocabulary, *, json_schema: Mapping[str, Any] | str | bool | 
             schema = {} if schema else {"not": {}}
         if not isinstance(schema, Mapping):
             raise ConstraintError(f"a JSON schema is an object, not {type(schema).__name__}")
-        schema = _bounded_integers(schema)
+        schema = _tightened(schema)
         try:
             text = json.dumps(schema, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as e:
@@ -328,15 +328,21 @@ def compile(vocab: Vocabulary, *, json_schema: Mapping[str, Any] | str | bool | 
 SAFE_INTEGER = 2**53 - 1
 
 
-def _bounded_integers(schema: Any, depth: int = 0) -> Any:
-    """A copy of ``schema`` where every integer without a minimum or maximum has JSON's safe bound."""
+def _tightened(schema: Any, depth: int = 0, closed: bool = True) -> Any:
+    """A copy of ``schema`` read as llama.cpp's converter reads it: an object that lists its ``properties``
+    allows no others unless it says so (``additionalProperties``), and every integer without a minimum or
+    maximum has JSON's safe bound.  Both keep a model from writing one reply until max_tokens."""
     if depth > 200:   # deeper than any real schema; the size limit refuses it anyway
         return schema
     if isinstance(schema, list):
-        return [_bounded_integers(x, depth + 1) for x in schema]
+        return [_tightened(x, depth + 1, closed) for x in schema]
     if not isinstance(schema, Mapping):
         return schema
-    out = {k: _bounded_integers(v, depth + 1) for k, v in schema.items()}
+    # the branches of an allOf add up to one object: none of them may close it alone
+    out = {k: _tightened(v, depth + 1, k != "allOf") for k, v in schema.items()}
+    if closed and isinstance(out.get("properties"), Mapping) and "additionalProperties" not in out \
+            and "unevaluatedProperties" not in out:
+        out["additionalProperties"] = False
     t = out.get("type")
     if t == "integer" or (isinstance(t, list) and "integer" in t and "number" not in t):
         if "minimum" not in out and "exclusiveMinimum" not in out:

@@ -429,7 +429,9 @@ def _prompt(body: dict[str, Any]) -> str | list[int]:
     raise ApiError(400, "'prompt' must be a string (or a list of one string, or a list of token ids)", param="prompt")
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation: {role, content} messages, and the calls and results of tools (an assistant message's
+    ``tool_calls``, with content null; a ``tool`` message's ``tool_call_id``)."""
     ms = body.get("messages")
     if not isinstance(ms, list) or not ms:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
@@ -443,9 +445,20 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
                        for c in content):
                 raise ApiError(400, f"messages[{i}].content: only text parts are supported", param="messages")
             content = "".join(c["text"] for c in content)
+        calls = m.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise ApiError(400, f"messages[{i}].tool_calls must be a list of calls", param="messages")
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
-        out.append({"role": m["role"], "content": content})
+        msg: dict[str, Any] = {"role": m["role"], "content": content}
+        if calls:
+            msg["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if isinstance(m.get(key), str):
+                msg[key] = m[key]
+        out.append(msg)
     return out
 
 
