@@ -112,6 +112,14 @@ class Batcher:
         """Generations waiting for a free sequence."""
         return len(self._waiting)
 
+    def forget(self) -> None:
+        """The caches are about to be cleared (Model.reset): refused while generations run."""
+        with self._cond:
+            if self._waiting or any(s.request is not None for s in self.sequences):
+                raise BackendError(f"{self.model.info.path}: reset() while generations run on this model")
+            for s in self.sequences:
+                s.cached.clear()
+
     def close(self) -> None:
         """Fail what is running or waiting, and end the step loop (the Model frees after this)."""
         with self._cond:

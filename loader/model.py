@@ -268,6 +268,7 @@ class Model(Closing):
         self._embeddings = embeddings
         self._chat_template = chat_template
         self._piece_buf = self._ffi.new("char[256]")
+        self._pieces: dict[int, bytes] = {}
         #: the tokens the engine's cache holds, in order (n_past of them): a new prompt evaluates only
         #: what follows the longest prefix it shares with them
         self._kv: list[int] = []
@@ -378,7 +379,12 @@ class Model(Closing):
             return list(buf[0:n])
 
     def token_bytes(self, token: int) -> bytes:
-        """The raw bytes of one token (possibly part of a UTF-8 character)."""
+        """The raw bytes of one token (possibly part of a UTF-8 character).  Remembered per id, so that
+        the streams of a batch turn tokens into text without waiting for the step that holds the lock."""
+        piece = self._pieces.get(token)
+        if piece is not None:
+            self._h()   # a closed model says so, remembered or not
+            return piece
         with self._lock:
             h = self._h()
             n = self._lib.g4a_token_to_piece(h, int(token), self._piece_buf, 256)
@@ -387,8 +393,12 @@ class Model(Closing):
             if n < 0:
                 big = self._ffi.new("char[]", -n)
                 n = self._lib.g4a_token_to_piece(h, int(token), big, -n)
-                return bytes(self._ffi.buffer(big, n))
-            return bytes(self._ffi.buffer(self._piece_buf, n))
+                piece = bytes(self._ffi.buffer(big, n))
+            else:
+                piece = bytes(self._ffi.buffer(self._piece_buf, n))
+        if isinstance(token, int) and not isinstance(token, bool):
+            self._pieces[token] = piece
+        return piece
 
     def token_pieces(self) -> list[bytes]:
         """:meth:`token_bytes` of every id, in one call: what a constraint engine reads (an
@@ -417,10 +427,19 @@ class Model(Closing):
 
     # -- evaluation -----------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything evaluated so far."""
+        """Forget everything evaluated so far (a batching model: every sequence's cache, between generations)."""
         with self._lock:
+            if self._batcher is not None:
+                self._batcher.forget()
             self._lib.g4a_reset(self._h())
             self._kv = []
+
+    def _single_stream(self, what: str) -> None:
+        """The low-level single-stream calls share sequence 0 with a batch: refused on a batching model."""
+        if self._batcher is not None:
+            raise BackendError(f"{self.info.path}: {what} works on one stream, and this model batches its "
+                               f"generations (load(parallel={self.info.parallel})); load it with parallel=1 for "
+                               f"{what}, or use generate()")
 
     @property
     def cached_tokens(self) -> list[int]:
@@ -475,6 +494,7 @@ class Model(Closing):
         """Append tokens to the context (after whatever was evaluated before)."""
         if not tokens:
             return
+        self._single_stream("evaluate()")
         with self._lock:
             h = self._weights()
             # the shim checks each id against the vocabulary and the context; Python keeps them int32
@@ -494,6 +514,7 @@ class Model(Closing):
 
     def logits(self) -> list[float]:
         """Logits of the last evaluated position (n_vocab floats)."""
+        self._single_stream("logits()")
         with self._lock:
             p = self._lib.g4a_logits(self._weights())
             if p == self._ffi.NULL:

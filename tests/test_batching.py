@@ -229,3 +229,16 @@ def test_an_isolated_batch_and_a_worker_killed_mid_batch(tiny_gguf):
         assert not m.alive
     finally:
         m.close()
+
+
+def test_single_stream_calls_on_a_batching_model(tiny_gguf):
+    require_backend("gguf-2026-10")
+    with g.load(tiny_gguf, backend="gguf-2026-10", parallel=2, n_ctx=128) as m:
+        with pytest.raises(g.BackendError, match="parallel=1"):
+            m.evaluate([1, 2])
+        with pytest.raises(g.BackendError, match="parallel=1"):
+            m.logits()
+        a = m.generate(PROMPTS[0], max_tokens=6)
+        m.reset()                                   # between generations: every sequence forgets
+        assert m.generate(PROMPTS[0], max_tokens=6) == a
+        assert m.last_generation.prompt_evaluated == m.last_generation.prompt_tokens
