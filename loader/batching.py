@@ -20,13 +20,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generator
+from typing import Any, Generator
 
 from .errors import BackendError, ModelClosedError
-from .sampling import SequenceSampler
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import GenerationStats, Model
+from .sampling import GenerationStats, SequenceSampler
 
 #: tokens of waiting prompts decoded in one step while other sequences generate: small enough that the
 #: generating ones see a short pause, large enough that a prompt is read at batch speed
@@ -39,7 +36,7 @@ class _Request:
     tokens: list[int]
     sampler: SequenceSampler
     max_tokens: int
-    stats: "GenerationStats"
+    stats: GenerationStats
     out: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
     t0: float = field(default_factory=time.perf_counter)
     seq: int = -1
@@ -61,7 +58,9 @@ class _Sequence:
 class Batcher:
     """The step loop of one Model's sequences (see the module doc)."""
 
-    def __init__(self, model: "Model", n_seq: int) -> None:
+    def __init__(self, model: Any, n_seq: int) -> None:
+        """``model``: the :class:`~gpt4all_loader.model.Model` whose native handle, lock and info the steps use
+        (typed loosely: the model module builds its batcher, so this one cannot import it)."""
         self.model = model
         self.sequences = [_Sequence(i) for i in range(n_seq)]
         self._waiting: deque[_Request] = deque()
@@ -74,12 +73,12 @@ class Batcher:
 
     # -- the consumer's side ---------------------------------------------------------------------
     def run(self, tokens: list[int], sampler: SequenceSampler, max_tokens: int,
-            stats: "GenerationStats") -> Generator[int, None, None]:
+            stats: GenerationStats) -> Generator[int, None, None]:
         """The tokens of one generation (runs in the caller's thread; closing it cancels the sequence)."""
         req = _Request(list(tokens), sampler, max_tokens, stats)
         with self._cond:
             if self._closed:
-                raise ModelClosedError(f"{self.model.info.path}: the model was closed")
+                raise ModelClosedError(f"{self.model.info.path}: the model was closed (or its batch stopped)")
             self._waiting.append(req)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="g4a-batch", daemon=True)
@@ -186,6 +185,20 @@ class Batcher:
             req.out.put(_END)
 
     def _loop(self) -> None:
+        try:
+            self._steps()
+        except BaseException as e:  # noqa: BLE001 - a bug here must not leave the consumers waiting for ever
+            err = BackendError(f"{self.model.info.path}: the batch stopped: {type(e).__name__}: {e}")
+            with self._cond:
+                self._closed = True
+                for s in self.sequences:
+                    if s.request is not None:
+                        self._finish(s, err)
+                while self._waiting:
+                    self._waiting.popleft().out.put(err)
+            raise
+
+    def _steps(self) -> None:
         m = self.model
         ffi = m._ffi
         n_ctx = m.info.n_ctx

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -49,6 +50,49 @@ def _num(value: Any, what: str, lo: float, hi: float, *, above: bool = False) ->
         raise ValueError(f"{what} must be a finite number {bound}" + (f" to {hi}" if hi < math.inf else "")
                          + f", got {value!r}")
     return v
+
+
+@dataclass
+class GenerationStats:
+    """What one generation did, recorded by the Model as it runs (:attr:`Model.last_generation`) and
+    sent back by the worker of an IsolatedModel: the usage and finish reason a server reports."""
+
+    #: tokens of the prompt, and how many of them were evaluated (the rest were already in the cache)
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    completion_tokens: int = 0
+    #: "stop" (an end-of-generation token or a stop string), "length" (max_tokens, or a full context
+    #: without context shift), "cancelled" (the consumer closed the stream or a callback said no);
+    #: "" while running, or when it failed
+    finish_reason: str = ""
+    #: seconds from the start of the generation (prompt evaluation included) to the first token
+    time_to_first_token_s: float | None = None
+    #: seconds from the first token to the end
+    completion_s: float = 0.0
+    #: each generated token's log-probabilities, when the generation asked for them (logprobs=True)
+    logprobs: list[TokenLogprob] | None = None
+    #: a reply with tools, read back (Model.chat(tools=...)): its text content and its calls (OpenAI's shape)
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    #: perf_counter() of the first token (for completion_s)
+    first_token_at: float | None = field(default=None, repr=False)
+
+    def token_done(self, t0: float, logprob: TokenLogprob | None) -> None:
+        """Count one generated token (``t0``: when the generation started)."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.time_to_first_token_s, self.first_token_at = now - t0, now
+        self.completion_tokens += 1
+        self.completion_s = now - self.first_token_at
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens after the first, per second of generating them (None with fewer than 2)."""
+        if self.completion_tokens < 2 or self.completion_s <= 0:
+            return None
+        return (self.completion_tokens - 1) / self.completion_s
 
 
 @dataclass(frozen=True)

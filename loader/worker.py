@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, ov
 
 from .engines import child
 from .errors import BackendError, ModelClosedError
-from .model import Closing, GenerationStats, ModelInfo
+from .model import Closing, ModelInfo
+from .sampling import GenerationStats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import ChatSession

@@ -13,8 +13,8 @@ PKG = "gpt4all_loader"
 LAYERS = [
     {"errors", "formats", "reports"},
     {"engines", "facts_cache", "published"},
-    {"plan"},
-    {"model", "worker", "probing", "memory", "chat", "smoke", "convert"},
+    {"plan", "constrain", "sampling"},
+    {"model", "worker", "probing", "memory", "chat", "smoke", "convert", "tool_calls", "batching"},
     {"cli", "testing", "build", "__init__"},
 ]
 

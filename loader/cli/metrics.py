@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-    from ..model import GenerationStats
+    from ..sampling import GenerationStats
 
 #: seconds: time to first token and request duration on CPUs, from a cached prompt to a long answer
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)

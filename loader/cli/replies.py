@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model import GenerationStats
+    from ..sampling import GenerationStats
     from ..sampling import TokenLogprob
 
 #: choices one request may ask for (n)

@@ -51,7 +51,7 @@ from .lifecycle import Gate, Limits, run
 from .metrics import EventCounts, ModelState, PoolEvent
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model import GenerationStats
+    from ..sampling import GenerationStats
     from .metrics import ServerMetrics
 
 log = logging.getLogger("gpt4all_loader.cli.serve")
@@ -169,10 +169,12 @@ def parse_chat_templates(specs: list[str]) -> tuple[str | None, dict[str, str]]:
 
 
 def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (None, {}),
-             published_table: str | None = None, parallel: int | None = 1) -> tuple[dict[str, Entry], list[str]]:
+             published_table: str | None = None, parallel: int | None = 1,
+             n_ctx: int | None = None) -> tuple[dict[str, Entry], list[str]]:
     """({model id: Entry}, [log line for each path that is not served]) found like gpt4all-probe does;
     ``templates`` is :func:`parse_chat_templates`'s answer.  Memory is estimated for ``parallel``
-    sequences where the model's engine batches them (each has its own context window); ``None``:
+    sequences where the model's engine batches them (each has its own context window of ``n_ctx`` tokens,
+    default the file's :func:`~gpt4all_loader.plan.default_n_ctx`); ``parallel=None``:
     :data:`AUTO_PARALLEL` where all of them fit in half of this machine's memory, else fewer."""
     from ..chat import resolve_template
     from ..engines.manifest import load_manifest
@@ -188,7 +190,7 @@ def discover(paths: list[str], templates: tuple[str | None, dict[str, str]] = (N
         if error:
             skipped.append(f"not served: {error}")
             continue
-        rep = probe(path, published_table=published_table)
+        rep = probe(path, published_table=published_table, estimate_ctx=n_ctx)
         name = os.path.basename(path)
         if rep.error or not rep.loadable or not rep.ready:
             why = rep.error or (rep.suggestion if rep.loadable else _main_reason(rep)) or "no backend loads it"
@@ -230,10 +232,11 @@ class Pool:
 
     def __init__(self, entries: dict[str, Entry], *, max_loaded: int, memory_budget_mib: float | None,
                  worker_timeout: float = WORKER_TIMEOUT, n_threads: int | None = None,
-                 published_table: str | None = None) -> None:
+                 published_table: str | None = None, n_ctx: int | None = None) -> None:
         self.entries = entries
         self.published_table = published_table
         self.n_threads = n_threads
+        self.n_ctx = n_ctx
         self.max_loaded = max_loaded
         self.budget = memory_budget_mib
         self.worker_timeout = worker_timeout
@@ -340,7 +343,7 @@ class Pool:
             t0 = time.monotonic()
             slot.model = await anyio.to_thread.run_sync(lambda: load(
                 slot.entry.path, isolated=True, embeddings=slot.embeddings, worker_timeout=self.worker_timeout,
-                n_threads=self.n_threads, chat_template=slot.entry.template_spec,
+                n_threads=self.n_threads, n_ctx=self.n_ctx, chat_template=slot.entry.template_spec,
                 published_table=self.published_table, parallel=1 if slot.embeddings else slot.entry.parallel))
             log.info("loaded %s in %.1f s (worker pid %d, %s/%s)", slot.label, time.monotonic() - t0, slot.model.pid,
                      slot.model.info.backend, slot.model.info.variant)
@@ -895,6 +898,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the sum of the loaded models' RAM+VRAM estimates under MIB (default: no limit)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads per model (default: the engine's own choice)")
+    ap.add_argument("--ctx-size", type=int, default=None, metavar="N",
+                    help="context of each request slot, in tokens (default: the file's training context, at most "
+                         "4096; 2048 for ggml-era LLaMA files)")
     ap.add_argument("--parallel", type=int, default=None, metavar="N",
                     help=f"requests per model decoded together (continuous batching), each with its own context; "
                          f"models whose engine has no batches (ggml/ggjt files, 2023 GPT-J/MPT) take one at a time "
@@ -958,7 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as bad:  # ChatTemplateError is one
         print(f"gpt4all-serve: {bad}", file=sys.stderr)
         return 2
-    entries, skipped = discover(args.paths, templates, args.published_table, args.parallel)
+    if args.ctx_size is not None and args.ctx_size < 16:
+        print("gpt4all-serve: --ctx-size must be at least 16", file=sys.stderr)
+        return 2
+    entries, skipped = discover(args.paths, templates, args.published_table, args.parallel, args.ctx_size)
     for model in templates[1]:
         if model not in entries:
             print(f"gpt4all-serve: --chat-template {model}=...: no model {model} is served", file=sys.stderr)
@@ -978,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("serving %s (%s, about %.0f MiB, chat template %s, %s)", e.id, e.path, e.memory_mib, e.chat_template,
                  f"{e.parallel} requests together" if e.parallel > 1 else "one request at a time")
     pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads,
-                published_table=args.published_table)
+                published_table=args.published_table, n_ctx=args.ctx_size)
     # every worker's decodes share the cores: at most cores / threads at once (engines.cpu_gate)
     from ..engines import cpu_gate
 
