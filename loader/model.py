@@ -13,8 +13,6 @@ native model is freed when the stream lets go of it.
 from __future__ import annotations
 
 import codecs
-import math
-import numbers
 import os
 import threading
 import time
@@ -28,6 +26,7 @@ from .errors import BackendError, ChatTemplateError, ContextLengthError, ModelCl
 from .formats.facts import FileFacts
 from .formats.legacy import LEGACY_CONTAINERS, LEGACY_GQA_RMS_EPS, LEGACY_N_CTX, LEGACY_RMS_EPS
 from .sampling import GenerationStats, SamplingParams, SequenceSampler, TokenLogprob
+from .sampling import int_arg as _int_arg
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batching import Batcher
@@ -58,27 +57,6 @@ def max_threads() -> int:
     token) or aborts (the ggml of 2024 and later asserts n_threads <= 512).
     """
     return min(256, 4 * len(os.sched_getaffinity(0)))
-
-
-def _int_arg(value: Any, what: str, lo: int, hi: int) -> int:
-    """``value`` as an int in lo..hi, else a ValueError that names the parameter."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{what} must be between {lo} and {hi}, got {value}")
-    return int(value)
-
-
-def _float(value: Any, what: str, lo: float, hi: float = math.inf, *, above: bool = False) -> float:
-    """``value`` as a finite float in [lo, hi] (or (lo, hi] with ``above``), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or (above and v == lo) or v > hi:
-        bound = f"above {lo}" if above else f"at least {lo}"
-        raise ValueError(f"{what} must be a finite number {bound}" + (f" and at most {hi}" if hi < math.inf else "")
-                         + f", got {value!r}")
-    return v
 
 
 @dataclass

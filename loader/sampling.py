@@ -36,18 +36,23 @@ class TokenLogprob:
     top: tuple["TokenLogprob", ...] = ()
 
 
-def _int(value: Any, what: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= int(value) <= hi:
-        raise ValueError(f"{what} must be an integer between {lo} and {hi}, got {value!r}")
+def int_arg(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in lo..hi, else a ValueError that names the parameter."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be between {lo} and {hi}, got {value}")
     return int(value)
 
 
-def _num(value: Any, what: str, lo: float, hi: float, *, above: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
-    v = float(value) if ok else math.nan
-    if not (math.isfinite(v) and lo <= v <= hi and not (above and v == lo)):
-        bound = f"above {lo}" if above else f"from {lo}"
-        raise ValueError(f"{what} must be a finite number {bound}" + (f" to {hi}" if hi < math.inf else "")
+def float_arg(value: Any, what: str, lo: float, hi: float = math.inf, *, above: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (or (lo, hi] with ``above``), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (above and v == lo) or v > hi:
+        bound = f"above {lo}" if above else f"at least {lo}"
+        raise ValueError(f"{what} must be a finite number {bound}" + (f" and at most {hi}" if hi < math.inf else "")
                          + f", got {value!r}")
     return v
 
@@ -120,7 +125,7 @@ class SamplingParams:
                 top_logprobs: Any = None) -> "SamplingParams":
         if not isinstance(logprobs, bool):
             raise ValueError(f"logprobs must be True or False, got {logprobs!r}")
-        top = 0 if top_logprobs is None else _int(top_logprobs, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+        top = 0 if top_logprobs is None else int_arg(top_logprobs, "top_logprobs", 0, MAX_TOP_LOGPROBS)
         if top and not logprobs:
             raise ValueError("top_logprobs needs logprobs=True")
         bias: list[tuple[int, float]] = []
@@ -128,21 +133,21 @@ class SamplingParams:
             if not isinstance(logit_bias, Mapping):
                 raise ValueError(f"logit_bias must map token ids to numbers, got {type(logit_bias).__name__}")
             for k, v in logit_bias.items():
-                tok = _int(int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k,
+                tok = int_arg(int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k,
                            "a logit_bias token id", 0, n_vocab - 1)
                 if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == -math.inf:
                     bias.append((tok, -math.inf))
                 else:
-                    bias.append((tok, _num(v, f"logit_bias[{tok}]", -1e9, 1e9)))
+                    bias.append((tok, float_arg(v, f"logit_bias[{tok}]", -1e9, 1e9)))
         return cls(
-            temperature=_num(temperature, "temperature", 0.0, math.inf),
-            top_k=_int(top_k, "top_k", -2**31, 2**31 - 1), top_p=_num(top_p, "top_p", 0.0, 1.0),
-            min_p=_num(min_p, "min_p", 0.0, 1.0),
-            repeat_penalty=_num(repeat_penalty, "repeat_penalty", 0.0, math.inf, above=True),
+            temperature=float_arg(temperature, "temperature", 0.0, math.inf),
+            top_k=int_arg(top_k, "top_k", -2**31, 2**31 - 1), top_p=float_arg(top_p, "top_p", 0.0, 1.0),
+            min_p=float_arg(min_p, "min_p", 0.0, 1.0),
+            repeat_penalty=float_arg(repeat_penalty, "repeat_penalty", 0.0, math.inf, above=True),
             # no more history than the context holds (the window is allocated)
-            repeat_last_n=min(_int(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), n_ctx),
-            presence_penalty=_num(presence_penalty, "presence_penalty", -2.0, 2.0),
-            frequency_penalty=_num(frequency_penalty, "frequency_penalty", -2.0, 2.0),
+            repeat_last_n=min(int_arg(repeat_last_n, "repeat_last_n", 0, 2**31 - 1), n_ctx),
+            presence_penalty=float_arg(presence_penalty, "presence_penalty", -2.0, 2.0),
+            frequency_penalty=float_arg(frequency_penalty, "frequency_penalty", -2.0, 2.0),
             logit_bias=tuple(bias), logprobs=logprobs, top_logprobs=top)
 
 
