@@ -11,13 +11,32 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from .constrain import Matcher
     from .engines.shim import ShimLib
+
+_pool: "ThreadPoolExecutor | None" = None
+_pool_lock = threading.Lock()
+
+
+def _mask_pool() -> "ThreadPoolExecutor":
+    """The threads that compute constraint masks ahead (one per core: a batch's sequences at once)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)))), thread_name_prefix="g4a-mask")
+        return _pool
+
 
 #: the most alternatives a token's log-probabilities list (OpenAI's bound; G4A_MAX_TOP_LOGPROBS in C)
 MAX_TOP_LOGPROBS = 20
@@ -180,10 +199,15 @@ class SequenceSampler:
             bias_values=self._bias_values, allowed=self._mask))
         #: the log-probabilities of the last sampled token (None unless params.logprobs)
         self.last: TokenLogprob | None = None
+        self._next_mask: "Future[None] | None" = None
+        self._done = False
 
     def sample(self, lib: "ShimLib", handle: Any, seq: int) -> int:
         """The next token of sequence ``seq`` from its current logits (negative: the shim's error)."""
-        if self.matcher is not None:
+        if self._next_mask is not None:
+            self._next_mask.result()   # computed while the engine evaluated the last token
+            self._next_mask = None
+        elif self.matcher is not None:
             self.matcher.fill_mask(self._mask)
         if self.params.logprobs:
             self._lp.n_top = self.params.top_logprobs
@@ -197,14 +221,20 @@ class SequenceSampler:
         return tok
 
     def accept(self, tok: int) -> None:
-        """Record the token that was chosen (the penalty window, the constraint's state)."""
+        """Record the token that was chosen (the penalty window, the constraint's state).  The constraint's
+        next mask is then computed in a helper thread while the caller evaluates the token (both release
+        the GIL), so that structured output costs little more than free text."""
         self._recent.append(tok)
         if len(self._recent) > self._window:
             del self._recent[0]
         if self.matcher is not None:
             self.matcher.consume(tok)
+            # the matcher is touched by one thread at a time: its state is read before the helper starts
+            self._done = self.matcher.is_stopped()
+            if not self._done:
+                self._next_mask = _mask_pool().submit(self.matcher.fill_mask, self._mask)
 
     @property
     def constraint_done(self) -> bool:
         """The constraint accepts nothing more: the reply is complete."""
-        return self.matcher is not None and self.matcher.is_stopped()
+        return self._done
