@@ -2,7 +2,10 @@
 
 Where the engine decodes several sequences in one context (the batch API: 2023-11, 2024-09, 2026-10;
 ``g4a_n_seq_max() > 1``), ``load(path, parallel=N)`` gives the Model a :class:`Batcher`: every
-generation, from any thread, becomes one sequence of it.  One thread runs the steps: each step decodes
+generation, from any thread, becomes one sequence of it.  The generations' own threads run the steps, one
+at a time: a thread that needs its next token runs the next step when none is running (for every
+sequence, not only its own), else waits for the running one to end; so a lone generation decodes in its
+own thread, as without batching, with no hand-over per token.  Each step decodes
 the last sampled token of every generating sequence together, plus a chunk of the prompts that are
 still waiting (so a long new prompt never stalls the others for more than one chunk), then samples each
 sequence with its own settings, seed and constraint (:class:`~gpt4all_loader.sampling.SequenceSampler`).
@@ -66,7 +69,9 @@ class Batcher:
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread: threading.Thread | None = None
+        #: held by the thread running a step; ``_step_no`` counts the steps that ended (under ``_cond``)
+        self._step_lock = threading.Lock()
+        self._step_no = 0
         #: decoding steps run, and the sequences they carried (for metrics: mean batch size)
         self.steps = 0
         self.step_sequences = 0
@@ -80,13 +85,13 @@ class Batcher:
             if self._closed:
                 raise ModelClosedError(f"{self.model.info.path}: the model was closed (or its batch stopped)")
             self._waiting.append(req)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="g4a-batch", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
         try:
             while True:
-                item = req.out.get()
+                try:
+                    item = req.out.get_nowait()
+                except queue.Empty:
+                    self._take_a_step(req)
+                    continue
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -99,7 +104,51 @@ class Batcher:
             if not stats.finish_reason or stats.finish_reason == "cancelled":
                 with self._cond:
                     req.cancelled = True
+                self._reap()
+
+    def _take_a_step(self, req: _Request) -> None:
+        """Run the next step, or wait for the one another thread runs (or for an item of ``req``)."""
+        with self._cond:
+            seen = self._step_no
+        if self._step_lock.acquire(blocking=False):
+            try:
+                self._step()
+            except BaseException as e:  # noqa: BLE001 - one thread's failure must not leave the others waiting
+                self._stop(e)
+            finally:
+                self._step_lock.release()
+                with self._cond:
+                    self._step_no += 1
                     self._cond.notify_all()
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: self._step_no != seen or not req.out.empty() or self._closed, timeout=5.0)
+
+    def _reap(self) -> None:
+        """Free the sequences of cancelled generations now, when no step runs (else that step does)."""
+        if not self._step_lock.acquire(blocking=False):
+            return
+        try:
+            with self._cond:
+                for s in self.sequences:
+                    if s.request is not None and s.request.cancelled:
+                        self._finish(s, "cancelled")
+                for r in [r for r in self._waiting if r.cancelled]:
+                    self._waiting.remove(r)
+                    r.out.put(_END)
+        finally:
+            self._step_lock.release()
+
+    def _stop(self, e: BaseException) -> None:
+        """A step failed in a way no request caused: fail every one, and take no more."""
+        err = BackendError(f"{self.model.info.path}: the batch stopped: {type(e).__name__}: {e}")
+        with self._cond:
+            self._closed = True
+            for s in self.sequences:
+                if s.request is not None:
+                    self._finish(s, err)
+            while self._waiting:
+                self._waiting.popleft().out.put(err)
 
     @property
     def active(self) -> int:
@@ -124,24 +173,26 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        err = ModelClosedError(f"{self.model.info.path}: the model was closed")
-        for s in self.sequences:
-            if s.request is not None:
-                s.request.out.put(err)
-                s.request = None
-        while self._waiting:
-            self._waiting.popleft().out.put(err)
+        with self._step_lock:   # the step that runs now ends first
+            err = ModelClosedError(f"{self.model.info.path}: the model was closed")
+            with self._cond:
+                for s in self.sequences:
+                    if s.request is not None:
+                        s.request.out.put(err)
+                        s.request = None
+                while self._waiting:
+                    self._waiting.popleft().out.put(err)
+                self._cond.notify_all()
 
     # -- the step loop ---------------------------------------------------------------------------
-    def _admit(self) -> None:
-        """Give waiting generations a free sequence: the one that already holds most of the prompt."""
+    def _admit(self) -> list[tuple[_Sequence, int]]:
+        """Give waiting generations a free sequence: the one that already holds most of the prompt.  Returns the
+        (sequence, positions to keep) whose caches must be cut back before the step (under the model's lock)."""
+        cuts: list[tuple[_Sequence, int]] = []
         while self._waiting:
             free = [s for s in self.sequences if s.request is None]
             if not free:
-                return
+                break
             req = self._waiting.popleft()
             if req.cancelled:
                 req.out.put(_END)
@@ -161,17 +212,13 @@ class Batcher:
             if keep * 10 < len(req.tokens):
                 best = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
                 keep = shared(best)
-            m = self.model
             if keep < len(best.cached):
-                with m._lock:
-                    if m._lib.g4a_seq_truncate(m._h(), best.seq, keep) != 0:
-                        m._lib.g4a_seq_truncate(m._h(), best.seq, 0)
-                        keep = 0
-                del best.cached[keep:]
+                cuts.append((best, keep))
             req.seq = best.seq
             req.todo = req.tokens[keep:]
             req.stats.prompt_evaluated = len(req.todo)
             best.request = req
+        return cuts
 
     def _finish(self, s: _Sequence, reason: str | BaseException) -> None:
         req = s.request
@@ -184,89 +231,82 @@ class Batcher:
             req.stats.finish_reason = req.stats.finish_reason or reason
             req.out.put(_END)
 
-    def _loop(self) -> None:
-        try:
-            self._steps()
-        except BaseException as e:  # noqa: BLE001 - a bug here must not leave the consumers waiting for ever
-            err = BackendError(f"{self.model.info.path}: the batch stopped: {type(e).__name__}: {e}")
-            with self._cond:
-                self._closed = True
-                for s in self.sequences:
-                    if s.request is not None:
-                        self._finish(s, err)
-                while self._waiting:
-                    self._waiting.popleft().out.put(err)
-            raise
-
-    def _steps(self) -> None:
+    def _step(self) -> None:
+        """One step: admit waiting generations, decode one token of each generating sequence and a chunk of
+        the waiting prompts together, sample every sequence whose prompt is complete."""
         m = self.model
         ffi = m._ffi
         n_ctx = m.info.n_ctx
         can_shift = m.info.context_shift == "cache"
-        while True:
-            with self._cond:
-                while not self._closed and not self._waiting and not any(s.request for s in self.sequences):
-                    self._cond.wait()
-                if self._closed:
-                    return
-                for s in self.sequences:
-                    if s.request is not None and s.request.cancelled:
-                        self._finish(s, "cancelled")
-                try:
-                    self._admit()
-                except ModelClosedError:
-                    return
-                running = [s for s in self.sequences if s.request is not None]
-            if not running:
+        with self._cond:
+            if self._closed:
+                return
+            for s in self.sequences:
+                if s.request is not None and s.request.cancelled:
+                    self._finish(s, "cancelled")
+            cuts = self._admit()
+            running = [s for s in self.sequences if s.request is not None]
+        if cuts:
+            with m._lock:
+                h = m._h()
+                for s, keep in cuts:
+                    assert s.request is not None
+                    if m._lib.g4a_seq_truncate(h, s.seq, keep) != 0:   # cannot cut back: start it again
+                        m._lib.g4a_seq_truncate(h, s.seq, 0)
+                        s.request.todo = s.request.tokens[:]
+                        s.request.stats.prompt_evaluated = len(s.request.todo)
+                        keep = 0
+                    del s.cached[keep:]
+        if not running:
+            return
+        # the batch: one token of each generating sequence, then prompt chunks in arrival order
+        toks: list[int] = []
+        seqs: list[int] = []
+        stepped: list[_Sequence] = []
+        generating = [s for s in running if s.request is not None and s.request.generated > 0]
+        prompting = [s for s in running if s.request is not None and s.request.generated == 0]
+        budget = PROMPT_CHUNK if generating else 512
+        for s in generating + prompting:
+            req = s.request
+            assert req is not None
+            n = 1 if req.generated > 0 else min(len(req.todo), budget)
+            if n <= 0:
                 continue
-            # the batch: one token of each generating sequence, then prompt chunks in arrival order
-            toks: list[int] = []
-            seqs: list[int] = []
-            stepped: list[_Sequence] = []
-            generating = [s for s in running if s.request is not None and s.request.generated > 0]
-            prompting = [s for s in running if s.request is not None and s.request.generated == 0]
-            budget = PROMPT_CHUNK if generating else 512
-            for s in generating + prompting:
+            if len(s.cached) + n > n_ctx and not (can_shift and self._shift(s)):   # generating ones only
+                self._finish(s, "length")
+                continue
+            if req.generated == 0:
+                budget -= n
+            toks += req.todo[:n]
+            seqs += [s.seq] * n
+            stepped.append(s)
+        if not toks:
+            return
+        with m._lock:
+            try:
+                h = m._h()
+            except ModelClosedError as e:
+                for s in running:
+                    self._finish(s, e)
+                return
+            with m._backend.evaluating():
+                rc = m._lib.g4a_decode(h, ffi.new("int32_t[]", toks), ffi.new("int32_t[]", seqs), len(toks))
+            if rc != 0:
+                err = m._err("batch evaluation failed")
+                for s in stepped:
+                    self._finish(s, err)
+                return
+            self.steps += 1
+            self.step_sequences += len(stepped)
+            for s in stepped:
                 req = s.request
                 assert req is not None
-                n = 1 if req.generated > 0 else min(len(req.todo), budget)
-                if n <= 0:
+                n = seqs.count(s.seq)
+                s.cached += req.todo[:n]
+                del req.todo[:n]
+                if req.todo:          # more prompt to come: no token yet
                     continue
-                if len(s.cached) + n > n_ctx and not (can_shift and self._shift(s)):
-                    self._finish(s, "length")
-                    continue
-                if req.generated == 0:
-                    budget -= n
-                toks += req.todo[:n]
-                seqs += [s.seq] * n
-                stepped.append(s)
-            if not toks:
-                continue
-            with m._lock:
-                try:
-                    h = m._h()
-                except ModelClosedError as e:
-                    for s in running:
-                        self._finish(s, e)
-                    return
-                with m._backend.evaluating():
-                    rc = m._lib.g4a_decode(h, ffi.new("int32_t[]", toks), ffi.new("int32_t[]", seqs), len(toks))
-                if rc != 0:
-                    err = m._err("batch evaluation failed")
-                    for s in stepped:
-                        self._finish(s, err)
-                    continue
-                self.steps += 1
-                self.step_sequences += len(stepped)
-                for s in stepped:
-                    req = s.request
-                    assert req is not None
-                    n = seqs.count(s.seq)
-                    s.cached += req.todo[:n]
-                    del req.todo[:n]
-                    if req.todo:          # more prompt to come: no token yet
-                        continue
-                    self._sample(s, h)
+                self._sample(s, h)
 
     def _sample(self, s: _Sequence, h: Any) -> None:
         m = self.model
@@ -306,7 +346,8 @@ class Batcher:
         n = len(s.cached)
         keep = max(1, m.info.n_ctx // 4)
         discard = max(1, (n - keep) // 2)
-        if m._lib.g4a_seq_shift(m._h(), s.seq, keep, discard) != 0:
-            return False
+        with m._lock:
+            if m._lib.g4a_seq_shift(m._h(), s.seq, keep, discard) != 0:
+                return False
         del s.cached[keep:keep + discard]
         return True

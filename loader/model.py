@@ -363,9 +363,9 @@ class Model(Closing):
     # -- evaluation -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything evaluated so far (a batching model: every sequence's cache, between generations)."""
+        if self._batcher is not None:
+            self._batcher.forget()   # before the lock: a step takes the batch's state, then the lock
         with self._lock:
-            if self._batcher is not None:
-                self._batcher.forget()
             self._lib.g4a_reset(self._h())
             self._kv = []
 

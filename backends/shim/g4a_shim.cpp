@@ -131,13 +131,15 @@ static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p
 #endif
     if (p->vocab_only) return true;   // no context needed for tokenization
     llama_context_params cp = llama_context_default_params();
-    // one pool of cells for every sequence (each may use up to n_ctx of them), as llama-server's unified cache
+    // n_ctx cells for each sequence: the 2026 engine keeps one stream of cells per sequence (as llama-server
+    // with -np N), so a sequence's attention never spans the others' cells; the older eras hold every
+    // sequence in one pool of that many cells
     cp.n_ctx = (uint32_t)m->n_ctx * (uint32_t)m->n_seq_max;
     cp.n_batch = (uint32_t)m->n_batch;
 #if G4A_API_GEN >= 6
     cp.n_ubatch = (uint32_t)m->n_batch;
     cp.n_seq_max = (uint32_t)m->n_seq_max;
-    cp.kv_unified = true;
+    cp.kv_unified = m->n_seq_max == 1;
 #elif defined(G4A_CTX_N_SEQ_MAX)
     cp.n_seq_max = (uint32_t)m->n_seq_max;
 #endif
