@@ -10,7 +10,8 @@ greedily, unconstrained and then constrained (order flipped every round), and ti
 (``GenerationStats.completion_s`` over the tokens after the first, so the prompt is left out).  The
 schema asks for a list of 40 to 64 short strings, so the constrained reply runs to ``--tokens`` like the
 free one.  Printed: median ms per token both ways and the ratio constrained / free (target <= 1.10),
-the compile time of the schema (target < 50 ms) and the one-time cost of reading the vocabulary into the constraint engine.
+the compile time of the schema (target < 50 ms) and the one-time cost of reading the vocabulary into
+the constraint engine.
 """
 from __future__ import annotations
 
