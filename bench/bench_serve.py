@@ -8,8 +8,9 @@ CPU threads: ours (``python -m gpt4all_loader.cli.serve FILE --threads N``, plus
 where its ``--help`` offers it) and llama-server of the same pinned llama-cpp-python sdist
 (``bench/peer_server.py`` builds it once into the cache, with our build's CMake options) with
 ``-np CLIENTS -c CLIENTS x n_ctx``: every slot gets the context our server gives the file.  Both run at
-the same time, idle between requests, and take turns: each round times, server by server (the order flips
-every round),
+the same time and take turns, the one not measured paused (SIGSTOP of its whole session: llama-server's
+idle threads poll, which cost the other server a fifth of its speed here): each round times, server by
+server (the order flips every round),
 
 * one client: a streamed chat reply of ``--max-tokens`` tokens (temperature 0);
 * ``--clients`` clients at once (threads, each its own ``openai`` client and its own fixed prompt);
@@ -32,6 +33,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import socket
 import statistics
 import subprocess
@@ -83,7 +85,8 @@ class Server:
 
     def start(self) -> None:
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+            # a session of its own: the whole server (our worker processes too) can be paused as one
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +100,17 @@ class Server:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} did not answer /health within {START_TIMEOUT:.0f} s (log: {self.log})")
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server (and its workers) for the block: an idle server uses no CPU then (llama-server's
+        idle threads poll, about 6 % of a core here, enough to slow the other server by a fifth)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -256,6 +270,16 @@ class Figures:
         return out
 
 
+@contextlib.contextmanager
+def others_paused(servers: list[Server], measured: Server) -> Iterator[None]:
+    """Measure one server with the others frozen, so that none pays for another's idle work."""
+    with contextlib.ExitStack() as stack:
+        for s in servers:
+            if s is not measured:
+                stack.enter_context(s.paused())
+        yield
+
+
 def run_rounds(servers: list[Server], a: argparse.Namespace) -> dict[str, Figures]:
     figs = {s.name: Figures() for s in servers}
     for s in servers:  # warm-up: our server loads the model on first use; both fill their caches
@@ -268,11 +292,13 @@ def run_rounds(servers: list[Server], a: argparse.Namespace) -> dict[str, Figure
             if phase == "busy":
                 with hogs(a.hogs):
                     for s in order:
-                        figs[s.name].busy.append(stream_one(s, 0, a.max_tokens))
+                        with others_paused(servers, s):
+                            figs[s.name].busy.append(stream_one(s, 0, a.max_tokens))
                 continue
             for s in order:
-                figs[s.name].single.append(stream_one(s, 0, a.max_tokens))
-                figs[s.name].many.append(concurrent(s, a.clients, a.max_tokens))
+                with others_paused(servers, s):
+                    figs[s.name].single.append(stream_one(s, 0, a.max_tokens))
+                    figs[s.name].many.append(concurrent(s, a.clients, a.max_tokens))
         order.reverse()
         phases.reverse()
     return figs
