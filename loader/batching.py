@@ -31,6 +31,8 @@ from .sampling import GenerationStats, SequenceSampler
 #: tokens of waiting prompts decoded in one step while other sequences generate: small enough that the
 #: generating ones see a short pause, large enough that a prompt is read at batch speed
 PROMPT_CHUNK = 128
+#: how long a step waits for the other generations to hand on their tokens before it starts anyway
+CATCH_UP_S = 0.005
 _END = object()
 
 
@@ -69,6 +71,8 @@ class Batcher:
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        #: generations whose caller holds a token not yet handed on (they run Python, not the engine)
+        self._outside = 0
         #: held by the thread running a step; ``_step_no`` counts the steps that ended (under ``_cond``)
         self._step_lock = threading.Lock()
         self._step_no = 0
@@ -96,7 +100,14 @@ class Batcher:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                with self._cond:
+                    self._outside += 1
+                try:
+                    yield item
+                finally:
+                    with self._cond:
+                        self._outside -= 1
+                        self._cond.notify_all()
         except GeneratorExit:
             stats.finish_reason = stats.finish_reason or "cancelled"
             raise
@@ -112,6 +123,10 @@ class Batcher:
             seen = self._step_no
         if self._step_lock.acquire(blocking=False):
             try:
+                # the others turn their last tokens into text first (briefly): their Python work would
+                # otherwise take the cores from the engine's threads in the middle of the step
+                with self._cond:
+                    self._cond.wait_for(lambda: self._outside == 0 or self._closed, timeout=CATCH_UP_S)
                 self._step()
             except BaseException as e:  # noqa: BLE001 - one thread's failure must not leave the others waiting
                 self._stop(e)

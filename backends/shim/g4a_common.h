@@ -233,8 +233,22 @@ static inline int32_t g4a_sample_logits(const float *logits, int32_t nv, const g
                                         const int32_t *history, int32_t n_history, uint64_t *rng_state,
                                         g4a_token_logprobs *lp, std::vector<float> &l, std::vector<int32_t> &idx,
                                         std::vector<int32_t> &counts) {
-    l.assign(logits, logits + nv);
     const float neg_inf = -INFINITY;
+    const bool repeat = sp->repeat_penalty != 1.0f && sp->repeat_penalty > 0;
+    const bool openai = sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f;
+    const bool penalized = (repeat || openai) && history && n_history > 0;
+
+    // plain greedy decoding (most server requests): the best logit as it is, without a copy of the vocabulary
+    if (!(sp->temperature > 0) && sp->n_bias == 0 && !penalized && !sp->allowed && !lp) {
+        int32_t best = -1;
+        for (int32_t i = 0; i < nv; ++i) {
+            const float x = logits[i];
+            if (x != neg_inf && x == x && (best < 0 || x > logits[best])) best = i;
+        }
+        if (best < 0) set_error("g4a_sample: every token has no finite logit");
+        return best;
+    }
+    l.assign(logits, logits + nv);
 
     if (sp->n_bias < 0 || (sp->n_bias > 0 && (!sp->bias_tokens || !sp->bias_values))) {
         set_error("g4a_sample: bad logit bias");
@@ -247,9 +261,7 @@ static inline int32_t g4a_sample_logits(const float *logits, int32_t nv, const g
     }
 
     // penalties over the most recent tokens
-    const bool repeat = sp->repeat_penalty != 1.0f && sp->repeat_penalty > 0;
-    const bool openai = sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f;
-    if ((repeat || openai) && history && n_history > 0) {
+    if (penalized) {
         const int32_t last_n = sp->repeat_last_n > 0 ? std::min(sp->repeat_last_n, n_history) : n_history;
         counts.assign((size_t)nv, 0);
         for (int32_t i = n_history - last_n; i < n_history; ++i) {
