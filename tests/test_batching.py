@@ -32,6 +32,15 @@ def tiny_gguf(tmp_path_factory):
     return p
 
 
+def in_threads(fn, n: int, timeout: float = 120) -> None:
+    """fn(0) .. fn(n-1), each in a thread of its own, all at once."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
+
 def _logits(m, seq):
     p = m._lib.g4a_seq_logits(m._h(), seq)
     assert p != m._ffi.NULL, m._backend.last_error()
@@ -75,11 +84,7 @@ def test_concurrent_greedy_replies_equal_alone(tiny_gguf, backend):
             out[i] = m.generate(PROMPTS[i], max_tokens=16)
             stats[i] = m.last_generation   # this thread's own
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        in_threads(run, len(PROMPTS))
         assert out == alone
         assert [s.prompt_tokens for s in stats] == [len(m.tokenize(p)) for p in PROMPTS]
         assert all(s.finish_reason in ("stop", "length") for s in stats)
@@ -120,11 +125,7 @@ def test_eras_without_sequences_queue(tmp_path):
         assert (m.info.parallel, m.info.batching) == (1, "queue")
         want = m.generate("hello", max_tokens=8)
         out: list[str] = []
-        threads = [threading.Thread(target=lambda: out.append(m.generate("hello", max_tokens=8))) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        in_threads(lambda _: out.append(m.generate("hello", max_tokens=8)), 3)
         assert out == [want] * 3
 
 
@@ -211,11 +212,7 @@ def test_an_isolated_batch_and_a_worker_killed_mid_batch(tiny_gguf):
         def run(i):
             out[i] = m.generate(PROMPTS[i], max_tokens=12)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        in_threads(run, len(PROMPTS))
         assert out == alone
         # three long streams, then the worker dies under them
         streams = [m.generate(p, max_tokens=100_000, stream=True, context_shift=False) for p in PROMPTS[:3]]

@@ -7,11 +7,11 @@ bounded (maxLength, maximum) because a random model stops a string only where th
 from __future__ import annotations
 
 import json
-import threading
 
 import jsonschema
 import pytest
 from conftest import require_backend
+from test_batching import in_threads
 
 import gpt4all_loader as g
 from gpt4all_loader.formats.writer import TinyGPTJ, TinyLlama, write_gptj, write_llama
@@ -110,11 +110,7 @@ def test_constraints_per_sequence_in_a_batch(tmp_path):
             else:
                 out[i] = m.generate("Give me JSON:", max_tokens=400, json_schema=SCHEMA, temperature=0.8, seed=i)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        in_threads(run, 3)
         for i in (0, 1):
             jsonschema.validate(json.loads(out[i]), SCHEMA)
 
