@@ -328,6 +328,10 @@ def compile(vocab: Vocabulary, *, json_schema: Mapping[str, Any] | str | bool | 
 SAFE_INTEGER = 2**53 - 1
 
 
+#: keywords whose value maps names to schemas
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
 def _tightened(schema: Any, depth: int = 0, closed: bool = True) -> Any:
     """A copy of ``schema`` read as llama.cpp's converter reads it: an object that lists its ``properties``
     allows no others unless it says so (``additionalProperties``), and every integer without a minimum or
@@ -338,8 +342,14 @@ def _tightened(schema: Any, depth: int = 0, closed: bool = True) -> Any:
         return [_tightened(x, depth + 1, closed) for x in schema]
     if not isinstance(schema, Mapping):
         return schema
-    # the branches of an allOf add up to one object: none of them may close it alone
-    out = {k: _tightened(v, depth + 1, k != "allOf") for k, v in schema.items()}
+    # the branches of an allOf add up to one object: none of them may close it alone; the values of a
+    # name -> schema map (properties, $defs, ...) are schemas, the map itself is not
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _SCHEMA_MAPS and isinstance(v, Mapping):
+            out[k] = {name: _tightened(sub, depth + 1) for name, sub in v.items()}
+        else:
+            out[k] = _tightened(v, depth + 1, k != "allOf")
     if closed and isinstance(out.get("properties"), Mapping) and "additionalProperties" not in out \
             and "unevaluatedProperties" not in out:
         out["additionalProperties"] = False

@@ -294,3 +294,20 @@ def test_isolated_model_gives_the_same_vocabulary(tiny_llama):
         there = Vocabulary.from_model(iso)
         assert Vocabulary.from_model(iso) is there
     assert (there.pieces, there.special, there.eog) == (here.pieces, here.special, here.eog)
+
+
+def test_schemas_are_read_as_llama_cpp_reads_them():
+    """An object that lists its properties is closed unless it says otherwise, integers get JSON's safe range,
+    the branches of an allOf stay open, and a property named like a keyword is a property."""
+    from gpt4all_loader.constrain import SAFE_INTEGER, _tightened
+
+    got = _tightened({"type": "object", "properties": {
+        "properties": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        "open": {"type": "object", "properties": {}, "additionalProperties": True},
+        "both": {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}}})
+    assert got["additionalProperties"] is False
+    inner = got["properties"]["properties"]
+    assert inner["additionalProperties"] is False and "additionalProperties" not in got["properties"]
+    assert inner["properties"]["n"]["maximum"] == SAFE_INTEGER and inner["properties"]["n"]["minimum"] == -SAFE_INTEGER
+    assert got["properties"]["open"]["additionalProperties"] is True
+    assert all("additionalProperties" not in b for b in got["properties"]["both"]["allOf"])
