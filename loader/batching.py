@@ -277,7 +277,7 @@ class Batcher:
         # the batch: one token of each generating sequence, then prompt chunks in arrival order
         toks: list[int] = []
         seqs: list[int] = []
-        stepped: list[_Sequence] = []
+        stepped: list[tuple[_Sequence, int]] = []   # each sequence in the batch, and its tokens there
         generating = [s for s in running if s.request is not None and s.request.generated > 0]
         prompting = [s for s in running if s.request is not None and s.request.generated == 0]
         budget = PROMPT_CHUNK if generating else 512
@@ -294,7 +294,7 @@ class Batcher:
                 budget -= n
             toks += req.todo[:n]
             seqs += [s.seq] * n
-            stepped.append(s)
+            stepped.append((s, n))
         if not toks:
             return
         with m._lock:
@@ -308,15 +308,14 @@ class Batcher:
                 rc = m._lib.g4a_decode(h, ffi.new("int32_t[]", toks), ffi.new("int32_t[]", seqs), len(toks))
             if rc != 0:
                 err = m._err("batch evaluation failed")
-                for s in stepped:
+                for s, _ in stepped:
                     self._finish(s, err)
                 return
             self.steps += 1
             self.step_sequences += len(stepped)
-            for s in stepped:
+            for s, n in stepped:
                 req = s.request
                 assert req is not None
-                n = seqs.count(s.seq)
                 s.cached += req.todo[:n]
                 del req.todo[:n]
                 if req.todo:          # more prompt to come: no token yet
