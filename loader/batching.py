@@ -304,7 +304,7 @@ class Batcher:
                 for s in running:
                     self._finish(s, e)
                 return
-            with m._backend.evaluating():
+            with m._backend.evaluating(h):
                 rc = m._lib.g4a_decode(h, ffi.new("int32_t[]", toks), ffi.new("int32_t[]", seqs), len(toks))
             if rc != 0:
                 err = m._err("batch evaluation failed")

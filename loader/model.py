@@ -438,7 +438,7 @@ class Model(Closing):
 
     def _eval(self, h: Any, arr: Any, ids: Sequence[int]) -> None:
         """Evaluate ``ids`` (already in ``arr``) after the cache, and remember them there."""
-        with self._backend.evaluating():
+        with self._backend.evaluating(h):
             rc = self._lib.g4a_eval(h, arr, len(ids))
         if rc != 0:
             err = self._err("evaluation failed")

@@ -590,7 +590,7 @@ static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
                 // a table of learned positions has n_ctx_train rows
                 if (m->code->learned_positions) m->n_ctx = std::min(m->n_ctx, m->n_ctx_train);
             }
-            m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+            m->n_threads = m->n_threads_loaded = p->n_threads > 0 ? p->n_threads : default_threads();
             m->vocab_only = p->vocab_only != 0;
             if (m->n_ctx > (1 << 20)) ok = fail(r, "n_ctx " + std::to_string(m->n_ctx) + " is too large");
         }
@@ -659,6 +659,7 @@ static bool engine_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
     return true;
 }
 
+static void engine_set_threads(g4a_model *) {}   // every graph takes m->n_threads
 static void engine_reset(g4a_model *m) { m->embedding.clear(); }   // decoders write the cache from position 0 again
 static bool engine_truncate(g4a_model *m, int32_t) {   // rows from n_keep on are written again
     m->embedding.clear();

@@ -148,8 +148,6 @@ struct g4a_model : g4a_model_state {
     void *kvbuf = nullptr;
     ggml_tensor *mk = nullptr, *mv = nullptr;
 
-    int32_t n_threads = 1;
-
     std::vector<float> logits;
     std::vector<int32_t> seq;          // encoders: the tokens evaluated since the last reset
     std::vector<float> embedding;      // encoders: the pooled vector of `seq` (empty: not computed yet)

@@ -42,6 +42,8 @@ struct g4a_model_state {
     bool has_logits = false;  // sequence 0 has logits to read
     bool vocab_only = false;
     int32_t n_seq_max = 1;    // sequences: 1 unless the engine decodes several (engine_decode)
+    int32_t n_threads = 1;         // threads of the next evaluation (g4a_set_threads)
+    int32_t n_threads_loaded = 1;  // as loaded: the most g4a_set_threads gives
     // sequences other than 0 keep their positions here; each sequence's logits are copied out of the
     // engine after a g4a_decode (seq_logits[s] valid when seq_has[s]); sequence 0 after a g4a_eval
     // reads the engine's own buffer (has_logits && !seq_has[0])

@@ -22,6 +22,7 @@
 //   const float *engine_logits(g4a_model *), *engine_embeddings(g4a_model *)
 //   int engine_quantize(in, out, ftype, n_threads)         0 on success
 //   bool engine_dequantize(type, src, dst, n)
+//   void engine_set_threads(g4a_model *)          m->n_threads changed: tell the engine, where it keeps its own copy
 // An engine that decodes several sequences in one context defines G4A_ENGINE_SEQUENCES and besides:
 //   int32_t engine_seq_capacity(const g4a_model *)          sequences its context was made for (set n_seq_max)
 //   bool engine_decode(g4a_model *, tokens, seqs, n)  appends token i to sequence seqs[i]; fills seq_logits[s]
@@ -167,6 +168,18 @@ static bool seq_ok(const g4a_model *m, int32_t seq, const char *fn) {
     if (seq >= 0 && seq < m->n_seq_max) return true;
     set_error(std::string(fn) + ": sequence " + std::to_string(seq) + " is outside 0.." + std::to_string(m->n_seq_max - 1));
     return false;
+}
+
+G4A_EXPORT int32_t g4a_set_threads(g4a_model *m, int32_t n_threads) {
+    t_error.clear();
+    if (!m) { set_error("g4a_set_threads: no model"); return -1; }
+    const int32_t n = n_threads > 0 ? std::min(n_threads, m->n_threads_loaded) : m->n_threads_loaded;
+    if (n == m->n_threads) return n;
+    G4A_GUARD(-1, {
+        m->n_threads = n;
+        if (can_eval(m)) engine_set_threads(m);
+        return n;
+    })
 }
 
 G4A_EXPORT int32_t g4a_n_seq_max(const g4a_model *m) { return can_eval(m) ? m->n_seq_max : 0; }

@@ -49,7 +49,6 @@ struct g4a_model : g4a_model_state {
     const llama_vocab *vocab = nullptr;
 #endif
     int32_t n_batch = 512;
-    int32_t n_threads = 1;
     int32_t n_gpu_layers = 0;
     bool embeddings = false;
     // SentencePiece vocabularies of the eras whose own tokenizer differs from the model's (see
@@ -638,7 +637,7 @@ static g4a_model *engine_load(const char *path, const g4a_load_params *p) {
     backend_init_once();
     std::unique_ptr<g4a_model> m(new g4a_model());
     m->n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
-    m->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+    m->n_threads = m->n_threads_loaded = p->n_threads > 0 ? p->n_threads : default_threads();
     m->n_batch = std::min<int32_t>(512, m->n_ctx);
 #if G4A_API_GEN >= 4
     m->n_seq_max = std::max<int32_t>(1, p->n_seq_max);
@@ -713,6 +712,13 @@ static bool engine_eval(g4a_model *m, const int32_t *tokens, int32_t n) {
 }
 
 static void engine_reset(g4a_model *m) { compat_reset(m); }
+static void engine_set_threads(g4a_model *m) {
+#if G4A_API_GEN >= 4
+    llama_set_n_threads(m->ctx, m->n_threads, m->n_threads);
+#else
+    (void)m;   // llama_eval takes the count at every call
+#endif
+}
 static bool engine_truncate(g4a_model *m, int32_t n_keep) { return compat_truncate(m, 0, n_keep); }
 static bool engine_shift(g4a_model *m, int32_t n_keep, int32_t n_discard) { return compat_shift(m, 0, n_keep, n_discard); }
 

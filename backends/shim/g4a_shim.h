@@ -23,7 +23,7 @@ extern "C" {
 
 /* CDEF-BEGIN */
 /* Bump when any declaration below changes; Python refuses a library whose version differs. */
-enum { G4A_ABI_VERSION = 3 };
+enum { G4A_ABI_VERSION = 4 };
 /* Most alternatives g4a_seq_sample reports with their log-probabilities (OpenAI's top_logprobs bound). */
 enum { G4A_MAX_TOP_LOGPROBS = 20 };
 
@@ -121,6 +121,12 @@ const float *g4a_embeddings(g4a_model *model);
  * penalty.  rng_state: caller-owned 64-bit state (seeded by the caller) so runs are reproducible. */
 int32_t     g4a_sample(g4a_model *model, const g4a_sampling *params,
                        const int32_t *history, int32_t n_history, uint64_t *rng_state);
+
+/* Threads of the evaluations that follow: n_threads <= 0 goes back to the count the model was loaded with, and
+ * no call raises it above that count.  Returns the count now in effect (-1: no model).  For a machine whose
+ * cores other programs keep busy: an engine's threads wait for one another at every operation of a graph, and
+ * one thread without a core stalls them all (gpt4all_loader.engines.cores). */
+int32_t     g4a_set_threads(g4a_model *model, int32_t n_threads);
 
 /* Sequences: several token streams in one context, decoded together (continuous batching).  The functions above
  * act on sequence 0; g4a_reset clears every sequence.  Sequence ids run from 0 to g4a_n_seq_max() - 1. */

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import BackendError
-from . import cache, cpu_gate
+from . import cache, cores, cpu_gate
 from .manifest import ContextTable, build_command, load_manifest, package_data
 from .shim import ShimLib
 
@@ -181,11 +181,16 @@ class Backend:
         return bool(self.lib.g4a_gpu_build())
 
     @contextlib.contextmanager
-    def evaluating(self) -> Iterator[None]:
+    def evaluating(self, handle: Any = None) -> Iterator[None]:
         """Wrap every native call that builds a graph (g4a_eval, g4a_decode): it may need a context slot,
-        and under a server one of the machine's decode slots (:mod:`.cpu_gate`)."""
+        under a server one of the machine's decode slots (:mod:`.cpu_gate`), and the model (``handle``) as
+        many threads as the rest of the machine leaves cores free (:mod:`.cores`)."""
         with cpu_gate.decoding(), (self.budget.call() if self.budget is not None else contextlib.nullcontext()):
+            if handle is not None:
+                self.lib.g4a_set_threads(handle, cores.decode_threads())
             yield
+            if handle is not None:
+                cores.note_decode_end()
 
     def load_model(self, path: str, params: Any) -> Any:
         """g4a_load under the output-capture lock and this library's context budget.

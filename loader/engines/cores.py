@@ -1,0 +1,90 @@
+"""How many threads a decode may use now: the model's own count while the cores are free, fewer while other
+programs keep them busy.
+
+An engine's threads wait for one another at every operation of a graph, so a decode runs at the pace of
+its slowest thread, and a thread that finds no free core stalls the others.  Measured with
+``bench/bench_busy.py`` (SmolLM2 Q4_1, 2026 engine, 2 cores): with one busy-loop beside it a 2-thread
+decode falls from 125 to 24 tok/s while a 1-thread decode keeps 93; with two busy-loops, 2 threads give 49
+and 1 thread 59.  So before each decode the engine gets as many threads as the rest of the machine leaves
+cores free, never more than it was loaded with (``g4a_set_threads``).
+
+The measure is the kernel's count of runnable tasks (the fourth field of ``/proc/loadavg``, about 15 µs to
+read), taken right after each decode: this process's engine threads have ended then, and whoever consumes the
+tokens (a server, its client) has had a whole decode to do its share; it is read while this process still
+holds its decode slot (:mod:`.cpu_gate`), so a sibling worker waiting for a slot does not count as load. The
+fewest seen over the last :data:`WINDOW` decodes is the load that stays (a compile, another model), not a
+passing one. The count is machine-wide; on a process held to some of the machine's cores it is scaled to
+those.
+
+Where the file is missing (not Linux), or with ``GPT4ALL_LOADER_FIT_THREADS=0``, decodes keep the threads they
+were loaded with.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+#: set to "0" to keep every decode at the thread count of its load
+ENV = "GPT4ALL_LOADER_FIT_THREADS"
+#: decodes over which the smallest runnable count is taken (with 8 ms decodes: about 30 ms)
+WINDOW = 4
+_LOADAVG = "/proc/loadavg"
+
+_lock = threading.Lock()
+_seen: collections.deque[int] = collections.deque(maxlen=WINDOW)
+_HAS_LOADAVG = os.path.exists(_LOADAVG)
+
+
+def enabled() -> bool:
+    return _HAS_LOADAVG and os.environ.get(ENV, "1") != "0"
+
+
+def _cores() -> tuple[int, float]:
+    """The cores this process may run on, and their share of the machine's."""
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return mine, mine / max(mine, os.cpu_count() or mine)
+
+
+_MINE, _SHARE = _cores()
+
+
+def runnable() -> int | None:
+    """Tasks the kernel has runnable right now, the caller included (None where it does not say)."""
+    try:
+        with open(_LOADAVG, "rb") as f:
+            return int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def note_decode_end() -> None:
+    """Record the load seen as a decode ends (call from the thread that ran it)."""
+    if enabled():
+        n = runnable()
+        if n is not None:
+            record(n)
+
+
+def record(n_runnable: int) -> None:
+    """Add one reading of the runnable count (this thread included) to the window."""
+    with _lock:
+        _seen.append(n_runnable)
+
+
+def decode_threads() -> int:
+    """Threads for the next decode: the cores the rest of the machine leaves free (at least 1); 0, i.e. as
+    loaded, when fitting is off or no decode has ended yet."""
+    if not enabled():
+        return 0
+    with _lock:
+        if not _seen:
+            return 0
+        others = min(_seen) - 1   # the thread that read it was running
+    return max(1, _MINE - round(others * _SHARE))
+
+
+def reset() -> None:
+    """Forget what was seen (tests)."""
+    with _lock:
+        _seen.clear()
