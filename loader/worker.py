@@ -39,6 +39,7 @@ A worker that dies fails every outstanding request with the same BackendError na
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import pickle
@@ -87,6 +88,14 @@ class _Request:
         self.granted = STREAM_WINDOW if stream else 0
         self.received = 0
         self.cancelled = False
+        #: called (by the reader thread) after each reply put here, while an asynchronous consumer waits
+        self.waker: Callable[[], None] | None = None
+
+    def put(self, reply: tuple[str, Any]) -> None:
+        self.replies.put(reply)
+        wake = self.waker
+        if wake is not None:
+            wake()
 
     @property
     def parked(self) -> bool:
@@ -151,6 +160,42 @@ class _Channel:
             except queue.Empty:
                 self._hang_check()
 
+    async def aget(self, req: _Request) -> tuple[str, Any]:
+        """:meth:`get` for a consumer in an event loop: the reader thread wakes the loop when a reply comes,
+        so no thread of ours waits per reply."""
+        try:
+            return req.replies.get_nowait()
+        except queue.Empty:
+            pass
+        loop = asyncio.get_running_loop()
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
+            req.waker = wake
+            try:
+                try:
+                    return req.replies.get_nowait()   # it came before the waker was in place
+                except queue.Empty:
+                    pass
+                left = self._left()
+                timer = loop.call_later(left, _resolve, fut) if left is not None else None
+                try:
+                    await fut
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+            finally:
+                req.waker = None
+            try:
+                return req.replies.get_nowait()
+            except queue.Empty:
+                self._hang_check()
+
     def forget(self, req: _Request) -> None:
         """Stop waiting for ``req`` (an interrupted caller): what the worker still sends for it is dropped."""
         with self._state:
@@ -205,7 +250,7 @@ class _Channel:
                     req.received += 1
                 else:
                     del self._requests[rid]
-            req.replies.put((kind, value))
+            req.put((kind, value))
         self._ended(cause)
 
     def _ended(self, cause: str | None) -> None:
@@ -225,8 +270,8 @@ class _Channel:
                                       f"{f'during {names}' if names else 'while idle'}: {child.ending(rc)}")
             dead = self.dead
         for r in pending:
-            r.replies.put(("err", BackendError(f"{self._path}: {dead}") if died else
-                           ModelClosedError(f"{self._path}: the model is closed ({dead}); load the file again")))
+            r.put(("err", BackendError(f"{self._path}: {dead}") if died else
+                   ModelClosedError(f"{self._path}: the model is closed ({dead}); load the file again")))
         with self._send_lock:
             self._conn.close()
 
@@ -257,7 +302,7 @@ class _Channel:
             dead = self.dead
         self.kill()
         for r in pending:
-            r.replies.put(("err", BackendError(f"{self._path}: {dead}")))
+            r.put(("err", BackendError(f"{self._path}: {dead}")))
 
     # -- the end --------------------------------------------------------------------------------
     def reading_here(self) -> bool:
@@ -285,8 +330,14 @@ class _Channel:
             self._reader.join()  # it fails what is left and closes the socket
 
 
+def _resolve(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _Stream:
-    """An iterator over what the worker streams; closing it early cancels the generation there.
+    """An iterator over what the worker streams; closing it early cancels the generation there.  It is also an
+    asynchronous iterator (``async for``), for an event loop that reads it without a thread of its own.
 
     ``stats`` is the GenerationStats of this request, set at its end (also the model's
     :attr:`~IsolatedModel.last_generation`: the most recently finished stream's).  A stream its
@@ -312,25 +363,55 @@ class _Stream:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
-        o = self._owner
         self._thread = threading.get_ident()
+        req = self._begin()
+        try:
+            kind, value = self._owner._chan.get(req)
+        except BaseException:  # interrupted: the worker stops this stream, the others go on
+            self._interrupted(req)
+            raise
+        return self._take(req, kind, value)
+
+    def __aiter__(self) -> "_Stream":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        req = self._begin()
+        try:
+            kind, value = await self._owner._chan.aget(req)
+        except BaseException:  # cancelled (a client that went away): as an interrupted __next__
+            self._interrupted(req)
+            raise
+        try:
+            return self._take(req, kind, value)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def _begin(self) -> _Request:
+        """The request of this stream, sent at the first item asked for."""
         if self._req is None:
+            o = self._owner
             o._not_streaming_here(self)
             self._req = o._chan.start("iter", self._name, self._payload, stream=True)
             with o._open_lock:
                 o._open.add(self)
-        req = self._req
-        try:
-            kind, value = o._chan.get(req)
-        except BaseException:  # interrupted: the worker stops this stream, the others go on
-            o._chan.forget(req)
-            o._chan.cancel(req)
-            self._finish()
-            raise
+        return self._req
+
+    def _interrupted(self, req: _Request) -> None:
+        chan = self._owner._chan
+        chan.forget(req)
+        chan.cancel(req)
+        self._finish()
+
+    def _take(self, req: _Request, kind: str, value: Any) -> Any:
+        """One message of the worker: the item it carries (credit goes back every half window), else the end
+        (StopIteration) or the error it carries, raised."""
         if kind == "item":
             self._taken += 1
             if self._taken >= STREAM_WINDOW // 2:
-                o._chan.grant(req, self._taken)
+                self._owner._chan.grant(req, self._taken)
                 self._taken = 0
             if self._callback is not None and self._callback(value) is False:
                 self.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import collections
 import dataclasses
@@ -43,7 +44,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Final
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Final
 
 from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
 from . import replies
@@ -648,45 +649,64 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             c = sum(g.completion_tokens for g in done)
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-        pumps: list[_Pump] = []
-
-        async def run_choice(i: int, sink: Callable[[int, Any], Awaitable[None]]) -> None:
-            """Stream choice i into ``sink`` (its pieces, then _END); its stats when it ends."""
+        async def pieces(i: int) -> AsyncGenerator[Any, None]:
+            """Choice i's pieces, read in the event loop (the worker's reader thread wakes it per piece), then
+            _END; its stats are recorded as it ends."""
             if i >= len(its):
                 its.append(start(i))
                 first = await anyio.to_thread.run_sync(next, its[i], _END)
             else:
                 first = firsts[i]
             if first is not _END:
-                await sink(i, first)
-                pump = _Pump(its[i])
-                pumps.append(pump)
-                while (piece := await pump.get()) is not _END:
-                    await sink(i, piece)
+                yield first
+                async for piece in its[i]:
+                    yield piece
             stats[i] = its[i].stats
             record(entry.id, stats[i], first_token_s if i == 0 else None)
-            await sink(i, _END)
+            yield _END
 
-        async def run_all(sink: Callable[[int, Any], Awaitable[None]]) -> None:
-            if together:
-                async with anyio.create_task_group() as tg:
-                    for i in range(n):
-                        tg.start_soon(run_choice, i, sink)
-            else:
+        async def merged() -> AsyncGenerator[tuple[int, Any], None]:
+            """(choice, piece) of every choice: one after another, or, on a batching model, as they come."""
+            if not together or n == 1:
                 for i in range(n):
-                    await run_choice(i, sink)
+                    async for piece in pieces(i):
+                        yield i, piece
+                return
+            send, receive = anyio.create_memory_object_stream[tuple[int, Any]](max_buffer_size=math.inf)
+
+            async def run(i: int) -> None:
+                async for piece in pieces(i):
+                    await send.send((i, piece))
+
+            async def run_all() -> None:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        for i in range(n):
+                            tg.start_soon(run, i)
+                except BaseException as e:  # noqa: BLE001 - handed to the reader below
+                    await send.send((-1, _unwrap(e)))
+                finally:
+                    send.close()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_all)
+                async with receive:
+                    async for i, piece in receive:
+                        if i < 0:
+                            raise piece
+                        yield i, piece
 
         if not stream:
-            async def gather(i: int, piece: Any) -> None:
-                if piece is not _END:
-                    choices[i].add(piece)
             try:
-                await run_all(gather)
+                async with contextlib.aclosing(merged()) as all_pieces:
+                    async for i, piece in all_pieces:
+                        if piece is not _END:
+                            choices[i].add(piece)
             except BaseException as e:  # noqa: BLE001
                 raise _engine_error(entry.id, _unwrap(e)) from None
             finally:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_end_all, its, pumps)
+                    await anyio.to_thread.run_sync(_close_all, its)
                     await pool.release(slot)
             return JSONResponse({"id": rid, "object": obj, "created": created, "model": entry.id,
                                  "system_fingerprint": fingerprint,
@@ -697,37 +717,20 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                          "system_fingerprint": fingerprint, "choices": [choice]})
 
         async def events() -> AsyncIterator[str]:
-            send, receive = anyio.create_memory_object_stream[tuple[int, Any]](max_buffer_size=math.inf)
-
-            async def sink(i: int, piece: Any) -> None:
-                await send.send((i, piece))
-
-            async def produce() -> None:
-                try:
-                    await run_all(sink)
-                except BaseException as e:  # noqa: BLE001 - sent as the stream's error
-                    await send.send((-1, _unwrap(e)))
-                finally:
-                    send.close()
-
             try:
                 if kind == "chat":
                     for ch in choices:
                         yield chunk({"index": ch.index, "delta": {"role": "assistant", "content": ""},
                                      "logprobs": None, "finish_reason": None})
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(produce)
-                    async with receive:
-                        async for i, piece in receive:
-                            if i < 0:
-                                raise piece
-                            if piece is _END:
-                                for end in choices[i].last_chunks(stats[i]):
-                                    yield chunk(end)
-                            else:
-                                delta = choices[i].add(piece)
-                                if delta is not None:
-                                    yield chunk(delta)
+                async with contextlib.aclosing(merged()) as all_pieces:
+                    async for i, piece in all_pieces:
+                        if piece is _END:
+                            for end in choices[i].last_chunks(stats[i]):
+                                yield chunk(end)
+                        else:
+                            delta = choices[i].add(piece)
+                            if delta is not None:
+                                yield chunk(delta)
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
                                 "usage": usage()})
@@ -738,7 +741,7 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                 yield _sse(err.body())
             finally:
                 with anyio.CancelScope(shield=True):  # a client that went away still frees the model
-                    await anyio.to_thread.run_sync(_end_all, its, pumps)
+                    await anyio.to_thread.run_sync(_close_all, its)
                     await pool.release(slot)
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -818,60 +821,6 @@ def _firsts(its: list[Any]) -> list[Any]:
 def _close_all(its: list[Any]) -> None:
     for it in its:
         it.close()
-
-
-class _Pump:
-    """A stream read in a thread of its own, each piece handed to the event loop as it comes: no thread hop of
-    the loop's per piece (a hop costs more than the piece on a machine whose cores decode).  The thread also
-    closes the stream, since a stream is closed by the thread that reads it."""
-
-    def __init__(self, it: Any) -> None:
-        import threading
-
-        self.it = it
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.stop = False
-        self.done = threading.Event()
-        threading.Thread(target=self._run, name="g4a-pump", daemon=True).start()
-
-    def _put(self, x: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, x)
-        except RuntimeError:  # the loop is gone (the server stops)
-            self.stop = True
-
-    def _run(self) -> None:
-        try:
-            for piece in self.it:
-                self._put(piece)
-                if self.stop:
-                    break
-            else:
-                self._put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the request, which answers with it
-            self._put(e)
-        finally:
-            try:
-                self.it.close()
-            finally:
-                self.done.set()
-
-    async def get(self) -> Any:
-        x = await self.queue.get()
-        if isinstance(x, BaseException):
-            raise x
-        return x
-
-
-def _end_all(its: list[Any], pumps: list[_Pump]) -> None:
-    """End every stream of a request: a pumped one in its own thread, the others here."""
-    for p in pumps:
-        p.stop = True
-    for p in pumps:
-        p.done.wait()
-    pumped = {id(p.it) for p in pumps}
-    _close_all([it for it in its if id(it) not in pumped])
 
 
 def _unwrap(e: BaseException) -> BaseException:

@@ -13,7 +13,8 @@ read), taken right after each decode: this process's engine threads have ended t
 tokens (a server, its client) has had a whole decode to do its share; it is read while this process still
 holds its decode slot (:mod:`.cpu_gate`), so a sibling worker waiting for a slot does not count as load. The
 fewest seen over the last :data:`WINDOW` decodes is the load that stays (a compile, another model), not a
-passing one. The count is machine-wide; on a process held to some of the machine's cores it is scaled to
+passing one; readings older than :data:`STALE_S` are dropped and the load is read once before the next
+decode. The count is machine-wide; on a process held to some of the machine's cores it is scaled to
 those.
 
 Where the file is missing (not Linux), or with ``GPT4ALL_LOADER_FIT_THREADS=0``, decodes keep the threads they
@@ -24,15 +25,19 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 
 #: set to "0" to keep every decode at the thread count of its load
 ENV = "GPT4ALL_LOADER_FIT_THREADS"
 #: decodes over which the smallest runnable count is taken (with 8 ms decodes: about 30 ms)
 WINDOW = 4
+#: seconds after which the readings say nothing of now (a model idle between requests): the next decode reads anew
+STALE_S = 1.0
 _LOADAVG = "/proc/loadavg"
 
 _lock = threading.Lock()
 _seen: collections.deque[int] = collections.deque(maxlen=WINDOW)
+_last = 0.0   # monotonic time of the newest reading
 _HAS_LOADAVG = os.path.exists(_LOADAVG)
 
 
@@ -68,15 +73,28 @@ def note_decode_end() -> None:
 
 def record(n_runnable: int) -> None:
     """Add one reading of the runnable count (this thread included) to the window."""
+    global _last
     with _lock:
         _seen.append(n_runnable)
+        _last = time.monotonic()
 
 
 def decode_threads() -> int:
     """Threads for the next decode: the cores the rest of the machine leaves free (at least 1); 0, i.e. as
-    loaded, when fitting is off or no decode has ended yet."""
+    loaded, when fitting is off or the machine does not say.  When the readings are stale, the load is read
+    now, before the decode: a reading can only be too high by what passes at that moment, which costs one
+    decode some threads, never a collapse."""
     if not enabled():
         return 0
+    with _lock:
+        stale = time.monotonic() - _last > STALE_S
+        if stale:
+            _seen.clear()
+    if stale:
+        n = runnable()
+        if n is None:
+            return 0
+        record(n)
     with _lock:
         if not _seen:
             return 0
@@ -86,5 +104,7 @@ def decode_threads() -> int:
 
 def reset() -> None:
     """Forget what was seen (tests)."""
+    global _last
     with _lock:
         _seen.clear()
+        _last = 0.0
