@@ -14,6 +14,8 @@ ratio busy / idle.  ``--threads`` is passed to ``load()`` (default: none, i.e. t
 
 ``--baseline-cache DIR`` also runs every era from another library cache (``GPT4ALL_LOADER_CACHE``: e.g. the
 libraries built without the busy-machine fix), interleaved with the current one, and adds new / old ratios.
+``--baseline-fixed-threads`` does the same with the current libraries and ``GPT4ALL_LOADER_FIT_THREADS=0``:
+every decode at the loaded thread count, as before decodes took only the cores left free (``engines.cores``).
 """
 from __future__ import annotations
 
@@ -109,10 +111,8 @@ def child(backend: str, path: str, threads: int) -> int:
 
 
 class Child:
-    def __init__(self, backend: str, path: Path, threads: int, cache: str | None):
-        env = dict(os.environ)
-        if cache:
-            env["GPT4ALL_LOADER_CACHE"] = cache
+    def __init__(self, backend: str, path: Path, threads: int, env_extra: dict[str, str]):
+        env = dict(os.environ) | env_extra
         self.p = subprocess.Popen([sys.executable, __file__, "--child", backend, str(path), str(threads)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         line = self._read()
@@ -165,8 +165,12 @@ def spread(v: list[float]) -> dict[str, float]:
 def bench_era(backend: str, a: argparse.Namespace) -> dict[str, Any]:
     what, make = ERAS[backend]
     path = make()
-    libs = {"new": None} | ({"old": str(a.baseline_cache)} if a.baseline_cache else {})
-    children = {k: Child(backend, path, a.threads, c) for k, c in libs.items()}
+    libs: dict[str, dict[str, str]] = {"new": {}}
+    if a.baseline_cache:
+        libs["old"] = {"GPT4ALL_LOADER_CACHE": str(a.baseline_cache)}
+    elif a.baseline_fixed_threads:
+        libs["old"] = {"GPT4ALL_LOADER_FIT_THREADS": "0"}
+    children = {k: Child(backend, path, a.threads, env) for k, env in libs.items()}
     tps: dict[tuple[str, str], list[float]] = {(k, c): [] for k in libs for c in ("idle", "busy")}
     try:
         for c in children.values():
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hogs", type=int, default=len(os.sched_getaffinity(0)), help="busy-loop processes")
     ap.add_argument("--only", action="append", default=[], help="backend names containing this text (repeatable)")
     ap.add_argument("--baseline-cache", type=Path, help="a library cache to compare with (new / old)")
+    ap.add_argument("--baseline-fixed-threads", action="store_true",
+                    help="compare with every decode at the loaded thread count (GPT4ALL_LOADER_FIT_THREADS=0)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("BACKEND", "PATH", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -229,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     t0 = time.time()
     results = [bench_era(b, a) for b in backends]
-    header = (f"command: {cmd}\ncache: {cache}" + (f"  baseline: {a.baseline_cache}" if a.baseline_cache else "")
+    baseline = (f"  baseline: {a.baseline_cache}" if a.baseline_cache else
+                "  baseline: fixed threads" if a.baseline_fixed_threads else "")
+    header = (f"command: {cmd}\ncache: {cache}" + baseline
               + f"\n{os.cpu_count()} CPUs, {a.hogs} hogs, threads={a.threads or 'default'}, tokens={a.tokens}, "
               f"rounds={a.rounds}; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
               f"{time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -237,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"settings": {k: str(v) for k, v in vars(a).items()}, "header": header,
                           "results": results}, indent=2))
         return 0
-    has_old = a.baseline_cache is not None
+    has_old = a.baseline_cache is not None or a.baseline_fixed_threads
     cols = ["backend", "file", "idle tok/s", "busy tok/s", "busy/idle"]
     if has_old:
         cols += ["old idle", "old busy", "old busy/idle", "new/old idle", "new/old busy"]

@@ -1,4 +1,4 @@
-"""Continuous batching (load(parallel=N)) and the ABI 3 sampler, on real engines.
+"""Continuous batching (load(parallel=N)) and the sampler of ABI 3, on real engines.
 
 A request run in a batch must give what it gives alone.  The logits are compared directly through the
 shim (g4a_decode, g4a_seq_logits): the 2026 engine's kernels do not depend on where a token sits in the

@@ -113,6 +113,52 @@ def test_streaming_stop_callback_and_cancel(pair):
     stream.close()
 
 
+def test_streams_read_in_an_event_loop(gguf, pair):
+    """``async for`` over a stream (the server's way: the worker's reader thread wakes the loop per piece)
+    gives what the synchronous iteration gives; leaving it early cancels; a dying worker and a hung one are
+    errors there as well."""
+    import asyncio
+
+    iso, ref = pair
+    kw = dict(max_tokens=12, temperature=0)
+
+    async def pieces(stream, n=None):
+        got = []
+        async for p in stream:
+            got.append(p)
+            if n is not None and len(got) == n:
+                break
+        return got
+
+    assert asyncio.run(pieces(iso.generate("hello", stream=True, **kw))) == list(ref.generate("hello", stream=True,
+                                                                                                **kw))
+    assert iso.last_generation.finish_reason == "length" and iso.last_generation.completion_tokens == 12
+    stream = iso.generate("hello", stream=True, max_tokens=200, temperature=0)
+    assert len(asyncio.run(pieces(stream, 2))) == 2
+    stream.close()
+    assert iso.last_generation.finish_reason == "cancelled" and iso.last_generation.completion_tokens < 100
+
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
+
+    async def killed():
+        stream = m.generate("hello", stream=True, max_tokens=100, temperature=0)
+        async for _ in stream:
+            os.kill(m.pid, signal.SIGKILL)
+    with pytest.raises(BackendError, match="SIGKILL"):
+        asyncio.run(killed())
+    m.close()
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=1.0)
+
+    async def hung():
+        stream = m.generate("hello", stream=True, max_tokens=100, temperature=0)
+        os.kill(m.pid, signal.SIGSTOP)
+        return await pieces(stream)
+    with pytest.raises(BackendError, match=r"no answer to .* within 1 s"):
+        asyncio.run(hung())
+    assert _gone(m.pid)
+    m.close()
+
+
 def test_errors_cross_the_boundary(pair, tmp_path):
     iso, ref = pair
     with pytest.raises(ContextLengthError, match="context holds"):
