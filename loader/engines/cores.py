@@ -29,8 +29,9 @@ import time
 
 #: set to "0" to keep every decode at the thread count of its load
 ENV = "GPT4ALL_LOADER_FIT_THREADS"
-#: decodes over which the smallest runnable count is taken (with 8 ms decodes: about 30 ms)
-WINDOW = 4
+#: decodes over which the smallest runnable count is taken: a load shows after two decodes, and a passing
+#: task (a server handing on the last token) must be seen at the end of two decodes in a row to count
+WINDOW = 2
 #: seconds after which the readings say nothing of now (a model idle between requests): the next decode reads anew
 STALE_S = 1.0
 _LOADAVG = "/proc/loadavg"
