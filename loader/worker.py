@@ -337,7 +337,8 @@ def _resolve(fut: "asyncio.Future[None]") -> None:
 
 class _Stream:
     """An iterator over what the worker streams; closing it early cancels the generation there.  It is also an
-    asynchronous iterator (``async for``), for an event loop that reads it without a thread of its own.
+    asynchronous iterator (``async for``), for an event loop that reads it without a thread of its own (a
+    callback that says stop closes the stream there too, which waits for the worker's end).
 
     ``stats`` is the GenerationStats of this request, set at its end (also the model's
     :attr:`~IsolatedModel.last_generation`: the most recently finished stream's).  A stream its

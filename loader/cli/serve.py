@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import base64
 import collections
+import contextlib
 import dataclasses
 import enum
 import hmac
