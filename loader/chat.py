@@ -86,15 +86,26 @@ def _replaced_length(s: Any, old: Any, new: Any) -> int:
 
 
 class _Sandbox(Protocol):
-    """What render() uses of the bounded environment (its class is built inside _environment)."""
+    """What render() uses of the bounded environment (its class is built once, by _sandbox_class)."""
 
     def from_string(self, source: str) -> Template: ...
+
+    def compile(self, source: str) -> Any: ...
+
+    def from_compiled(self, code: Any) -> Template: ...
 
     def tick(self) -> None: ...
 
 
 def _environment() -> _Sandbox:
     """A fresh sandbox per render: the budget lives on the environment."""
+    env: _Sandbox = _sandbox_class()()
+    return env
+
+
+@functools.cache
+def _sandbox_class() -> Any:
+    """The sandbox's class, made once (it imports Jinja, which a process that never chats need not)."""
     from jinja2 import nodes, pass_context
     from jinja2.filters import do_format
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -134,6 +145,10 @@ def _environment() -> _Sandbox:
             tree: nodes.Template = Counted().visit(super()._parse(source, name, filename))
             tree.set_environment(self)
             return tree
+
+        def from_compiled(self, code: Any) -> Template:
+            """A template of this sandbox from code that :func:`_compiled` made (in another sandbox)."""
+            return self.template_class.from_code(self, code, self.make_globals(None), None)
 
         def tick(self) -> None:
             if time.monotonic() > self.deadline:
@@ -217,7 +232,14 @@ def _environment() -> _Sandbox:
             self.tick()
             return super().getitem(obj, argument)
 
-    return Bounded()
+    return Bounded
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(template: str) -> Any:
+    """A template's code, compiled once: every request of a chat renders the same template, and compiling it
+    (parse, the sandbox's rewrite, code generation) costs more than rendering.  Errors are not cached."""
+    return _environment().compile(template)
 
 
 def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str = "", eos_token: str = "",
@@ -227,7 +249,7 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
         env = _environment()
         out: list[str] = []
         size = 0
-        for piece in env.from_string(template).generate(
+        for piece in env.from_compiled(_compiled(template)).generate(
                 messages=list(messages), bos_token=bos_token, eos_token=eos_token,
                 add_generation_prompt=add_generation_prompt, **extra):
             size += len(piece)
