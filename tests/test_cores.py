@@ -96,6 +96,7 @@ def test_busy_loops_on_every_core_are_seen(monkeypatch):
             time.sleep(0.01)
         assert cores.decode_threads() == 1
         monkeypatch.setenv(cores.ENV, "0")
+        cores.reset()
         assert cores.decode_threads() == 0       # fitting off: every decode as loaded
     finally:
         for h in hogs:
