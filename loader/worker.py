@@ -54,7 +54,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
-from .engines import child
+from .engines import child, cores
 from .errors import BackendError, ModelClosedError
 from .model import Closing, ModelInfo
 from .sampling import GenerationStats
@@ -800,5 +800,6 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     # Ctrl-C in a terminal reaches the whole process group: the caller decides, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cores.restore_decode_policy()
     _Worker(Connection(int(args[0]))).serve()
     return 0

@@ -354,6 +354,23 @@ def test_worker_killed_during_a_request(server):
     assert "loading it again" in server.log()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"),
+                    reason="scheduling policies per thread: Linux")
+def test_the_servers_threads_stand_aside_for_its_workers_decodes(server):
+    """The server's own threads (event loop, readers) are SCHED_BATCH, so their wake-ups never stop an engine
+    thread mid-graph; its workers decode under the policy the server was started with."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        pytest.skip("the tests run under a policy someone chose, which the server keeps")
+    server.client().completions.create(model=GGUF, prompt="hi", max_tokens=2, temperature=0)
+    pid = next(m["pid"] for m in _loaded(server) if m["id"] == GGUF and not m["embeddings"])
+
+    def policies(p: int) -> set[int]:
+        return {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{p}/task")}
+
+    assert policies(server.proc.pid) == {os.SCHED_BATCH}
+    assert policies(pid) == {os.SCHED_OTHER}
+
+
 def test_least_recently_used_unloads_first(server):
     c = server.client()
     for name in (GGUF, GGJT):

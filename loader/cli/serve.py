@@ -996,10 +996,13 @@ def main(argv: list[str] | None = None) -> int:
     pool = Pool(entries, max_loaded=args.max_loaded, memory_budget_mib=budget, n_threads=args.threads,
                 published_table=args.published_table, n_ctx=args.ctx_size)
     # every worker's decodes share the cores: at most cores / threads at once (engines.cpu_gate)
+    from ..engines import cores as engine_cores
     from ..engines import cpu_gate
 
     cores = len(os.sched_getaffinity(0))
     gate_dir = os.environ[cpu_gate.ENV] = cpu_gate.create(max(1, cores // (args.threads or cores)))
+    # the server's own threads never preempt a decode (engines.cores); its workers keep this process's policy
+    engine_cores.yield_to_decodes()
     gate = Gate()
     app = create_app(pool, api_key=args.api_key or os.environ.get("GPT4ALL_API_KEY") or None,
                      max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout, metrics=args.metrics,
