@@ -625,7 +625,7 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                                     f"vocabulary has {model.n_vocab} tokens", param="prompt")
             # the first piece of each choice that starts now, so that a request the model refuses gets its status
             its = [start(i) for i in range(n if together else 1)]
-            firsts = await anyio.to_thread.run_sync(_firsts, its)
+            firsts = await _firsts(its)
             first_token_s = None if firsts[0] is _END else time.monotonic() - t0
         except BaseException as e:
             with anyio.CancelScope(shield=True):
@@ -654,7 +654,7 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             _END; its stats are recorded as it ends."""
             if i >= len(its):
                 its.append(start(i))
-                first = await anyio.to_thread.run_sync(next, its[i], _END)
+                first = (await _firsts([its[i]]))[0]
             else:
                 first = firsts[i]
             if first is not _END:
@@ -712,9 +712,13 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                                  "system_fingerprint": fingerprint,
                                  "choices": [c.gathered(stats[c.index]) for c in choices], "usage": usage()})
 
+        # every chunk is this object with one choice: its JSON up to the choice is written once
+        head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": entry.id,
+                                      "system_fingerprint": fingerprint, "choices": None},
+                                     ensure_ascii=False).removesuffix("null}") + "["
+
         def chunk(choice: dict[str, Any]) -> str:
-            return _sse({"id": rid, "object": obj, "created": created, "model": entry.id,
-                         "system_fingerprint": fingerprint, "choices": [choice]})
+            return head + json.dumps(choice, ensure_ascii=False) + "]}\n\n"
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -808,14 +812,33 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
     return _Requests(app, gate, recorder)
 
 
-def _firsts(its: list[Any]) -> list[Any]:
-    """The first piece of each stream (_END for an empty one), fetched at once (threads) when there are several."""
-    if len(its) == 1:
-        return [next(its[0], _END)]
-    from concurrent.futures import ThreadPoolExecutor
+async def _firsts(its: list[Any]) -> list[Any]:
+    """The first piece of each stream (_END for an empty one), fetched at once when there are several: in the
+    event loop from a worker's stream (no thread hop before the first token), else in a thread."""
+    import anyio
 
-    with ThreadPoolExecutor(len(its)) as ex:
-        return list(ex.map(lambda it: next(it, _END), its))
+    firsts: list[Any] = [_END] * len(its)
+
+    async def first(i: int) -> None:
+        it = its[i]
+        if hasattr(it, "__anext__"):
+            try:
+                firsts[i] = await it.__anext__()
+            except StopAsyncIteration:
+                pass
+        else:
+            firsts[i] = await anyio.to_thread.run_sync(next, it, _END)
+
+    if len(its) == 1:
+        await first(0)
+    else:
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(len(its)):
+                    tg.start_soon(first, i)
+        except BaseExceptionGroup as group:   # the first stream's error, as one stream would raise it
+            raise _unwrap(group) from None
+    return firsts
 
 
 def _close_all(its: list[Any]) -> None:
