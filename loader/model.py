@@ -607,7 +607,7 @@ class Model(Closing):
                                           grammar.matcher() if grammar is not None else None)
                 one = self._ffi.new("int32_t[1]")
                 try:
-                    for _ in range(max_tokens):
+                    for i in range(max_tokens):
                         tok = sampler.sample(self._lib, self._h(), 0)
                         if tok < 0:
                             raise self._err("sampling failed")
@@ -620,6 +620,8 @@ class Model(Closing):
                         if sampler.constraint_done:
                             stats.finish_reason = "stop"
                             return
+                        if i + 1 == max_tokens:   # the last one: its evaluation would only delay the end
+                            break
                         if len(self._kv) + 1 > self.info.n_ctx:
                             if n_keep < 0:
                                 stats.finish_reason = "length"

@@ -83,6 +83,18 @@ def test_a_generation_longer_than_the_context_goes_on(files, backend):
     assert len(shifted) > n_ctx, "the generation stopped at the end of the context instead of shifting"
 
 
+@pytest.mark.parametrize("backend", sorted(ERAS))
+def test_the_last_token_ends_the_stream_unevaluated(files, backend):
+    """A generation that reaches max_tokens ends as its last token is sampled, without a decode that only
+    the next prompt could use (it evaluates that token with the rest of itself)."""
+    require_backend(backend)
+    with _load(files[backend], backend) as m:
+        ids = m.tokenize("the cat said")
+        out = list(m.generate_tokens(ids, max_tokens=5))
+        assert len(out) == 5 and m.last_generation.finish_reason == "length"
+        assert m.cached_tokens == ids + out[:-1]
+
+
 def test_reset_and_evaluate_keep_the_cache_honest(files):
     require_backend("gguf-2026-10")
     with _load(files["gguf-2026-10"], "gguf-2026-10") as m:
