@@ -1,7 +1,8 @@
 """Many users on one model: gpt4all-serve next to llama-server, 1 and 8 concurrent streaming chat clients.
 
     python bench/bench_serve.py [--rounds 3] [--clients 8] [--threads 2] [--max-tokens 48] [--hogs N]
-                                [--quick] [--no-peer] [--no-busy] [--peer-native] [--json]
+                                [--quick] [--no-peer] [--no-busy] [--peer-native] [--baseline CHECKOUT]
+                                [--json]
 
 Both servers serve SmolLM2-135M-Instruct Q4_1 (``gpt4all_loader.testing.realfiles``) with ``--threads``
 CPU threads: ours (``python -m gpt4all_loader.cli.serve FILE --threads N``, plus ``--parallel CLIENTS``
@@ -24,7 +25,13 @@ really has: ``usage.completion_tokens``, else its content chunks).  Figures: tok
 (tokens / request time), aggregate tokens/s of the concurrent clients (all their tokens / the time from
 the first request to the last token), time to first token (request sent to first content chunk: p50 and
 p95 over every concurrent request of every round), and tokens/s with hogs / tokens/s idle.  The
-ratios ours / peer are printed against the targets of "many users on one model".
+ratios ours / peer are printed against the targets of "many users on one model".  For one client the
+time between tokens (first to last content chunk / tokens - 1) is printed too: what the server adds per
+token, apart from the request's start.
+
+``--baseline CHECKOUT`` runs a third server, "baseline": ours from another checkout of this repository
+(its ``loader/`` imported as ``gpt4all_loader``, same libraries and cache), measured in the same rounds, so
+that a change is compared with what it replaces on the same machine at the same time.
 """
 from __future__ import annotations
 
@@ -78,6 +85,8 @@ class Server:
     model: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: variables added to this environment for the server (and its workers)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -86,7 +95,8 @@ class Server:
     def start(self) -> None:
         with open(self.log, "wb") as out:
             # a session of its own: the whole server (our worker processes too) can be paused as one
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **self.env})
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -132,6 +142,20 @@ def our_server(model: Path, threads: int, clients: int, logdir: Path) -> Server:
     return Server("ours", cmd, port, model.name, logdir / "ours.log")
 
 
+def baseline_server(checkout: Path, model: Path, threads: int, clients: int, logdir: Path) -> Server:
+    """Ours from another checkout: its ``loader/`` is imported as ``gpt4all_loader`` (PYTHONPATH), workers
+    included; the libraries and the cache are this machine's."""
+    pkg = logdir / "baseline-path"
+    pkg.mkdir(exist_ok=True)
+    link = pkg / "gpt4all_loader"
+    if not link.exists():
+        link.symlink_to((checkout / "loader").resolve(), target_is_directory=True)
+    s = our_server(model, threads, clients, logdir)
+    s.name, s.log = "baseline", logdir / "baseline.log"
+    s.env = {"PYTHONPATH": str(pkg)}
+    return s
+
+
 def peer_server(binary: Path, model: Path, threads: int, clients: int, n_ctx: int, logdir: Path) -> Server:
     port = free_port()
     cmd = [str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(clients),
@@ -152,6 +176,7 @@ def per_slot_context(model: Path) -> int:
 class Reply:
     start: float
     first: float | None = None
+    last: float | None = None
     end: float = 0.0
     tokens: int = 0
     chunks: int = 0
@@ -179,8 +204,9 @@ def stream_one(server: Server, i: int, max_tokens: int, barrier: threading.Barri
             if ev.usage is not None:
                 usage = ev.usage
             if ev.choices and ev.choices[0].delta.content:
+                r.last = time.perf_counter()
                 if r.first is None:
-                    r.first = time.perf_counter()
+                    r.first = r.last
                 r.chunks += 1
         r.end = time.perf_counter()
     except Exception as e:  # noqa: BLE001 - a failed request is reported, not fatal
@@ -234,6 +260,11 @@ def single_tps(r: Reply) -> float:
     return r.tokens / (r.end - r.start) if r.end > r.start else 0.0
 
 
+def between_tokens(r: Reply) -> float | None:
+    """Seconds from one content chunk to the next, on average over one reply."""
+    return (r.last - r.first) / (r.chunks - 1) if r.first is not None and r.last is not None and r.chunks > 1 else None
+
+
 def aggregate_tps(rs: list[Reply]) -> float:
     span = max(r.end for r in rs) - min(r.start for r in rs)
     return sum(r.tokens for r in rs) / span if span > 0 else 0.0
@@ -256,6 +287,7 @@ class Figures:
         out: dict[str, Any] = {
             "tps_1": med([single_tps(r) for r in self.single]) if self.single else None,
             "ttft_1": med([r.ttft for r in self.single]) if self.single else None,
+            "itl_1": med(gaps) if (gaps := [g for r in self.single if (g := between_tokens(r)) is not None]) else None,
             "tps_many": med([aggregate_tps(g) for g in self.many]) if self.many else None,
             "ttft_p50": percentile(ttft, 0.5) if ttft else None,
             "ttft_p95": percentile(ttft, 0.95) if ttft else None,
@@ -321,13 +353,15 @@ def _ratio(name: str, ours: float | None, peer: float | None) -> str:
 
 
 def render(results: dict[str, dict[str, Any]], clients: int) -> str:
-    cols = ["server", "tok/s 1 client", "TTFT 1 client s", f"aggregate tok/s {clients} clients",
+    cols = ["server", "tok/s 1 client", "TTFT 1 client s", "ms between tokens 1 client",
+            f"aggregate tok/s {clients} clients",
             f"TTFT p50 s ({clients})", f"TTFT p95 s ({clients})", "tok/s busy", "busy/idle", "tokens per reply"]
     lines = ["tok/s: median (min-max) over the rounds; TTFT: over every request",
              "| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for name, s in results.items():
         lines.append("| " + " | ".join([
             name, _num(s["tps_1"], spread=s["range"]["tps_1"]), _num(s["ttft_1"], ".2f"),
+            _num(s["itl_1"] * 1e3 if s["itl_1"] is not None else None, ".2f"),
             _num(s["tps_many"], spread=s["range"]["tps_many"]), _num(s["ttft_p50"], ".2f"), _num(s["ttft_p95"], ".2f"),
             _num(s["tps_busy"], spread=s["range"]["tps_busy"]), _num(s["busy_idle"], ".2f"),
             ",".join(map(str, s["tokens"]))]) + " |")
@@ -344,8 +378,17 @@ def render(results: dict[str, dict[str, Any]], clients: int) -> str:
         ratios[:0] = [_ratio("tok/s 1 client", ours["tps_1"], peer["tps_1"]),
                       _ratio("aggregate tok/s", ours["tps_many"], peer["tps_many"]),
                       _ratio("p95 TTFT", ours["ttft_p95"], peer["ttft_p95"])]
+        if ours["itl_1"] and peer["itl_1"]:
+            ratios.insert(1, f"time between tokens, 1 client: {ours['itl_1'] / peer['itl_1']:.2f}x")
+    base = results.get("baseline")
     if ratios:
         lines += ["", "ours / llama-server:" if peer is not None else "ours:"] + [f"* {r}" for r in ratios]
+    if base is not None:
+        lines += ["", "ours / baseline:"] + [
+            f"* {label}: {ours[k] / base[k]:.2f}x" for label, k in (
+                ("tok/s 1 client", "tps_1"), ("time between tokens, 1 client", "itl_1"),
+                ("aggregate tok/s", "tps_many"), ("p95 TTFT", "ttft_p95"), ("tok/s busy", "tps_busy"))
+            if ours.get(k) and base.get(k)]
     for name, s in results.items():
         if s["errors"]:
             lines.append(f"* {name}: failed requests, e.g. {s['errors'][0]}")
@@ -365,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-busy", action="store_true", help="leave out the busy case (same as --hogs 0)")
     ap.add_argument("--peer-native", action="store_true",
                     help="llama-server built with GGML_NATIVE=ON instead of our CPU variant's options")
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="also run ours from another checkout of this repository (e.g. a git worktree of main)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
@@ -379,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve.{os.getpid()}"
     logdir.mkdir(parents=True, exist_ok=True)
     servers = [our_server(model, a.threads, a.clients, logdir)]
+    if a.baseline is not None:
+        servers.append(baseline_server(a.baseline, model, a.threads, a.clients, logdir))
     if not a.no_peer:
         from peer_server import build_peer
 
@@ -398,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
               f"max_tokens={a.max_tokens}, rounds={a.rounds}, hogs={a.hogs}, per-slot n_ctx={n_ctx}; load average "
               f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; {time.time() - t0:.0f} s; "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-              + "\n".join(f"{s.name}: {shlex.join(s.cmd)}" for s in servers))
+              + "\n".join(f"{s.name}: {' '.join(f'{k}={v}' for k, v in s.env.items())}{' ' if s.env else ''}"
+                          f"{shlex.join(s.cmd)}" for s in servers))
     if a.json:
         print(json.dumps({"header": header, "results": results}, indent=2))
     else:
