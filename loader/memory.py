@@ -196,17 +196,18 @@ def _recurrent_state(h: dict[str, Any], n_embd: int) -> int:
     return 0
 
 
-def _layer_bytes(facts: FileFacts, n_layer: int) -> list[int] | None:
-    """Bytes of each ``blk.N.*`` layer where the reader kept the tensor table (GGUF), else None."""
+def _layer_bytes(facts: FileFacts, n_layer: int) -> dict[int, int] | None:
+    """Bytes of each ``blk.N.*`` layer where the reader kept the tensor table (GGUF), else None: {N: bytes}
+    for the layers that have tensors (a hostile ``n_layer`` of 2**31 must not make a list that long)."""
     tensors = facts.tensors
     if not tensors or not n_layer:
         return None
-    per = [0] * n_layer
+    per: dict[int, int] = {}
     for name, (_t, _ne, nbytes) in tensors.items():
         if name.startswith("blk."):
             idx = name.split(".", 2)[1]
             if idx.isdigit() and int(idx) < n_layer:
-                per[int(idx)] += nbytes
+                per[int(idx)] = per.get(int(idx), 0) + nbytes
     return per
 
 
@@ -291,19 +292,21 @@ def estimate(facts: FileFacts, *, ctx_size: int | None = None, gpu_layers: int =
         out = tensors["output.weight"][2] if "output.weight" in tensors else 0
     else:
         out = emb if (legacy or bool(h.get("has_output", True))) else 0
-    layers = _layer_bytes(facts, n_layer)
-    if layers is None:
-        repeating = max(weights - emb - out, weights // 2 if weights else 0)
-        layers = [repeating // n_layer] * n_layer if n_layer else []
-    per_layer = max(layers) if layers else 0
-
     offloaded = min(gpu_layers, n_layer) if n_layer else 0
+    layers = _layer_bytes(facts, n_layer)
+    if layers is None:   # no tensor table: the repeating weights shared evenly
+        repeating = max(weights - emb - out, weights // 2 if weights else 0)
+        per_layer = repeating // n_layer if n_layer else 0
+        offloaded_bytes = per_layer * offloaded
+    else:                # the last ``offloaded`` layers, each with its own tensors
+        per_layer = max(layers.values(), default=0)
+        offloaded_bytes = sum(b for i, b in layers.items() if i >= n_layer - offloaded)
     # llama.cpp offloads the last layers first (i_gpu_start = n_layer - n_gpu_layers)
     output_offloaded = bool(n_layer) and gpu_layers > n_layer
     # an output tied to the token embedding is loaded a second time onto the GPU (TENSOR_DUPLICATED)
     tied = output_offloaded and bool(tensors) and not out and "token_embd.weight" in tensors
     copy = tensors["token_embd.weight"][2] if tied else 0
-    vram_weights = sum(layers[n_layer - offloaded:]) + (out if output_offloaded else 0) + copy
+    vram_weights = offloaded_bytes + (out if output_offloaded else 0) + copy
     if not n_layer and gpu_layers:  # nothing known about layers: all or nothing
         vram_weights = weights
     vram_weights = min(vram_weights, weights + copy)

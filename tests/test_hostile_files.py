@@ -134,6 +134,28 @@ def test_matrix_verdict(name, era, matrix_files):
     assert probe(matrix_files[name]).reasons[era] == v.reasons
 
 
+def test_memory_estimates_of_every_hostile_file_stay_small(matrix_files):
+    """The estimate that probe() gives every file is arithmetic on the header: a hostile n_layer of
+    2**31 - 1 once made a list that long (17 GB).  Run in a child held to 1 GiB of address space, so that a
+    regression fails this test instead of the machine."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from gpt4all_loader.formats.sniff import read_facts\n"
+        "from gpt4all_loader.memory import estimate\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        facts = read_facts(path)\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    for layers in (0, 5, 2**31 - 1):\n"
+        "        estimate(facts, gpu_layers=layers)\n"
+        "print('ok', len(sys.argv) - 1)\n")
+    paths = [str(p) for p in matrix_files.values()]
+    cp = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0 and cp.stdout.startswith("ok"), cp.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def matrix_runs(matrix_files):
     """Every (family, built era) pair loaded in children, several files per child (one child per era)."""
