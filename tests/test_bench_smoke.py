@@ -41,13 +41,21 @@ def test_generate_bench_report_renders():
 
 def test_serve_bench_report_renders():
     bs = _module("bench_serve")
-    ours = [bs.Reply(start=0.0, first=0.5, end=2.0, tokens=48), bs.Reply(start=0.0, first=1.0, end=4.0, tokens=48)]
-    peer = [bs.Reply(start=0.0, first=0.25, end=1.0, tokens=48), bs.Reply(start=0.0, first=0.5, end=2.0, tokens=48)]
+    # 48 content chunks each: 30 ms apart for ours, 15 ms for the peer and 24 ms for a baseline
+    ours = [bs.Reply(start=0.0, first=0.5, last=0.5 + 47 * 0.030, end=2.0, tokens=48, chunks=48),
+            bs.Reply(start=0.0, first=1.0, end=4.0, tokens=48)]
+    peer = [bs.Reply(start=0.0, first=0.25, last=0.25 + 47 * 0.015, end=1.0, tokens=48, chunks=48),
+            bs.Reply(start=0.0, first=0.5, end=2.0, tokens=48)]
+    base = [bs.Reply(start=0.0, first=0.5, last=0.5 + 47 * 0.024, end=1.6, tokens=48, chunks=48)]
     figs = {"ours": bs.Figures(single=ours[:1], many=[ours], busy=ours[1:]),
+            "baseline": bs.Figures(single=base, many=[base]),
             "llama-server": bs.Figures(single=peer[:1], many=[peer], busy=peer[1:])}
     text = bs.render({k: f.summary() for k, f in figs.items()}, 2)
-    assert "| ours | 24.0 | 0.50 | 24.0 |" in text and "median (min-max)" in text
+    assert "| ours | 24.0 | 0.50 | 30.00 | 24.0 |" in text and "median (min-max)" in text
     assert "tok/s 1 client: 0.50x (target >= 0.9x: not met)" in text
+    assert "time between tokens, 1 client: 2.00x" in text
+    assert "ours / baseline:" in text and "* time between tokens, 1 client: 1.25x" in text
+    assert "* tok/s 1 client: 0.80x" in text.split("ours / baseline:")[1]
     assert "aggregate tok/s: 0.50x" in text and "p95 TTFT: 2.00x (target <= 1.5x: not met)" in text
     assert "busy/idle (ours): 0.50x (target >= 0.4x: met)" in text
     assert bs.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5

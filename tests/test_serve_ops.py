@@ -190,6 +190,18 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+def rest_until_closed(sock: socket.socket, timeout: float = 30) -> bytes:
+    """What the server still sends before it closes the connection (a reset ends it too)."""
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while data := sock.recv(65536):
+            out += data
+    except ConnectionResetError:
+        pass
+    return out
+
+
 def closed_by_server(sock: socket.socket, timeout: float = 30) -> bool:
     """True when the server closes the connection within ``timeout`` seconds (whatever else it sends)."""
     sock.settimeout(timeout)
@@ -301,8 +313,8 @@ def test_flood_of_headers_is_400(server):
         except OSError:
             pass  # the server closed while the rest was still on its way
         status, headers, body = read_response(sock)
+        body += rest_until_closed(sock)   # the 400's body is chunked: it may come in a later segment
         assert status == 400 and headers["connection"] == "close" and b"Invalid HTTP request" in body
-        assert closed_by_server(sock)
 
 
 def test_connection_limit(model_path, tmp_path):
