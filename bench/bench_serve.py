@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
               f"max_tokens={a.max_tokens}, rounds={a.rounds}, hogs={a.hogs}, per-slot n_ctx={n_ctx}; load average "
               f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; {time.time() - t0:.0f} s; "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-              + "\n".join(f"{s.name}: {shlex.join([*(f'{k}={v}' for k, v in s.env.items()), *s.cmd])}"
-                          for s in servers))
+              + "\n".join(f"{s.name}: " + " ".join([*(f"{k}={shlex.quote(v)}" for k, v in s.env.items()),
+                                                      shlex.join(s.cmd)]) for s in servers))
     if a.json:
         print(json.dumps({"header": header, "results": results}, indent=2))
     else:
