@@ -67,6 +67,35 @@ def test_the_logits_do_not_depend_on_the_thread_count(tiny_llama, tmp_path_facto
         assert got[0] == got[1], backend
 
 
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads are counted in /proc")
+def test_a_model_keeps_its_decode_threads(tiny_llama, tmp_path_factory):
+    """Eras with ggml's thread pool (``G4A_THREADPOOL``) keep n_threads - 1 helper threads from load to close.
+    Without it the engine started and joined its helpers at every graph: a new thread per generated token,
+    which beside a busy server waits for a core each time (bench/RESULTS.md)."""
+    from gpt4all_loader.engines.manifest import load_manifest
+
+    pooled = {name for name, b in load_manifest().items() if "G4A_THREADPOOL" in b.api_defines}
+    assert {"gguf-2024-09", "gguf-2026-10"} <= pooled
+    eras = {b: p for b, p in every_era(tiny_llama, tmp_path_factory).items() if b in pooled}
+    assert eras
+    for backend, path in eras.items():
+        before = _threads()
+        m = g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=3)
+        helpers = _threads() - before
+        assert len(helpers) == 2, backend
+        for _ in m.generate_tokens(PROBE_TOKENS, max_tokens=8, temperature=0):
+            assert _threads() - before == helpers, backend
+        m._lib.g4a_set_threads(m._h(), 1)   # fewer threads for a while: the pool stays
+        m.evaluate(PROBE_TOKENS)
+        assert _threads() - before == helpers, backend
+        m.close()
+        assert _threads() == before, backend   # closed with the model
+
+
 def test_the_rule_leaves_the_other_programs_their_cores():
     mine = len(os.sched_getaffinity(0))
     for _ in range(cores.WINDOW):

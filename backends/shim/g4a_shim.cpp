@@ -48,6 +48,9 @@ struct g4a_model : g4a_model_state {
 #if G4A_API_GEN >= 6
     const llama_vocab *vocab = nullptr;
 #endif
+#ifdef G4A_THREADPOOL
+    ggml_threadpool *threadpool = nullptr;   // the decode threads, for the model's life (compat_load)
+#endif
     int32_t n_batch = 512;
     int32_t n_gpu_layers = 0;
     bool embeddings = false;
@@ -163,12 +166,28 @@ static bool compat_load(g4a_model *m, const char *path, const g4a_load_params *p
 #else
     m->ctx = llama_new_context_with_model(m->model, cp);
 #endif
+#ifdef G4A_THREADPOOL
+    // Without a pool of its own the engine starts and joins its helper threads at every graph: a new
+    // thread per generated token, which beside a busy server waits for a core each time.  One pool of the
+    // loaded count (g4a_set_threads uses fewer of them); poll 0: between decodes the threads sleep, so an
+    // idle model costs no CPU and a busy machine's load readings see only real work.  Spinning between
+    // decodes (poll 50, llama-server's default) measured slower here (bench/RESULTS.md).
+    if (m->ctx) {
+        ggml_threadpool_params tpp = ggml_threadpool_params_default(m->n_threads);
+        tpp.poll = 0;
+        m->threadpool = ggml_threadpool_new(&tpp);
+        if (m->threadpool) llama_attach_threadpool(m->ctx, m->threadpool, nullptr);   // else: as before
+    }
+#endif
     return m->ctx != nullptr;
 #endif
 }
 
 static void compat_free(g4a_model *m) {
     if (m->ctx) llama_free(m->ctx);
+#ifdef G4A_THREADPOOL
+    if (m->threadpool) ggml_threadpool_free(m->threadpool);   // after the context that used it
+#endif
 #if G4A_API_GEN >= 6
     if (m->model) llama_model_free(m->model);
 #elif G4A_API_GEN >= 2
