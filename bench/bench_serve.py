@@ -2,7 +2,7 @@
 
     python bench/bench_serve.py [--rounds 3] [--clients 8] [--threads 2] [--max-tokens 48] [--hogs N]
                                 [--quick] [--no-peer] [--no-busy] [--peer-native] [--baseline CHECKOUT]
-                                [--json]
+                                [--baseline-cache DIR] [--json]
 
 Both servers serve SmolLM2-135M-Instruct Q4_1 (``gpt4all_loader.testing.realfiles``) with ``--threads``
 CPU threads: ours (``python -m gpt4all_loader.cli.serve FILE --threads N``, plus ``--parallel CLIENTS``
@@ -31,7 +31,10 @@ token, apart from the request's start.
 
 ``--baseline CHECKOUT`` runs a third server, "baseline": ours from another checkout of this repository
 (its ``loader/`` imported as ``gpt4all_loader``, same libraries and cache), measured in the same rounds, so
-that a change is compared with what it replaces on the same machine at the same time.
+that a change is compared with what it replaces on the same machine at the same time.  For a change of
+native code, ``--baseline-cache DIR`` gives the baseline a library cache of its own: build the checkout's
+libraries there first (``GPT4ALL_LOADER_CACHE=DIR python CHECKOUT/build_backends.py --only gguf-2026-10
+--variant cpu``).
 """
 from __future__ import annotations
 
@@ -142,9 +145,10 @@ def our_server(model: Path, threads: int, clients: int, logdir: Path) -> Server:
     return Server("ours", cmd, port, model.name, logdir / "ours.log")
 
 
-def baseline_server(checkout: Path, model: Path, threads: int, clients: int, logdir: Path) -> Server:
+def baseline_server(checkout: Path, model: Path, threads: int, clients: int, logdir: Path,
+                    cache: Path | None = None) -> Server:
     """Ours from another checkout: its ``loader/`` is imported as ``gpt4all_loader`` (PYTHONPATH), workers
-    included; the libraries and the cache are this machine's."""
+    included; the libraries and the cache are this machine's, or those in ``cache``."""
     pkg = logdir / "baseline-path"
     pkg.mkdir(exist_ok=True)
     link = pkg / "gpt4all_loader"
@@ -153,6 +157,8 @@ def baseline_server(checkout: Path, model: Path, threads: int, clients: int, log
     s = our_server(model, threads, clients, logdir)
     s.name, s.log = "baseline", logdir / "baseline.log"
     s.env = {"PYTHONPATH": str(pkg)}
+    if cache is not None:
+        s.env["GPT4ALL_LOADER_CACHE"] = str(cache.resolve())
     return s
 
 
@@ -410,12 +416,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama-server built with GGML_NATIVE=ON instead of our CPU variant's options")
     ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                     help="also run ours from another checkout of this repository (e.g. a git worktree of main)")
+    ap.add_argument("--baseline-cache", type=Path, metavar="DIR",
+                    help="the baseline's library cache (GPT4ALL_LOADER_CACHE), for a change of native code")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.rounds = 1
     if a.no_busy:
         a.hogs = 0
+    if a.baseline_cache is not None and a.baseline is None:
+        ap.error("--baseline-cache DIR goes with --baseline CHECKOUT")
 
     from gpt4all_loader.testing.realfiles import smollm2_path
 
@@ -425,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     servers = [our_server(model, a.threads, a.clients, logdir)]
     if a.baseline is not None:
-        servers.append(baseline_server(a.baseline, model, a.threads, a.clients, logdir))
+        servers.append(baseline_server(a.baseline, model, a.threads, a.clients, logdir, a.baseline_cache))
     if not a.no_peer:
         from peer_server import build_peer
 
