@@ -72,7 +72,7 @@ def _threads() -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads are counted in /proc")
-def test_a_model_keeps_its_decode_threads(tiny_llama, tmp_path_factory):
+def test_a_model_keeps_its_decode_threads(tiny_llama, tmp_path_factory, monkeypatch):
     """Eras with ggml's thread pool (``G4A_THREADPOOL``) keep n_threads - 1 helper threads from load to close.
     Without it the engine started and joined its helpers at every graph: a new thread per generated token,
     which beside a busy server waits for a core each time (bench/RESULTS.md)."""
@@ -84,15 +84,15 @@ def test_a_model_keeps_its_decode_threads(tiny_llama, tmp_path_factory):
     assert eras
     for backend, path in eras.items():
         before = _threads()
-        m = g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=3)
-        helpers = _threads() - before
-        assert len(helpers) == 2, backend
-        for _ in m.generate_tokens(PROBE_TOKENS, max_tokens=8, temperature=0):
+        with g.load(path, backend=backend, device="cpu", n_ctx=64, n_threads=3) as m:
+            helpers = _threads() - before
+            assert len(helpers) == 2, backend
+            for _ in m.generate_tokens(PROBE_TOKENS, max_tokens=8, temperature=0):
+                assert _threads() - before == helpers, backend
+            with monkeypatch.context() as mp:   # decodes on fewer threads for a while: the pool stays
+                mp.setattr(cores, "decode_threads", lambda: 1)
+                m.generate(PROBE_TOKENS, max_tokens=4, temperature=0)
             assert _threads() - before == helpers, backend
-        m._lib.g4a_set_threads(m._h(), 1)   # fewer threads for a while: the pool stays
-        m.evaluate(PROBE_TOKENS)
-        assert _threads() - before == helpers, backend
-        m.close()
         assert _threads() == before, backend   # closed with the model
 
 
