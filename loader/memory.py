@@ -206,8 +206,8 @@ def _layer_bytes(facts: FileFacts, n_layer: int) -> dict[int, int] | None:
     for name, (_t, _ne, nbytes) in tensors.items():
         if name.startswith("blk."):
             idx = name.split(".", 2)[1]
-            if idx.isdigit() and int(idx) < n_layer:
-                per[int(idx)] = per.get(int(idx), 0) + nbytes
+            if idx.isdigit() and (i := int(idx)) < n_layer:
+                per[i] = per.get(i, 0) + nbytes
     return per
 
 
