@@ -19,6 +19,7 @@ Protocol: every request carries an id (``rid``) that its replies carry back, so 
     ("call", rid, name, args, kwargs)       -> ("ok", rid, value)   a method call, or a property when args is None
     ("iter", rid, name, args, kwargs)       -> ("item", rid, x)* then ("end", rid, GenerationStats)
     ("credit", rid, n)                      the stream may send n more items (no reply)
+    ("attach", rid) + a descriptor          a direct stream's connection (below), sent with SCM_RIGHTS
     ("cancel", rid)                         stop that stream: its generator is closed, its "end" follows
     ("exit",)                               cancel every stream, answer the calls in flight, free the model, exit
     any request                             -> ("err", rid, exception) when the Model raised
@@ -32,6 +33,17 @@ what that stream's consumer has taken, then its thread waits for credit (or a ca
 holds at most a window per stream, a stalled consumer stalls only its own stream's thread, and the
 socket never fills with one stream's items ahead of another's replies.
 
+Direct streams: a stream started with an encoder (:meth:`_Stream.direct`) is written by the worker itself to
+a connection the parent hands over, so no piece crosses the channel and the parent spends nothing per piece
+(the server's per-token path).  The "iter" request carries the encoder (pickled: a callable from a piece to
+the bytes to write); the worker encodes the first piece, sends ``("item", rid, None)`` (the first piece is
+ready; an error or an empty stream ends as usual instead) and waits for ``("attach", rid)`` and the
+descriptor, then writes that piece and every later one itself, waiting for a slow reader as long as it takes
+(a cancel ends the wait).  It closes its copy of the descriptor before its "end", so the parent owns the
+connection again when the end arrives; a reader that went away ends the stream early (its
+``finish_reason`` is "cancelled").  While it writes (or waits to) it sends ``("tick", rid, None)`` at least
+every :data:`TICK` seconds, so the hang rule still sees it alive.  No credit window applies.
+
 Hang: the worker counts as hung when it owes an answer (a request is outstanding and no stream is
 waiting for its consumer's credit, which may be what holds the others up) and has sent nothing at all
 for ``timeout`` seconds; it is then killed and every outstanding request fails with one BackendError.
@@ -39,11 +51,13 @@ A worker that dies fails every outstanding request with the same BackendError na
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import itertools
 import os
 import pickle
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -69,6 +83,8 @@ DEFAULT_TIMEOUT = 300.0
 EXIT_GRACE = 5.0
 #: items the worker may stream ahead of a stream's consumer; credit goes back every half window consumed
 STREAM_WINDOW = 64
+#: seconds between a direct stream's signs of life (its pieces do not cross the channel)
+TICK = 1.0
 
 
 def _dumps(msg: Any) -> memoryview:
@@ -215,6 +231,13 @@ class _Channel:
             req.granted += n
         self._send(_dumps(("credit", req.id, n)))
 
+    def attach(self, req: _Request, fd: int) -> None:
+        """Hand the worker a copy of descriptor ``fd`` for the direct stream ``req`` (the message, then the
+        descriptor as SCM_RIGHTS data, under one lock so that nothing comes between)."""
+        with self._send_lock, socket.fromfd(self._conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            self._conn.send_bytes(_dumps(("attach", req.id)))
+            s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+
     def _unpark(self, req: _Request) -> None:
         """(With the lock) the worker may go on with ``req``: its silence counts from now."""
         if req.parked:
@@ -244,8 +267,8 @@ class _Channel:
             with self._state:
                 self._clock = time.monotonic()
                 req = self._requests.get(rid)
-                if req is None:
-                    continue  # its caller stopped waiting
+                if req is None or kind == "tick":
+                    continue  # its caller stopped waiting, or a direct stream is alive
                 if kind == "item":
                     req.received += 1
                 else:
@@ -349,11 +372,12 @@ class _Stream:
                  callback: Callable[[str], bool] | None) -> None:
         self._owner = owner
         self._name = name
-        self._payload = (name, args, kwargs)
+        self._payload: tuple[Any, ...] = (name, args, kwargs)
         self._callback = callback
         self._req: _Request | None = None
         self._done = False
         self._taken = 0  # items consumed since credit was last given back
+        self._direct = False
         self._thread = threading.get_ident()
         #: what this generation did (the worker Model's record of it), once the stream has ended
         self.stats: GenerationStats | None = None
@@ -390,6 +414,24 @@ class _Stream:
         except StopIteration:
             raise StopAsyncIteration from None
 
+    def direct(self, encode: Callable[[Any], bytes]) -> None:
+        """Let the worker write this stream itself to a connection given later with :meth:`attach`, each
+        piece as ``encode(piece)`` (``encode`` is pickled to the worker; the module docstring has the
+        protocol).  Call it before the first item; then the stream yields one ``None`` when its first piece
+        is ready, and ends (with ``stats``) when the worker has written its last piece and let go of the
+        connection."""
+        if self._req is not None or self._callback is not None:
+            raise RuntimeError("direct(): before the first item, on a stream without a callback")
+        self._payload = (*self._payload, encode)
+        self._direct = True
+
+    def attach(self, fd: int) -> None:
+        """Give the worker the connection of a :meth:`direct` stream (a copy of descriptor ``fd``), after its
+        first ``None``; nothing else may write to it until the stream ends."""
+        if not self._direct or self._req is None:
+            raise RuntimeError("attach(): after the first item of a direct stream")
+        self._owner._chan.attach(self._req, fd)
+
     def _begin(self) -> _Request:
         """The request of this stream, sent at the first item asked for."""
         if self._req is None:
@@ -410,6 +452,8 @@ class _Stream:
         """One message of the worker: the item it carries (credit goes back every half window), else the end
         (StopIteration) or the error it carries, raised."""
         if kind == "item":
+            if self._direct:
+                return value
             self._taken += 1
             if self._taken >= STREAM_WINDOW // 2:
                 self._owner._chan.grant(req, self._taken)
@@ -656,12 +700,14 @@ class IsolatedModel(Closing):
 # The worker side
 
 class _Credit:
-    """How many more items one stream may send, and whether its consumer cancelled it."""
+    """How many more items one stream may send, whether its consumer cancelled it, and (a direct stream) the
+    connection it writes to."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._left = STREAM_WINDOW
         self.cancelled = False
+        self.sink: socket.socket | None = None
 
     def grant(self, n: int) -> None:
         with self._cond:
@@ -682,6 +728,24 @@ class _Credit:
                 return False
             self._left -= 1
             return True
+
+    def attach(self, fd: int) -> None:
+        with self._cond:
+            self.sink = socket.socket(fileno=fd)
+            self.sink.setblocking(False)  # as it is in the parent's event loop: the flag is shared
+            self._cond.notify()
+
+    def wait_sink(self, tick: Callable[[], None]) -> socket.socket | None:
+        """The connection, once attached (None when the stream was cancelled first); ``tick`` every TICK."""
+        with self._cond:
+            while self.sink is None and not self.cancelled:
+                if not self._cond.wait(TICK):
+                    tick()
+            return None if self.cancelled else self.sink
+
+    def close_sink(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
 
 
 class _Worker:
@@ -706,7 +770,15 @@ class _Worker:
             op = msg[0]
             if op == "exit":
                 break
-            if op in ("credit", "cancel"):  # may come after the stream ended: then there is nothing to do
+            if op == "attach":  # the descriptor follows; a stream that has ended meanwhile lets it go
+                fd = self._receive_fd()
+                with self._streams_lock:
+                    credit = self._streams.get(msg[1])
+                    if credit is not None:
+                        credit.attach(fd)
+                if credit is None:
+                    os.close(fd)
+            elif op in ("credit", "cancel"):  # may come after the stream ended: then there is nothing to do
                 with self._streams_lock:
                     credit = self._streams.get(msg[1])
                 if credit is not None and op == "credit":
@@ -736,6 +808,17 @@ class _Worker:
         if self._model is not None:
             self._model.close()
 
+    def _receive_fd(self) -> int:
+        with socket.fromfd(self._conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            fds = array.array("i")
+            _, ancillary, _, _ = s.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[:fds.itemsize])
+        if not fds:
+            raise OSError("an attach came without its descriptor")
+        return fds[0]
+
     def _send(self, msg: tuple[Any, ...]) -> None:
         data = _dumps(msg)  # outside the lock: a value that does not pickle raises before anything is sent
         with self._send_lock:
@@ -760,12 +843,16 @@ class _Worker:
         except OSError:
             pass  # the parent went away: the receive loop ends
 
-    def _iter(self, rid: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _iter(self, rid: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              encode: Callable[[Any], bytes] | None = None) -> None:
         with self._streams_lock:
             credit = self._streams[rid]
         try:
             try:
-                stats = self._run(rid, credit, getattr(self._model, name)(*args, **kwargs))
+                it = getattr(self._model, name)(*args, **kwargs)
+                stats = self._run(rid, credit, it) if encode is None else self._write(rid, credit, it, encode)
+                with self._streams_lock:  # the connection is the parent's again before the end says so
+                    credit.close_sink()
                 self._send(("end", rid, stats))
             except Exception as e:  # noqa: BLE001 - every error of the Model goes back to the caller
                 self._error(rid, e)
@@ -774,6 +861,7 @@ class _Worker:
         finally:
             with self._streams_lock:
                 del self._streams[rid]
+                credit.close_sink()
 
     def _run(self, rid: int, credit: _Credit, it: Any) -> GenerationStats | None:
         """Stream ``it`` within its credit until it ends or is cancelled; the stats of its generation.
@@ -794,6 +882,56 @@ class _Worker:
         finally:
             it.close()  # in this thread, which holds what the generation holds
         return self._model.last_generation if stats is None else stats
+
+
+    def _write(self, rid: int, credit: _Credit, it: Any, encode: Callable[[Any], bytes]) -> GenerationStats | None:
+        """A direct stream: write ``encode(x)`` of every item to the attached connection (the module
+        docstring); stops early when cancelled or when the reader has gone; the stats of its generation."""
+        stats: GenerationStats | None = None
+        sink: socket.socket | None = None
+        last = time.monotonic()
+
+        def tick() -> None:
+            nonlocal last
+            last = time.monotonic()
+            self._send(("tick", rid, None))
+
+        try:
+            for x in it:
+                if stats is None:
+                    stats = self._model.last_generation
+                data = encode(x)
+                if sink is None:
+                    self._send(("item", rid, None))  # the first piece is ready: the parent attaches
+                    sink = credit.wait_sink(tick)
+                    if sink is None:
+                        break
+                if not _write_all(sink, data, credit, tick) or credit.cancelled:
+                    break
+                if time.monotonic() - last >= TICK:
+                    tick()
+        finally:
+            it.close()
+        return self._model.last_generation if stats is None else stats
+
+
+def _write_all(sink: socket.socket, data: bytes, credit: _Credit, tick: Callable[[], None]) -> bool:
+    """Write all of ``data`` to a non-blocking connection, waiting as long as its reader takes (a tick every
+    TICK, a cancel ends the wait); False when cancelled or when the reader has gone."""
+    view = memoryview(data)
+    writable = select.poll()
+    writable.register(sink, select.POLLOUT)
+    while view:
+        try:
+            view = view[sink.send(view, socket.MSG_NOSIGNAL):]
+        except BlockingIOError:
+            if not writable.poll(TICK * 1000):
+                tick()
+                if credit.cancelled:
+                    return False
+        except OSError:  # reset, broken pipe: the reader went away
+            return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """load(..., isolated=True): the Model API with the engine in a worker process, and its faults as errors."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 from conftest import require_backend
 
 from gpt4all_loader import BackendError, ContextLengthError, FormatError, ModelClosedError, UnsupportedModelError, load
+from gpt4all_loader.cli.replies import Choice, WireChunks
 from gpt4all_loader.formats.writer import TinyLlama, write_llama
 from gpt4all_loader.worker import STREAM_WINDOW, IsolatedModel
 
@@ -386,3 +389,87 @@ def _catch(f):
         return f()
     except BaseException as e:  # noqa: BLE001 - the test looks at it
         return e
+
+
+# -- direct streams: the worker writes to a connection handed over ----------------------------------
+
+def _unchunk(data: bytes) -> list[bytes]:
+    """The payloads of HTTP/1.1 chunks, checking their framing."""
+    out = []
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        n = int(size, 16)
+        assert rest[n:n + 2] == b"\r\n", "a chunk's framing is broken"
+        out.append(rest[:n])
+        data = rest[n + 2:]
+    return out
+
+
+def _read_all(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_direct_stream_writes_each_piece_to_the_connection(pair):
+    iso, _ = pair
+    expect = list(iso.generate("hello", stream=True, max_tokens=12, temperature=0))
+    it = iso.generate("hello", stream=True, max_tokens=12, temperature=0)
+    it.direct(str.encode)  # pickled to the worker
+    assert next(it) is None  # the first piece is ready; nothing is written before the connection comes
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        it.attach(ours.fileno())
+        ours.close()  # the worker holds its own copy until the stream's end
+        assert list(it) == []  # the pieces went to the connection, not here
+        assert _read_all(theirs) == "".join(expect).encode()  # and the worker let go of it before its end
+    assert it.stats.completion_tokens == 12 and it.stats.finish_reason == "length"
+
+
+def test_a_direct_stream_ends_when_its_reader_goes_away(pair):
+    iso, _ = pair
+    it = iso.generate("hello", stream=True, max_tokens=200, temperature=0)
+    it.direct(str.encode)
+    assert next(it) is None
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        it.attach(ours.fileno())
+    assert list(it) == []
+    assert it.stats.finish_reason == "cancelled" and it.stats.completion_tokens < 200
+    assert iso.generate("hello", max_tokens=3, temperature=0)  # the model goes on
+
+
+def test_a_slow_direct_reader_is_waited_for_and_a_cancel_ends_the_wait(gguf):
+    """A reader that takes nothing for longer than the hang time-out: the worker waits (its ticks keep
+    it alive), then writes the rest; a stream whose reader never reads ends at a cancel."""
+    m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
+    m._chan._timeout = 1.5
+    wide = WireChunks(Choice(0, "completion"), "x" * 4000)  # about 4 KB a piece: the buffer fills at once
+    expect = list(m.generate("hello", stream=True, max_tokens=30, temperature=0))
+    for cancel in (False, True):
+        it = m.generate("hello", stream=True, max_tokens=30, temperature=0)
+        it.direct(wide)
+        assert next(it) is None
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        with ours, theirs:
+            it.attach(ours.fileno())
+            ours.close()
+            time.sleep(3)
+            assert m.alive and not it._done  # waiting for its reader, not hung
+            if cancel:
+                t0 = time.monotonic()
+                it.close()
+                assert time.monotonic() - t0 < 10 and it.stats.finish_reason == "cancelled"
+                continue
+            got: list[bytes] = []
+            reader = threading.Thread(target=lambda: got.append(_read_all(theirs)))
+            reader.start()
+            assert list(it) == []
+            reader.join(TIMEOUT)
+        pieces = [json.loads(p.removeprefix(b"x" * 4000).removesuffix(b"]}\n\n"))["text"] for p in _unchunk(got[0])]
+        assert pieces == expect and it.stats.completion_tokens == 30
+    assert m.alive
+    m.close()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -168,6 +169,72 @@ def test_completion_plain_streamed_and_greedy(server, greedy, folder):
     # a legacy ggjt file answers the same way, greedy equal to the in-process engine
     old = c.completions.create(model=GGJT, prompt="hello", max_tokens=6, temperature=0)
     assert old.choices[0].text == greedy(GGJT, "hello", 6)
+
+
+def _sse_texts(raw: bytes) -> tuple[str, list[str]]:
+    """The text of a streamed completion and its events' kinds: it must end with one [DONE]."""
+    events = [e.removeprefix("data: ") for e in raw.decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1, events[-3:]
+    chunks = [json.loads(e) for e in events[:-1]]
+    return "".join(c["choices"][0]["text"] for c in chunks if c["choices"]), [c["object"] for c in chunks]
+
+
+def test_streams_over_one_kept_alive_connection_and_over_http_1_0(server, greedy):
+    """A stream's pieces are written by the model's worker to the connection (HTTP/1.1 chunks, the framing
+    checked by http.client), which then serves the next request; an HTTP/1.0 client, whose reply is not
+    chunked, is streamed by the server itself."""
+    expect = greedy(GGUF, "once upon", 6)
+    body = {"model": GGUF, "prompt": "once upon", "max_tokens": 6, "temperature": 0, "stream": True}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_S)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("transfer-encoding") == "chunked"
+            assert _sse_texts(r.read())[0] == expect
+        conn.request("POST", "/v1/completions", body=json.dumps(dict(body, stream=False)),
+                     headers={"Content-Type": "application/json"})
+        assert json.loads(conn.getresponse().read())["choices"][0]["text"] == expect
+    finally:
+        conn.close()
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=REQUEST_S) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                  % (len(data), data))
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+    assert _sse_texts(rest)[0] == expect
+
+
+def test_a_client_that_goes_away_mid_stream_frees_the_model(server):
+    c = server.client()
+    c.completions.create(model=GGUF, prompt="hi", max_tokens=1, temperature=0)
+    pid = next(m["pid"] for m in _loaded(server) if m["id"] == GGUF and not m["embeddings"])
+    data = json.dumps({"model": GGUF, "prompt": "once upon", "max_tokens": 4000, "temperature": 0,
+                       "ignore_eos": True, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=REQUEST_S) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%b" % (len(data), data))
+        got = b""
+        while b'"text"' not in got:
+            got += s.recv(4096)
+        os.kill(pid, signal.SIGSTOP)  # the worker stands still while the client leaves
+        try:
+            assert any(m["id"] == GGUF and m["busy"] for m in _loaded(server)), "the stream ended too soon"
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a goodbye
+        finally:
+            s.close()
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while any(m["id"] == GGUF and m["busy"] for m in _loaded(server)):
+        assert time.monotonic() < deadline, "the stream of a client that went away never ended"
+        time.sleep(0.05)
+    assert c.completions.create(model=GGUF, prompt="hi", max_tokens=2, temperature=0).choices[0].text
+    assert any(m["pid"] == pid for m in _loaded(server))  # the same worker: nothing crashed
 
 
 def test_stop_and_seeded_sampling(server):

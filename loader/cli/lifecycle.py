@@ -14,6 +14,10 @@ slow clients, and a graceful shutdown that finishes the requests in flight.
   connections on, requests get uvicorn's plain 503.  Request heads: h11 buffers at most 16 KiB of an
   incomplete head beyond one read (asyncio reads up to 256 KiB); more gets a 400 and the connection closes.
 
+* Hand-over: each request's scope carries its connection's asyncio transport in
+  ``scope["extensions"][TRANSPORT]``, so that a streamed reply can be written by the worker that makes it
+  (``worker._Stream.direct``) while the server waits for its end.
+
 uvicorn is imported only when :func:`run` is called (the ``serve`` extra).
 """
 from __future__ import annotations
@@ -29,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
 
 log = logging.getLogger("gpt4all_loader.cli.serve")
+
+#: the key of a request's transport in its ASGI scope's "extensions"
+TRANSPORT = "gpt4all.transport"
 
 
 class Gate:
@@ -62,7 +69,7 @@ CUT_OFF_GRACE = 1
 
 
 def _protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol with a deadline for each request head."""
+    """uvicorn's h11 protocol with a deadline for each request head, and the transport in each request's scope."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -82,6 +89,13 @@ def _protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
             super().data_received(data)
             if self.conn.our_state is h11.SEND_RESPONSE:  # a request head is in and waits for its answer
                 self._stop_timer()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.our_state is h11.SEND_RESPONSE:
+                # a request's app task starts at the loop's next turn, with this in its scope
+                extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+                extensions[TRANSPORT] = self.transport
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

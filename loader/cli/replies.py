@@ -9,6 +9,7 @@ completions API's legacy form, and tool calls as ``message.tool_calls`` / ``delt
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -198,3 +199,31 @@ class Choice:
             if calls:
                 message["tool_calls"] = calls
         return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": self.finish(stats)}
+
+
+def sse_head(fields: dict[str, Any]) -> str:
+    """The SSE text of a chunk object up to its one choice (``fields`` without "choices"): every chunk of a
+    stream shares it, so it is written once."""
+    return "data: " + json.dumps({**fields, "choices": None}, ensure_ascii=False).removesuffix("null}") + "["
+
+
+def sse_chunk(head: str, choice: dict[str, Any]) -> str:
+    """One chunk event: the shared head (:func:`sse_head`) and this choice."""
+    return head + json.dumps(choice, ensure_ascii=False) + "]}\n\n"
+
+
+@dataclass
+class WireChunks:
+    """A streamed choice's pieces as the bytes on an HTTP/1.1 connection: each piece's chunk event in an
+    HTTP chunk.  A worker that writes its stream to the client's connection itself runs this (pickled to
+    it), so the server does nothing per token."""
+
+    choice: Choice
+    head: str
+
+    def __call__(self, piece: str) -> bytes:
+        delta = self.choice.add(piece)
+        if delta is None:
+            return b""
+        data = sse_chunk(self.head, delta).encode()
+        return b"%x\r\n%b\r\n" % (len(data), data)

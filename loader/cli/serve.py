@@ -7,10 +7,16 @@
 
 Files are found and judged the way ``gpt4all-probe`` does; the model id is the file name.  Each loaded
 model runs in its own worker process (``load(..., isolated=True)``), so a native crash fails one request
-and the model loads again on the next one.  Requests to one model wait in order (an ``asyncio.Lock``
-queues its waiters first come, first served); different models run at the same time.  Models load on
-first use; at most ``--max-loaded`` stay loaded and the sum of the probe's RAM+VRAM estimates stays under
+and the model loads again on the next one.  A worker decodes up to ``--parallel`` requests of its model
+together (continuous batching, in eras whose engine has sequences; else one at a time); the others wait
+first come, first served; different models run at the same time.  Models load on first use; at most
+``--max-loaded`` stay loaded and the sum of the probe's RAM+VRAM estimates stays under
 ``--memory-budget``: the least recently used idle model is unloaded first.
+
+Streamed replies: once the first piece is made and the status sent, the worker writes the pieces of a
+one-choice stream to the client's connection itself (HTTP/1.1 chunks; ``worker._Stream.direct``), and
+the server writes the last chunks when it ends, so the server process does nothing per token.  Streams of
+several choices, of tool calls (held back until read), and to HTTP/1.0 clients go through the server.
 
 Chat works on every file: its own template, else the one GPT4All published for it, else
 ``--chat-template`` (for all models, or ``MODEL=`` one), else ChatML.  ``/v1/models`` and each reply's
@@ -48,7 +54,7 @@ from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable,
 
 from ..errors import BackendError, ContextLengthError, ModelClosedError, UnsupportedModelError
 from . import replies
-from .lifecycle import Gate, Limits, run
+from .lifecycle import TRANSPORT, Gate, Limits, run
 from .metrics import EventCounts, ModelState, PoolEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -618,6 +624,21 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                 model.generate(prompt, stream=True, **p)
 
         choices = [replies.Choice(i, kind, logprobs=bool(params.get("logprobs")), tools=tools) for i in range(n)]
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        # which engine answered, and for chat which template rendered the conversation
+        fingerprint = f"{model.info.backend}/{model.info.variant}" + \
+            (f"; chat_template={model.chat_template_source}" if kind == "chat" else "")
+        obj = ("chat.completion" if kind == "chat" else "text_completion") + (".chunk" if stream and kind == "chat"
+                                                                               else "")
+        # every chunk is this object with one choice: its JSON up to the choice is written once
+        head = replies.sse_head({"id": rid, "object": obj, "created": created, "model": entry.id,
+                                 "system_fingerprint": fingerprint})
+        # one streamed choice whose pieces go out as they come: the worker writes them to the connection itself
+        transport = request.scope.get("extensions", {}).get(TRANSPORT)
+        connection = transport.get_extra_info("socket") if transport is not None else None
+        direct = stream and n == 1 and not tools and connection is not None and \
+            request.scope.get("http_version") == "1.1"
         its: list[Any] = []
         try:
             if kind == "completion" and not isinstance(prompt, str) and max(prompt) >= model.n_vocab:
@@ -625,6 +646,9 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                                     f"vocabulary has {model.n_vocab} tokens", param="prompt")
             # the first piece of each choice that starts now, so that a request the model refuses gets its status
             its = [start(i) for i in range(n if together else 1)]
+            direct = direct and hasattr(its[0], "direct")
+            if direct:
+                its[0].direct(replies.WireChunks(choices[0], head))
             firsts = await _firsts(its)
             first_token_s = None if firsts[0] is _END else time.monotonic() - t0
         except BaseException as e:
@@ -634,13 +658,6 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             if isinstance(e, Exception) and not isinstance(e, ApiError):
                 raise _engine_error(entry.id, e) from None
             raise
-        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
-        # which engine answered, and for chat which template rendered the conversation
-        fingerprint = f"{model.info.backend}/{model.info.variant}" + \
-            (f"; chat_template={model.chat_template_source}" if kind == "chat" else "")
-        obj = ("chat.completion" if kind == "chat" else "text_completion") + (".chunk" if stream and kind == "chat"
-                                                                               else "")
         stats: list[GenerationStats | None] = [None] * n
 
         def usage() -> dict[str, int]:
@@ -712,13 +729,35 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                                  "system_fingerprint": fingerprint,
                                  "choices": [c.gathered(stats[c.index]) for c in choices], "usage": usage()})
 
-        # every chunk is this object with one choice: its JSON up to the choice is written once
-        head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": entry.id,
-                                      "system_fingerprint": fingerprint, "choices": None},
-                                     ensure_ascii=False).removesuffix("null}") + "["
-
         def chunk(choice: dict[str, Any]) -> str:
-            return head + json.dumps(choice, ensure_ascii=False) + "]}\n\n"
+            return replies.sse_chunk(head, choice)
+
+        async def handed_over() -> AsyncGenerator[str, None]:
+            """A direct stream: its worker writes its pieces while this waits for its end (a client that goes
+            away cancels this, as any stream, which cancels it there)."""
+            it = its[0]
+            if firsts[0] is not _END and connection is not None:
+                while transport.get_write_buffer_size():  # what was sent before goes out first
+                    await asyncio.sleep(0.01)
+                it.attach(connection.fileno())
+                async for _ in it:
+                    pass
+            stats[0] = it.stats
+            record(entry.id, stats[0], first_token_s)
+            for end in choices[0].last_chunks(stats[0]):
+                yield chunk(end)
+
+        async def served() -> AsyncGenerator[str, None]:
+            """The pieces of every choice, made into chunks here."""
+            async with contextlib.aclosing(merged()) as all_pieces:
+                async for i, piece in all_pieces:
+                    if piece is _END:
+                        for end in choices[i].last_chunks(stats[i]):
+                            yield chunk(end)
+                    else:
+                        delta = choices[i].add(piece)
+                        if delta is not None:
+                            yield chunk(delta)
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -726,15 +765,9 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
                     for ch in choices:
                         yield chunk({"index": ch.index, "delta": {"role": "assistant", "content": ""},
                                      "logprobs": None, "finish_reason": None})
-                async with contextlib.aclosing(merged()) as all_pieces:
-                    async for i, piece in all_pieces:
-                        if piece is _END:
-                            for end in choices[i].last_chunks(stats[i]):
-                                yield chunk(end)
-                        else:
-                            delta = choices[i].add(piece)
-                            if delta is not None:
-                                yield chunk(delta)
+                async with contextlib.aclosing(handed_over() if direct else served()) as chunks:
+                    async for text in chunks:
+                        yield text
                 if include_usage:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": entry.id, "choices": [],
                                 "usage": usage()})
