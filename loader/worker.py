@@ -36,10 +36,11 @@ socket never fills with one stream's items ahead of another's replies.
 Direct streams: a stream started with an encoder (:meth:`_Stream.direct`) is written by the worker itself to
 a connection the parent hands over, so no piece crosses the channel and the parent spends nothing per piece
 (the server's per-token path).  The "iter" request carries the encoder (pickled: a callable from a piece to
-the bytes to write); the worker encodes the first piece, sends ``("item", rid, None)`` (the first piece is
-ready; an error or an empty stream ends as usual instead) and waits for ``("attach", rid)`` and the
-descriptor, then writes that piece and every later one itself, waiting for a slow reader as long as it takes
-(a cancel ends the wait).  It closes its copy of the descriptor before its "end", so the parent owns the
+the bytes to write); at the first piece the worker sends ``("item", rid, None)`` (an error or an empty
+stream ends as usual instead) and generates on, keeping the encoded pieces until ``("attach", rid)`` and
+the descriptor come (its receive loop then writes them at once, as far as the connection takes them
+without waiting); from then on the stream writes each piece itself, waiting for a slow reader as long as
+it takes (a cancel ends the wait).  It closes its copy of the descriptor before its "end", so the parent owns the
 connection again when the end arrives; a reader that went away ends the stream early (its
 ``finish_reason`` is "cancelled").  While it writes (or waits to) it sends ``("tick", rid, None)`` at least
 every :data:`TICK` seconds, so the hang rule still sees it alive.  No credit window applies.
@@ -708,6 +709,7 @@ class _Credit:
         self._left = STREAM_WINDOW
         self.cancelled = False
         self.sink: socket.socket | None = None
+        self._kept: list[bytes] = []
 
     def grant(self, n: int) -> None:
         with self._cond:
@@ -729,10 +731,34 @@ class _Credit:
             self._left -= 1
             return True
 
-    def attach(self, fd: int) -> None:
+    def keep(self, data: bytes) -> bool:
+        """Keep a direct stream's ``data`` until its connection comes; False when it is there (the stream
+        then writes what :meth:`kept` gives back, then ``data``)."""
         with self._cond:
-            self.sink = socket.socket(fileno=fd)
-            self.sink.setblocking(False)  # as it is in the parent's event loop: the flag is shared
+            if self.sink is None:
+                self._kept.append(data)
+                return True
+            return False
+
+    def kept(self) -> bytes:
+        with self._cond:
+            data = b"".join(self._kept)
+            self._kept.clear()
+            return data
+
+    def attach(self, fd: int) -> None:
+        """The connection has come: write what was kept, as far as it goes at once (in the receive loop,
+        which never waits), and let the stream write the rest."""
+        with self._cond:
+            sink = socket.socket(fileno=fd)
+            sink.setblocking(False)  # as it is in the parent's event loop: the flag is shared
+            data = b"".join(self._kept)
+            try:
+                data = data[sink.send(data, socket.MSG_NOSIGNAL):] if data else data
+            except OSError:  # full, or the reader went away: the stream finds out
+                pass
+            self._kept = [data] if data else []
+            self.sink = sink
             self._cond.notify()
 
     def wait_sink(self, tick: Callable[[], None]) -> socket.socket | None:
@@ -886,9 +912,11 @@ class _Worker:
 
     def _write(self, rid: int, credit: _Credit, it: Any, encode: Callable[[Any], bytes]) -> GenerationStats | None:
         """A direct stream: write ``encode(x)`` of every item to the attached connection (the module
-        docstring); stops early when cancelled or when the reader has gone; the stats of its generation."""
+        docstring); stops early when cancelled or when the reader has gone; the stats of its generation.
+        Until the connection comes the pieces wait here, and the generation goes on: a batch does not wait
+        for this stream's hand-over."""
         stats: GenerationStats | None = None
-        sink: socket.socket | None = None
+        started = False  # the first piece is made: the parent attaches the connection
         last = time.monotonic()
 
         def tick() -> None:
@@ -901,15 +929,22 @@ class _Worker:
                 if stats is None:
                     stats = self._model.last_generation
                 data = encode(x)
-                if sink is None:
-                    self._send(("item", rid, None))  # the first piece is ready: the parent attaches
-                    sink = credit.wait_sink(tick)
-                    if sink is None:
+                if not started:
+                    started = True
+                    self._send(("item", rid, None))
+                if not credit.keep(data):
+                    assert credit.sink is not None
+                    if not _write_all(credit.sink, credit.kept() + data, credit, tick):
                         break
-                if not _write_all(sink, data, credit, tick) or credit.cancelled:
+                if credit.cancelled:
                     break
                 if time.monotonic() - last >= TICK:
                     tick()
+            else:
+                if started:  # what is kept goes out once the connection is there
+                    sink = credit.wait_sink(tick)
+                    if sink is not None:
+                        _write_all(sink, credit.kept(), credit, tick)
         finally:
             it.close()
         return self._model.last_generation if stats is None else stats
