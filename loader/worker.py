@@ -18,6 +18,7 @@ Protocol: every request carries an id (``rid``) that its replies carry back, so 
     ("load", rid, path, kwargs)             -> ("ok", rid, (info, facts))      the first request, alone
     ("call", rid, name, args, kwargs)       -> ("ok", rid, value)   a method call, or a property when args is None
     ("iter", rid, name, args, kwargs)       -> ("item", rid, x)* then ("end", rid, GenerationStats)
+    ("iter", rid, name, args, kwargs, enc)  -> ("item", rid, None), ("tick", rid, None)*, then the end: direct
     ("credit", rid, n)                      the stream may send n more items (no reply)
     ("attach", rid) + a descriptor          a direct stream's connection (below), sent with SCM_RIGHTS
     ("cancel", rid)                         stop that stream: its generator is closed, its "end" follows
@@ -33,17 +34,19 @@ what that stream's consumer has taken, then its thread waits for credit (or a ca
 holds at most a window per stream, a stalled consumer stalls only its own stream's thread, and the
 socket never fills with one stream's items ahead of another's replies.
 
-Direct streams: a stream started with an encoder (:meth:`_Stream.direct`) is written by the worker itself to
-a connection the parent hands over, so no piece crosses the channel and the parent spends nothing per piece
-(the server's per-token path).  The "iter" request carries the encoder (pickled: a callable from a piece to
-the bytes to write); at the first piece the worker sends ``("item", rid, None)`` (an error or an empty
-stream ends as usual instead) and generates on, keeping the encoded pieces until ``("attach", rid)`` and
-the descriptor come (its receive loop then writes them at once, as far as the connection takes them
-without waiting); from then on the stream writes each piece itself, waiting for a slow reader as long as
-it takes (a cancel ends the wait).  It closes its copy of the descriptor before its "end", so the parent owns the
-connection again when the end arrives; a reader that went away ends the stream early (its
-``finish_reason`` is "cancelled").  While it writes (or waits to) it sends ``("tick", rid, None)`` at least
-every :data:`TICK` seconds, so the hang rule still sees it alive.  No credit window applies.
+Direct streams: a stream started with an encoder (:meth:`_Stream.direct`) is written by the worker
+itself to a connection the parent hands over, so no piece crosses the channel and the parent spends
+nothing per piece (the server's per-token path).  The "iter" request carries the encoder as a sixth
+field (pickled: a callable from a piece to the bytes to write).  At the first piece the worker sends
+``("item", rid, None)`` (an error or an empty stream ends as usual instead) and generates on, keeping the
+encoded pieces until ``("attach", rid)`` and the descriptor come; its receive loop then writes them at
+once, as far as the connection takes them without waiting.  From then on the stream writes each piece
+itself, waiting for a slow reader as long as it takes (a cancel ends the wait).  It closes its copy of the
+descriptor before its "end", so the parent owns the connection again when the end arrives; a reader that
+went away ends the stream early (its ``finish_reason`` is "cancelled").  While it writes, or waits to,
+it sends ``("tick", rid, None)`` at least every :data:`TICK` seconds, so the hang rule still sees it
+alive.  No credit window applies.  A worker that dies in the middle of a write to a full connection
+leaves part of a piece on it; the parent cannot know, and what it writes next follows that part.
 
 Hang: the worker counts as hung when it owes an answer (a request is outstanding and no stream is
 waiting for its consumer's credit, which may be what holds the others up) and has sent nothing at all
