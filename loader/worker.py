@@ -912,7 +912,6 @@ class _Worker:
             it.close()  # in this thread, which holds what the generation holds
         return self._model.last_generation if stats is None else stats
 
-
     def _write(self, rid: int, credit: _Credit, it: Any, encode: Callable[[Any], bytes]) -> GenerationStats | None:
         """A direct stream: write ``encode(x)`` of every item to the attached connection (the module
         docstring); stops early when cancelled or when the reader has gone; the stats of its generation.
@@ -957,12 +956,14 @@ def _write_all(sink: socket.socket, data: bytes, credit: _Credit, tick: Callable
     """Write all of ``data`` to a non-blocking connection, waiting as long as its reader takes (a tick every
     TICK, a cancel ends the wait); False when cancelled or when the reader has gone."""
     view = memoryview(data)
-    writable = select.poll()
-    writable.register(sink, select.POLLOUT)
+    writable: select.poll | None = None  # made the first time the connection is full
     while view:
         try:
             view = view[sink.send(view, socket.MSG_NOSIGNAL):]
         except BlockingIOError:
+            if writable is None:
+                writable = select.poll()
+                writable.register(sink, select.POLLOUT)
             if not writable.poll(TICK * 1000):
                 tick()
                 if credit.cancelled:

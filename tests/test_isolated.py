@@ -445,7 +445,7 @@ def test_a_slow_direct_reader_is_waited_for_and_a_cancel_ends_the_wait(gguf):
     """A reader that takes nothing for longer than the hang time-out: the worker waits (its ticks keep
     it alive), then writes the rest; a stream whose reader never reads ends at a cancel."""
     m = load(gguf, isolated=True, n_threads=1, worker_timeout=TIMEOUT)
-    m._chan._timeout = 1.5
+    m._chan._timeout = 2.5  # short from here on; the worker ticks every TICK (1 s) while it waits
     wide = WireChunks(Choice(0, "completion"), "x" * 4000)  # about 4 KB a piece: the buffer fills at once
     expect = list(m.generate("hello", stream=True, max_tokens=30, temperature=0))
     for cancel in (False, True):
@@ -457,7 +457,7 @@ def test_a_slow_direct_reader_is_waited_for_and_a_cancel_ends_the_wait(gguf):
         with ours, theirs:
             it.attach(ours.fileno())
             ours.close()
-            time.sleep(3)
+            time.sleep(0.5 if cancel else 4)
             assert m.alive and not it._done  # waiting for its reader, not hung
             if cancel:
                 t0 = time.monotonic()
