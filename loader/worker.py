@@ -734,14 +734,17 @@ class _Credit:
             self._left -= 1
             return True
 
-    def keep(self, data: bytes) -> bool:
-        """Keep a direct stream's ``data`` until its connection comes; False when it is there (the stream
-        then writes what :meth:`kept` gives back, then ``data``)."""
+    def keep(self, data: bytes) -> bytes | None:
+        """Keep a direct stream's ``data`` until its connection comes (None); once it is there, what the
+        stream writes now: what was kept, then ``data`` (after that the stream writes without asking)."""
         with self._cond:
             if self.sink is None:
                 self._kept.append(data)
-                return True
-            return False
+                return None
+            self._kept.append(data)
+            out = b"".join(self._kept)
+            self._kept.clear()
+            return out
 
     def kept(self) -> bytes:
         with self._cond:
@@ -919,6 +922,7 @@ class _Worker:
         for this stream's hand-over."""
         stats: GenerationStats | None = None
         started = False  # the first piece is made: the parent attaches the connection
+        sink: socket.socket | None = None  # once the stream has seen it attached
         last = time.monotonic()
 
         def tick() -> None:
@@ -934,16 +938,19 @@ class _Worker:
                 if not started:
                     started = True
                     self._send(("item", rid, None))
-                if not credit.keep(data):
-                    assert credit.sink is not None
-                    if not _write_all(credit.sink, credit.kept() + data, credit, tick):
-                        break
+                if sink is None:
+                    out = credit.keep(data)
+                    if out is not None:
+                        sink = credit.sink
+                        data = out
+                if sink is not None and not _write_all(sink, data, credit, tick):
+                    break
                 if credit.cancelled:
                     break
                 if time.monotonic() - last >= TICK:
                     tick()
             else:
-                if started:  # what is kept goes out once the connection is there
+                if started and sink is None:  # what is kept goes out once the connection is there
                     sink = credit.wait_sink(tick)
                     if sink is not None:
                         _write_all(sink, credit.kept(), credit, tick)

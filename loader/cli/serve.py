@@ -736,7 +736,8 @@ def create_app(pool: Pool, *, api_key: str | None = None, max_body_bytes: int = 
             """A direct stream: its worker writes its pieces while this waits for its end (a client that goes
             away cancels this, as any stream, which cancels it there)."""
             it = its[0]
-            if firsts[0] is not _END and connection is not None:
+            if firsts[0] is not _END:
+                assert connection is not None   # a direct stream has one
                 while transport.get_write_buffer_size():  # what was sent before goes out first
                     await asyncio.sleep(0.01)
                 it.attach(connection.fileno())
